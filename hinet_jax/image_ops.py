@@ -1,0 +1,412 @@
+"""Numpy image operations shared by the data pipeline and inference.
+
+Everything here works on HWC numpy arrays (RGB, channel last) and is a pure
+function of its arguments, so the pipeline, the evaluation code and the tests
+all call the same code.
+
+Image I/O rule (used by every reader in `datasets.py`):
+  * 8-bit files give `uint8`, 16-bit files give `uint16` (precision is kept).
+  * Grayscale is replicated to 3 channels; an alpha channel is dropped (not
+    composited), palette images are expanded to RGB.
+  * JPEG EXIF orientation is ignored: paired datasets are pixel-aligned as stored.
+"""
+
+import io
+import os
+import struct
+import tempfile
+import zlib
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# PNG colour types whose 16-bit form Pillow silently truncates to 8 bits.
+_PNG16_CHANNELS = {2: 3, 4: 2, 6: 4}
+
+
+class ImageReadError(OSError):
+  """An image file is missing, unreadable, truncated or of an unsupported kind."""
+
+
+def is_image_file(path):
+  """Returns True if `path` has one of IMAGE_EXTENSIONS (case-insensitive)."""
+  return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+# ----------------------------------------------------------------------------
+# Reading and writing.
+
+
+def read_image(path):
+  """Reads an image file as an HWC RGB array.
+
+  Rule: grayscale is replicated to 3 channels, alpha is dropped, palette images
+  are expanded; 8-bit files give uint8 and 16-bit files give uint16. 16-bit
+  colour PNGs are decoded here because Pillow truncates them to 8 bits.
+
+  Args:
+    path: image file path (PNG, JPEG, BMP, TIFF, WebP).
+
+  Returns:
+    uint8 or uint16 array of shape (H, W, 3).
+
+  Raises:
+    ImageReadError: the file is missing, unreadable or truncated; the message
+      names the file.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    header = _png16_header(data)
+    if header is not None:
+      x = _decode_png16(data, *header)
+    elif path.lower().endswith(('.tif', '.tiff')):
+      x = _read_tiff(data)
+    else:
+      x = _read_with_pillow(data)
+  except ImageReadError as e:
+    raise ImageReadError(f'Cannot read image {path}: {e}') from None
+  except (OSError, ValueError, SyntaxError, zlib.error, struct.error) as e:
+    raise ImageReadError(
+        f'Cannot read image {path}: {type(e).__name__}: {e}. The file is unreadable or '
+        'truncated: re-download or re-extract it, or delete it (or use '
+        "on_error='skip' to skip such pairs).") from e
+  return _to_rgb(x)
+
+
+def _read_with_pillow(data):
+  """Decodes 8-bit images (any Pillow format) and 16-bit grayscale ones."""
+  with Image.open(io.BytesIO(data)) as im:
+    im.load()  # Forces a full decode, so truncated files fail here.
+    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+      x = np.asarray(im)
+      if x.dtype != np.uint16:
+        if x.min() < 0 or x.max() > 65535:
+          raise ImageReadError(f'32-bit integer image ({im.mode}) is not supported')
+        x = x.astype(np.uint16)
+      return x
+    if im.mode == 'F':
+      raise ImageReadError('floating-point images are not supported; save as 8/16-bit')
+    if im.mode in ('RGB', 'RGBA', 'L', 'LA'):
+      return np.asarray(im)
+    # Palette, bilevel, CMYK, YCbCr...: let Pillow expand to RGB(A).
+    return np.asarray(im.convert('RGBA' if 'transparency' in im.info else 'RGB'))
+
+
+def _read_tiff(data):
+  """Decodes TIFF with tifffile (a scikit-image dependency); keeps 16-bit."""
+  import tifffile  # pylint: disable=g-import-not-at-top
+  x = tifffile.imread(io.BytesIO(data))
+  if x.dtype not in (np.uint8, np.uint16):
+    raise ImageReadError(f'TIFF dtype {x.dtype} is not supported; use uint8 or uint16')
+  return x
+
+
+def _to_rgb(x):
+  """Applies the grayscale/alpha rule: (H,W)|(H,W,1|2|3|4) -> (H,W,3)."""
+  if x.ndim == 2:
+    x = x[..., None]
+  if x.ndim != 3 or x.shape[-1] not in (1, 2, 3, 4):
+    raise ImageReadError(f'unsupported image shape {x.shape}')
+  if x.shape[-1] in (2, 4):
+    x = x[..., :-1]  # Drop alpha.
+  if x.shape[-1] == 1:
+    x = np.repeat(x, 3, axis=-1)
+  return np.ascontiguousarray(x)
+
+
+def _png16_header(data):
+  """Returns (width, height, channels) for a 16-bit colour PNG, else None."""
+  if not data.startswith(_PNG_SIGNATURE) or len(data) < 33 or data[12:16] != b'IHDR':
+    return None
+  width, height, depth, ctype, _, _, interlace = struct.unpack('>IIBBBBB', data[16:29])
+  if depth != 16 or ctype not in _PNG16_CHANNELS:
+    return None
+  if interlace:
+    raise ImageReadError('interlaced 16-bit colour PNGs are not supported; re-save it '
+                         'without interlacing')
+  return width, height, _PNG16_CHANNELS[ctype]
+
+
+def _decode_png16(data, width, height, channels):
+  """Decodes a non-interlaced 16-bit colour PNG into (H, W, C) uint16."""
+  idat, pos = [], 8
+  while pos < len(data):
+    (length,) = struct.unpack('>I', data[pos:pos + 4])
+    kind = data[pos + 4:pos + 8]
+    if kind == b'IDAT':
+      idat.append(data[pos + 8:pos + 8 + length])
+    elif kind == b'IEND':
+      break
+    pos += 12 + length
+  raw = zlib.decompress(b''.join(idat))
+  bpp, stride = 2 * channels, 2 * channels * width
+  if len(raw) != height * (stride + 1):
+    raise ImageReadError('truncated PNG data')
+  rows = _png_unfilter(raw, height, stride, bpp)
+  return rows.view('>u2').reshape(height, width, channels).astype(np.uint16)
+
+
+def _png_unfilter(raw, height, stride, bpp):
+  """Undoes the per-row PNG filters (spec section 9) and returns (H, stride) uint8."""
+  out = np.zeros((height + 1, stride), np.uint8)  # Row 0 is the all-zero "prior row".
+  for r in range(height):
+    start = r * (stride + 1)
+    ftype = raw[start]
+    line = np.frombuffer(raw, np.uint8, stride, start + 1)
+    prev = out[r]
+    if ftype == 0:
+      out[r + 1] = line
+    elif ftype == 1:  # Sub: running sum over pixels, per byte lane, mod 256.
+      out[r + 1] = line.reshape(-1, bpp).cumsum(axis=0, dtype=np.uint8).ravel()
+    elif ftype == 2:  # Up.
+      out[r + 1] = line + prev
+    elif ftype in (3, 4):  # Average / Paeth depend on the left byte: sequential.
+      out[r + 1] = _unfilter_sequential(ftype, line.tolist(), prev.tolist(), bpp)
+    else:
+      raise ImageReadError(f'bad PNG filter type {ftype}')
+  return out[1:]
+
+
+def _unfilter_sequential(ftype, line, prev, bpp):
+  """Average (3) and Paeth (4) filters for one row, on Python ints."""
+  cur = [0] * len(line)
+  for i, v in enumerate(line):
+    a = cur[i - bpp] if i >= bpp else 0
+    b = prev[i]
+    if ftype == 3:
+      cur[i] = (v + ((a + b) >> 1)) & 255
+      continue
+    c = prev[i - bpp] if i >= bpp else 0
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+    cur[i] = (v + pred) & 255
+  return cur
+
+
+def _encode_png16(x):
+  """Encodes (H, W, 3) uint16 as PNG bytes (filter type 0, zlib level 6)."""
+  h, w, _ = x.shape
+  rows = np.ascontiguousarray(x.astype('>u2')).view(np.uint8).reshape(h, w * 6)
+  raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
+
+  def chunk(kind, payload):
+    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+    return struct.pack('>I', len(payload)) + kind + payload + struct.pack('>I', crc)
+
+  ihdr = struct.pack('>IIBBBBB', w, h, 16, 2, 0, 0, 0)
+  return (_PNG_SIGNATURE + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(raw, 6)) +
+          chunk(b'IEND', b''))
+
+
+def encode_png(x, bit_depth=8):
+  """Encodes an image as PNG bytes (see `write_image` for the dtype rule).
+
+  Args:
+    x: (H, W, 3) or (H, W) uint8/uint16/float array.
+    bit_depth: 8 or 16; only used for float input.
+
+  Returns:
+    PNG file contents as bytes.
+  """
+  x = _quantize(x, bit_depth)
+  if x.dtype == np.uint16:
+    return _encode_png16(_to_rgb(x))
+  buf = io.BytesIO()
+  Image.fromarray(x).save(buf, format='PNG', compress_level=3)
+  return buf.getvalue()
+
+
+def _quantize(x, bit_depth):
+  """uint8/uint16 pass through; float [0,1] is rounded to `bit_depth` bits."""
+  x = np.asarray(x)
+  if x.dtype in (np.uint8, np.uint16):
+    return x
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f'write_image expects uint8, uint16 or float in [0, 1], got {x.dtype}')
+  if bit_depth not in (8, 16):
+    raise ValueError(f'bit_depth must be 8 or 16, got {bit_depth}')
+  peak = 255 if bit_depth == 8 else 65535
+  dtype = np.uint8 if bit_depth == 8 else np.uint16
+  return np.round(np.clip(x, 0.0, 1.0) * peak).astype(dtype)
+
+
+def write_image(path, x, bit_depth=8):
+  """Writes an image atomically (temp file + rename), never leaving a partial file.
+
+  uint8 arrays give an 8-bit file and uint16 a 16-bit PNG; float arrays in
+  [0, 1] are clipped and rounded to `bit_depth` bits. The format follows the
+  extension (16-bit output must be .png).
+
+  Args:
+    path: output path; parent folders are created.
+    x: (H, W, 3) or (H, W) array.
+    bit_depth: 8 or 16, for float input.
+  """
+  path = os.fspath(path)
+  ext = os.path.splitext(path)[1].lower()
+  x = _quantize(x, bit_depth)
+  if x.dtype == np.uint16 and ext != '.png':
+    raise ValueError(f'16-bit images can only be written as .png, not {path}')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=ext)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      if ext == '.png':
+        f.write(encode_png(x))
+      else:
+        Image.fromarray(x).save(f, format=Image.registered_extensions()[ext], quality=95)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+# ----------------------------------------------------------------------------
+# Pixel values.
+
+
+def to_float32(x):
+  """Converts an image to float32 in [0, 1].
+
+  Args:
+    x: uint8 (divided by 255), uint16 (divided by 65535) or float (cast only).
+
+  Returns:
+    float32 array of the same shape.
+  """
+  x = np.asarray(x)
+  if x.dtype == np.uint8:
+    return x.astype(np.float32) * np.float32(1 / 255)
+  if x.dtype == np.uint16:
+    return x.astype(np.float32) * np.float32(1 / 65535)
+  if np.issubdtype(x.dtype, np.floating):
+    return x.astype(np.float32)
+  raise ValueError(f'to_float32 expects uint8, uint16 or float, got {x.dtype}')
+
+
+# ----------------------------------------------------------------------------
+# Geometry.
+
+
+def _pair_size(size):
+  """Normalizes an int or (h, w) crop size to a tuple."""
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  h, w = size
+  return int(h), int(w)
+
+
+def paired_random_crop(lq, gt, size, rng):
+  """Cuts the same random window out of a degraded/clean pair.
+
+  Args:
+    lq: (H, W, C) degraded image.
+    gt: (H, W, C) clean image, same H and W as `lq`.
+    size: crop size, int or (h, w).
+    rng: np.random.Generator (grain's per-record generator).
+
+  Returns:
+    (lq_crop, gt_crop), views into the inputs.
+
+  Raises:
+    ValueError: the sizes differ or the crop is larger than the image.
+  """
+  ch, cw = _pair_size(size)
+  h, w = lq.shape[:2]
+  if gt.shape[:2] != (h, w):
+    raise ValueError(f'lq is {h}x{w} but gt is {gt.shape[0]}x{gt.shape[1]}: the pair is '
+                     'misaligned')
+  if ch > h or cw > w:
+    raise ValueError(f'crop {ch}x{cw} is larger than the image ({h}x{w}): lower '
+                     'crop_size or remove images smaller than the crop')
+  top = int(rng.integers(0, h - ch + 1))
+  left = int(rng.integers(0, w - cw + 1))
+  return lq[top:top + ch, left:left + cw], gt[top:top + ch, left:left + cw]
+
+
+def dihedral(x, k):
+  """Applies one of the 8 symmetries of the square to the H and W axes.
+
+  k = 0..3 rotates by k*90 degrees counter-clockwise; k = 4..7 flips upside
+  down first, then rotates by (k-4)*90 degrees. Works on HWC and NHWC.
+
+  Args:
+    x: array with H, W as axes -3, -2.
+    k: int in 0..7.
+
+  Returns:
+    The transformed array (a view where possible).
+  """
+  k = int(k)
+  if not 0 <= k < 8:
+    raise ValueError(f'dihedral k must be in 0..7, got {k}')
+  if k >= 4:
+    x = np.flip(x, axis=-3)
+  return np.rot90(x, k % 4, axes=(-3, -2))
+
+
+def inverse_dihedral(x, k):
+  """Undoes `dihedral(x, k)`: inverse_dihedral(dihedral(x, k), k) == x.
+
+  Args:
+    x: array with H, W as axes -3, -2.
+    k: int in 0..7.
+
+  Returns:
+    The transformed array.
+  """
+  k = int(k)
+  if not 0 <= k < 8:
+    raise ValueError(f'dihedral k must be in 0..7, got {k}')
+  x = np.rot90(x, -(k % 4), axes=(-3, -2))
+  return np.flip(x, axis=-3) if k >= 4 else x
+
+
+def sample_dihedral(rng, mode):
+  """Draws the dihedral index k for one training pair.
+
+  Args:
+    rng: np.random.Generator.
+    mode: 'dihedral' (k uniform in 0..7, what BasicSR's hflip+vflip+rot90 gives),
+      'dihedral_half' (the official SIDD scheme: identity with probability 1/2,
+      else one of the 7 others uniformly, HINet basicsr/data/transforms.py:227),
+      or 'none' (always 0).
+
+  Returns:
+    int k in 0..7.
+  """
+  if mode == 'dihedral':
+    return int(rng.integers(0, 8))
+  if mode == 'dihedral_half':
+    return 0 if rng.integers(0, 2) == 0 else int(rng.integers(1, 8))
+  if mode == 'none':
+    return 0
+  raise ValueError(f"augment must be 'dihedral', 'dihedral_half' or 'none', got {mode!r}")
+
+
+def pad_to_multiple(x, m, mode='reflect'):
+  """Pads the bottom/right of an image so H and W are multiples of `m`.
+
+  HINet needs sides that are multiples of 2**(depth-1) (16 at depth 5). Crop
+  the result back with `y[..., :h, :w, :]`.
+
+  Args:
+    x: HWC or NHWC array.
+    m: the multiple.
+    mode: np.pad mode ('reflect' mirrors without repeating the edge pixel).
+
+  Returns:
+    (padded, (h, w)) with the original height and width.
+  """
+  h, w = x.shape[-3], x.shape[-2]
+  ph, pw = (-h) % m, (-w) % m
+  if ph == 0 and pw == 0:
+    return x, (h, w)
+  widths = [(0, 0)] * x.ndim
+  widths[-3], widths[-2] = (0, ph), (0, pw)
+  return np.pad(x, widths, mode=mode), (h, w)

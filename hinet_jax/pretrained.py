@@ -1,0 +1,110 @@
+"""Params-only checkpoints: the format the converter writes and `eval.py`/export/fine-tuning read.
+
+A checkpoint directory holds
+  `params/`            an orbax StandardCheckpointer checkpoint of the Flax params, and
+  `model_config.json`  the `HINet` constructor arguments,
+so it describes itself: `load_pretrained(dir)` needs nothing else.
+"""
+
+import json
+import os
+import shutil
+from typing import Any, Mapping, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from hinet_jax import models
+
+MODEL_CONFIG_FILE = 'model_config.json'
+PARAMS_DIR = 'params'
+
+
+def is_params_checkpoint(directory: str) -> bool:
+  """Whether `directory` is a params-only checkpoint written by `save_params`."""
+  return (os.path.isfile(os.path.join(directory, MODEL_CONFIG_FILE)) and
+          os.path.isdir(os.path.join(directory, PARAMS_DIR)))
+
+
+def save_params(directory: str, params: Any, model_config: Mapping[str, Any],
+                overwrite: bool = False) -> str:
+  """Writes `params` and `model_config` as a params-only checkpoint at `directory`.
+
+  The checkpoint is written into a temporary sibling directory and renamed into place only once
+  complete, so an interrupted save never leaves a half-written checkpoint under `directory`.
+
+  Args:
+    directory: destination; must not exist unless `overwrite`.
+    params: Flax params (numpy or jax arrays).
+    model_config: `HINet` constructor kwargs (see `models.model_config`).
+    overwrite: replace an existing checkpoint at `directory`.
+
+  Returns:
+    The absolute path written.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not overwrite:
+    raise FileExistsError(f'{directory} already exists; choose another --output or pass '
+                          '--overwrite to replace it.')
+  tmp = directory + '.tmp-partial'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(tmp, PARAMS_DIR), jax.tree.map(np.asarray, params))
+  ckptr.wait_until_finished()
+  ckptr.close()
+  with open(os.path.join(tmp, MODEL_CONFIG_FILE), 'w') as f:
+    json.dump(dict(model_config), f, indent=2, sort_keys=True)
+  if os.path.exists(directory):
+    shutil.rmtree(directory)
+  os.replace(tmp, directory)
+  return directory
+
+
+def read_model_config(directory: str) -> dict:
+  """The `HINet` kwargs stored in a checkpoint directory."""
+  path = os.path.join(directory, MODEL_CONFIG_FILE)
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_params(directory: str, model: models.HINet) -> Any:
+  """Restores the params of a params-only checkpoint, checked against `model`'s shapes."""
+  abstract = models.abstract_params(model)
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    return ckptr.restore(os.path.abspath(os.path.join(directory, PARAMS_DIR)), abstract)
+  finally:
+    ckptr.close()
+
+
+def load_pretrained(directory: str, which: str = 'latest',
+                    dtype: Optional[Any] = None) -> Tuple[models.HINet, Any]:
+  """Loads `(model, params)` from a converted checkpoint or a training workdir.
+
+  Args:
+    directory: a params-only checkpoint (from `python -m hinet_jax.convert`, `export`, or
+      `save_params`), or a training workdir (its `latest` or `best` checkpoint).
+    which: for a training workdir, 'latest' or 'best' (by validation PSNR).
+    dtype: optional compute dtype override (e.g. 'bfloat16').
+
+  Returns:
+    `(model, params)`; `model.apply({'params': params}, x)` returns `(stage1, stage2)`.
+  """
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'No checkpoint directory at {directory}.')
+  overrides = {} if dtype is None else {'dtype': dtype}
+  if is_params_checkpoint(directory):
+    model = models.create_model(**{**read_model_config(directory), **overrides})
+    return model, load_params(directory, model)
+  if os.path.isfile(os.path.join(directory, MODEL_CONFIG_FILE)):
+    # A training workdir also keeps model_config.json, beside its orbax checkpoints.
+    from hinet_jax import checkpointing  # pylint: disable=g-import-not-at-top  # training deps
+
+    config, params = checkpointing.load_params_from_workdir(directory, which=which)
+    return models.create_model(**{**config, **overrides}), params
+  raise ValueError(
+      f'{directory} is neither a converted checkpoint (it needs {MODEL_CONFIG_FILE} and '
+      f'{PARAMS_DIR}/) nor a training workdir with checkpoints. Convert official weights with '
+      '`python -m hinet_jax.convert --torch_checkpoint=F.pth --output=DIR`.')

@@ -1,0 +1,247 @@
+"""Tests for hinet_jax.evaluate and eval.py: each protocol end to end on small real-format files."""
+
+import csv
+import json
+import os
+
+from absl import flags
+from absl.testing import absltest
+from absl.testing import flagsaver
+import jax
+import numpy as np
+import scipy.io
+
+import eval as eval_script
+from hinet_jax import datasets
+from hinet_jax import evaluate
+from hinet_jax import image_ops
+from hinet_jax import inference
+from hinet_jax import models
+from hinet_jax import pretrained
+
+
+def _pair(h, w, seed, noise=20, dtype=np.uint8):
+  """A clean image and a noisy copy, uint8 (or uint16 scaled)."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:h, 0:w]
+  gt = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)),
+                 ((xx + yy) * 7) % 256], -1).astype(np.float64)
+  lq = np.clip(gt + rng.normal(0, noise, gt.shape), 0, 255)
+  if dtype == np.uint16:
+    return np.round(lq * 257).astype(np.uint16), np.round(gt * 257).astype(np.uint16)
+  return np.round(lq).astype(np.uint8), np.round(gt).astype(np.uint8)
+
+
+def _write_folder(root, sizes, seed=0):
+  """<root>/input and <root>/target PNG pairs; returns {name: (lq, gt)}."""
+  pairs = {}
+  for k, (h, w) in enumerate(sizes):
+    lq, gt = _pair(h, w, seed + k)
+    name = f'img{k:02d}'
+    image_ops.write_image(os.path.join(root, 'input', name + '.png'), lq)
+    image_ops.write_image(os.path.join(root, 'target', name + '.png'), gt)
+    pairs[name] = (lq, gt)
+  return pairs
+
+
+def _np_psnr(x, y):
+  return 10 * np.log10(1.0 / np.mean((x.astype(np.float64) - y.astype(np.float64))**2))
+
+
+def _y(x):
+  return (16 + x.astype(np.float64) @ np.array([65.481, 128.553, 24.966])) / 255
+
+
+_IDENTITY = jax.jit(lambda p, x: x)
+_HALF_WAY = jax.jit(lambda p, x: x * 0.5 + 0.25)
+
+
+class EvaluateBatchesTest(absltest.TestCase):
+
+  def test_masked_padding_gives_the_unpadded_mean_and_one_compile(self):
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 1, (5, 16, 16, 3)).astype(np.float32)
+    lq = np.clip(gt + rng.normal(0, 0.1, gt.shape), 0, 1).astype(np.float32)
+    traces = []
+
+    def predict(p, x):
+      traces.append(x.shape)
+      return x * p
+
+    predict = jax.jit(predict)
+    batches = [
+        {'lq': lq[:3], 'gt': gt[:3], 'mask': np.ones(3, np.float32), 'name': ['a', 'b', 'c']},
+        # The last batch is padded with an image identical to its target (PSNR inf, mask 0).
+        {'lq': np.concatenate([lq[3:], gt[:1]]), 'gt': np.concatenate([gt[3:], gt[:1]]),
+         'mask': np.array([1, 1, 0], np.float32), 'name': ['d', 'e', '']}]
+    rows = []
+    for _ in range(2):  # The second evaluation reuses the compiled step.
+      summary = evaluate.evaluate_batches(predict, np.float32(1.0), batches, rows=rows)
+    self.assertLen(traces, 1)
+    expected = np.mean([_np_psnr(lq[i], gt[i]) for i in range(5)])
+    self.assertEqual(summary['num_images'], 5)
+    self.assertAlmostEqual(summary['psnr'], expected, places=3)
+    self.assertAlmostEqual(summary['input_psnr'], expected, places=3)
+    self.assertEqual([r['name'] for r in rows[:5]], ['a', 'b', 'c', 'd', 'e'])
+
+  def test_self_ensemble_of_identity_is_identity(self):
+    gt = np.random.default_rng(1).uniform(0, 1, (2, 16, 12, 3)).astype(np.float32)
+    lq = gt * 0.9
+    plain = evaluate.evaluate_batches(_IDENTITY, None, [{'lq': lq, 'gt': gt}])
+    ens = evaluate.evaluate_batches(_IDENTITY, None, [{'lq': lq, 'gt': gt}], self_ensemble=True)
+    self.assertAlmostEqual(plain['psnr'], ens['psnr'], places=4)
+
+  def test_padded_batches_are_refused(self):
+    x = np.zeros((1, 16, 16, 3), np.float32)
+    with self.assertRaisesRegex(ValueError, 'padded'):
+      evaluate.evaluate_batches(_IDENTITY, None,
+                                [{'lq': x, 'gt': x, 'mask': np.ones(1), 'hw': [[12, 16]]}])
+
+
+class ProtocolTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    flags.FLAGS.mark_as_parsed()  # create_tempdir reads --test_tmpdir; pytest parses no flags.
+
+  def test_sidd_val_from_mat_files_float_output(self):
+    d = self.create_tempdir().full_path
+    lq, gt = _pair(2 * 2 * 24, 24, 0)
+    noisy = lq.reshape(2, 2, 24, 24, 3)
+    clean = gt.reshape(2, 2, 24, 24, 3)
+    scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[0]),
+                     {datasets.SIDD_VAL_KEYS['noisy']: noisy})
+    scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[1]),
+                     {datasets.SIDD_VAL_KEYS['gt']: clean})
+    rows = []
+    summary = evaluate.evaluate_protocol(_HALF_WAY, None, 'sidd_val', d, batch_size=3, rows=rows)
+    self.assertEqual(summary['num_images'], 4)
+    self.assertLen(rows, 4)
+    # Float output (no rounding): the half-way images are not on the 8-bit grid.
+    pred = noisy.reshape(4, 24, 24, 3) / 255 * 0.5 + 0.25
+    expected = np.mean([_np_psnr(pred[i], clean.reshape(4, 24, 24, 3)[i] / 255)
+                        for i in range(4)])
+    self.assertAlmostEqual(summary['psnr'], expected, places=3)
+    self.assertEqual(summary['settings']['quantize'], False)
+    self.assertEqual(rows[1]['name'], '0000_01')
+
+  def test_gopro_and_reds_full_frames_rounded_rgb(self):
+    gopro = self.create_tempdir().full_path
+    pairs = _write_folder(os.path.join(gopro, 'test'), [(40, 52), (30, 30)])
+    reds = self.create_tempdir().full_path
+    for seq in ('000', '001'):
+      for frame in (8, 9, 19):
+        lq, gt = _pair(20, 28, int(seq) * 100 + frame)
+        name = f'{frame:08d}.png'
+        image_ops.write_image(os.path.join(reds, 'val', 'val_blur_jpeg', seq, name), lq)
+        image_ops.write_image(os.path.join(reds, 'val', 'val_sharp', seq, name), gt)
+    summary = evaluate.evaluate_protocol(_HALF_WAY, None, 'gopro', gopro, tile=16)
+    expected = np.mean([
+        _np_psnr(np.round((lq / 255 * 0.5 + 0.25) * 255) / 255, gt / 255)
+        for lq, gt in pairs.values()])
+    self.assertAlmostEqual(summary['psnr'], expected, places=3)
+    self.assertTrue(summary['settings']['quantize'])
+    default = evaluate.evaluate_protocol(_IDENTITY, None, 'gopro', gopro)
+    self.assertEqual(default['settings']['tile'], 256)
+    rows = []
+    summary = evaluate.evaluate_protocol(_IDENTITY, None, 'reds', reds, rows=rows)
+    self.assertEqual(summary['num_images'], 4)  # Frames ending in 9 only (val_300 rule).
+    self.assertEqual([r['name'] for r in rows], ['000_00000009', '000_00000019', '001_00000009',
+                                                 '001_00000019'])
+    self.assertAlmostEqual(summary['psnr'], summary['input_psnr'], places=4)
+
+  def test_rain13k_five_sets_y_channel_and_average(self):
+    root = self.create_tempdir().full_path
+    per_set = []
+    for k, name in enumerate(datasets.RAIN13K_TEST_SETS):
+      pairs = _write_folder(os.path.join(root, 'test', name), [(24, 20 + k)], seed=10 * k)
+      per_set.append(np.mean([_np_psnr(_y(lq / 255), _y(gt / 255)) for lq, gt in pairs.values()]))
+    summary = evaluate.evaluate_protocol(_IDENTITY, None, 'rain13k', root)
+    self.assertEqual(sorted(summary['subsets']), sorted(datasets.RAIN13K_TEST_SETS))
+    self.assertEqual(summary['num_images'], 5)
+    for name, value in zip(datasets.RAIN13K_TEST_SETS, per_set):
+      self.assertAlmostEqual(summary['subsets'][name]['input_psnr'], value, places=3)
+    self.assertAlmostEqual(summary['psnr'], np.mean(per_set), places=3)
+    self.assertIn('average', evaluate.format_table(summary))
+    only = evaluate.evaluate_protocol(_IDENTITY, None, 'rain13k', root, subsets=['Rain100H'])
+    self.assertEqual(list(only['subsets']), ['Rain100H'])
+
+
+class EvalScriptTest(absltest.TestCase):
+  """eval.py end to end with a tiny HINet saved as a converted checkpoint."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    flags.FLAGS.mark_as_parsed()
+    model = models.HINet(wf=8, depth=3)
+    rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice.
+    params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
+                          models.abstract_params(model))
+    cls.ckpt = os.path.join(absltest.get_default_test_tmpdir(), 'tiny_ckpt')
+    pretrained.save_params(cls.ckpt, params, models.model_config(model), overwrite=True)
+    cls.model, cls.params = model, params
+
+  def test_folder_protocol_writes_json_csv_and_images(self):
+    data = self.create_tempdir().full_path
+    _write_folder(data, [(20, 24), (17, 33)])
+    out = self.create_tempdir().full_path
+    metrics_json = os.path.join(out, 'm.json')
+    with flagsaver.flagsaver(checkpoint=self.ckpt, protocol='folder', data_dir=data,
+                             metrics_json=metrics_json, save_images=os.path.join(out, 'img'),
+                             tile=16, tile_overlap=4):
+      eval_script.main(['eval.py'])
+    summary = json.load(open(metrics_json))
+    for key in ('psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images'):
+      self.assertIn(key, summary)
+    self.assertEqual(summary['num_images'], 2)
+    with open(os.path.join(out, 'm_per_image.csv')) as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([r['name'] for r in rows], ['img00', 'img01'])
+    saved = image_ops.read_image(os.path.join(out, 'img', 'img01.png'))
+    self.assertEqual(saved.shape, (17, 33, 3))
+    # The saved image is the tiled prediction, rounded.
+    x = image_ops.to_float32(image_ops.read_image(os.path.join(data, 'input', 'img01.png')))
+    ref = inference.restore_image(inference.make_predict_fn(self.model), self.params, x, tile=16,
+                                  overlap=4)
+    np.testing.assert_array_equal(saved, np.round(np.clip(ref, 0, 1) * 255).astype(np.uint8))
+
+  def test_restore_mode(self):
+    src = self.create_tempdir().full_path
+    lq8, _ = _pair(21, 30, 1)
+    lq16, _ = _pair(18, 18, 2, dtype=np.uint16)
+    image_ops.write_image(os.path.join(src, 'a.png'), lq8)
+    image_ops.write_image(os.path.join(src, 'b.png'), lq16)
+    with open(os.path.join(src, 'notes.txt'), 'w') as f:
+      f.write('not an image')
+    out = self.create_tempdir().full_path
+    flags_kw = dict(checkpoint=self.ckpt, input=src, output=out, tile=16, tile_overlap=4)
+    with flagsaver.flagsaver(panels=True, **flags_kw):
+      with self.assertLogs(level='WARNING') as logs:
+        eval_script.main(['eval.py'])
+    self.assertTrue(any('notes.txt' in m for m in logs.output))
+    a, b = (image_ops.read_image(os.path.join(out, n)) for n in ('a.png', 'b.png'))
+    self.assertEqual((a.dtype, a.shape), (np.uint8, (21, 30, 3)))
+    self.assertEqual((b.dtype, b.shape), (np.uint16, (18, 18, 3)))  # Bit depth kept.
+    panel = image_ops.read_image(os.path.join(out, 'a_panel.png'))
+    self.assertEqual(panel.shape, (21, 2 * 30 + inference.PANEL_GAP, 3))
+    np.testing.assert_array_equal(panel[:, :30], lq8)
+    # An existing output is kept unless --overwrite.
+    image_ops.write_image(os.path.join(out, 'a.png'), np.zeros_like(lq8))
+    with flagsaver.flagsaver(**flags_kw):
+      eval_script.main(['eval.py'])
+    self.assertEqual(image_ops.read_image(os.path.join(out, 'a.png')).max(), 0)
+    with flagsaver.flagsaver(overwrite=True, **flags_kw):
+      eval_script.main(['eval.py'])
+    self.assertGreater(image_ops.read_image(os.path.join(out, 'a.png')).max(), 0)
+    # An unreadable image fails, naming the file.
+    with open(os.path.join(src, 'c.png'), 'wb') as f:
+      f.write(b'\x89PNG broken')
+    with flagsaver.flagsaver(**flags_kw):
+      with self.assertRaisesRegex(image_ops.ImageReadError, 'c.png'):
+        eval_script.main(['eval.py'])
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,155 @@
+"""Tests for hinet_jax.inference: the official grid, tiling == whole-image inference, one trace."""
+
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hinet_jax import inference
+from hinet_jax import models
+
+
+class TwoConvs(nn.Module):
+  """A local model: two 3x3 convs (receptive radius 2) with a residual, zero 'SAME' padding."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(4, (3, 3), padding='SAME')(x)
+    y = nn.Conv(3, (3, 3), padding='SAME')(jnp.tanh(y))
+    return x[..., :3] + y
+
+
+def _two_convs():
+  model = TwoConvs()
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
+  return model, params
+
+
+def _image(h, w, seed=0):
+  return np.random.default_rng(seed).uniform(0, 1, (h, w, 3)).astype(np.float32)
+
+
+def _official_grid(h, w, crop):
+  """HINet `grids()` (image_restoration_model.py:123) transcribed loop for loop."""
+  num_row, num_col = (h - 1) // crop + 1, (w - 1) // crop + 1
+  step_j = crop if num_col == 1 else math.ceil((w - crop) / (num_col - 1) - 1e-8)
+  step_i = crop if num_row == 1 else math.ceil((h - crop) / (num_row - 1) - 1e-8)
+  out, i, last_i = [], 0, False
+  while i < h and not last_i:
+    j = 0
+    if i + crop >= h:
+      i, last_i = h - crop, True
+    last_j = False
+    while j < w and not last_j:
+      if j + crop >= w:
+        j, last_j = w - crop, True
+      out.append((i, j))
+      j += step_j
+    i += step_i
+  return out
+
+
+class GridTest(parameterized.TestCase):
+
+  def test_1280x720_crop_256_by_hand(self):
+    # 720 rows: num_row = 719 // 256 + 1 = 3, step_i = ceil((720 - 256) / 2) = 232 -> 0, 232, 464
+    # (464 + 256 = 720 >= 720 is the last row). 1280 cols: num_col = 5, step_j = ceil(1024 / 4)
+    # = 256 -> 0, 256, 512, 768, 1024 (the last, flush with the right edge).
+    expected = [(i, j) for i in (0, 232, 464) for j in (0, 256, 512, 768, 1024)]
+    self.assertEqual(inference.grid_coords(720, 1280, 256), expected)
+
+  @parameterized.parameters((720, 1280, 256), (256, 256, 256), (257, 300, 256), (481, 321, 256),
+                            (1000, 700, 128), (33, 17, 16))
+  def test_matches_the_official_loop(self, h, w, crop):
+    self.assertEqual(inference.grid_coords(h, w, crop), _official_grid(h, w, crop))
+
+  @parameterized.parameters((37, 53, 16, 4), (100, 16, 16, 6), (64, 64, 16, 8), (17, 91, 16, 15))
+  def test_overlap_is_at_least_requested_and_covers(self, h, w, tile, overlap):
+    coords = inference.tile_coords(h, w, tile, overlap)
+    for axis, size in ((0, h), (1, w)):
+      starts = sorted({c[axis] for c in coords})
+      self.assertEqual(starts[0], 0)
+      self.assertEqual(starts[-1] + tile, size)
+      for a, b in zip(starts, starts[1:]):
+        self.assertGreaterEqual(a + tile - b, overlap)
+
+  def test_merge_average_of_constant_tiles(self):
+    coords = inference.tile_coords(20, 30, 16, 4)
+    tiles = np.stack([np.full((16, 16, 3), k, np.float32) for k in range(len(coords))])
+    out = inference.merge_tiles(tiles, coords, (20, 30))
+    self.assertEqual(out.shape, (20, 30, 3))
+    self.assertEqual(out[0, 0, 0], 0.0)  # Covered by tile 0 only.
+    self.assertEqual(out[-1, -1, 0], len(coords) - 1)
+
+  def test_too_large_margin_raises(self):
+    coords = inference.tile_coords(20, 20, 16, 4)
+    with self.assertRaisesRegex(ValueError, 'margin'):
+      inference.merge_tiles(np.ones((len(coords), 16, 16, 3)), coords, (20, 20), margin=7)
+
+
+class RestoreTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      dict(h=37, w=53, tile=16, overlap=4, blend='average'),
+      dict(h=37, w=53, tile=16, overlap=6, blend='smooth'),
+      dict(h=16, w=61, tile=16, overlap=8, blend='average'),
+      dict(h=45, w=20, tile=20, overlap=4, blend='smooth'))
+  def test_tiled_equals_whole_for_a_local_model(self, h, w, tile, overlap, blend):
+    model, params = _two_convs()
+    predict = inference.make_predict_fn(model)
+    x = _image(h, w)
+    whole = inference.restore_image(predict, params, x)
+    tiled = inference.restore_image(predict, params, x, tile=tile, overlap=overlap, margin=2,
+                                    batch_size=3, blend=blend)
+    self.assertEqual(tiled.shape, (h, w, 3))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+  def test_local_model_without_margin_differs(self):
+    # The check above is not vacuous: averaging tile edges (the official rule) changes pixels.
+    model, params = _two_convs()
+    predict = inference.make_predict_fn(model)
+    x = _image(37, 53)
+    whole = inference.restore_image(predict, params, x)
+    tiled = inference.restore_image(predict, params, x, tile=16, overlap=4, margin=0)
+    self.assertGreater(np.abs(tiled - whole).max(), 1e-3)
+
+  @parameterized.parameters((5, 7), (16, 16), (23, 9), (40, 33), (1, 30))
+  def test_identity_any_size_and_self_ensemble(self, h, w):
+    predict = jax.jit(lambda p, x: x)
+    x = _image(h, w, 1)
+    for kw in (dict(), dict(tile=16, overlap=4), dict(tile=16, blend='smooth'),
+               dict(tile=16, overlap=2, self_ensemble=True), dict(self_ensemble=True)):
+      out = inference.restore_image(predict, None, x, **kw)
+      np.testing.assert_allclose(out, x, atol=1e-6, err_msg=str(kw))
+
+  def test_one_trace_for_all_tiles_and_images(self):
+    model, params = _two_convs()
+    traces = []
+
+    def predict(p, x):
+      traces.append(x.shape)
+      return model.apply({'params': p}, x)
+
+    predict = jax.jit(predict)
+    for h, w in ((37, 53), (70, 20), (9, 9), (16, 48)):
+      inference.restore_image(predict, params, _image(h, w), tile=16, overlap=4, batch_size=4,
+                              self_ensemble=(h == 9))
+    self.assertEqual(traces, [(4, 16, 16, 3)])
+
+  def test_hinet_predict_fn_returns_stage2(self):
+    model = models.HINet(wf=8, depth=3)
+    rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice here.
+    params = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
+                          models.abstract_params(model))
+    x = _image(20, 12)
+    out = np.asarray(inference.make_predict_fn(model)(params, x[None]))
+    ref = np.asarray(jax.jit(model.apply)({'params': params}, x[None])[1])
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+if __name__ == '__main__':
+  absltest.main()
