@@ -1,0 +1,528 @@
+r"""Model speed: JAX HINet against the PyTorch reference, same weights, same threads.
+
+  python bench/model_speed.py --json=/tmp/model_speed.json             # CPU default cases
+  python bench/model_speed.py --variants=0.5x --cases=fwd256,train_b2_128 --reps=5
+  python bench/model_speed.py --cases=all --torch_compile                 # everything (slow on CPU)
+
+Cases (each for every variant in --variants):
+  fwd256        forward, batch 1, 256x256 (stage-2 output only).
+  tiled720      one 1280x720 frame through `inference.restore_image(tile=256, batch_size=4)`; the
+                PyTorch side runs the same tiles in the same batches and merges them the same way.
+  train_b2_128  full train step (forward, backward, Adam update; PSNR loss, weight 0.5, on both
+                stages), batch 2 of 128x128: the CPU-sized case.
+  train_b8_256  the same at batch 8 of 256x256 (the HINet recipe's per-GPU batch).
+
+Method:
+  * Every (variant, case) runs in a fresh subprocess pinned to --threads CPUs
+    (`os.sched_setaffinity` before JAX/torch import: XLA sizes its intra-op pool from the affinity
+    mask, and torch gets `set_num_threads(threads)` and one inter-op thread; BLAS env vars are set to
+    the same count). JAX and PyTorch run interleaved in that process, alternating which goes first
+    each repetition, so background load hits both alike. Times are medians of --reps warm runs
+    (after one compile/warm-up run).
+  * The PyTorch weights are `torch_reference.random_state_dict`; JAX gets them through
+    `torch_port.torch_to_flax`, and the outputs are compared (max abs diff is reported).
+  * Peak memory: one more subprocess per (variant, case, framework) that imports only that
+    framework, runs warm-up + one rep and reports `ru_maxrss` (peak) and the RSS before the first
+    run (baseline: interpreter, libraries, params).
+  * Ceiling: a float32 NxN matmul with jnp, numpy and torch in the same pinned subprocess setup;
+    every case reports achieved GFLOP/s = flops / median time and its fraction of the jnp ceiling.
+    Forward flops = 2 * `models.forward_macs` (XLA cost analysis of what runs); a train step counts
+    3x the forward.
+  * On a GPU (jax backend 'gpu'), JAX also runs the bfloat16 compute model
+    (`create_model(preset, dtype='bfloat16')`), the ceiling adds a bf16 matmul, and the table shows
+    TFLOP/s and MFU against the measured bf16 rate. PyTorch runs on CUDA when its build has it.
+
+Results, the machine and the levers log are in bench/README.md.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_VARIANTS = flags.DEFINE_list('variants', ['1x', '0.5x'], 'Variants: 1x (wf 64), 0.5x (wf 32).')
+_CASES = flags.DEFINE_list('cases', ['fwd256', 'tiled720', 'train_b2_128'],
+                           'Cases (see the module doc) or "all".')
+_FRAMEWORKS = flags.DEFINE_list('frameworks', ['jax', 'torch'],
+                                'jax, torch (eager), torch_compile.')
+_TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (slow compile).')
+_THREADS = flags.DEFINE_integer('threads', 2, 'CPU threads for both frameworks.')
+_REPS = flags.DEFINE_integer('reps', 5, 'Timed repetitions per case (median reported).')
+_MEMORY = flags.DEFINE_bool('memory', True, 'Measure peak RSS in separate subprocesses.')
+_CEILING_N = flags.DEFINE_integer('ceiling_n', 4096, 'Matmul side for the ceiling.')
+_JSON = flags.DEFINE_string('json', None, 'Also write all results as JSON to this path.')
+_WORKER = flags.DEFINE_string('worker', None, 'Internal: run one job (JSON spec) and print it.')
+
+ALL_CASES = ('fwd256', 'tiled720', 'train_b2_128', 'train_b8_256')
+VARIANT_PRESETS = {'1x': 'sidd-1x', '0.5x': 'sidd-0.5x'}
+TILE, TILE_BATCH, FRAME_HW = 256, 4, (720, 1280)
+RESULT_PREFIX = 'RESULT '
+
+
+# ----------------------------------------------------------------------------
+# Worker side: everything below runs inside a pinned subprocess.
+
+
+def pin_threads(threads):
+  """Restricts this process to `threads` CPUs and tells the BLAS/OpenMP pools the same.
+
+  Must run before numpy, JAX or torch is imported.
+
+  Args:
+    threads: number of CPUs.
+  """
+  cpus = sorted(os.sched_getaffinity(0))[:threads]
+  os.sched_setaffinity(0, cpus)
+  for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
+    os.environ[var] = str(threads)
+  if threads == 1:  # XLA's intra-op pool would still have 1 thread; make it explicit.
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               ' --xla_cpu_multi_thread_eigen=false').strip()
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def rss_mb():
+  """Current resident set size in MiB (Linux /proc)."""
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def peak_rss_mb():
+  """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def case_shape(case):
+  """(batch, height, width, is_train) of a non-tiled case."""
+  return {'fwd256': (1, 256, 256, False), 'train_b2_128': (2, 128, 128, True),
+          'train_b8_256': (8, 256, 256, True)}[case]
+
+
+PSNR_SCALE = 10.0 / 2.302585092994046  # 10 / ln(10)
+
+
+def psnr_loss_jax(pred, target, weight=0.5):
+  """The official PSNR loss (shared/reference/ARCHITECTURE.md) in jnp, NHWC.
+
+  weight * 10/ln(10) * mean_n(ln(mean_hwc((pred - target)^2) + 1e-8)).
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  mse = jnp.mean(jnp.square(pred - target), axis=(1, 2, 3))
+  return weight * PSNR_SCALE * jnp.mean(jnp.log(mse + 1e-8))
+
+
+def psnr_loss_torch(pred, target, weight=0.5):
+  """`psnr_loss_jax` for NCHW torch tensors."""
+  mse = ((pred - target)**2).mean(dim=(1, 2, 3))
+  return weight * PSNR_SCALE * (mse + 1e-8).log().mean()
+
+
+class JaxRunner:
+  """Compiled JAX callables for one case; `run()` executes once and blocks."""
+
+  def __init__(self, preset, case, params_np, dtype, inputs):
+    import jax  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+    from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+    from hinet_jax import models  # pylint: disable=g-import-not-at-top
+
+    self.jax = jax
+    self.model = models.create_model(preset, dtype=dtype)
+    self.params = jax.device_put(params_np)
+    self.case = case
+    self.out = None
+    if case == 'tiled720':
+      self.predict = inference.make_predict_fn(self.model)
+      self.frame = inputs['frame']
+      self.run = lambda: self._set(inference.restore_image(
+          self.predict, self.params, self.frame, tile=TILE, batch_size=TILE_BATCH))
+      return
+    _, _, _, train = case_shape(case)
+    self.x = jax.device_put(inputs['x'])
+    if not train:
+      fwd = jax.jit(lambda p, x: self.model.apply({'params': p}, x)[1])
+      self.run = lambda: self._set(fwd(self.params, self.x).block_until_ready())
+      return
+    self.y = jax.device_put(inputs['y'])
+    tx = optax.adam(1e-4)
+    try:  # The library's loss once it exists (the training loop is being written beside this).
+      from hinet_jax import losses  # pylint: disable=g-import-not-at-top
+      loss_of = lambda outs, y: losses.multi_stage_loss(outs, y, name='psnr', weight=0.5)[0]
+    except (ImportError, AttributeError):
+      loss_of = lambda outs, y: sum(psnr_loss_jax(o, y) for o in outs)
+
+    def step(params, opt_state, x, y):
+      loss, grads = jax.value_and_grad(
+          lambda p: loss_of(self.model.apply({'params': p}, x), y))(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss
+
+    # Donating params and optimizer state lets XLA update them in place (no second copy).
+    self.step = jax.jit(step, donate_argnums=(0, 1))
+    self.opt_state = tx.init(self.params)
+
+    def run_step():
+      self.params, self.opt_state, loss = self.step(self.params, self.opt_state, self.x, self.y)
+      self._set(float(loss))
+
+    self.run = run_step
+
+  def _set(self, out):
+    self.out = out
+
+
+class TorchRunner:
+  """The PyTorch reference for one case (eager or torch.compile); `run()` executes and syncs."""
+
+  def __init__(self, net, case, inputs, device, compiled=False):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import torch  # pylint: disable=g-import-not-at-top
+    from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+
+    self.torch = torch
+    self.net = net.to(device)
+    self.fn = torch.compile(self.net) if compiled else self.net
+    self.device = device
+    self.out = None
+    sync = (lambda: torch.cuda.synchronize()) if device == 'cuda' else (lambda: None)
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+    if case == 'tiled720':
+      frame = inputs['frame']
+
+      def run_tiled():
+        # The same grid, batches (last one padded) and merge as inference.restore_image.
+        coords = inference.tile_coords(frame.shape[0], frame.shape[1], TILE, 0)
+        tiles = inference.extract_tiles(frame, coords, TILE)
+        pad = (-len(tiles)) % TILE_BATCH
+        tiles = np.concatenate([tiles, np.repeat(tiles[-1:], pad, axis=0)])
+        outs = []
+        with torch.no_grad():
+          for s in range(0, len(tiles), TILE_BATCH):
+            outs.append(self.fn(to_t(tiles[s:s + TILE_BATCH]))[1].cpu().numpy())
+        outs = np.concatenate(outs).transpose(0, 2, 3, 1)[:len(coords)]
+        self.out = inference.merge_tiles(outs, coords, frame.shape[:2])
+
+      self.run = run_tiled
+      return
+    _, _, _, train = case_shape(case)
+    self.x = to_t(inputs['x'])
+    if not train:
+      self.net.eval()
+
+      def run_fwd():
+        with torch.no_grad():
+          self.out = self.fn(self.x)[1]
+        sync()
+
+      self.run = run_fwd
+      return
+    self.y = to_t(inputs['y'])
+    self.net.train()  # No dropout/batch norm in HINet: train() == eval() numerically.
+    opt = torch.optim.Adam(self.net.parameters(), lr=1e-4)
+
+    def run_step():
+      opt.zero_grad(set_to_none=True)
+      loss = sum(psnr_loss_torch(o, self.y) for o in self.fn(self.x))
+      loss.backward()
+      opt.step()
+      self.out = float(loss)
+      sync()
+
+    self.run = run_step
+
+
+def make_inputs(case, seed=0):
+  """Deterministic inputs of a case: {'x','y'} NHWC float32, or {'frame'} HWC for tiled720."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  if case == 'tiled720':
+    return {'frame': rng.random(FRAME_HW + (3,), np.float32)}
+  b, h, w, _ = case_shape(case)
+  y = rng.random((b, h, w, 3), np.float32)
+  x = np.clip(y + rng.normal(0, 0.1, y.shape), 0, 1).astype(np.float32)
+  return {'x': x, 'y': y}
+
+
+def case_flops(preset, case, dtype='float32'):
+  """Flops one run of `case` executes (forward 2*MACs; train 3x forward; tiles incl. padding)."""
+  from hinet_jax import models  # pylint: disable=g-import-not-at-top
+
+  model = models.create_model(preset, dtype=dtype)
+  if case == 'tiled720':
+    from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+    n_tiles = len(inference.tile_coords(FRAME_HW[0], FRAME_HW[1], TILE, 0))
+    calls = -(-n_tiles // TILE_BATCH)
+    return 2 * models.forward_macs(model, TILE, TILE, TILE_BATCH) * calls
+  b, h, w, train = case_shape(case)
+  fwd = 2 * models.forward_macs(model, h, w, b)
+  return 3 * fwd if train else fwd
+
+
+def time_interleaved(runners, reps):
+  """Warms every runner once, then times `reps` rounds, rotating the order each round.
+
+  Args:
+    runners: {name: runner with .run()}.
+    reps: timed rounds.
+
+  Returns:
+    {name: {'first_s': compile+first run, 'times_s': [...]}}.
+  """
+  out = {}
+  for name, r in runners.items():
+    t0 = time.perf_counter()
+    r.run()
+    out[name] = {'first_s': time.perf_counter() - t0, 'times_s': []}
+  names = list(runners)
+  for i in range(reps):
+    order = names[i % len(names):] + names[:i % len(names)]
+    for name in order:
+      t0 = time.perf_counter()
+      runners[name].run()
+      out[name]['times_s'].append(time.perf_counter() - t0)
+  return out
+
+
+def worker_timing(spec):
+  """One (variant, case): JAX (f32, and bf16 on GPU) and torch, interleaved. Returns rows."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(_ROOT, 'tests'))
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  from hinet_jax import models  # pylint: disable=g-import-not-at-top
+  from hinet_jax import torch_port  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(spec['threads'])
+  try:
+    torch.set_num_interop_threads(1)
+  except RuntimeError:
+    pass
+  preset, case = VARIANT_PRESETS[spec['variant']], spec['case']
+  on_gpu = jax.default_backend() == 'gpu'
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  inputs = make_inputs(case)
+  runners = {}
+  state_dict = None
+  for fw in spec['frameworks']:
+    if fw.startswith('torch'):
+      net, sd = torch_reference.random_state_dict(0, **models.PRESETS[preset])
+      state_dict = torch_port.unwrap_state_dict(sd)
+      runners[fw] = TorchRunner(net, case, inputs, device, compiled=fw == 'torch_compile')
+  if state_dict is None:
+    net, sd = torch_reference.random_state_dict(0, **models.PRESETS[preset])
+    state_dict = torch_port.unwrap_state_dict(sd)
+  if 'jax' in spec['frameworks']:
+    params = torch_port.torch_to_flax(state_dict, models.create_model(preset))
+    dtypes = ['float32', 'bfloat16'] if on_gpu else ['float32']
+    for dtype in dtypes:
+      runners['jax' if dtype == 'float32' else 'jax_bf16'] = JaxRunner(
+          preset, case, params, dtype, inputs)
+  load_before = os.getloadavg()
+  res = time_interleaved(runners, spec['reps'])
+  load_after = os.getloadavg()
+  # Parity of the first outputs (forward cases) / first losses (train) as a sanity check.
+  ref = runners.get('torch')
+  rows = []
+  for name, r in res.items():
+    dtype = 'bfloat16' if name == 'jax_bf16' else 'float32'
+    flops = case_flops(preset, case, dtype)
+    med = statistics.median(r['times_s'])
+    row = dict(variant=spec['variant'], case=case, framework=name, dtype=dtype,
+               device=jax.devices()[0].device_kind if name.startswith('jax') else device,
+               threads=spec['threads'], reps=spec['reps'], median_s=med, min_s=min(r['times_s']),
+               times_s=r['times_s'], first_s=r['first_s'], gflop=flops / 1e9,
+               gflops_per_s=flops / med / 1e9, loadavg_before=load_before[0],
+               loadavg_after=load_after[0])
+    if ref is not None and name.startswith('jax') and case != 'train_b8_256':
+      a, b = runners[name].out, ref.out
+      if case.startswith('train'):
+        row['note'] = f'last loss jax {a:.4f} torch {b:.4f}'
+      else:
+        b = b.cpu().numpy().transpose(0, 2, 3, 1) if hasattr(b, 'cpu') else b
+        row['max_abs_diff_vs_torch'] = float(np.max(np.abs(np.asarray(a, np.float32) - b)))
+    rows.append(row)
+  return rows
+
+
+def worker_memory(spec):
+  """Peak RSS of one framework alone on one case (warm-up + one run)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  preset, case, fw = VARIANT_PRESETS[spec['variant']], spec['case'], spec['framework']
+  inputs = make_inputs(case)
+  if fw.startswith('torch'):
+    import torch  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, os.path.join(_ROOT, 'tests'))
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    from hinet_jax import models  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(spec['threads'])
+    net, _ = torch_reference.random_state_dict(0, **models.PRESETS[preset])
+    runner = TorchRunner(net, case, inputs, 'cuda' if torch.cuda.is_available() else 'cpu',
+                         compiled=fw == 'torch_compile')
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+    from hinet_jax import models  # pylint: disable=g-import-not-at-top
+    dtype = 'bfloat16' if fw == 'jax_bf16' else 'float32'
+    params = jax.tree.map(np.asarray, models.init_params(models.create_model(preset),
+                                                         jax.random.key(0), 16))
+    runner = JaxRunner(preset, case, params, dtype, inputs)
+  base = rss_mb()
+  runner.run()
+  runner.run()
+  return [dict(variant=spec['variant'], case=case, framework=fw, baseline_rss_mb=base,
+               peak_rss_mb=peak_rss_mb())]
+
+
+def worker_ceiling(spec):
+  """Large float32 (and on GPU bf16) matmul rates with jnp, numpy and torch, in GFLOP/s."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(spec['threads'])
+  n = spec['n']
+  flops = 2.0 * n**3
+  a = np.random.default_rng(0).random((n, n), np.float32)
+
+  def rate(fn, reps=5):
+    fn()
+    ts = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      fn()
+      ts.append(time.perf_counter() - t0)
+    return flops / statistics.median(ts) / 1e9
+
+  out = {'n': n, 'loadavg_before': os.getloadavg()[0]}
+  ja = jax.device_put(a)
+  mm = jax.jit(jnp.matmul)
+  out['jnp_f32_gflops'] = rate(lambda: mm(ja, ja).block_until_ready())
+  out['numpy_f32_gflops'] = rate(lambda: a @ a)
+  ta = torch.from_numpy(a)
+  out['torch_f32_gflops'] = rate(lambda: ta @ ta)
+  if jax.default_backend() == 'gpu':
+    m = 8192
+    jb = jnp.ones((m, m), jnp.bfloat16)
+    bf_flops = 2.0 * m**3
+    ts = []
+    mm(jb, jb).block_until_ready()
+    for _ in range(10):
+      t0 = time.perf_counter()
+      mm(jb, jb).block_until_ready()
+      ts.append(time.perf_counter() - t0)
+    out['jnp_bf16_gflops'] = bf_flops / statistics.median(ts) / 1e9
+  out['device'] = jax.devices()[0].device_kind
+  out['backend'] = jax.default_backend()
+  return [out]
+
+
+def run_worker(spec_json):
+  spec = json.loads(spec_json)
+  pin_threads(spec['threads'])
+  sys.path.insert(0, _ROOT)
+  kind = spec['kind']
+  rows = {'timing': worker_timing, 'memory': worker_memory, 'ceiling': worker_ceiling}[kind](spec)
+  print(RESULT_PREFIX + json.dumps(rows), flush=True)
+
+
+# ----------------------------------------------------------------------------
+# Driver side.
+
+
+def spawn(spec):
+  """Runs one job in a fresh pinned subprocess; returns its rows (or an error row)."""
+  cmd = [sys.executable, os.path.abspath(__file__), '--worker=' + json.dumps(spec)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_ROOT, check=False)
+  for line in proc.stdout.splitlines():
+    if line.startswith(RESULT_PREFIX):
+      return json.loads(line[len(RESULT_PREFIX):])
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+  print(f'job {spec} failed (rc {proc.returncode}):\n' + '\n'.join(tail), file=sys.stderr)
+  return [dict(spec, error='\n'.join(tail[-3:]))]
+
+
+def format_table(rows, ceiling):
+  """Text table of the timing rows (memory merged in), with speed-up vs torch eager."""
+  f32 = ceiling.get('jnp_f32_gflops')
+  bf16 = ceiling.get('jnp_bf16_gflops')
+  eager = {(r['variant'], r['case']): r['median_s'] for r in rows
+           if r.get('framework') == 'torch' and 'median_s' in r}
+  head = ['variant', 'case', 'framework', 'median_ms', 'min_ms', 'vs_torch', 'GFLOP/s',
+          'of_ceiling', 'peak_MB', 'load']
+  lines = [head]
+  for r in rows:
+    if 'median_s' not in r:
+      lines.append([r.get('variant', ''), r.get('case', ''), r.get('framework', ''), 'ERROR'] +
+                   [''] * (len(head) - 4))
+      continue
+    peak = r.get('peak_rss_mb')
+    ceil = bf16 if r['dtype'] == 'bfloat16' and bf16 else f32
+    base = eager.get((r['variant'], r['case']))
+    lines.append([
+        r['variant'], r['case'], r['framework'], f"{1e3 * r['median_s']:.0f}",
+        f"{1e3 * r['min_s']:.0f}", f"{base / r['median_s']:.2f}x" if base else '-',
+        f"{r['gflops_per_s']:.1f}", f"{r['gflops_per_s'] / ceil:.0%}" if ceil else '-',
+        f'{peak:.0f}' if peak else '-',
+        f"{r['loadavg_before']:.1f}/{r['loadavg_after']:.1f}"])
+  widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+  return '\n'.join(' '.join(str(c).rjust(w) for c, w in zip(row, widths)) for row in lines)
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    run_worker(_WORKER.value)
+    return
+  cases = list(ALL_CASES) if _CASES.value == ['all'] else _CASES.value
+  for c in cases:
+    if c not in ALL_CASES:
+      raise app.UsageError(f'--cases: unknown case {c!r}; choose from {ALL_CASES} or "all".')
+  for v in _VARIANTS.value:
+    if v not in VARIANT_PRESETS:
+      raise app.UsageError(f'--variants: unknown variant {v!r}; choose from '
+                           f'{sorted(VARIANT_PRESETS)}.')
+  frameworks = list(_FRAMEWORKS.value)
+  if _TORCH_COMPILE.value and 'torch_compile' not in frameworks:
+    frameworks.append('torch_compile')
+  threads = _THREADS.value
+  with open('/proc/loadavg') as f:
+    print('loadavg at start:', f.read().strip())
+  ceiling = spawn(dict(kind='ceiling', threads=threads, n=_CEILING_N.value))[0]
+  print('ceiling (GFLOP/s):', {k: round(v, 1) if isinstance(v, float) else v
+                               for k, v in ceiling.items()}, flush=True)
+  rows = []
+  for variant in _VARIANTS.value:
+    for case in cases:
+      got = spawn(dict(kind='timing', variant=variant, case=case, frameworks=frameworks,
+                       threads=threads, reps=_REPS.value))
+      if _MEMORY.value:
+        for r in got:
+          if 'framework' in r and 'error' not in r:
+            mem = spawn(dict(kind='memory', variant=variant, case=case,
+                             framework=r['framework'], threads=threads))[0]
+            r.update({k: v for k, v in mem.items() if k.endswith('_mb')})
+      for r in got:
+        print(json.dumps({k: v for k, v in r.items() if k != 'times_s'}), flush=True)
+      rows.extend(got)
+  with open('/proc/loadavg') as f:
+    print('loadavg at end:', f.read().strip())
+  print(format_table(rows, ceiling))
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump({'ceiling': ceiling, 'rows': rows, 'threads': threads,
+                 'argv': sys.argv[1:]}, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,218 @@
+"""Training checkpoints with orbax: state + data iterator + config, latest N and best by PSNR.
+
+Layout of a training workdir:
+  WORKDIR/model_config.json          `HINet` constructor kwargs (`models.model_config`)
+  WORKDIR/checkpoints/<step>/state    the TrainState (params, optimizer state, counters)
+  WORKDIR/checkpoints/<step>/data_iter  grain iterator state, one JSON per process
+  WORKDIR/checkpoints/<step>/meta     {'step', 'config'} as JSON
+  WORKDIR/checkpoints/<step>/metrics  validation metrics (steps that were evaluated)
+
+Retention is `LatestN` (for resuming) OR `BestN` by validation PSNR (for the best model); the legacy
+`max_to_keep` + `best_fn` keeps only the best and can delete the newest checkpoint
+(shared/API_NOTES.md section 3). Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames
+it when complete, so a run killed mid-save leaves the previous step as the latest complete one; the
+manager deletes such leftovers at start-up (`cleanup_tmp_directories`).
+"""
+
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+MODEL_CONFIG_FILE = 'model_config.json'
+BEST_METRIC = 'psnr'
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """Where a training workdir keeps its orbax checkpoints."""
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+
+
+def _best_metric(metrics: Dict[str, float]) -> float:
+  return float(metrics[BEST_METRIC])
+
+
+def create_manager(workdir: str, *, keep_latest: int = 3, keep_best: int = 1,
+                   async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+  """The checkpoint manager of a training workdir.
+
+  Args:
+    workdir: the training workdir (checkpoints go to WORKDIR/checkpoints).
+    keep_latest: how many of the newest checkpoints to keep (for resuming).
+    keep_best: how many checkpoints with the highest validation PSNR to keep besides; 0 disables.
+    async_save: write in a background thread (`save` then only blocks for the device->host copy).
+    read_only: open without creating or cleaning anything (for loading params).
+
+  Returns:
+    An `ocp.CheckpointManager`. The caller decides when to save (see `save`), so there is no
+    save-interval policy here.
+  """
+  policies = [cm.LatestN(n=keep_latest)]
+  if keep_best > 0:
+    # Checkpoints saved without metrics are ranked by nobody: only LatestN keeps them.
+    policies.append(cm.BestN(get_metric_fn=_best_metric, n=keep_best,
+                             keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=cm.AnyPreservationPolicy(policies),
+      # Still needed beside BestN: without best_fn the metrics are not written and best_step()
+      # returns the latest step.
+      best_fn=_best_metric, best_mode='max',
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=not read_only,
+      read_only=read_only,
+      create=not read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, data_iter: Any = None,
+         meta: Optional[Dict[str, Any]] = None,
+         metrics: Optional[Dict[str, float]] = None) -> bool:
+  """Saves `state` (and the data iterator and JSON meta) as checkpoint `step`.
+
+  Args:
+    mngr: from `create_manager`.
+    step: the number of completed training steps.
+    state: the TrainState (jax.Arrays).
+    data_iter: a grain `DatasetIterator`, saved so a resume replays the same batches.
+    meta: JSON-able dict, e.g. {'config': config.to_dict()}.
+    metrics: validation metrics with a 'psnr' key (ranks the checkpoint for BestN), or None.
+
+  Returns:
+    Whether a checkpoint was started (False if this step already exists).
+  """
+  if step in mngr.all_steps():
+    logging.info('Checkpoint %d already exists; not saving it again.', step)
+    return False
+  items = dict(state=ocp.args.StandardSave(state),
+               meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))))
+  if data_iter is not None:
+    import grain  # Only needed when there is an iterator to save.
+    items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
+  metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+  return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state: Any, *, data_iter: Any = None,
+            step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
+  """Restores the state (and, in place, the data iterator) of checkpoint `step` (default latest).
+
+  Args:
+    mngr: from `create_manager`.
+    abstract_state: pytree of `jax.ShapeDtypeStruct` with shardings (the restore target).
+    data_iter: the grain iterator to set to the saved position, or None.
+    step: which checkpoint; None for the latest.
+
+  Returns:
+    `(state, meta)`.
+  """
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No complete checkpoint in {mngr.directory}.')
+  items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  if data_iter is not None:
+    import grain
+    items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  return restored['state'], restored['meta']
+
+
+def write_model_config(workdir: str, model_cfg: Dict[str, Any]) -> None:
+  """Writes WORKDIR/model_config.json atomically (process 0 only).
+
+  Args:
+    workdir: the training workdir.
+    model_cfg: `models.model_config(model)`.
+  """
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, MODEL_CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(model_cfg, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def read_model_config(workdir: str) -> Dict[str, Any]:
+  """Reads WORKDIR/model_config.json.
+
+  Args:
+    workdir: a training workdir or a params-only checkpoint dir.
+
+  Returns:
+    The `HINet` constructor kwargs.
+  """
+  path = os.path.join(workdir, MODEL_CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: {workdir} is not a hinet-jax training workdir '
+                            '(train.py writes model_config.json there).')
+  with open(path) as f:
+    return json.load(f)
+
+
+def select_step(workdir: str, which: str = 'latest') -> int:
+  """The checkpoint step of `workdir` that `which` ('latest', 'best' or a step number) names.
+
+  Args:
+    workdir: a training workdir.
+    which: 'latest', 'best' (highest validation PSNR) or an integer step (as int or str).
+
+  Returns:
+    The step.
+  """
+  mngr = create_manager(workdir, read_only=True)
+  try:
+    steps = mngr.all_steps()
+    if not steps:
+      raise FileNotFoundError(f'No complete checkpoint in {checkpoint_dir(workdir)}.')
+    if which == 'latest':
+      return mngr.latest_step()
+    if which == 'best':
+      best = mngr.best_step()
+      if best is None or not any(mngr.metrics(s) for s in steps):
+        logging.warning('No evaluated checkpoint in %s; using the latest step.', workdir)
+        return mngr.latest_step()
+      return best
+    step = int(which)
+    if step not in steps:
+      raise ValueError(f'Step {step} not in {checkpoint_dir(workdir)} (have {sorted(steps)}).')
+    return step
+  except ValueError as e:
+    if 'invalid literal' in str(e):
+      raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}.") from e
+    raise
+  finally:
+    mngr.close()
+
+
+def load_params_from_workdir(workdir: str, which: str = 'latest') -> Tuple[Dict[str, Any], Any]:
+  """Loads only the parameters of a training checkpoint (not the optimizer state).
+
+  Args:
+    workdir: a training workdir (with model_config.json and checkpoints/).
+    which: 'latest', 'best' (highest validation PSNR) or a step number.
+
+  Returns:
+    `(model_config, params)`: the `HINet` kwargs and the parameters as jax.Arrays on the first
+    local device.
+  """
+  from hinet_jax import models  # Local import: checkpointing is below models only for loading.
+  model_cfg = read_model_config(workdir)
+  step = select_step(workdir, which)
+  model = models.create_model(**model_cfg)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          models.abstract_params(model))
+  item = {'params': abstract}
+  path = os.path.join(checkpoint_dir(workdir), str(step), 'state')
+  with ocp.PyTreeCheckpointer() as ckptr:
+    restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True))
+  logging.info('Loaded params of step %d (%s) from %s.', step, which, workdir)
+  return model_cfg, restored['params']

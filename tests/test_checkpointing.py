@@ -1,0 +1,132 @@
+"""Checkpoint round trips, retention (latest N + best), interrupted saves, params-only loading."""
+
+import os
+import tempfile
+import time
+
+from absl.testing import absltest
+import grain
+import jax
+import numpy as np
+import optax
+
+from hinet_jax import checkpointing
+from hinet_jax import models
+from hinet_jax import sharding
+from hinet_jax import train_lib
+
+TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
+
+
+def _tiny_state(seed=0):
+  model = models.create_model(**TINY)
+  mesh = sharding.create_mesh()
+  state, abstract, _ = train_lib.init_state(model, optax.adam(1e-3), mesh, seed)
+  return model, state, abstract
+
+
+def _range_iter():
+  return iter(grain.MapDataset.range(100).seed(0).shuffle().to_iter_dataset())
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+class CheckpointingTest(absltest.TestCase):
+
+  def _tmpdir(self):
+    d = tempfile.TemporaryDirectory()  # absltest's create_tempdir needs parsed flags (pytest).
+    self.addCleanup(d.cleanup)
+    return d.name
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model, cls.state, cls.abstract = _tiny_state()
+
+  def test_round_trip_is_exact_including_the_data_iterator(self):
+    workdir = self._tmpdir()
+    it = _range_iter()
+    for _ in range(7):
+      next(it)
+    mngr = checkpointing.create_manager(workdir)
+    checkpointing.save(mngr, 7, self.state, data_iter=it, meta={'config': {'a': 1}})
+    expected_next = [next(it) for _ in range(3)]
+    mngr.wait_until_finished()
+    mngr.close()
+
+    fresh_it = _range_iter()
+    mngr = checkpointing.create_manager(workdir)
+    state, meta = checkpointing.restore(mngr, self.abstract, data_iter=fresh_it)
+    mngr.close()
+    _assert_trees_equal(state.params, self.state.params)
+    _assert_trees_equal(state.opt_state, self.state.opt_state)
+    self.assertEqual(meta['step'], 7)
+    self.assertEqual(meta['config'], {'a': 1})
+    self.assertEqual([next(fresh_it) for _ in range(3)], expected_next)
+    self.assertEqual(state.params['conv_01']['kernel'].sharding,
+                     self.abstract.params['conv_01']['kernel'].sharding)
+
+  def test_keeps_latest_n_and_the_best(self):
+    workdir = self._tmpdir()
+    mngr = checkpointing.create_manager(workdir, keep_latest=2, keep_best=1)
+    psnrs = {2: 20.0, 3: 31.0, 4: 25.0, 6: 22.0}
+    for step in range(1, 7):
+      metrics = {'psnr': psnrs[step]} if step in psnrs else None
+      checkpointing.save(mngr, step, self.state, metrics=metrics)
+    mngr.wait_until_finished()
+    self.assertEqual(sorted(mngr.all_steps()), [3, 5, 6])
+    mngr.close()
+    self.assertEqual(checkpointing.select_step(workdir, 'best'), 3)
+    self.assertEqual(checkpointing.select_step(workdir, 'latest'), 6)
+
+  def test_interrupted_save_leaves_the_previous_step_usable(self):
+    workdir = self._tmpdir()
+    mngr = checkpointing.create_manager(workdir)
+    checkpointing.save(mngr, 5, self.state)
+    mngr.wait_until_finished()
+    mngr.close()
+    # What a kill during the write of step 10 leaves behind (orbax renames when complete).
+    partial = os.path.join(checkpointing.checkpoint_dir(workdir), '10.orbax-checkpoint-tmp-123')
+    os.makedirs(os.path.join(partial, 'state'))
+    with open(os.path.join(partial, 'state', 'garbage'), 'w') as f:
+      f.write('partial')
+    mngr = checkpointing.create_manager(workdir)
+    self.assertEqual(mngr.latest_step(), 5)
+    deadline = time.time() + 30  # orbax deletes leftovers in the background at start-up.
+    while os.path.exists(partial) and time.time() < deadline:
+      time.sleep(0.05)
+    self.assertFalse(os.path.exists(partial))
+    state, _ = checkpointing.restore(mngr, self.abstract)
+    mngr.close()
+    _assert_trees_equal(state.params, self.state.params)
+
+  def test_load_params_from_workdir(self):
+    workdir = self._tmpdir()
+    checkpointing.write_model_config(workdir, models.model_config(self.model))
+    mngr = checkpointing.create_manager(workdir)
+    checkpointing.save(mngr, 3, self.state, metrics={'psnr': 30.0})
+    other = self.state.replace(params=jax.tree.map(lambda p: p + 1.0, self.state.params))
+    checkpointing.save(mngr, 4, other, metrics={'psnr': 10.0})
+    mngr.wait_until_finished()
+    mngr.close()
+    cfg, params = checkpointing.load_params_from_workdir(workdir, 'best')
+    self.assertEqual(cfg['wf'], 8)
+    _assert_trees_equal(params, self.state.params)
+    _, params = checkpointing.load_params_from_workdir(workdir, 'latest')
+    _assert_trees_equal(params, other.params)
+    _, params = checkpointing.load_params_from_workdir(workdir, '3')
+    _assert_trees_equal(params, self.state.params)
+
+  def test_missing_workdir_files_say_what_is_wrong(self):
+    workdir = self._tmpdir()
+    with self.assertRaisesRegex(FileNotFoundError, 'model_config.json'):
+      checkpointing.load_params_from_workdir(workdir)
+    checkpointing.write_model_config(workdir, models.model_config(self.model))
+    with self.assertRaisesRegex(FileNotFoundError, 'No complete checkpoint'):
+      checkpointing.load_params_from_workdir(workdir)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,64 @@
+"""The optimizer recipe against PyTorch's Adam, clip_grad_norm_ and CosineAnnealingLR."""
+
+from absl.testing import absltest
+import numpy as np
+import optax
+
+from hinet_jax import optim
+
+
+class ScheduleTest(absltest.TestCase):
+
+  def test_cosine_matches_torch_cosine_annealing(self):
+    torch = __import__('torch')
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=2e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100, eta_min=1e-6)
+    fn = optim.create_learning_rate_fn(learning_rate=2e-4, decay_steps=100, eta_min=1e-6)
+    for step in range(100):
+      np.testing.assert_allclose(float(fn(step)), opt.param_groups[0]['lr'], rtol=1e-5)
+      opt.step()
+      sched.step()
+    self.assertAlmostEqual(float(fn(150)), 1e-6, places=9)  # Held at eta_min after T.
+
+  def test_warmup_overrides_the_cosine_as_upstream(self):
+    fn = optim.create_learning_rate_fn(learning_rate=1.0, decay_steps=100, warmup_steps=10)
+    # basicsr base_model.update_learning_rate: lr * iter / warmup_iter for 1-based iter < warmup.
+    np.testing.assert_allclose([float(fn(s)) for s in range(9)], [(s + 1) / 10 for s in range(9)],
+                               rtol=1e-6)
+    cos = optim.create_learning_rate_fn(learning_rate=1.0, decay_steps=100)
+    self.assertAlmostEqual(float(fn(9)), float(cos(9)), places=6)
+    self.assertAlmostEqual(float(fn(50)), float(cos(50)), places=6)
+
+  def test_bad_schedule_names_the_option(self):
+    with self.assertRaisesRegex(ValueError, 'decay_steps'):
+      optim.create_learning_rate_fn(learning_rate=1e-3, decay_steps=0)
+
+
+class OptimizerTest(absltest.TestCase):
+
+  def test_three_steps_match_torch_adam_with_grad_clipping(self):
+    torch = __import__('torch')
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(5,)).astype(np.float32)
+    grads = [rng.normal(size=(5,)).astype(np.float32) for _ in range(3)]
+    lr_fn = optim.create_learning_rate_fn(learning_rate=1e-2, decay_steps=10, eta_min=1e-4)
+    tx = optim.create_optimizer(lr_fn, b1=0.9, b2=0.99, grad_clip_norm=0.01)
+    params, state = w0, tx.init(w0)
+    for g in grads:
+      updates, state = tx.update(g, state, params)
+      params = optax.apply_updates(params, updates)
+
+    p = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    opt = torch.optim.Adam([p], lr=1e-2, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, eta_min=1e-4)
+    for g in grads:
+      p.grad = torch.from_numpy(g.copy())
+      torch.nn.utils.clip_grad_norm_([p], 0.01)
+      opt.step()
+      sched.step()
+    np.testing.assert_allclose(np.asarray(params), p.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+if __name__ == '__main__':
+  absltest.main()
