@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hinet_jax.winograd import winograd_conv3x3
+
 Array = jax.Array
 Dtype = Any
 
@@ -90,6 +92,22 @@ def host_uniform(key: Array, shape: Sequence[int], dtype: Dtype, bound: float) -
   return jax.pure_callback(draw, out, jax.random.key_data(key))
 
 
+CONV_IMPLS = ('xla', 'winograd', 'auto')
+# 'auto' threshold: Winograd F(2x2, 3x3) beat lax.conv (YNNPACK) on 2 Zen 4 cores in both the
+# forward and forward+backward only at 512 and 1024 channels (bench/README.md, levers log).
+WINOGRAD_MIN_CHANNELS = 512
+
+
+def use_winograd(conv_impl: str, kernel_size: int, strides: int, padding: int, in_features: int,
+                 features: int) -> bool:
+  """Whether a conv with these settings runs as Winograd under `conv_impl`."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}.')
+  if conv_impl == 'xla' or (kernel_size, strides, padding) != (3, 1, 1):
+    return False
+  return conv_impl == 'winograd' or min(in_features, features) >= WINOGRAD_MIN_CHANNELS
+
+
 class Conv(nn.Module):
   """2-D convolution, NHWC, kernel `(kh, kw, in, out)`, PyTorch-style padding and init.
 
@@ -101,6 +119,10 @@ class Conv(nn.Module):
     use_bias: whether to add a bias.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    conv_impl: how 3x3/stride-1/padding-1 convs run: 'xla' (lax.conv), 'winograd'
+      (`winograd.winograd_conv3x3`, F(2x2, 3x3)), or 'auto' (winograd where it measured faster on
+      XLA:CPU, both forward and forward+backward: in and out channels >= `WINOGRAD_MIN_CHANNELS`).
+      Other convs always use lax.conv.
   """
 
   features: int
@@ -110,6 +132,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -117,10 +140,13 @@ class Conv(nn.Module):
     fan_in = x.shape[-1] * k * k
     kernel = self.param('kernel', torch_kernel_init(), (k, k, x.shape[-1], self.features),
                         self.param_dtype)
-    pad = ((self.padding, self.padding),) * 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, pad,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if use_winograd(self.conv_impl, k, self.strides, self.padding, x.shape[-1], self.features):
+      y = winograd_conv3x3(x, kernel, self.dtype)
+    else:
+      pad = ((self.padding, self.padding),) * 2
+      y = jax.lax.conv_general_dilated(
+          x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, pad,
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
       bias = self.param('bias', torch_bias_init(fan_in), (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
@@ -222,10 +248,12 @@ class ConvBlock(nn.Module):
   use_csff: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None):
-    conv = functools.partial(Conv, self.features, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = functools.partial(Conv, self.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                             conv_impl=self.conv_impl)
     out = conv(3, padding=1, name='conv_1')(x)
     if self.use_hin:
       out = half_instance_norm(InstanceNorm(param_dtype=self.param_dtype, name='norm'), out)
@@ -249,12 +277,14 @@ class UpBlock(nn.Module):
   relu_slope: float = 0.2
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x: Array, skip: Array) -> Array:
     up = UpConv2x2(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='up')(x)
     return ConvBlock(self.features, relu_slope=self.relu_slope, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='conv_block')(
+                     param_dtype=self.param_dtype, conv_impl=self.conv_impl,
+                     name='conv_block')(
                          jnp.concatenate([up, skip], axis=-1))
 
 
@@ -268,11 +298,12 @@ class SAM(nn.Module):
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, d: Array, x: Array):
     conv = functools.partial(Conv, kernel_size=3, padding=1, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+                             param_dtype=self.param_dtype, conv_impl=self.conv_impl)
     img = conv(x.shape[-1], name='conv2')(d) + x.astype(self.dtype)
     attn = jax.nn.sigmoid(conv(self.features, name='conv3')(img))
     feat = conv(self.features, name='conv1')(d) * attn + d
@@ -291,6 +322,8 @@ class HINet(nn.Module):
     in_chn: image channels.
     dtype: compute dtype (float32, or bfloat16 on TPU/GPU). Norm statistics stay float32.
     param_dtype: parameter dtype.
+    conv_impl: 3x3 conv implementation, 'xla' | 'winograd' | 'auto' (see `Conv`). Numerics only
+      (no parameter change): Winograd agrees with lax.conv to ~1e-7 relative in float32.
 
   Call with `x`, float NHWC images in [0, 1] of any height and width. Returns the tuple
   `(stage1, stage2)`, both float32 NHWC of the input's shape: each stage's predicted residual plus
@@ -305,9 +338,10 @@ class HINet(nn.Module):
   in_chn: int = 3
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'xla'
 
   def setup(self):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, conv_impl=self.conv_impl)
     width = lambda level: (2**level) * self.wf
     last_level = self.depth - 1
     self.conv_01 = Conv(self.wf, 3, padding=1, **kw)
@@ -402,7 +436,8 @@ def model_config(model: HINet) -> dict:
   return dict(wf=model.wf, depth=model.depth, relu_slope=model.relu_slope,
               hin_position_left=model.hin_position_left,
               hin_position_right=model.hin_position_right, in_chn=model.in_chn,
-              dtype=jnp.dtype(model.dtype).name, param_dtype=jnp.dtype(model.param_dtype).name)
+              dtype=jnp.dtype(model.dtype).name, param_dtype=jnp.dtype(model.param_dtype).name,
+              conv_impl=model.conv_impl)
 
 
 def init_params(model: HINet, rng: Array, image_size: int = 64) -> Any:
