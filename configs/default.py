@@ -22,6 +22,26 @@ def folder_source(root=None, input_dir='input', target_dir='target'):
       input_dir=input_dir, target_dir=target_dir))
 
 
+def dataset_source(kind, split):
+  """A `datasets.make_source` config for a published dataset; the root is set on the command line."""
+  return ml_collections.ConfigDict(dict(
+      kind=kind, root=ml_collections.config_dict.placeholder(str), split=split))
+
+
+def use_full_frame_recipe(config):
+  """The GoPro/REDS/Rain13k recipe shared by their official option files.
+
+  PSNR loss (weight 0.5) on both stages, Adam betas (0.9, 0.99), cosine to eta_min 1e-7, and
+  validation on full frames through the official 256 grid with 8-bit output.
+  """
+  config.data.eval_batch_size = 8  # 256x256 tiles per call.
+  config.loss.name, config.loss.weight = 'psnr', 0.5
+  config.optim.b2, config.optim.eta_min = 0.99, 1e-7
+  config.checkpoint_every_steps = 20_000
+  config.eval.batched, config.eval.tile, config.eval.quantize = False, 256, True
+  return config
+
+
 def get_config():
   """The default training config (HINet 1x, PSNR loss, the official optimizer)."""
   config = ml_collections.ConfigDict()

@@ -12,8 +12,6 @@ Adam lr 2e-4 betas (0.9, 0.99), TrueCosineAnnealingLR T_max 400k eta_min 1e-7, n
 0.01 (default on), manual_seed 10, 256 crops with flips/rotations, val every 50k.
 """
 
-import ml_collections
-
 from configs import default as default_lib
 
 
@@ -22,14 +20,8 @@ def get_config():
   config = default_lib.get_config()
   config.seed = 10
   config.model.hin_position_left, config.model.hin_position_right = 3, 4
-  config.data.train = ml_collections.ConfigDict(dict(
-      kind='gopro', root=ml_collections.config_dict.placeholder(str), split='train'))
-  config.data.val = ml_collections.ConfigDict(dict(
-      kind='gopro', root=ml_collections.config_dict.placeholder(str), split='test'))
-  config.data.eval_batch_size = 8  # 256x256 tiles per call.
-  config.loss.name, config.loss.weight = 'psnr', 0.5
-  config.optim.b2, config.optim.eta_min = 0.99, 1e-7
+  config.data.train = default_lib.dataset_source('gopro', 'train')
+  config.data.val = default_lib.dataset_source('gopro', 'test')
+  default_lib.use_full_frame_recipe(config)
   config.eval_every_steps = 50_000
-  config.checkpoint_every_steps = 20_000
-  config.eval.batched, config.eval.tile, config.eval.quantize = False, 256, True
   return config

@@ -13,8 +13,6 @@ betas (0.9, 0.99), TrueCosineAnnealingLR T_max 400k eta_min 1e-7, linear warm-up
 grad clip 0.01 (default on), manual_seed 10, 256 crops, val every 20k.
 """
 
-import ml_collections
-
 from configs import default as default_lib
 
 
@@ -23,16 +21,10 @@ def get_config():
   config = default_lib.get_config()
   config.seed = 10
   config.model.hin_position_left, config.model.hin_position_right = 0, 4
-  config.data.train = ml_collections.ConfigDict(dict(
-      kind='rain13k', root=ml_collections.config_dict.placeholder(str), split='train'))
-  config.data.val = ml_collections.ConfigDict(dict(
-      kind='rain13k', root=ml_collections.config_dict.placeholder(str), split='Test100'))
-  config.data.eval_batch_size = 8  # 256x256 tiles per call.
-  config.loss.name, config.loss.weight = 'psnr', 0.5
-  config.optim.b2, config.optim.eta_min = 0.99, 1e-7
+  config.data.train = default_lib.dataset_source('rain13k', 'train')
+  config.data.val = default_lib.dataset_source('rain13k', 'Test100')
+  default_lib.use_full_frame_recipe(config)
   config.optim.warmup_steps = 10_000
   config.eval_every_steps = 20_000
-  config.checkpoint_every_steps = 20_000
-  config.eval.batched, config.eval.tile, config.eval.quantize = False, 256, True
   config.eval.y_channel = True  # The deraining papers' PSNR/SSIM are on the Y channel.
   return config

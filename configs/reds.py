@@ -12,8 +12,6 @@ Recipe (options/train/REDS/HINet.yml): HIN at levels 3..4, PSNR loss weight 0.5,
 manual_seed 100, 256 crops, val every 40k on 256 tiles (`grids`).
 """
 
-import ml_collections
-
 from configs import default as default_lib
 
 
@@ -22,14 +20,8 @@ def get_config():
   config = default_lib.get_config()
   config.seed = 100
   config.model.hin_position_left, config.model.hin_position_right = 3, 4
-  config.data.train = ml_collections.ConfigDict(dict(
-      kind='reds', root=ml_collections.config_dict.placeholder(str), split='train'))
-  config.data.val = ml_collections.ConfigDict(dict(
-      kind='reds', root=ml_collections.config_dict.placeholder(str), split='val_300'))
-  config.data.eval_batch_size = 8  # 256x256 tiles per call.
-  config.loss.name, config.loss.weight = 'psnr', 0.5
-  config.optim.b2, config.optim.eta_min = 0.99, 1e-7
+  config.data.train = default_lib.dataset_source('reds', 'train')
+  config.data.val = default_lib.dataset_source('reds', 'val_300')
+  default_lib.use_full_frame_recipe(config)
   config.eval_every_steps = 40_000
-  config.checkpoint_every_steps = 20_000
-  config.eval.batched, config.eval.tile, config.eval.quantize = False, 256, True
   return config
