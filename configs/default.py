@@ -80,9 +80,9 @@ def get_config():
       in_chn=3,  # Image channels.
       dtype='float32',  # Compute dtype: 'bfloat16' for mixed precision (losses stay float32).
       param_dtype='float32',  # Parameter (and optimizer state) dtype.
-      # 3x3 conv algorithm: 'xla', 'winograd', or 'auto' (Winograd at >= 512 channels; see
-      # bench/README.md for when it pays off).
-      conv_impl='xla'))
+      # Convolution forms: 'auto' (the fastest measured per shape on CPU, lax.conv on GPU/TPU),
+      # 'xla' (lax.conv everywhere), 'winograd' or 'matmul' (hinet_jax/convolution.py).
+      conv_impl='auto'))
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'psnr'  # 'psnr' (PSNRLoss) or 'l1'; applied to both stages and summed.

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hinet_jax import convolution
 from hinet_jax import datasets
 from hinet_jax import inference
 from hinet_jax import input_pipeline
@@ -135,7 +136,6 @@ def _self_ensemble_jnp(predict_fn, params, x):
   return total / inference.NUM_DIHEDRAL
 
 
-@functools.partial(jax.jit, static_argnames=('predict_fn', 'config', 'self_ensemble'))
 def eval_step(params, lq, gt, mask, *, predict_fn, config: MetricConfig,
               self_ensemble: bool = False):
   """Restores one fixed-shape batch and measures it.
@@ -153,6 +153,23 @@ def eval_step(params, lq, gt, mask, *, predict_fn, config: MetricConfig,
     (per_image, sums, restored): per-image metric dict of (B,) arrays, the mask-weighted sums of
     each metric (padding contributes exactly 0, even where its PSNR is inf), and the restored batch.
   """
+  return _jitted_eval_step()(params, lq, gt, mask, predict_fn=predict_fn, config=config,
+                             self_ensemble=self_ensemble)
+
+
+@functools.cache
+def _jitted_eval_step():
+  # Built on first use, not at import: the compiler options depend on the backend, and importing
+  # this module must not initialise one.
+  return jax.jit(_eval_step, static_argnames=('predict_fn', 'config', 'self_ensemble'),
+                 compiler_options=convolution.inference_compiler_options())
+
+
+def _eval_step(params, lq, gt, mask, *, predict_fn, config, self_ensemble):
+  """`eval_step`'s body (traced inside `_jitted_eval_step`)."""
+  # A jitted predict_fn (`make_predict_fn`) carries compiler options, which JAX accepts on the
+  # outermost jit only: trace the function it wraps instead.
+  predict_fn = getattr(predict_fn, '__wrapped__', predict_fn)
   if self_ensemble:
     pred = _self_ensemble_jnp(predict_fn, params, lq)
   else:

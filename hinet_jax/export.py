@@ -104,6 +104,10 @@ def export_saved_model(model, params: Any, output_dir: str, *, overwrite: bool =
                           '--overwrite to replace it.')
   multiple = 2**(model.depth - 1)
   channels = model.in_chn
+  # TensorFlow runs the SavedModel with its own kernels: plain convolutions are the portable
+  # form (the 'auto' forms are tuned for XLA:CPU and need concrete shapes to choose).
+  if getattr(model, 'conv_impl', 'xla') != 'xla':
+    model = model.clone(conv_impl='xla')
   jax_module = oex.JaxModule(params, make_apply_fn(model),
                          input_polymorphic_shape=f'b, {multiple}*h, {multiple}*w, {channels}')
   core = jax_module.methods[constants.DEFAULT_METHOD_KEY]

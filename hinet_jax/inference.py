@@ -23,6 +23,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from hinet_jax import convolution
 from hinet_jax import image_ops
 
 Array = jax.Array
@@ -42,14 +43,15 @@ def make_predict_fn(model) -> PredictFn:
 
   Returns:
     `predict(params, x)`: float32 NHWC in [0, 1] -> float32 NHWC, raw (not clipped). It compiles
-    once per input shape.
+    once per input shape, with `convolution.inference_compiler_options()` (on CPU: XLA's own
+    convolution kernels, faster than YNNPACK's for the forward pass).
   """
 
   def predict(params, x):
     out = model.apply({'params': params}, x)
     return out[-1] if isinstance(out, (tuple, list)) else out
 
-  return jax.jit(predict)
+  return jax.jit(predict, compiler_options=convolution.inference_compiler_options())
 
 
 def _axis_starts(size: int, tile: int, overlap: int) -> List[int]:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax.winograd import winograd_conv3x3
+from hinet_jax import convolution
 
 Array = jax.Array
 Dtype = Any
@@ -92,22 +92,6 @@ def host_uniform(key: Array, shape: Sequence[int], dtype: Dtype, bound: float) -
   return jax.pure_callback(draw, out, jax.random.key_data(key))
 
 
-CONV_IMPLS = ('xla', 'winograd', 'auto')
-# 'auto' threshold: Winograd F(2x2, 3x3) beat lax.conv (YNNPACK) on 2 Zen 4 cores in both the
-# forward and forward+backward only at 512 and 1024 channels (bench/README.md, levers log).
-WINOGRAD_MIN_CHANNELS = 512
-
-
-def use_winograd(conv_impl: str, kernel_size: int, strides: int, padding: int, in_features: int,
-                 features: int) -> bool:
-  """Whether a conv with these settings runs as Winograd under `conv_impl`."""
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}.')
-  if conv_impl == 'xla' or (kernel_size, strides, padding) != (3, 1, 1):
-    return False
-  return conv_impl == 'winograd' or min(in_features, features) >= WINOGRAD_MIN_CHANNELS
-
-
 class Conv(nn.Module):
   """2-D convolution, NHWC, kernel `(kh, kw, in, out)`, PyTorch-style padding and init.
 
@@ -119,10 +103,10 @@ class Conv(nn.Module):
     use_bias: whether to add a bias.
     dtype: compute dtype.
     param_dtype: parameter dtype.
-    conv_impl: how 3x3/stride-1/padding-1 convs run: 'xla' (lax.conv), 'winograd'
-      (`winograd.winograd_conv3x3`, F(2x2, 3x3)), or 'auto' (winograd where it measured faster on
-      XLA:CPU, both forward and forward+backward: in and out channels >= `WINOGRAD_MIN_CHANNELS`).
-      Other convs always use lax.conv.
+    conv_impl: how 3x3/stride-1/padding-1 convs run: 'xla' (lax.conv), 'winograd' (F(2x2, 3x3)
+      forward, lax.conv backward), 'matmul' (im2col) or 'auto' (the fastest measured form for
+      each shape on XLA:CPU; always lax.conv on GPU/TPU). See `hinet_jax.convolution`. Other
+      convs always use lax.conv.
   """
 
   features: int
@@ -132,7 +116,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = 'xla'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -140,13 +124,8 @@ class Conv(nn.Module):
     fan_in = x.shape[-1] * k * k
     kernel = self.param('kernel', torch_kernel_init(), (k, k, x.shape[-1], self.features),
                         self.param_dtype)
-    if use_winograd(self.conv_impl, k, self.strides, self.padding, x.shape[-1], self.features):
-      y = winograd_conv3x3(x, kernel, self.dtype)
-    else:
-      pad = ((self.padding, self.padding),) * 2
-      y = jax.lax.conv_general_dilated(
-          x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * 2, pad,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    y = convolution.conv(x, kernel, self.strides, self.padding, self.conv_impl)
     if self.use_bias:
       bias = self.param('bias', torch_bias_init(fan_in), (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
@@ -248,7 +227,7 @@ class ConvBlock(nn.Module):
   use_csff: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = 'xla'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None):
@@ -277,7 +256,7 @@ class UpBlock(nn.Module):
   relu_slope: float = 0.2
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = 'xla'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, skip: Array) -> Array:
@@ -298,7 +277,7 @@ class SAM(nn.Module):
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = 'xla'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, d: Array, x: Array):
@@ -322,8 +301,9 @@ class HINet(nn.Module):
     in_chn: image channels.
     dtype: compute dtype (float32, or bfloat16 on TPU/GPU). Norm statistics stay float32.
     param_dtype: parameter dtype.
-    conv_impl: 3x3 conv implementation, 'xla' | 'winograd' | 'auto' (see `Conv`). Numerics only
-      (no parameter change): Winograd agrees with lax.conv to ~1e-7 relative in float32.
+    conv_impl: convolution forms, 'auto' | 'xla' | 'winograd' | 'matmul' (see `Conv` and
+      `hinet_jax.convolution`). Numerics only (no parameter change): every form agrees with
+      lax.conv to ~1e-7 relative in float32. 'auto' is lax.conv on GPU/TPU.
 
   Call with `x`, float NHWC images in [0, 1] of any height and width. Returns the tuple
   `(stage1, stage2)`, both float32 NHWC of the input's shape: each stage's predicted residual plus
@@ -338,7 +318,7 @@ class HINet(nn.Module):
   in_chn: int = 3
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  conv_impl: str = 'xla'
+  conv_impl: str = 'auto'
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, conv_impl=self.conv_impl)

@@ -94,7 +94,11 @@ def load_pretrained(directory: str, which: str = 'latest',
   """
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'No checkpoint directory at {directory}.')
-  overrides = {} if dtype is None else {'dtype': dtype}
+  # The stored conv_impl says how the writer computed (e.g. 'xla' before 'auto' existed); every
+  # form gives the same numbers, so the reader uses this machine's fastest: the default.
+  overrides = {'conv_impl': models.HINet.conv_impl}
+  if dtype is not None:
+    overrides['dtype'] = dtype
   if is_params_checkpoint(directory):
     model = models.create_model(**{**read_model_config(directory), **overrides})
     return model, load_params(directory, model)

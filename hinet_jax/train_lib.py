@@ -618,7 +618,7 @@ def initial_params(config: ml_collections.ConfigDict, model: models.HINet) -> An
   pre_model, params = pretrained.load_pretrained(config.init_from)
   pre_cfg, cfg = models.model_config(pre_model), models.model_config(model)
   mismatch = {k: (pre_cfg[k], cfg[k]) for k in cfg
-              if k not in ('dtype', 'param_dtype') and pre_cfg.get(k) != cfg[k]}
+              if k not in ('dtype', 'param_dtype', 'conv_impl') and pre_cfg.get(k) != cfg[k]}
   if mismatch:
     raise ValueError(f'config.init_from={config.init_from} holds a different model: '
                      f'{mismatch} (checkpoint, config); set config.model.* to match.')

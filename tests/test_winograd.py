@@ -29,26 +29,3 @@ def test_forward_and_grads_match_lax_conv(shape):
   (yw, gw), (yr, gr) = both(winograd_conv3x3), both(_ref)
   for a, b in zip((yw, *gw), (yr, *gr)):
     assert _rel(a, b) < 1e-5
-
-
-
-
-def test_hinet_winograd_matches_xla():
-  from hinet_jax import models
-  x = jnp.asarray(np.random.default_rng(2).random((1, 10, 9, 3)), jnp.float32)
-  ref = models.HINet(wf=4, depth=2)
-  params = models.init_params(ref, jax.random.key(0), image_size=8)
-  run = lambda m: jax.jit(lambda p, x: m.apply({'params': p}, x))(params, x)
-  for a, b in zip(run(models.HINet(wf=4, depth=2, conv_impl='winograd')), run(ref)):
-    assert _rel(a, b) < 1e-5
-
-
-def test_auto_uses_winograd_only_for_wide_3x3_stride1():
-  from hinet_jax.models import WINOGRAD_MIN_CHANNELS as c, use_winograd
-  assert use_winograd('auto', 3, 1, 1, c, c)
-  assert not use_winograd('auto', 3, 1, 1, c // 2, c)
-  assert not use_winograd('auto', 4, 2, 1, c, c)
-  assert use_winograd('winograd', 3, 1, 1, 3, 4)
-  assert not use_winograd('xla', 3, 1, 1, c, c)
-  with pytest.raises(ValueError):
-    use_winograd('fft', 3, 1, 1, c, c)

@@ -1,0 +1,238 @@
+"""3x3 stride-1 convolutions in the forms that run fastest for each shape on XLA:CPU.
+
+XLA:CPU lowers `lax.conv` to YNNPACK direct convolutions. Those run at 60-90% of the float32
+matmul rate where images are large and channels few, but at 35-55% where the image is small and
+the channels many (the deep U-Net levels: 8x8 to 32x32 pixels, 256-1024 channels), and autodiff
+adds slow kernel transposes there. Three other forms of the same convolution win on those shapes:
+
+  * 'matmul' (im2col): the 9 shifted copies of the input side by side, times the (9C, O) kernel.
+    The forward, input gradient and kernel gradient are each one large matmul plus cheap copies
+    when N*H*W is small. Its backward is written by hand (`custom_vjp`): input gradient = the
+    cotangent times the kernel transposed, folded back onto the image (`_fold3x3`); kernel
+    gradient = patches^T x cotangent. No kernel flip or transpose is materialised.
+  * 'winograd': Winograd F(2x2, 3x3) forward (`winograd.winograd_conv3x3`, 2.25x fewer
+    multiplies) with the backward of `lax.conv` (autodiff of the Winograd transforms is slow on
+    XLA:CPU at every size but the deepest).
+  * 'xla': `lax.conv` both ways.
+
+`auto_impl` picks one per shape from measurements on 2 Zen 4 cores (bench/README.md, levers log).
+On GPU and TPU, 'auto' is always 'xla' (cuDNN and the TPU convolution units need no help). Every
+form is the same linear map: they agree to float32 rounding (tests/test_convolution.py).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from hinet_jax.winograd import winograd_conv3x3
+
+Array = jax.Array
+
+CONV_IMPLS = ('xla', 'winograd', 'matmul', 'auto')
+
+# 'auto' thresholds (bench/README.md, levers log; per-conv forward and forward+backward A/B).
+# im2col matmuls beat YNNPACK by 1.3-2x (forward and backward) while the image is this small.
+MATMUL_MAX_PIXELS = 512
+# Convs to a few channels (the image heads) as matmul + shifted adds: 3-5x faster backward
+# (YNNPACK's kernel gradient with 3 outputs is slow), forward on par or better.
+MATMUL_MAX_OUT_CHANNELS = 8
+# Winograd's forward beats YNNPACK by 1.2-2x from 128 channels on images up to 64x64 pixels; at
+# 128x128 and beyond its transforms (memory bound) cost more than the multiplies they save.
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MAX_PIXELS = 64 * 64
+
+
+def conv_xla(x: Array, kernel: Array, strides: int = 1, padding: int = 1) -> Array:
+  """`lax.conv` in NHWC x HWIO -> NHWC with PyTorch-style symmetric zero padding."""
+  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding),) * 2,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def patches3x3(x: Array) -> Array:
+  """im2col: (N, H, W, C) -> (N, H, W, 9C) with [.., 3i+j, c] = x[h+i-1, w+j-1, c] (zero outside)."""
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
+
+
+def shift_sum3x3(z: Array, sign: int) -> Array:
+  """(N, H, W, 9C) -> (N, H, W, C): out[h, w] = sum_ij z[h + s(i-1), w + s(j-1), 3i+j], s = sign.
+
+  With sign=+1 this finishes a convolution whose matmul ran first (z = x @ kernel per tap); with
+  sign=-1 it is the adjoint of `patches3x3` (each tap's value added back where it was read).
+  """
+  n, h, w, c9 = z.shape
+  c = c9 // 9
+  taps = z.reshape(n, h, w, 9, c)
+  total = None
+  for i in range(3):
+    for j in range(3):
+      di, dj = sign * (i - 1), sign * (j - 1)
+      # out[h] = tap[h + di]: pad the tap by 1 on each side and read the window starting at 1+di.
+      tap = jnp.pad(taps[:, :, :, 3 * i + j], ((0, 0), (1, 1), (1, 1), (0, 0)))
+      tap = jax.lax.slice(tap, (0, 1 + di, 1 + dj, 0), (n, 1 + di + h, 1 + dj + w, c))
+      total = tap if total is None else total + tap
+  return total
+
+
+def _flip_taps(kernel: Array) -> Array:
+  """(3, 3, C, O) -> (3, 3, O, C): the kernel of the transposed convolution."""
+  return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def _matmul_conv(x: Array, kernel: Array) -> Array:
+  """conv3x3 as one matmul plus 9 shifted copies of whichever side has fewer channels."""
+  c, o = kernel.shape[2:]
+  if c <= o:  # im2col on the input: (.., 9C) @ (9C, O).
+    return jnp.einsum('nhwk,ko->nhwo', patches3x3(x), kernel.reshape(9 * c, o))
+  # Matmul first, to 9 taps of O channels each, then add up each tap's shifted output.
+  wide = kernel.reshape(9, c, o).transpose(1, 0, 2).reshape(c, 9 * o)
+  return shift_sum3x3(jnp.einsum('nhwc,ck->nhwk', x, wide), +1)
+
+
+@jax.custom_vjp
+def matmul_conv3x3(x: Array, kernel: Array) -> Array:
+  """3x3 stride-1 'SAME' conv as matmuls, NHWC x HWIO -> NHWC (see the module doc)."""
+  return _matmul_conv(x, kernel)
+
+
+def _matmul_fwd(x, kernel):
+  # Save x, not its 9x larger patches: rebuilding them in the backward is cheap at the sizes
+  # 'auto' uses this for, and it keeps activation memory equal to lax.conv's.
+  return _matmul_conv(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(res, g):
+  x, kernel = res
+  c, o = kernel.shape[2:]
+  if c <= o:  # Expand the C side: 9C-channel intermediates.
+    dx = shift_sum3x3(jnp.einsum('nhwo,ko->nhwk', g, kernel.reshape(9 * c, o)), -1)
+    dkernel = jnp.einsum('nhwk,nhwo->ko', patches3x3(x), g).reshape(kernel.shape)
+  else:  # Expand the O side: the same products with the roles of x and g swapped.
+    dx = _matmul_conv(g, _flip_taps(kernel))
+    # dW[i, j, c, o] = sum_p x[p, c] g[p - (i-1, j-1), o]: x^T times g's taps, flipped.
+    gtaps = patches3x3(g).reshape(*g.shape[:3], 3, 3, o)[:, :, :, ::-1, ::-1]
+    dkernel = jnp.einsum('nhwc,nhwijo->ijco', x, gtaps)
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+matmul_conv3x3.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_vjp
+def winograd_fwd_conv3x3(x: Array, kernel: Array) -> Array:
+  """Winograd F(2x2, 3x3) forward, `lax.conv` backward; NHWC x HWIO -> NHWC."""
+  return winograd_conv3x3(x, kernel, x.dtype)
+
+
+def _winograd_fwd(x, kernel):
+  return winograd_fwd_conv3x3(x, kernel), (x, kernel)
+
+
+def _winograd_bwd(res, g):
+  x, kernel = res
+  return jax.vjp(conv_xla, x, kernel)[1](g)
+
+
+winograd_fwd_conv3x3.defvjp(_winograd_fwd, _winograd_bwd)
+
+
+def auto_impl(shape: tuple, features: int, backend: str | None = None) -> str:
+  """The fastest measured 3x3 conv form for an NHWC input `shape` and `features` outputs.
+
+  Args:
+    shape: (N, H, W, C) of the input.
+    features: output channels O.
+    backend: JAX backend name; defaults to `jax.default_backend()`.
+
+  Returns:
+    'xla', 'winograd' or 'matmul'.
+  """
+  if not _on_cpu(backend) or not all(isinstance(d, int) for d in (*shape, features)):
+    return 'xla'  # Symbolic (shape-polymorphic export) shapes: no measured choice applies.
+  n, h, w, c = shape
+  if n * h * w <= MATMUL_MAX_PIXELS and min(c, features) >= 64:
+    return 'matmul'
+  if features <= MATMUL_MAX_OUT_CHANNELS < c:  # e.g. the 3-channel image heads.
+    return 'matmul'
+  if h * w <= WINOGRAD_MAX_PIXELS and min(c, features) >= WINOGRAD_MIN_CHANNELS:
+    return 'winograd'
+  return 'xla'
+
+
+def pointwise_conv(x: Array, kernel: Array) -> Array:
+  """1x1 convolution as a matmul over channels: NHWC x (1, 1, C, O) -> NHWC."""
+  return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0])
+
+
+def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str = 'xla') -> Array:
+  """Any HINet convolution (NHWC x HWIO, symmetric zero padding) in the form `impl` picks.
+
+  3x3/stride-1/padding-1 convs go through `conv3x3`. Under 'auto' on CPU, 1x1 convs run as one
+  matmul (`pointwise_conv`: YNNPACK's 1x1 convolution measured 2-4x slower forward and 1.2-3x
+  slower backward than the matmul). Everything else is `lax.conv`.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (kh, kw, C, O) kernel, same dtype as `x`.
+    strides: stride in both spatial dims.
+    padding: zero padding on each side.
+    impl: one of `CONV_IMPLS`.
+
+  Returns:
+    (N, H', W', O).
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  kh, kw = kernel.shape[:2]
+  if (kh, kw, strides, padding) == (3, 3, 1, 1):
+    return conv3x3(x, kernel, impl)
+  if (kh, kw, strides, padding) == (1, 1, 1, 0) and impl != 'xla' and _on_cpu():
+    return pointwise_conv(x, kernel)
+  return conv_xla(x, kernel, strides, padding)
+
+
+def _on_cpu(backend: str | None = None) -> bool:
+  return (backend or jax.default_backend()) == 'cpu'
+
+
+def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
+  """3x3, stride-1, padding-1 convolution, NHWC x HWIO -> NHWC, in the form `impl`.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (3, 3, C, O) kernel, same dtype as `x`.
+    impl: one of `CONV_IMPLS`; 'auto' picks by shape (`auto_impl`).
+
+  Returns:
+    (N, H, W, O), the same values whatever `impl` (up to float rounding).
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  if kernel.shape[:2] != (3, 3):
+    raise ValueError(f'conv3x3 needs a (3, 3, C, O) kernel, got {kernel.shape}.')
+  if impl == 'auto':
+    impl = auto_impl(x.shape, kernel.shape[-1])
+  if impl == 'matmul':
+    return matmul_conv3x3(x, kernel)
+  if impl == 'winograd':
+    return winograd_fwd_conv3x3(x, kernel)
+  return conv_xla(x, kernel)
+
+
+# XLA:CPU compiles convolutions to YNNPACK by default. Leaving them to XLA's own (Eigen) kernels
+# made the HINet forward 10-20% faster on 2 Zen 4 cores (bench/README.md), but the training step
+# slower (XLA's own kernel-gradient convolutions are 2-3x slower than YNNPACK's): so this is for
+# executables that only run the model forward. Dots stay on YNNPACK.
+_EIGEN_CONVOLUTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+def inference_compiler_options(force: bool = False) -> dict | None:
+  """`jax.jit(..., compiler_options=...)` for forward-only executables: faster convs on CPU.
+
+  Args:
+    force: return the CPU options even if the default backend is not the CPU.
+
+  Returns:
+    The options on the CPU backend (or with `force`), else None (GPU/TPU need none).
+  """
+  return dict(_EIGEN_CONVOLUTIONS) if force or _on_cpu() else None
