@@ -13,12 +13,13 @@ Cases (each for every variant in --variants):
   train_b8_256  the same at batch 8 of 256x256 (the HINet recipe's per-GPU batch).
 
 Method:
-  * Every (variant, case) runs in a fresh subprocess pinned to --threads CPUs
+  * Every (variant, case, framework) runs in a fresh subprocess pinned to --threads CPUs
     (`os.sched_setaffinity` before JAX/torch import: XLA sizes its intra-op pool from the affinity
     mask, and torch gets `set_num_threads(threads)` and one inter-op thread; BLAS env vars are set to
-    the same count). JAX and PyTorch run interleaved in that process, alternating which goes first
-    each repetition, so background load hits both alike. Times are medians of --reps warm runs
-    (after one compile/warm-up run).
+    the same count). Times are medians of --reps warm runs (after one compile/warm-up run).
+    With --noisolate the frameworks of a (variant, case) share one process and run interleaved,
+    alternating which goes first: fairer under background load, but each one's idle worker
+    threads then slow the other (bench/README.md), so the default is one process each.
   * The PyTorch weights are `torch_reference.random_state_dict`; JAX gets them through
     `torch_port.torch_to_flax`, and the outputs are compared (max abs diff is reported).
   * Peak memory: one more subprocess per (variant, case, framework) that imports only that
@@ -59,6 +60,10 @@ _REPS = flags.DEFINE_integer('reps', 5, 'Timed repetitions per case (median repo
 _MEMORY = flags.DEFINE_bool('memory', True, 'Measure peak RSS in separate subprocesses.')
 _CEILING_N = flags.DEFINE_integer('ceiling_n', 4096, 'Matmul side for the ceiling.')
 _JSON = flags.DEFINE_string('json', None, 'Also write all results as JSON to this path.')
+_ISOLATE = flags.DEFINE_bool(
+    'isolate', True, 'Time each framework in its own process (default). --noisolate interleaves '
+    'them in one process, which evens out background load but lets one framework\'s idle '
+    'worker threads slow the other (JAX 7-20%, torch 4-7% slower here).')
 _WORKER = flags.DEFINE_string('worker', None, 'Internal: run one job (JSON spec) and print it.')
 
 ALL_CASES = ('fwd256', 'tiled720', 'train_b2_128', 'train_b8_256')
@@ -331,9 +336,14 @@ def worker_timing(spec):
     for dtype in dtypes:
       runners['jax' if dtype == 'float32' else 'jax_bf16'] = JaxRunner(
           preset, case, params, dtype, inputs)
+  timed = {name: r for name, r in runners.items()
+           if name in spec.get('timed', runners) or name == 'jax_bf16'}
   load_before = os.getloadavg()
-  res = time_interleaved(runners, spec['reps'])
+  res = time_interleaved(timed, spec['reps'])
   load_after = os.getloadavg()
+  for name, r in runners.items():
+    if name not in timed:  # Untimed: run once, after the timing, for the parity check only.
+      r.run()
   # Parity of the first outputs (forward cases) / first losses (train) as a sanity check.
   ref = runners.get('torch')
   rows = []
@@ -347,7 +357,8 @@ def worker_timing(spec):
                times_s=r['times_s'], first_s=r['first_s'], gflop=flops / 1e9,
                gflops_per_s=flops / med / 1e9, loadavg_before=load_before[0],
                loadavg_after=load_after[0])
-    if ref is not None and name.startswith('jax') and case != 'train_b8_256':
+    if ref is not None and name.startswith('jax') and case != 'train_b8_256' and (
+        not case.startswith('train') or 'torch' in timed):  # Losses compare after equal steps.
       a, b = runners[name].out, ref.out
       if case.startswith('train'):
         row['note'] = f'last loss jax {a:.4f} torch {b:.4f}'
@@ -508,8 +519,15 @@ def main(argv):
   rows = []
   for variant in _VARIANTS.value:
     for case in cases:
-      got = spawn(dict(kind='timing', variant=variant, case=case, frameworks=frameworks,
-                       threads=threads, reps=_REPS.value))
+      job = dict(kind='timing', variant=variant, case=case, threads=threads, reps=_REPS.value)
+      if not _ISOLATE.value:
+        got = spawn(dict(job, frameworks=frameworks))
+      else:
+        got = []
+        for fw in frameworks:
+          # The JAX process also builds (never times) PyTorch for the output parity check.
+          parity = fw == 'jax' and 'torch' in frameworks and not case.startswith('train')
+          got += spawn(dict(job, frameworks=[fw, 'torch'] if parity else [fw], timed=[fw]))
       if _MEMORY.value:
         for r in got:
           if 'framework' in r and 'error' not in r:
