@@ -1,23 +1,27 @@
-"""3x3 stride-1 convolutions in the forms that run fastest for each shape on XLA:CPU.
+"""How each HINet convolution runs: the forms that are fastest for each shape on XLA:CPU.
 
 XLA:CPU lowers `lax.conv` to YNNPACK direct convolutions. Those run at 60-90% of the float32
 matmul rate where images are large and channels few, but at 35-55% where the image is small and
-the channels many (the deep U-Net levels: 8x8 to 32x32 pixels, 256-1024 channels), and autodiff
-adds slow kernel transposes there. Three other forms of the same convolution win on those shapes:
+the channels many (the deep U-Net levels: 8x8 to 32x32 pixels, 256-1024 channels), 2-4x below a
+matmul for 1x1 convs, and slowly in the kernel gradient of convs to 3 channels. Other forms of the
+same linear map win on those shapes:
 
-  * 'matmul' (im2col): the 9 shifted copies of the input side by side, times the (9C, O) kernel.
-    The forward, input gradient and kernel gradient are each one large matmul plus cheap copies
-    when N*H*W is small. Its backward is written by hand (`custom_vjp`): input gradient = the
-    cotangent times the kernel transposed, folded back onto the image (`_fold3x3`); kernel
-    gradient = patches^T x cotangent. No kernel flip or transpose is materialised.
-  * 'winograd': Winograd F(2x2, 3x3) forward (`winograd.winograd_conv3x3`, 2.25x fewer
+  * 'matmul' (3x3): one matmul plus 9 shifted copies of whichever side has fewer channels: im2col
+    (`patches3x3`) when C <= O, matmul-then-shifted-adds (`shift_sum3x3`) when C > O. Its
+    backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
+    transpose is materialised. Fast while the copies are small: few pixels, or few channels.
+  * 'winograd' (3x3): Winograd F(2x2, 3x3) forward (`winograd.winograd_conv3x3`, 2.25x fewer
     multiplies) with the backward of `lax.conv` (autodiff of the Winograd transforms is slow on
     XLA:CPU at every size but the deepest).
+  * 1x1 convs as one matmul (`pointwise_conv`).
   * 'xla': `lax.conv` both ways.
 
-`auto_impl` picks one per shape from measurements on 2 Zen 4 cores (bench/README.md, levers log).
-On GPU and TPU, 'auto' is always 'xla' (cuDNN and the TPU convolution units need no help). Every
-form is the same linear map: they agree to float32 rounding (tests/test_convolution.py).
+`auto_impl` picks one per 3x3 shape from measurements on 2 Zen 4 cores (bench/README.md, levers
+log). On GPU and TPU, 'auto' is always `lax.conv` (cuDNN and the TPU convolution units need no
+help). Every form agrees with `lax.conv` to float32 rounding (tests/test_convolution.py).
+
+Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
+YNNPACK to XLA's own kernels, which run the whole HINet forward faster on CPU.
 """
 
 import jax
