@@ -45,6 +45,10 @@ WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MAX_PIXELS = 64 * 64
 
 
+def _on_cpu(backend: str | None = None) -> bool:
+  return (backend or jax.default_backend()) == 'cpu'
+
+
 def conv_xla(x: Array, kernel: Array, strides: int = 1, padding: int = 1) -> Array:
   """`lax.conv` in NHWC x HWIO -> NHWC with PyTorch-style symmetric zero padding."""
   return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding),) * 2,
@@ -171,9 +175,9 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
 def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str = 'xla') -> Array:
   """Any HINet convolution (NHWC x HWIO, symmetric zero padding) in the form `impl` picks.
 
-  3x3/stride-1/padding-1 convs go through `conv3x3`. Under 'auto' on CPU, 1x1 convs run as one
-  matmul (`pointwise_conv`: YNNPACK's 1x1 convolution measured 2-4x slower forward and 1.2-3x
-  slower backward than the matmul). Everything else is `lax.conv`.
+  3x3/stride-1/padding-1 convs go through `conv3x3`. On CPU, under any `impl` but 'xla', 1x1 convs
+  run as one matmul (`pointwise_conv`: YNNPACK's 1x1 convolution measured 2-4x slower forward and
+  1.2-3x slower backward than the matmul). Everything else is `lax.conv`.
 
   Args:
     x: (N, H, W, C) input.
@@ -194,9 +198,6 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
     return pointwise_conv(x, kernel)
   return conv_xla(x, kernel, strides, padding)
 
-
-def _on_cpu(backend: str | None = None) -> bool:
-  return (backend or jax.default_backend()) == 'cpu'
 
 
 def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
