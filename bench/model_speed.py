@@ -132,9 +132,14 @@ def psnr_loss_torch(pred, target, weight=0.5):
 
 
 class JaxRunner:
-  """Compiled JAX callables for one case; `run()` executes once and blocks."""
+  """Compiled JAX callables for one case; `run()` executes once and blocks.
 
-  def __init__(self, preset, case, params_np, dtype, inputs):
+  `conv_impl` is the model's; `eigen_convs` None compiles as the library does (forward-only
+  executables with `convolution.inference_compiler_options()`, the train step without), True or
+  False forces XLA's own / YNNPACK's convolutions on every executable (bench/conv_impl_ab.py).
+  """
+
+  def __init__(self, preset, case, params_np, dtype, inputs, conv_impl='auto', eigen_convs=None):
     import jax  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
     from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
@@ -142,12 +147,17 @@ class JaxRunner:
     from hinet_jax import models  # pylint: disable=g-import-not-at-top
 
     self.jax = jax
-    self.model = models.create_model(preset, dtype=dtype)
+    self.model = models.create_model(preset, dtype=dtype, conv_impl=conv_impl)
+    if eigen_convs is None:
+      fwd_options, train_options = convolution.inference_compiler_options(), None
+    else:
+      fwd_options = train_options = (convolution.inference_compiler_options() if eigen_convs
+                                     else None)
     self.params = jax.device_put(params_np)
     self.case = case
     self.out = None
     if case == 'tiled720':
-      self.predict = inference.make_predict_fn(self.model)
+      self.predict = inference.make_predict_fn(self.model)  # Always the library's options.
       self.frame = inputs['frame']
       self.run = lambda: self._set(inference.restore_image(
           self.predict, self.params, self.frame, tile=TILE, batch_size=TILE_BATCH))
@@ -157,7 +167,7 @@ class JaxRunner:
     if not train:
       # Compiled as the library's inference paths compile it (`inference.make_predict_fn`).
       fwd = jax.jit(lambda p, x: self.model.apply({'params': p}, x)[1],
-                    compiler_options=convolution.inference_compiler_options())
+                    compiler_options=fwd_options)
       self.run = lambda: self._set(fwd(self.params, self.x).block_until_ready())
       return
     self.y = jax.device_put(inputs['y'])
@@ -175,7 +185,7 @@ class JaxRunner:
       return optax.apply_updates(params, updates), opt_state, loss
 
     # Donating params and optimizer state lets XLA update them in place (no second copy).
-    self.step = jax.jit(step, donate_argnums=(0, 1))
+    self.step = jax.jit(step, donate_argnums=(0, 1), compiler_options=train_options)
     self.opt_state = tx.init(self.params)
 
     def run_step():
@@ -455,9 +465,9 @@ def run_worker(spec_json):
 # Driver side.
 
 
-def spawn(spec):
-  """Runs one job in a fresh pinned subprocess; returns its rows (or an error row)."""
-  cmd = [sys.executable, os.path.abspath(__file__), '--worker=' + json.dumps(spec)]
+def spawn(spec, script=__file__):
+  """Runs one job of `script` (its --worker) in a fresh subprocess; returns its rows or an error."""
+  cmd = [sys.executable, os.path.abspath(script), '--worker=' + json.dumps(spec)]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_ROOT, check=False)
   for line in proc.stdout.splitlines():
     if line.startswith(RESULT_PREFIX):

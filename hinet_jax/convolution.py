@@ -49,6 +49,11 @@ def _on_cpu(backend: str | None = None) -> bool:
   return (backend or jax.default_backend()) == 'cpu'
 
 
+def _check_impl(impl: str) -> None:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+
+
 def conv_xla(x: Array, kernel: Array, strides: int = 1, padding: int = 1) -> Array:
   """`lax.conv` in NHWC x HWIO -> NHWC with PyTorch-style symmetric zero padding."""
   return jax.lax.conv_general_dilated(x, kernel, (strides, strides), ((padding, padding),) * 2,
@@ -189,8 +194,7 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
   Returns:
     (N, H', W', O).
   """
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  _check_impl(impl)
   kh, kw = kernel.shape[:2]
   if (kh, kw, strides, padding) == (3, 3, 1, 1):
     return conv3x3(x, kernel, impl)
@@ -211,8 +215,7 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
   Returns:
     (N, H, W, O), the same values whatever `impl` (up to float rounding).
   """
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+  _check_impl(impl)
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f'conv3x3 needs a (3, 3, C, O) kernel, got {kernel.shape}.')
   if impl == 'auto':
@@ -231,13 +234,10 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
 _EIGEN_CONVOLUTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
-def inference_compiler_options(force: bool = False) -> dict | None:
+def inference_compiler_options() -> dict | None:
   """`jax.jit(..., compiler_options=...)` for forward-only executables: faster convs on CPU.
 
-  Args:
-    force: return the CPU options even if the default backend is not the CPU.
-
   Returns:
-    The options on the CPU backend (or with `force`), else None (GPU/TPU need none).
+    The options on the CPU backend, else None (GPU/TPU need none).
   """
-  return dict(_EIGEN_CONVOLUTIONS) if force or _on_cpu() else None
+  return dict(_EIGEN_CONVOLUTIONS) if _on_cpu() else None
