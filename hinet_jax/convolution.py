@@ -3,35 +3,43 @@
 XLA:CPU lowers `lax.conv` to YNNPACK direct convolutions. Those run at 60-90% of the float32
 matmul rate where images are large and channels few, but at 35-55% where the image is small and
 the channels many (the deep U-Net levels: 8x8 to 32x32 pixels, 256-1024 channels), 2-4x below a
-matmul for 1x1 convs, and slowly in the kernel gradient of convs to 3 channels. Other forms of the
-same linear map win on those shapes:
+matmul for 1x1 convs, and their kernel gradients at 35-50%. Other forms of the same linear map win
+on those shapes:
 
+  * 'native': the hand-written CPU kernels of `cpu_kernels` (XLA FFI custom calls), forward, input
+    gradient (a stride-1 conv of the cotangent with the flipped kernel) and kernel gradient, at
+    the matmul rate up to 256 channels. Strided convs take XLA's input gradient.
   * 'matmul' (3x3): one matmul plus 9 shifted copies of whichever side has fewer channels: im2col
     (`patches3x3`) when C <= O, matmul-then-shifted-adds (`shift_sum3x3`) when C > O. Its
     backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
     transpose is materialised. Fast while the copies are small: few pixels, or few channels.
   * 'winograd' (3x3): Winograd F(2x2, 3x3) forward (`winograd.winograd_conv3x3`, 2.25x fewer
-    multiplies) with the backward of `lax.conv` (autodiff of the Winograd transforms is slow on
-    XLA:CPU at every size but the deepest).
+    multiplies) with the backward of 'native' where it runs, else of `lax.conv` (autodiff of the
+    Winograd transforms is slow on XLA:CPU at every size but the deepest).
   * 1x1 convs as one matmul (`pointwise_conv`).
   * 'xla': `lax.conv` both ways.
 
 `auto_impl` picks one per 3x3 shape from measurements on 2 Zen 4 cores (bench/README.md, levers
-log). On GPU and TPU, 'auto' is always `lax.conv` (cuDNN and the TPU convolution units need no
-help). Every form agrees with `lax.conv` to float32 rounding (tests/test_convolution.py).
+log); 4x4/stride-2 downsamples are 'native' up to 128 input channels. 'auto' uses the CPU kernels
+only on a single device, float32, where they built (`native_applies`); otherwise it picks among
+the XLA forms. On GPU and TPU, 'auto' is always `lax.conv` (cuDNN and the TPU convolution units
+need no help). Every form agrees with `lax.conv` to float32 rounding (tests/test_convolution.py).
 
 Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
-YNNPACK to XLA's own kernels, which run the whole HINet forward faster on CPU.
+YNNPACK to XLA's own kernels, which run the XLA forms of the HINet forward faster on CPU.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
+from hinet_jax import cpu_kernels
 from hinet_jax.winograd import winograd_conv3x3
 
 Array = jax.Array
 
-CONV_IMPLS = ('xla', 'winograd', 'matmul', 'auto')
+CONV_IMPLS = ('xla', 'winograd', 'matmul', 'native', 'auto')
 
 # 'auto' thresholds (bench/README.md, levers log; per-conv forward and forward+backward A/B).
 # im2col matmuls beat YNNPACK by 1.3-2x (forward and backward) while the image is this small.
@@ -43,6 +51,14 @@ MATMUL_MAX_OUT_CHANNELS = 8
 # 128x128 and beyond its transforms (memory bound) cost more than the multiplies they save.
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MAX_PIXELS = 64 * 64
+# With the `cpu_kernels` convolutions ('native'): they run at the matmul rate while the kernel
+# (k*k*C x 32 floats a block of outputs) stays in L2, i.e. up to ~256 channels; beyond, and on
+# small images with many channels, Winograd (forward) and the matmul form are faster.
+NATIVE_WINOGRAD_MIN_CHANNELS = 256
+NATIVE_MAX_CHANNELS = 256
+# 4x4/stride-2 downsamples: 'native' 1.1-1.5x faster than lax.conv up to 128 input channels,
+# slower from 256 on small images.
+NATIVE_STRIDED_MAX_IN_CHANNELS = 128
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -149,16 +165,82 @@ def _winograd_bwd(res, g):
 winograd_fwd_conv3x3.defvjp(_winograd_fwd, _winograd_bwd)
 
 
-def auto_impl(shape: tuple, features: int, backend: str | None = None) -> str:
+def _native_backward(x: Array, kernel: Array, g: Array, strides: int, padding: int):
+  """Input and kernel gradients of a conv with `cpu_kernels` where they are fast (up to
+  `NATIVE_MAX_CHANNELS`; the input gradient of a strided conv, a transposed conv, is never
+  theirs), else with `lax.conv`."""
+  k, _, c, o = kernel.shape
+  if max(c, o) > NATIVE_MAX_CHANNELS:
+    return jax.vjp(functools.partial(conv_xla, strides=strides, padding=padding), x, kernel)[1](g)
+  if strides == 1:  # The input gradient is a stride-1 conv of g with the flipped, transposed kernel.
+    dx = cpu_kernels.conv_forward(g, _flip_taps(kernel), 1, k - 1 - padding)
+  else:
+    dx = jax.vjp(lambda x_: conv_xla(x_, kernel, strides, padding), x)[1](g)[0]
+  return dx, cpu_kernels.conv_weight_grad(x, g, k, strides, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def native_conv(x: Array, kernel: Array, strides: int, padding: int,
+                winograd: bool = False) -> Array:
+  """A conv on `cpu_kernels` (CPU, float32, square kernel) forward and backward.
+
+  With `winograd` (3x3, stride 1, padding 1 only) the forward is Winograd F(2x2, 3x3) instead.
+  """
+  if winograd:
+    return winograd_conv3x3(x, kernel, x.dtype)
+  return cpu_kernels.conv_forward(x, kernel, strides, padding)
+
+
+def _native_fwd(x, kernel, strides, padding, winograd):
+  return native_conv(x, kernel, strides, padding, winograd), (x, kernel)
+
+
+def _native_bwd(strides, padding, winograd, res, g):
+  del winograd  # every forward form computes the same linear map
+  x, kernel = res
+  return _native_backward(x, kernel, g, strides, padding)
+
+
+native_conv.defvjp(_native_fwd, _native_bwd)
+
+
+def native_applies(x: Array, kernel: Array) -> bool:
+  """Whether `cpu_kernels` can run this conv: CPU backend, float32, square kernel, static shapes,
+  and the kernels built (the first call builds them)."""
+  return (_on_cpu() and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+          and kernel.shape[0] == kernel.shape[1]
+          and all(isinstance(d, int) for d in (*x.shape, *kernel.shape))
+          and cpu_kernels.available())
+
+
+def _auto_native(x: Array, kernel: Array) -> bool:
+  """Whether 'auto' may use `cpu_kernels`: where they apply, with one device. XLA's partitioner
+  cannot split their custom calls (it would gather a batch-sharded input onto every device), so
+  with several devices 'auto' keeps the convolutions it can shard."""
+  return jax.device_count() == 1 and native_applies(x, kernel)
+
+
+def _require_native(x: Array, kernel: Array) -> None:
+  if not native_applies(x, kernel):
+    raise ValueError(
+        "conv_impl='native' needs the CPU backend, float32, a square kernel, static shapes and "
+        f'the hinet_jax CPU kernels built (backend {jax.default_backend()}, {x.dtype} x '
+        f"{kernel.dtype}, kernel {kernel.shape}, kernels built: {cpu_kernels.available()}). Use "
+        "conv_impl='auto', which picks a form that runs here.")
+
+
+def auto_impl(shape: tuple, features: int, backend: str | None = None,
+              native: bool = False) -> str:
   """The fastest measured 3x3 conv form for an NHWC input `shape` and `features` outputs.
 
   Args:
     shape: (N, H, W, C) of the input.
     features: output channels O.
     backend: JAX backend name; defaults to `jax.default_backend()`.
+    native: whether `cpu_kernels` can run it (`native_applies`).
 
   Returns:
-    'xla', 'winograd' or 'matmul'.
+    'xla', 'winograd', 'matmul' or 'native'.
   """
   if not _on_cpu(backend) or not all(isinstance(d, int) for d in (*shape, features)):
     return 'xla'  # Symbolic (shape-polymorphic export) shapes: no measured choice applies.
@@ -167,8 +249,11 @@ def auto_impl(shape: tuple, features: int, backend: str | None = None) -> str:
     return 'matmul'
   if features <= MATMUL_MAX_OUT_CHANNELS < c:  # e.g. the 3-channel image heads.
     return 'matmul'
-  if h * w <= WINOGRAD_MAX_PIXELS and min(c, features) >= WINOGRAD_MIN_CHANNELS:
+  winograd_min_channels = NATIVE_WINOGRAD_MIN_CHANNELS if native else WINOGRAD_MIN_CHANNELS
+  if h * w <= WINOGRAD_MAX_PIXELS and min(c, features) >= winograd_min_channels:
     return 'winograd'
+  if native and max(c, features) <= NATIVE_MAX_CHANNELS:
+    return 'native'
   return 'xla'
 
 
@@ -200,8 +285,13 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
     return conv3x3(x, kernel, impl)
   if (kh, kw, strides, padding) == (1, 1, 1, 0) and impl != 'xla' and _on_cpu():
     return pointwise_conv(x, kernel)
+  if impl == 'native':
+    _require_native(x, kernel)
+    return native_conv(x, kernel, strides, padding, False)
+  if (impl == 'auto' and kernel.shape[2] <= NATIVE_STRIDED_MAX_IN_CHANNELS
+      and _auto_native(x, kernel)):
+    return native_conv(x, kernel, strides, padding, False)
   return conv_xla(x, kernel, strides, padding)
-
 
 
 def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
@@ -219,10 +309,15 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f'conv3x3 needs a (3, 3, C, O) kernel, got {kernel.shape}.')
   if impl == 'auto':
-    impl = auto_impl(x.shape, kernel.shape[-1])
+    impl = auto_impl(x.shape, kernel.shape[-1], native=_auto_native(x, kernel))
+  if impl == 'native':
+    _require_native(x, kernel)
+    return native_conv(x, kernel, 1, 1, False)
   if impl == 'matmul':
     return matmul_conv3x3(x, kernel)
   if impl == 'winograd':
+    if native_applies(x, kernel):  # Winograd forward, the native kernels' backward.
+      return native_conv(x, kernel, 1, 1, True)
     return winograd_fwd_conv3x3(x, kernel)
   return conv_xla(x, kernel)
 

@@ -443,11 +443,14 @@ def forward_macs(model: HINet, height: int = 256, width: int = 256, batch: int =
   """Forward multiply-accumulates of `model` on a `batch x height x width` input.
 
   Taken from XLA's cost analysis of the compiled forward pass (flops / 2), so it counts what
-  actually runs, including the padding to a multiple of 16.
+  actually runs, including the padding to a multiple of 16. The model is costed with
+  `conv_impl='xla'`: XLA cannot see into the CPU kernels' custom calls, and the other forms
+  (Winograd) do fewer multiplies than the convolution they compute.
 
   Returns:
     MACs as a float (divide by 1e9 for GMACs).
   """
+  model = model.clone(conv_impl='xla')
   params = abstract_params(model)
   x = jax.ShapeDtypeStruct((batch, height, width, model.in_chn), jnp.float32)
   lowered = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(params, x)

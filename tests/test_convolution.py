@@ -1,11 +1,17 @@
 """Every convolution form equals lax.conv (values and both gradients); 'auto' picks as measured."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from hinet_jax import convolution
+from hinet_jax import cpu_kernels
 from hinet_jax import models
 from hinet_jax import sharding
 
@@ -27,7 +33,7 @@ def _random(shape, seed):
 SHAPES = [(2, 5, 7, 3, 6), (1, 6, 4, 9, 3), (2, 4, 4, 5, 5), (1, 1, 3, 2, 4)]
 
 
-@pytest.mark.parametrize('impl', ['matmul', 'winograd', 'auto'])
+@pytest.mark.parametrize('impl', ['matmul', 'winograd', 'native', 'auto'])
 @pytest.mark.parametrize('shape', SHAPES)
 def test_conv3x3_forms_match_lax_conv(impl, shape):
   n, h, w, c, o = shape
@@ -48,8 +54,42 @@ def test_pointwise_conv_matches_lax_conv():
     assert _rel(a, b) < 1e-5
 
 
+# (x shape, kernel size, stride, padding, O): HINet's 3x3 and 4x4/stride-2 convs, odd sizes, the
+# vector tail (O not a multiple of 16, C not of the register block), images smaller than the
+# kernel, more pixels than one chunk of rows, and no padding.
+NATIVE_CASES = [((2, 9, 11, 13), 3, 1, 1, 40), ((1, 10, 8, 16), 4, 2, 1, 32),
+                ((2, 7, 5, 3), 4, 2, 1, 16), ((1, 2, 2, 8), 4, 2, 1, 8), ((1, 2, 3, 4), 3, 1, 1, 5),
+                ((2, 40, 36, 24), 3, 1, 1, 48), ((1, 6, 6, 8), 3, 1, 0, 16)]
+
+
+@pytest.mark.parametrize('case', NATIVE_CASES)
+def test_cpu_kernels_match_lax_conv(case):
+  xshape, k, s, p, o = case
+  x, kernel = _random(xshape, 0), _random((k, k, xshape[-1], o), 1)
+  ct = _random(convolution.conv_xla(x, kernel, s, p).shape, 2)
+  y, grads = _value_and_grads(lambda x, w: convolution.native_conv(x, w, s, p), x, kernel, ct)
+  y_ref, grads_ref = _value_and_grads(lambda x, w: convolution.conv_xla(x, w, s, p), x, kernel, ct)
+  assert y.shape == y_ref.shape
+  for a, b in zip((y, *grads), (y_ref, *grads_ref)):
+    assert _rel(a, b) < 1e-5
+  # The kernels by themselves, too (the custom VJP uses XLA's input gradient for strided convs).
+  assert _rel(cpu_kernels.conv_forward(x, kernel, s, p), y_ref) < 1e-5
+  assert _rel(cpu_kernels.conv_weight_grad(x, ct, k, s, p), grads_ref[1]) < 1e-5
+
+
+def test_cpu_kernels_under_vmap():
+  """Per-example kernel gradients (vmap over the batch) equal the per-example loop."""
+  x, kernel, ct = _random((3, 6, 5, 4), 0), _random((3, 3, 4, 16), 1), _random((3, 6, 5, 16), 2)
+  grad = lambda x, ct: cpu_kernels.conv_weight_grad(x[None], ct[None], 3, 1, 1)
+  batched = jax.vmap(grad)(x, ct)
+  for i in range(3):
+    ref = jax.vjp(lambda w: convolution.conv_xla(x[i:i + 1], w), kernel)[1](ct[i:i + 1])[0]
+    assert _rel(batched[i], ref) < 1e-5
+
+
 def test_auto_impl_policy():
-  auto = lambda shape, o: convolution.auto_impl(shape, o, backend='cpu')
+  auto = lambda shape, o, native=False: convolution.auto_impl(shape, o, backend='cpu',
+                                                              native=native)
   # Deep levels (few pixels, many channels): matmuls.
   assert auto((2, 8, 8, 512), 512) == 'matmul'
   assert auto((1, 16, 16, 1024), 1024) == 'matmul'
@@ -63,11 +103,85 @@ def test_auto_impl_policy():
   # Large images with few channels: lax.conv.
   assert auto((1, 256, 256, 32), 32) == 'xla'
   assert auto((1, 128, 128, 128), 128) == 'xla'
+  # With the CPU kernels: they take every shape up to 256 channels that the matmul form and
+  # Winograd (now from 256 channels) do not.
+  assert auto((2, 8, 8, 512), 512, native=True) == 'matmul'
+  assert auto((2, 128, 128, 32), 3, native=True) == 'matmul'
+  assert auto((1, 64, 64, 256), 256, native=True) == 'winograd'
+  assert auto((1, 32, 32, 128), 256, native=True) == 'native'
+  assert auto((1, 256, 256, 32), 32, native=True) == 'native'
+  assert auto((2, 128, 128, 3), 32, native=True) == 'native'
+  assert auto((1, 160, 90, 512), 512, native=True) == 'xla'
   # Symbolic shapes (shape-polymorphic export) and other backends: lax.conv.
   shape = jax.export.symbolic_shape('b, 16*h, 16*w, 64')
-  assert convolution.auto_impl(shape, 64, backend='cpu') == 'xla'
+  assert convolution.auto_impl(shape, 64, backend='cpu', native=True) == 'xla'
   assert convolution.auto_impl((2, 8, 8, 512), 512, backend='gpu') == 'xla'
   assert convolution.auto_impl((2, 8, 8, 512), 512, backend='tpu') == 'xla'
+
+
+_AUTO_HLO = """
+    import jax, jax.numpy as jnp
+    from hinet_jax import convolution
+    x, k = jnp.ones((1, 16, 16, 16)), jnp.ones((3, 3, 16, 32))
+    step = lambda x, k: jax.value_and_grad(
+        lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'auto')))(k)
+    print(jax.device_count(), 'devices:', jax.jit(step).lower(x, k).as_text().count('hinet_conv'))
+"""
+
+
+def test_auto_uses_the_cpu_kernels_on_one_device_only():
+  one = _run_python(_AUTO_HLO, XLA_FLAGS='')
+  assert one.stdout.strip() == '1 devices: 2', one.stderr  # forward and kernel gradient
+  eight = _run_python(_AUTO_HLO)  # conftest's XLA_FLAGS: 8 devices
+  assert eight.stdout.strip() == '8 devices: 0', eight.stderr
+
+
+def test_native_is_a_clear_error_where_it_cannot_run():
+  x, k = _random((1, 16, 16, 16), 0), _random((3, 3, 16, 32), 1)
+  with pytest.raises(ValueError, match="conv_impl='native' needs the CPU backend, float32"):
+    convolution.conv(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), 1, 1, 'native')
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True,
+                        text=True, timeout=300, env={**os.environ, **env},
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+_FALLBACK_CHECK = """
+    import jax, jax.numpy as jnp, numpy as np
+    from hinet_jax import convolution, cpu_kernels
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 16)), jnp.float32)
+    k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 16, 16)), jnp.float32)
+    grad = lambda impl: jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, impl) ** 2))(k)
+    print('available', cpu_kernels.available())
+    print('auto==xla', bool(jnp.allclose(grad('auto'), grad('xla'), rtol=1e-5, atol=1e-4)))
+    try:
+      grad('native')
+    except ValueError as e:
+      print('native error:', e)
+"""
+
+
+def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
+  result = _run_python(_FALLBACK_CHECK, CXX='/bin/false', PATH='/nonexistent',
+                       HINET_JAX_CACHE_DIR=str(tmp_path))
+  assert result.returncode == 0, result.stderr
+  assert 'available False' in result.stdout and 'auto==xla True' in result.stdout
+  assert "native error: conv_impl='native' needs" in result.stdout
+  assert 'conv_kernels.cc failed' in result.stderr  # the warning names the source that failed
+  assert not list(tmp_path.glob('*.so'))  # no half-built library left in the cache
+
+
+def test_cpu_kernels_build_once_into_the_cache(tmp_path):
+  code = "from hinet_jax import cpu_kernels; print(cpu_kernels.available())"
+  first = _run_python(code, HINET_JAX_CACHE_DIR=str(tmp_path))
+  assert first.stdout.strip() == 'True', first.stderr
+  (library,) = tmp_path.glob('conv_kernels-*.so')
+  built_at = library.stat().st_mtime_ns
+  second = _run_python(code, HINET_JAX_CACHE_DIR=str(tmp_path))
+  assert second.stdout.strip() == 'True', second.stderr
+  assert library.stat().st_mtime_ns == built_at and len(list(tmp_path.iterdir())) == 1
 
 
 def test_unknown_impl_is_a_clear_error():
@@ -78,7 +192,7 @@ def test_unknown_impl_is_a_clear_error():
     models.HINet(wf=4, depth=2, conv_impl='fft').init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
 
 
-@pytest.mark.parametrize('impl', ['matmul', 'winograd'])
+@pytest.mark.parametrize('impl', ['matmul', 'winograd', 'native', 'auto'])
 def test_hinet_forms_match_xla(impl):
   """Both stages and the parameter gradient of a whole (small) HINet."""
   x = jnp.asarray(np.random.default_rng(2).random((2, 10, 9, 3)), jnp.float32)
@@ -98,9 +212,10 @@ def test_hinet_forms_match_xla(impl):
   assert _rel(flat(grads), flat(grads_ref)) < 1e-5
 
 
-@pytest.mark.parametrize('impl', ['matmul', 'winograd'])
+@pytest.mark.parametrize('impl', ['matmul', 'winograd', 'native'])
 def test_forms_run_batch_sharded_over_8_devices(impl):
-  """The hand-written forms (reshapes, custom VJPs) keep working under data parallelism."""
+  """The hand-written forms (reshapes, custom VJPs, custom calls) give the same numbers under
+  data parallelism."""
   mesh = sharding.create_mesh()
   assert mesh.devices.size == 8
   x, k, ct = _random((8, 6, 5, 16), 0), _random((3, 3, 16, 24), 1), _random((8, 6, 5, 24), 2)
@@ -108,7 +223,10 @@ def test_forms_run_batch_sharded_over_8_devices(impl):
   k = jax.device_put(k, sharding.replicated(mesh))
   y, grads = _value_and_grads(lambda x, k: convolution.conv3x3(x, k, impl), x, k, ct)
   y_ref, grads_ref = _value_and_grads(convolution.conv_xla, x, k, ct)
-  assert y.sharding.is_equivalent_to(sharding.batch_sharding(mesh), 4)
+  # The CPU kernels' custom calls are not partitioned: XLA gathers their inputs (correct, not
+  # parallel; 'auto' does not use them with several devices).
+  if impl != 'native':
+    assert y.sharding.is_equivalent_to(sharding.batch_sharding(mesh), 4)
   for a, b in zip((y, *grads), (y_ref, *grads_ref)):
     assert _rel(a, b) < 1e-5
 
