@@ -80,8 +80,9 @@ def get_config():
       in_chn=3,  # Image channels.
       dtype='float32',  # Compute dtype: 'bfloat16' for mixed precision (losses stay float32).
       param_dtype='float32',  # Parameter (and optimizer state) dtype.
-      # Convolution forms: 'auto' (the fastest measured per shape on CPU, lax.conv on GPU/TPU),
-      # 'xla' (lax.conv everywhere), 'winograd' or 'matmul' (hinet_jax/convolution.py).
+      # Convolution forms: 'auto' (the fastest measured per shape on CPU, incl. the hand-written
+      # CPU kernels; lax.conv on GPU/TPU), 'xla' (lax.conv everywhere), 'native', 'winograd' or
+      # 'matmul' (hinet_jax/convolution.py).
       conv_impl='auto'))
 
   config.loss = ml_collections.ConfigDict()

@@ -103,10 +103,10 @@ class Conv(nn.Module):
     use_bias: whether to add a bias.
     dtype: compute dtype.
     param_dtype: parameter dtype.
-    conv_impl: how 3x3/stride-1/padding-1 convs run: 'xla' (lax.conv), 'winograd' (F(2x2, 3x3)
-      forward, lax.conv backward), 'matmul' (im2col) or 'auto' (the fastest measured form for
-      each shape on XLA:CPU; always lax.conv on GPU/TPU). See `hinet_jax.convolution`. Other
-      convs always use lax.conv.
+    conv_impl: how the conv runs: 'xla' (lax.conv), 'native' (the hand-written CPU kernels of
+      `hinet_jax.cpu_kernels`; CPU, float32), 'winograd' (3x3: F(2x2, 3x3) forward), 'matmul'
+      (3x3: im2col) or 'auto' (the fastest measured form for each shape on CPU; always lax.conv
+      on GPU/TPU and with several devices). See `hinet_jax.convolution`.
   """
 
   features: int
@@ -301,8 +301,8 @@ class HINet(nn.Module):
     in_chn: image channels.
     dtype: compute dtype (float32, or bfloat16 on TPU/GPU). Norm statistics stay float32.
     param_dtype: parameter dtype.
-    conv_impl: convolution forms, 'auto' | 'xla' | 'winograd' | 'matmul' (see `Conv` and
-      `hinet_jax.convolution`). Numerics only (no parameter change): every form agrees with
+    conv_impl: convolution forms, 'auto' | 'xla' | 'native' | 'winograd' | 'matmul' (see `Conv`
+      and `hinet_jax.convolution`). Numerics only (no parameter change): every form agrees with
       lax.conv to ~1e-7 relative in float32. 'auto' is lax.conv on GPU/TPU.
 
   Call with `x`, float NHWC images in [0, 1] of any height and width. Returns the tuple
