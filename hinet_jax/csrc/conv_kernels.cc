@@ -1,23 +1,30 @@
-// Kernel gradient of a square convolution (NHWC x HWIO, symmetric zero padding) on CPU, as an XLA
-// FFI custom call:
+// CPU convolution kernels for HINet, as XLA FFI custom calls (built and registered by
+// hinet_jax/cpu_kernels.py). Square kernels, NHWC x HWIO, symmetric zero padding, float32.
 //
+// HinetConvWgrad, the kernel gradient:
 //   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o]   (0 outside)
+// x: (N, H, W, C), g: (N, Ho, Wo, O) (the output cotangent), dW: (k, k, C, O); attributes
+// kernel_size, stride, padding. HinetConvFwd, the convolution itself:
+//   y[n, h, w, o] = sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]
+// (the input gradient of a stride-1 conv is this conv of g with the flipped, transposed kernel).
 //
-// x: (N, H, W, C) float32, g: (N, Ho, Wo, O) float32 (the output cotangent), dW: (k, k, C, O);
-// attributes k (kernel_size), s (stride), p (padding). HINet uses k3/s1/p1 and k4/s2/p1.
-//
-// Why it exists: XLA:CPU runs a kernel gradient as a convolution over the whole image with C as
+// Why they exist: XLA:CPU runs a kernel gradient as a convolution over the whole image with C as
 // the batch and N as the features, after transposing x and g into batch-minor layouts; on 2 Zen 4
-// cores that ran at 60-90 GFLOP/s and was a third of HINet's training step (bench/README.md).
-// Here it is a matmul with no copies. For a fixed tap (i, j) and output row (n, h), the pixels
-// that meet are one strided run of x's row s*h + i - p and one contiguous run of g's row h, so each
-// tap is a sum of small GEMMs over such runs (K = pixels, M = C, N = O). The micro-kernel keeps a
-// block of NC input channels x NV vectors of output channels of dW in registers over all runs of a
-// chunk of rows, broadcasting x and loading g (O is the vector dimension).
+// cores that ran at 60-90 GFLOP/s and was a third of HINet's training step, and its forward
+// convolutions ran at 60-150 GFLOP/s where channels are few (bench/README.md). Both are matmuls
+// here, at ~190 GFLOP/s, with no copies.
 //
-// Threads: work items (row chunk, tap) are taken from an atomic counter by the calling thread and
-// by tasks scheduled on XLA's intra-op pool. Each participant accumulates into its own dW (the
-// caller into the output), summed at the end. The caller only ever waits for items already taken,
+// Kernel gradient: for a fixed tap (i, j) and output row (n, h), the pixels that meet are one
+// strided run of x's row s*h + i - p and one contiguous run of g's row h, so each tap is a sum of
+// small GEMMs over such runs (K = pixels, M = C, N = O). The micro-kernel keeps a block of NC input
+// channels x NV vectors of output channels of dW in registers over all runs of a chunk of rows,
+// broadcasting x and loading g (O is the vector dimension).
+// Forward: a block of MR output pixels x NV vectors of output channels stays in registers over the
+// whole k*k*C reduction, broadcasting x and loading W; blocks at the image border read a zeroed
+// copy of their window.
+//
+// Threads (ParallelFor): work items are taken from an atomic counter by the calling thread and by
+// tasks scheduled on XLA's intra-op pool. The caller only ever waits for items already taken,
 // which are being computed, so it cannot deadlock on a pool whose threads are all busy.
 
 #include <algorithm>
