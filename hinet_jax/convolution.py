@@ -14,8 +14,8 @@ on those shapes:
     backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
     transpose is materialised. Fast while the copies are small: few pixels, or few channels.
   * 'winograd' (3x3): Winograd F(2x2, 3x3) forward (`winograd.winograd_conv3x3`, 2.25x fewer
-    multiplies) with the backward of 'native' where it runs, else of `lax.conv` (autodiff of the
-    Winograd transforms is slow on XLA:CPU at every size but the deepest).
+    multiplies) with the backward of 'native' where 'auto' would use it, else of `lax.conv`
+    (autodiff of the Winograd transforms is slow on XLA:CPU at every size but the deepest).
   * 1x1 convs as one matmul (`pointwise_conv`).
   * 'xla': `lax.conv` both ways.
 
@@ -172,7 +172,7 @@ def _native_backward(x: Array, kernel: Array, g: Array, strides: int, padding: i
   k, _, c, o = kernel.shape
   if max(c, o) > NATIVE_MAX_CHANNELS:
     return jax.vjp(functools.partial(conv_xla, strides=strides, padding=padding), x, kernel)[1](g)
-  if strides == 1:  # The input gradient is a stride-1 conv of g with the flipped, transposed kernel.
+  if strides == 1:  # The input gradient: a stride-1 conv of g with the flipped, transposed kernel.
     dx = cpu_kernels.conv_forward(g, _flip_taps(kernel), 1, k - 1 - padding)
   else:
     dx = jax.vjp(lambda x_: conv_xla(x_, kernel, strides, padding), x)[1](g)[0]
@@ -267,7 +267,9 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
 
   3x3/stride-1/padding-1 convs go through `conv3x3`. On CPU, under any `impl` but 'xla', 1x1 convs
   run as one matmul (`pointwise_conv`: YNNPACK's 1x1 convolution measured 2-4x slower forward and
-  1.2-3x slower backward than the matmul). Everything else is `lax.conv`.
+  1.2-3x slower backward than the matmul). Other convs (the 4x4/stride-2 downsamples) run on the
+  CPU kernels under 'native', and under 'auto' where `NATIVE_STRIDED_MAX_IN_CHANNELS` allows;
+  everything else is `lax.conv`.
 
   Args:
     x: (N, H, W, C) input.
@@ -316,7 +318,7 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
   if impl == 'matmul':
     return matmul_conv3x3(x, kernel)
   if impl == 'winograd':
-    if native_applies(x, kernel):  # Winograd forward, the native kernels' backward.
+    if _auto_native(x, kernel):  # Winograd forward, the native kernels' backward.
       return native_conv(x, kernel, 1, 1, True)
     return winograd_fwd_conv3x3(x, kernel)
   return conv_xla(x, kernel)

@@ -56,7 +56,8 @@ def _cpu_features() -> str:
     lines = pathlib.Path('/proc/cpuinfo').read_text().splitlines()
   except OSError:
     return platform.machine() + platform.processor()
-  keep = [line for line in lines if line.split(':')[0].strip() in ('model name', 'flags', 'Features')]
+  fields = ('model name', 'flags', 'Features')
+  keep = [line for line in lines if line.split(':')[0].strip() in fields]
   return '\n'.join(sorted(set(keep)))
 
 
