@@ -104,7 +104,7 @@ def shift_sum3x3(z: Array, sign: int) -> Array:
 
 
 def _flip_taps(kernel: Array) -> Array:
-  """(3, 3, C, O) -> (3, 3, O, C): the kernel of the transposed convolution."""
+  """(k, k, C, O) -> (k, k, O, C): the kernel of the transposed convolution."""
   return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
 
 
@@ -147,30 +147,12 @@ def _matmul_bwd(res, g):
 matmul_conv3x3.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-@jax.custom_vjp
-def winograd_fwd_conv3x3(x: Array, kernel: Array) -> Array:
-  """Winograd F(2x2, 3x3) forward, `lax.conv` backward; NHWC x HWIO -> NHWC."""
-  return winograd_conv3x3(x, kernel, x.dtype)
-
-
-def _winograd_fwd(x, kernel):
-  return winograd_fwd_conv3x3(x, kernel), (x, kernel)
-
-
-def _winograd_bwd(res, g):
-  x, kernel = res
-  return jax.vjp(conv_xla, x, kernel)[1](g)
-
-
-winograd_fwd_conv3x3.defvjp(_winograd_fwd, _winograd_bwd)
-
-
-def _native_backward(x: Array, kernel: Array, g: Array, strides: int, padding: int):
-  """Input and kernel gradients of a conv with `cpu_kernels` where they are fast (up to
-  `NATIVE_MAX_CHANNELS`; the input gradient of a strided conv, a transposed conv, is never
+def _backward(x: Array, kernel: Array, g: Array, strides: int, padding: int, native: bool):
+  """Input and kernel gradients of a conv: with `cpu_kernels` if `native` and they are fast there
+  (up to `NATIVE_MAX_CHANNELS`; the input gradient of a strided conv, a transposed conv, is never
   theirs), else with `lax.conv`."""
   k, _, c, o = kernel.shape
-  if max(c, o) > NATIVE_MAX_CHANNELS:
+  if not native or max(c, o) > NATIVE_MAX_CHANNELS:
     return jax.vjp(functools.partial(conv_xla, strides=strides, padding=padding), x, kernel)[1](g)
   if strides == 1:  # The input gradient: a stride-1 conv of g with the flipped, transposed kernel.
     dx = cpu_kernels.conv_forward(g, _flip_taps(kernel), 1, k - 1 - padding)
@@ -179,29 +161,36 @@ def _native_backward(x: Array, kernel: Array, g: Array, strides: int, padding: i
   return dx, cpu_kernels.conv_weight_grad(x, g, k, strides, padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def native_conv(x: Array, kernel: Array, strides: int, padding: int,
-                winograd: bool = False) -> Array:
-  """A conv on `cpu_kernels` (CPU, float32, square kernel) forward and backward.
-
-  With `winograd` (3x3, stride 1, padding 1 only) the forward is Winograd F(2x2, 3x3) instead.
-  """
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _custom_conv(x: Array, kernel: Array, strides: int, padding: int, winograd: bool,
+                 native_backward: bool) -> Array:
+  """Forward on `cpu_kernels` (or Winograd F(2x2, 3x3) for a 3x3/s1/p1 conv); `_backward`."""
   if winograd:
     return winograd_conv3x3(x, kernel, x.dtype)
   return cpu_kernels.conv_forward(x, kernel, strides, padding)
 
 
-def _native_fwd(x, kernel, strides, padding, winograd):
-  return native_conv(x, kernel, strides, padding, winograd), (x, kernel)
+def _custom_fwd(x, kernel, strides, padding, winograd, native_backward):
+  return _custom_conv(x, kernel, strides, padding, winograd, native_backward), (x, kernel)
 
 
-def _native_bwd(strides, padding, winograd, res, g):
+def _custom_bwd(strides, padding, winograd, native_backward, res, g):
   del winograd  # every forward form computes the same linear map
   x, kernel = res
-  return _native_backward(x, kernel, g, strides, padding)
+  return _backward(x, kernel, g, strides, padding, native_backward)
 
 
-native_conv.defvjp(_native_fwd, _native_bwd)
+_custom_conv.defvjp(_custom_fwd, _custom_bwd)
+
+
+def native_conv(x: Array, kernel: Array, strides: int, padding: int) -> Array:
+  """A conv on `cpu_kernels` (CPU, float32, square kernel), forward and backward."""
+  return _custom_conv(x, kernel, strides, padding, False, True)
+
+
+def winograd_conv(x: Array, kernel: Array, native_backward: bool) -> Array:
+  """3x3/s1/p1 conv: Winograd F(2x2, 3x3) forward; backward on `cpu_kernels` or `lax.conv`."""
+  return _custom_conv(x, kernel, 1, 1, True, native_backward)
 
 
 def native_applies(x: Array, kernel: Array) -> bool:
@@ -289,10 +278,9 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
     return pointwise_conv(x, kernel)
   if impl == 'native':
     _require_native(x, kernel)
-    return native_conv(x, kernel, strides, padding, False)
-  if (impl == 'auto' and kernel.shape[2] <= NATIVE_STRIDED_MAX_IN_CHANNELS
-      and _auto_native(x, kernel)):
-    return native_conv(x, kernel, strides, padding, False)
+  if impl == 'native' or (impl == 'auto' and kernel.shape[2] <= NATIVE_STRIDED_MAX_IN_CHANNELS
+                          and _auto_native(x, kernel)):
+    return native_conv(x, kernel, strides, padding)
   return conv_xla(x, kernel, strides, padding)
 
 
@@ -314,13 +302,11 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
     impl = auto_impl(x.shape, kernel.shape[-1], native=_auto_native(x, kernel))
   if impl == 'native':
     _require_native(x, kernel)
-    return native_conv(x, kernel, 1, 1, False)
+    return native_conv(x, kernel, 1, 1)
   if impl == 'matmul':
     return matmul_conv3x3(x, kernel)
-  if impl == 'winograd':
-    if _auto_native(x, kernel):  # Winograd forward, the native kernels' backward.
-      return native_conv(x, kernel, 1, 1, True)
-    return winograd_fwd_conv3x3(x, kernel)
+  if impl == 'winograd':  # The native kernels' backward where 'auto' would use them.
+    return winograd_conv(x, kernel, _auto_native(x, kernel))
   return conv_xla(x, kernel)
 
 

@@ -442,10 +442,10 @@ def count_params(params: Any) -> int:
 def forward_macs(model: HINet, height: int = 256, width: int = 256, batch: int = 1) -> float:
   """Forward multiply-accumulates of `model` on a `batch x height x width` input.
 
-  Taken from XLA's cost analysis of the compiled forward pass (flops / 2), so it counts what
-  actually runs, including the padding to a multiple of 16. The model is costed with
-  `conv_impl='xla'`: XLA cannot see into the CPU kernels' custom calls, and the other forms
-  (Winograd) do fewer multiplies than the convolution they compute.
+  Taken from XLA's cost analysis of the compiled forward pass (flops / 2), including the padding
+  to a multiple of 16, for the model with `conv_impl='xla'`: the direct convolutions' work. (XLA
+  cannot see into the CPU kernels' custom calls, and Winograd does fewer multiplies than the
+  convolution it computes.)
 
   Returns:
     MACs as a float (divide by 1e9 for GMACs).

@@ -9,9 +9,9 @@ Output tile 2x2 from input tile 4x4 (stride 2):  Y = A^T [ (G g G^T) * (B^T d B)
 
 The elementwise product summed over input channels becomes 16 batched (pixels/4, C) x (C, O)
 matmuls (one `einsum`), 2.25x fewer multiplies than the direct conv. Transforms are adds/subs
-on strided slices in jnp. Used as a forward only (`convolution.winograd_fwd_conv3x3` pairs it with
-the `lax.conv` backward: the autodiff of these slices is slow on XLA:CPU); its values are tested in
-tests/test_convolution.py.
+on strided slices in jnp. Used as a forward only (`convolution.winograd_conv` pairs it with the
+backward of the CPU kernels or of `lax.conv`: the autodiff of these slices is slow on XLA:CPU);
+its values are tested in tests/test_convolution.py.
 Layout NHWC, kernel HWIO (3, 3, in, out), 'SAME' zero padding (PyTorch padding=1), any H, W.
 """
 

@@ -191,8 +191,8 @@ void Participate(ParallelState& s, bool is_caller) {
   }
 }
 
-// Returns the number of participants that may have run (1 + helpers scheduled).
-int ParallelFor(ffi::ThreadPool& pool, int64_t n_items, std::function<void(int64_t, int)> fn) {
+// Participants are numbered below max(1, pool.num_threads()).
+void ParallelFor(ffi::ThreadPool& pool, int64_t n_items, std::function<void(int64_t, int)> fn) {
   auto state = std::make_shared<ParallelState>();
   state->fn = std::move(fn);
   state->n_items = n_items;
@@ -201,7 +201,6 @@ int ParallelFor(ffi::ThreadPool& pool, int64_t n_items, std::function<void(int64
   for (int t = 0; t < helpers; ++t) pool.Schedule([state] { Participate(*state, false); });
   Participate(*state, true);
   while (state->done_items.load(std::memory_order_acquire) < n_items) std::this_thread::yield();
-  return helpers + 1;
 }
 
 ffi::Error ConvWgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
@@ -232,8 +231,8 @@ ffi::Error ConvWgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
 
   // Participant 0 (the caller) accumulates into the output, the others into their own dW.
   const int64_t taps = p.k * p.k;
-  std::vector<std::unique_ptr<float[]>> partials(std::max<int64_t>(1, pool.num_threads()) + 1);
-  const int participants = ParallelFor(pool, p.n_items, [&](int64_t item, int participant) {
+  std::vector<std::unique_ptr<float[]>> partials(std::max<int64_t>(1, pool.num_threads()));
+  ParallelFor(pool, p.n_items, [&](int64_t item, int participant) {
     thread_local std::vector<Run> runs;
     if (participant > 0 && !partials[participant]) partials[participant].reset(new float[size]());
     float* dw = participant == 0 ? out : partials[participant].get();
@@ -243,9 +242,8 @@ ffi::Error ConvWgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
     const int64_t r1 = std::min(r0 + p.rows_per_chunk, p.n * p.ho);
     AccumulateTap(p, r0, r1, item % taps / p.k, item % p.k, dw, runs);
   });
-  for (int t = 1; t < participants; ++t) {
-    if (!partials[t]) continue;
-    const float* part = partials[t].get();
+  for (const auto& part : partials) {
+    if (part == nullptr) continue;
     for (int64_t k = 0; k < size; ++k) out[k] += part[k];
   }
   return ffi::Error::Success();
