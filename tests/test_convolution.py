@@ -77,6 +77,15 @@ def test_cpu_kernels_match_lax_conv(case):
   assert _rel(cpu_kernels.conv_weight_grad(x, ct, k, s, p), grads_ref[1]) < 1e-5
 
 
+def test_cpu_kernel_gradient_is_reproducible():
+  """Threads split the kernel gradient's sum: the result must not depend on which ran what."""
+  x, ct = _random((2, 48, 40, 32), 0), _random((2, 48, 40, 32), 1)
+  grad = jax.jit(lambda x, ct: cpu_kernels.conv_weight_grad(x, ct, 3, 1, 1))
+  first = np.asarray(grad(x, ct))
+  for _ in range(8):
+    np.testing.assert_array_equal(np.asarray(grad(x, ct)), first)
+
+
 def test_cpu_kernels_under_vmap():
   """Per-example kernel gradients (vmap over the batch) equal the per-example loop."""
   x, kernel, ct = _random((3, 6, 5, 4), 0), _random((3, 3, 4, 16), 1), _random((3, 6, 5, 16), 2)

@@ -25,7 +25,8 @@
 //
 // Threads (ParallelFor): work items are taken from an atomic counter by the calling thread and by
 // tasks scheduled on XLA's intra-op pool. The caller only ever waits for items already taken,
-// which are being computed, so it cannot deadlock on a pool whose threads are all busy.
+// which are being computed, so it cannot deadlock on a pool whose threads are all busy. The kernel
+// gradient sums fixed ranges of items, so its result does not depend on the scheduling.
 
 #include <algorithm>
 #include <array>
@@ -168,38 +169,33 @@ void AccumulateTap(const Problem& p, int64_t r0, int64_t r1, int64_t i, int64_t 
   }
 }
 
-// Runs fn(item, participant) for item in [0, n_items) on the calling thread (participant 0) and on
-// up to threads - 1 tasks scheduled on XLA's intra-op pool (participants 1, 2, ...: numbered in
-// the order they take their first item). Items are taken from an atomic counter; the caller then
-// waits only for items already taken (being computed), so it cannot deadlock on a pool whose
-// threads are all busy: it would just do every item itself.
+// Runs fn(item) for item in [0, n_items) on the calling thread and on up to threads - 1 tasks
+// scheduled on XLA's intra-op pool. Items are taken from an atomic counter; the caller then waits
+// only for items already taken (being computed), so it cannot deadlock on a pool whose threads
+// are all busy: it would just do every item itself.
 struct ParallelState {
-  std::function<void(int64_t, int)> fn;
+  std::function<void(int64_t)> fn;
   int64_t n_items;
   std::atomic<int64_t> next_item{0};
   std::atomic<int64_t> done_items{0};
-  std::atomic<int> next_participant{1};
 };
 
-void Participate(ParallelState& s, bool is_caller) {
-  int participant = is_caller ? 0 : -1;
+void Participate(ParallelState& s) {
   int64_t item;
   while ((item = s.next_item.fetch_add(1, std::memory_order_relaxed)) < s.n_items) {
-    if (participant < 0) participant = s.next_participant.fetch_add(1);
-    s.fn(item, participant);
+    s.fn(item);
     s.done_items.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
-// Participants are numbered below max(1, pool.num_threads()).
-void ParallelFor(ffi::ThreadPool& pool, int64_t n_items, std::function<void(int64_t, int)> fn) {
+void ParallelFor(ffi::ThreadPool& pool, int64_t n_items, std::function<void(int64_t)> fn) {
   auto state = std::make_shared<ParallelState>();
   state->fn = std::move(fn);
   state->n_items = n_items;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int helpers = static_cast<int>(std::max<int64_t>(0, std::min(threads, n_items) - 1));
-  for (int t = 0; t < helpers; ++t) pool.Schedule([state] { Participate(*state, false); });
-  Participate(*state, true);
+  for (int t = 0; t < helpers; ++t) pool.Schedule([state] { Participate(*state); });
+  Participate(*state);
   while (state->done_items.load(std::memory_order_acquire) < n_items) std::this_thread::yield();
 }
 
@@ -229,23 +225,29 @@ ffi::Error ConvWgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
   p.rows_per_chunk = std::max<int64_t>(1, kPixelsPerChunk / p.wo);
   p.n_items = p.k * p.k * ((p.n * p.ho + p.rows_per_chunk - 1) / p.rows_per_chunk);
 
-  // Participant 0 (the caller) accumulates into the output, the others into their own dW.
+  // The items are split into one fixed, contiguous range per thread, each summed into its own dW
+  // (range 0 into the output) and the ranges added in order: the result does not depend on which
+  // thread ran what, so training is reproducible run to run.
   const int64_t taps = p.k * p.k;
-  std::vector<std::unique_ptr<float[]>> partials(std::max<int64_t>(1, pool.num_threads()));
-  ParallelFor(pool, p.n_items, [&](int64_t item, int participant) {
+  const int64_t ranges = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), p.n_items);
+  std::vector<std::unique_ptr<float[]>> partials(ranges);
+  ParallelFor(pool, ranges, [&](int64_t range) {
     thread_local std::vector<Run> runs;
-    if (participant > 0 && !partials[participant]) partials[participant].reset(new float[size]());
-    float* dw = participant == 0 ? out : partials[participant].get();
-    // Consecutive items are the taps of one chunk, so the threads share its rows in cache, and
-    // small images still split k*k ways.
-    const int64_t r0 = (item / taps) * p.rows_per_chunk;
-    const int64_t r1 = std::min(r0 + p.rows_per_chunk, p.n * p.ho);
-    AccumulateTap(p, r0, r1, item % taps / p.k, item % p.k, dw, runs);
+    float* dw = out;
+    if (range > 0) {
+      partials[range].reset(new float[size]());
+      dw = partials[range].get();
+    }
+    // Consecutive items are the taps of one chunk: a range covers whole bands of rows.
+    for (int64_t item = range * p.n_items / ranges; item < (range + 1) * p.n_items / ranges;
+         ++item) {
+      const int64_t r0 = (item / taps) * p.rows_per_chunk;
+      const int64_t r1 = std::min(r0 + p.rows_per_chunk, p.n * p.ho);
+      AccumulateTap(p, r0, r1, item % taps / p.k, item % p.k, dw, runs);
+    }
   });
-  for (const auto& part : partials) {
-    if (part == nullptr) continue;
-    for (int64_t k = 0; k < size; ++k) out[k] += part[k];
-  }
+  for (int64_t range = 1; range < ranges; ++range)
+    for (int64_t k = 0; k < size; ++k) out[k] += partials[range][k];
   return ffi::Error::Success();
 }
 
@@ -370,7 +372,7 @@ ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   if (yd[0] * ho * wo * yd[3] == 0) return ffi::Error::Success();
   const FwdProblem p{x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], xd[2], xd[3],
                      ho, wo, wd[3], k, stride, padding};
-  ParallelFor(pool, p.n * ho, [&](int64_t row, int) {
+  ParallelFor(pool, p.n * ho, [&](int64_t row) {
     thread_local std::vector<float> window;
     FwdRow(p, row, window);
   });
