@@ -12,7 +12,6 @@ background load hits all alike. Prints medians, minima, and each impl's output (
 (train, after equal steps) relative to the first impl's.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -58,11 +57,7 @@ def worker(spec):
 
 def main(argv):
   del argv
-  if model_speed._WORKER.value:  # pylint: disable=protected-access
-    spec = json.loads(model_speed._WORKER.value)  # pylint: disable=protected-access
-    model_speed.pin_threads(spec['threads'])
-    sys.path.insert(0, model_speed._ROOT)  # pylint: disable=protected-access
-    print(model_speed.RESULT_PREFIX + json.dumps(worker(spec)), flush=True)
+  if model_speed.serve_as_worker(worker):
     return
   for impl in _IMPLS.value:
     if impl.partition('+')[2] not in _EIGEN_SUFFIX:

@@ -286,6 +286,17 @@ def case_flops(preset, case, dtype='float32'):
   return 3 * fwd if train else fwd
 
 
+def median_time(fn, reps):
+  """Median seconds of `reps` calls of `fn`, after one untimed warm-up call."""
+  fn()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
 def time_interleaved(runners, reps):
   """Warms every runner once, then times `reps` rounds, rotating the order each round.
 
@@ -421,13 +432,7 @@ def worker_ceiling(spec):
   a = np.random.default_rng(0).random((n, n), np.float32)
 
   def rate(fn, reps=5):
-    fn()
-    ts = []
-    for _ in range(reps):
-      t0 = time.perf_counter()
-      fn()
-      ts.append(time.perf_counter() - t0)
-    return flops / statistics.median(ts) / 1e9
+    return flops / median_time(fn, reps) / 1e9
 
   out = {'n': n, 'loadavg_before': os.getloadavg()[0]}
   ja = jax.device_put(a)
@@ -450,6 +455,18 @@ def worker_ceiling(spec):
   out['device'] = jax.devices()[0].device_kind
   out['backend'] = jax.default_backend()
   return [out]
+
+
+def serve_as_worker(worker_fn):
+  """In a process spawned by `spawn` (--worker set): pins the threads, runs `worker_fn(spec)` and
+  prints its rows for the driver. Returns whether this process was a worker."""
+  if not _WORKER.value:
+    return False
+  spec = json.loads(_WORKER.value)
+  pin_threads(spec['threads'])
+  sys.path.insert(0, _ROOT)
+  print(RESULT_PREFIX + json.dumps(worker_fn(spec)), flush=True)
+  return True
 
 
 def run_worker(spec_json):

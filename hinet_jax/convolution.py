@@ -51,14 +51,15 @@ MATMUL_MAX_OUT_CHANNELS = 8
 # 128x128 and beyond its transforms (memory bound) cost more than the multiplies they save.
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MAX_PIXELS = 64 * 64
-# With the `cpu_kernels` convolutions ('native'): they run at the matmul rate while the kernel
-# (k*k*C x 32 floats a block of outputs) stays in L2, i.e. up to ~256 channels; beyond, and on
-# small images with many channels, Winograd (forward) and the matmul form are faster.
+# With the `cpu_kernels` convolutions ('native'): they run every HINet shape at 85-95% of the
+# matmul rate; the exceptions are the image heads (above), and the deepest levels at small
+# batches, few pixels and many channels, where packing the megabytes of kernel costs more than
+# the im2col copies of the matmul form.
+NATIVE_MATMUL_MAX_PIXELS = 128
+NATIVE_MATMUL_MIN_CHANNELS = 512
+# ... and Winograd's forward (2.25x fewer multiplies) still beats them by ~5% from 256 channels
+# on images up to 64x64 pixels.
 NATIVE_WINOGRAD_MIN_CHANNELS = 256
-NATIVE_MAX_CHANNELS = 256
-# 4x4/stride-2 downsamples: 'native' 1.1-1.5x faster than lax.conv up to 128 input channels,
-# slower from 256 on small images.
-NATIVE_STRIDED_MAX_IN_CHANNELS = 128
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -147,18 +148,23 @@ def _matmul_bwd(res, g):
 matmul_conv3x3.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _backward(x: Array, kernel: Array, g: Array, strides: int, padding: int, native: bool):
-  """Input and kernel gradients of a conv: with `cpu_kernels` if `native` and they are fast there
-  (up to `NATIVE_MAX_CHANNELS`; the input gradient of a strided conv, a transposed conv, is never
-  theirs), else with `lax.conv`."""
-  k, _, c, o = kernel.shape
-  if not native or max(c, o) > NATIVE_MAX_CHANNELS:
-    return jax.vjp(functools.partial(conv_xla, strides=strides, padding=padding), x, kernel)[1](g)
-  if strides == 1:  # The input gradient: a stride-1 conv of g with the flipped, transposed kernel.
-    dx = cpu_kernels.conv_forward(g, _flip_taps(kernel), 1, k - 1 - padding)
-  else:
-    dx = jax.vjp(lambda x_: conv_xla(x_, kernel, strides, padding), x)[1](g)[0]
-  return dx, cpu_kernels.conv_weight_grad(x, g, k, strides, padding)
+def _backward(x: Array, kernel: Array, g: Array, strides: int, padding: int, native: bool,
+              input_grad: bool = True):
+  """Input and kernel gradients of a conv: with `cpu_kernels` (one call) if `native`, else
+  `lax.conv`'s. Without `input_grad` the input gradient is None (zero)."""
+  if native:
+    return cpu_kernels.conv_grads(x, g, kernel, strides, padding, input_grad=input_grad)
+  dx, dkernel = jax.vjp(functools.partial(conv_xla, strides=strides, padding=padding), x,
+                        kernel)[1](g)
+  return (dx if input_grad else None), dkernel
+
+
+# The custom VJPs below take symbolic zeros: their forward rules learn whether the input is
+# being differentiated (`perturbed`), so that the backward skips the input gradient of the
+# network's first convolutions (of the image) inside the one backward call. The residuals carry
+# that bit in their structure (`()` or None), which is static.
+def _is_zero(g) -> bool:
+  return isinstance(g, jax.custom_derivatives.SymbolicZero)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -171,16 +177,19 @@ def _custom_conv(x: Array, kernel: Array, strides: int, padding: int, winograd: 
 
 
 def _custom_fwd(x, kernel, strides, padding, winograd, native_backward):
-  return _custom_conv(x, kernel, strides, padding, winograd, native_backward), (x, kernel)
+  y = _custom_conv(x.value, kernel.value, strides, padding, winograd, native_backward)
+  return y, (x.value, kernel.value, () if x.perturbed else None)
 
 
 def _custom_bwd(strides, padding, winograd, native_backward, res, g):
   del winograd  # every forward form computes the same linear map
-  x, kernel = res
-  return _backward(x, kernel, g, strides, padding, native_backward)
+  x, kernel, input_grad = res
+  if _is_zero(g):
+    return None, None
+  return _backward(x, kernel, g, strides, padding, native_backward, input_grad is not None)
 
 
-_custom_conv.defvjp(_custom_fwd, _custom_bwd)
+_custom_conv.defvjp(_custom_fwd, _custom_bwd, symbolic_zeros=True)
 
 
 def native_conv(x: Array, kernel: Array, strides: int, padding: int) -> Array:
@@ -194,10 +203,10 @@ def winograd_conv(x: Array, kernel: Array, native_backward: bool) -> Array:
 
 
 def native_applies(x: Array, kernel: Array) -> bool:
-  """Whether `cpu_kernels` can run this conv: CPU backend, float32, square kernel, static shapes,
-  and the kernels built (the first call builds them)."""
+  """Whether `cpu_kernels` can run this conv: CPU backend, float32, square kernel up to 8x8,
+  static shapes, and the kernels built (the first call builds them)."""
   return (_on_cpu() and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
-          and kernel.shape[0] == kernel.shape[1]
+          and kernel.shape[0] == kernel.shape[1] <= cpu_kernels.MAX_KERNEL_SIZE
           and all(isinstance(d, int) for d in (*x.shape, *kernel.shape))
           and cpu_kernels.available())
 
@@ -212,7 +221,8 @@ def _auto_native(x: Array, kernel: Array) -> bool:
 def _require_native(x: Array, kernel: Array) -> None:
   if not native_applies(x, kernel):
     raise ValueError(
-        "conv_impl='native' needs the CPU backend, float32, a square kernel, static shapes and "
+        "conv_impl='native' needs the CPU backend, float32, a square kernel up to 8x8, static "
+        "shapes and "
         f'the hinet_jax CPU kernels built (backend {jax.default_backend()}, {x.dtype} x '
         f"{kernel.dtype}, kernel {kernel.shape}, kernels built: {cpu_kernels.available()}). Use "
         "conv_impl='auto', which picks a form that runs here.")
@@ -234,16 +244,84 @@ def auto_impl(shape: tuple, features: int, backend: str | None = None,
   if not _on_cpu(backend) or not all(isinstance(d, int) for d in (*shape, features)):
     return 'xla'  # Symbolic (shape-polymorphic export) shapes: no measured choice applies.
   n, h, w, c = shape
-  if n * h * w <= MATMUL_MAX_PIXELS and min(c, features) >= 64:
-    return 'matmul'
   if features <= MATMUL_MAX_OUT_CHANNELS < c:  # e.g. the 3-channel image heads.
     return 'matmul'
-  winograd_min_channels = NATIVE_WINOGRAD_MIN_CHANNELS if native else WINOGRAD_MIN_CHANNELS
-  if h * w <= WINOGRAD_MAX_PIXELS and min(c, features) >= winograd_min_channels:
-    return 'winograd'
-  if native and max(c, features) <= NATIVE_MAX_CHANNELS:
+  if native:
     return 'native'
+  if n * h * w <= MATMUL_MAX_PIXELS and min(c, features) >= 64:
+    return 'matmul'
+  if h * w <= WINOGRAD_MAX_PIXELS and min(c, features) >= WINOGRAD_MIN_CHANNELS:
+    return 'winograd'
   return 'xla'
+
+
+@jax.custom_vjp
+def native_upconv2x2(x: Array, kernel: Array) -> Array:
+  """`upconv2x2` (without bias) on `cpu_kernels`: the transposed convolution is the input gradient
+  of the 2x2/stride-2 convolution whose kernel is this one stored (k, k, O, C), so its forward,
+  input gradient and kernel gradient are that convolution's input gradient, forward and kernel
+  gradient (with the roles of image and cotangent swapped)."""
+  n, h, w, _ = x.shape
+  return cpu_kernels.conv_input_grad(x, kernel, (n, 2 * h, 2 * w, kernel.shape[-1]), 2, 0, 'HWOI')
+
+
+def _upconv_fwd(x, kernel):
+  return native_upconv2x2(x.value, kernel.value), (x.value, kernel.value,
+                                                   () if x.perturbed else None)
+
+
+def _upconv_bwd(res, g):
+  x, kernel, input_grad = res
+  if _is_zero(g):
+    return None, None
+  return cpu_kernels.transposed_conv_grads(x, g, kernel, 2, 0, 'HWOI', input_grad is not None)
+
+
+native_upconv2x2.defvjp(_upconv_fwd, _upconv_bwd, symbolic_zeros=True)
+
+
+def matmul_upconv2x2(x: Array, kernel: Array) -> Array:
+  """`upconv2x2` (without bias) as matmuls and a depth-to-space, in XLA.
+
+  One matmul per output row parity a: (n, h, w, b, o) is already (n, h, 2w, o) in memory, so only
+  the final interleave of the two row sets moves data, and XLA fuses it with what follows. The
+  single einsum 'nhwc,abco->nhawbo' needed a separate transpose copy: this measured 3% faster on
+  the 0.5x forward (bench/README.md).
+  """
+  n, h, w, _ = x.shape
+  o = kernel.shape[-1]
+  # Under explicit mesh axes a reshape that merges dims must be told its output sharding; only
+  # the batch dim is ever sharded, and it is untouched by the depth-to-space.
+  batch_spec = jax.typeof(x).sharding.spec
+  out_sharding = jax.P(batch_spec[0]) if batch_spec and batch_spec[0] is not None else None
+  rows = [jax.lax.reshape(jnp.einsum('nhwc,bco->nhwbo', x, kernel[a]), (n, h, 2 * w, o),
+                          out_sharding=out_sharding)
+          for a in range(2)]
+  return jax.lax.reshape(jnp.stack(rows, axis=2), (n, 2 * h, 2 * w, o), out_sharding=out_sharding)
+
+
+def upconv2x2(x: Array, kernel: Array, impl: str = 'xla') -> Array:
+  """PyTorch's `ConvTranspose2d(C, O, 2, stride=2)` without bias, NHWC, kernel (2, 2, C, O).
+
+  With kernel == stride the output windows don't overlap: output pixel (2i+a, 2j+b) is input
+  pixel (i, j) times tap (a, b). On `cpu_kernels` under 'native', and under 'auto' where they
+  apply (`native_upconv2x2`); else as matmuls (`matmul_upconv2x2`), which XLA runs faster than a
+  general transposed convolution.
+
+  Args:
+    x: (N, H, W, C).
+    kernel: (2, 2, C, O), torch weight (C, O, 2, 2).transpose(2, 3, 0, 1), no spatial flip.
+    impl: one of `CONV_IMPLS`.
+
+  Returns:
+    (N, 2H, 2W, O).
+  """
+  _check_impl(impl)
+  if impl == 'native':
+    _require_native(x, kernel)
+  if impl == 'native' or (impl == 'auto' and _auto_native(x, kernel)):
+    return native_upconv2x2(x, kernel)
+  return matmul_upconv2x2(x, kernel)
 
 
 def pointwise_conv(x: Array, kernel: Array) -> Array:
@@ -274,13 +352,12 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
   kh, kw = kernel.shape[:2]
   if (kh, kw, strides, padding) == (3, 3, 1, 1):
     return conv3x3(x, kernel, impl)
-  if (kh, kw, strides, padding) == (1, 1, 1, 0) and impl != 'xla' and _on_cpu():
-    return pointwise_conv(x, kernel)
   if impl == 'native':
     _require_native(x, kernel)
-  if impl == 'native' or (impl == 'auto' and kernel.shape[2] <= NATIVE_STRIDED_MAX_IN_CHANNELS
-                          and _auto_native(x, kernel)):
+  if impl == 'native' or (impl == 'auto' and _auto_native(x, kernel)):
     return native_conv(x, kernel, strides, padding)
+  if (kh, kw, strides, padding) == (1, 1, 1, 0) and impl != 'xla' and _on_cpu():
+    return pointwise_conv(x, kernel)
   return conv_xla(x, kernel, strides, padding)
 
 

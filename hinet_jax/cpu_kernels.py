@@ -1,11 +1,12 @@
 """Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has two: a convolution (`conv_forward`) and its kernel (weight) gradient
-(`conv_weight_grad`), for square kernels, any stride and symmetric zero padding, NHWC x HWIO,
-float32. On 2 Zen 4 cores XLA:CPU's convolutions (YNNPACK or Eigen) ran HINet's shapes at 60-190
-GFLOP/s and its kernel gradients at 60-110; these run at 165-200 (the float32 matmul rate) on every
-HINet shape from 128x128x32 to 32x32x256 (bench/README.md, levers log). CPU-only: GPUs and TPUs
-keep XLA's convolutions.
+`csrc/conv_kernels.cc` has three: a convolution (`conv_forward`), its input gradient
+(`conv_input_grad`, which is also the transposed convolution), and both gradients of a layer in
+one call (`conv_grads`, `transposed_conv_grads`), for square kernels up to 8x8, any stride and
+symmetric zero padding, NHWC x HWIO (or HWOI), float32. XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes at 35-90% of the
+float32 matmul rate, its kernel gradients and strided input gradients lower still; these run at
+85-95% of it (bench/README.md, levers log; `bench/conv_shapes.py` measures every shape). CPU-only:
+GPUs and TPUs keep XLA's convolutions.
 
 The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`) for the
 host CPU (`-march=native`) the first time a gradient needs it, into a cache directory
@@ -36,7 +37,9 @@ Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'conv_kernels.cc'
 # FFI target name -> symbol in the library.
-_TARGETS = {'hinet_conv_fwd': 'HinetConvFwd', 'hinet_conv_wgrad': 'HinetConvWgrad'}
+_TARGETS = {'hinet_conv_fwd': 'HinetConvFwd', 'hinet_conv_bwd_input': 'HinetConvBwdInput',
+            'hinet_conv_bwd': 'HinetConvBwd'}
+MAX_KERNEL_SIZE = 8  # kMaxTaps = 64 in the source
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 _ENV_SWITCH = 'HINET_JAX_NATIVE_KERNELS'
 
@@ -131,13 +134,34 @@ def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
   return max(0, (size + 2 * padding - kernel_size) // stride + 1)
 
 
-def conv_forward(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-  """`lax.conv` of NHWC `x` with a square HWIO `kernel`, symmetric zero padding, on CPU.
+# How a kernel argument is stored: 'HWIO' = (k, k, C, O), the convolution's own; 'HWOI' =
+# (k, k, O, C), for a transposed convolution run as a convolution's input gradient (its kernel,
+# (k, k, in, out) of the transposed convolution, is the convolution's stored the other way round).
+KERNEL_LAYOUTS = ('HWIO', 'HWOI')
+
+
+def _kernel_attrs(stride: int, padding: int, layout: str) -> dict:
+  if layout not in KERNEL_LAYOUTS:
+    raise ValueError(f'kernel layout must be one of {KERNEL_LAYOUTS}, got {layout!r}.')
+  return dict(stride=np.int64(stride), padding=np.int64(padding),
+              kernel_hwoi=np.int64(layout == 'HWOI'))
+
+
+def _io(kernel: Array, layout: str) -> tuple[int, int]:
+  """(C, O) of a kernel stored in `layout`."""
+  c, o = kernel.shape[2:]
+  return (o, c) if layout == 'HWOI' else (c, o)
+
+
+def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
+                 kernel_layout: str = 'HWIO') -> Array:
+  """`lax.conv` of NHWC `x` with a square `kernel`, symmetric zero padding, on CPU.
 
   Args:
     x: (N, H, W, C) float32.
-    kernel: (k, k, C, O) float32.
+    kernel: (k, k, C, O) float32 (or (k, k, O, C) with `kernel_layout='HWOI'`), k <= 8.
     stride, padding: the same in both spatial dimensions.
+    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
 
   Returns:
     (N, Ho, Wo, O) float32, equal to XLA's convolution up to float rounding.
@@ -145,26 +169,101 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int) -> Array:
   _check(x, kernel)
   n, h, w, _ = x.shape
   k = kernel.shape[0]
+  c, o = _io(kernel, kernel_layout)
   out = jax.ShapeDtypeStruct((n, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding),
-                              kernel.shape[-1]), jnp.float32)
-  # 'sequential': under vmap each element is its own call.
-  return jax.ffi.ffi_call('hinet_conv_fwd', out, vmap_method='sequential')(
-      x, kernel, stride=np.int64(stride), padding=np.int64(padding))
+                              o), jnp.float32)
+  # The kernel packed for the micro-kernel, as a second output so that XLA allocates (and
+  # reuses) its memory. 'sequential': under vmap each element is its own call.
+  y, _ = jax.ffi.ffi_call('hinet_conv_fwd', (out, _packed_kernel(k, c, o)),
+                          vmap_method='sequential')(
+                              x, kernel, **_kernel_attrs(stride, padding, kernel_layout))
+  return y
 
 
-def conv_weight_grad(x: Array, g: Array, kernel_size: int, stride: int, padding: int) -> Array:
-  """Kernel gradient of `conv_forward(x, W, stride, padding)` for the output cotangent `g`.
+def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, padding: int,
+                    kernel_layout: str = 'HWIO') -> Array:
+  """Input gradient of `conv_forward(x, kernel, stride, padding)` for the output cotangent `g`.
+
+  Also the transposed convolution of `g` (e.g. the decoder's 2x2/stride-2 upsampling).
+
+  Args:
+    g: (N, Ho, Wo, O) float32 cotangent of the convolution's output.
+    kernel: the convolution's kernel as `conv_forward` takes it (not flipped or transposed).
+    x_shape: (N, H, W, C), the shape of the convolution's input.
+    stride, padding: the convolution's geometry.
+    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
+
+  Returns:
+    (N, H, W, C) float32, equal to XLA's input gradient up to float rounding.
+  """
+  _check(g, kernel)
+  k = kernel.shape[0]
+  c, o = _io(kernel, kernel_layout)
+  out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
+  # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
+  dx, _ = jax.ffi.ffi_call('hinet_conv_bwd_input', (out, _packed_kernel(k, o, c)),
+                           vmap_method='sequential')(
+                               g, kernel, **_kernel_attrs(stride, padding, kernel_layout))
+  return dx
+
+
+def _packed_kernel(k: int, reduction: int, outputs: int) -> jax.ShapeDtypeStruct:
+  """The scratch buffer of a kernel packed for the C++ micro-kernel: outputs rounded up to the
+  widest vector, 16 floats (`Packed::Size` rounds to its own, 8 or 16)."""
+  return jax.ShapeDtypeStruct((k * k * reduction * -(-outputs // 16) * 16,), jnp.float32)
+
+
+def _backward_call(a: Array, b: Array, kernel: Array, d_in: jax.ShapeDtypeStruct | None,
+                   stride: int, padding: int, kernel_layout: str, transposed: bool):
+  """The C++ `ConvBwdImpl`: a is the convolution's input side, b its output side."""
+  _check(a, b, kernel)
+  k = kernel.shape[0]
+  c, o = _io(kernel, kernel_layout)
+  reduction, outputs = (c, o) if transposed else (o, c)
+  empty = jax.ShapeDtypeStruct((0,), jnp.float32)
+  outs = (d_in or empty, jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+          _packed_kernel(k, reduction, outputs) if d_in else empty)
+  # 'sequential': under vmap (per-example gradients) each example is its own call.
+  grad, dkernel, _ = jax.ffi.ffi_call('hinet_conv_bwd', outs, vmap_method='sequential')(
+      a, b, kernel, transposed=np.int64(transposed), input_grad=np.int64(d_in is not None),
+      **_kernel_attrs(stride, padding, kernel_layout))
+  return (grad if d_in else None), dkernel
+
+
+def conv_grads(x: Array, g: Array, kernel: Array, stride: int, padding: int,
+               kernel_layout: str = 'HWIO', input_grad: bool = True):
+  """Input and kernel gradients of `conv_forward(x, kernel, stride, padding)` for the output
+  cotangent `g`, in one call.
 
   Args:
     x: (N, H, W, C) float32 input of the convolution.
     g: (N, Ho, Wo, O) float32 cotangent of its output.
-    kernel_size, stride, padding: the convolution's (square) geometry.
+    kernel: its kernel, as `conv_forward` takes it.
+    stride, padding: its geometry.
+    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`); the kernel gradient is stored alike.
+    input_grad: whether to compute the input gradient (not for the network's input image).
 
   Returns:
-    (kernel_size, kernel_size, C, O) float32, equal to XLA's kernel gradient up to float rounding.
+    (dx, dkernel): dx (N, H, W, C), or None without `input_grad`; dkernel shaped as `kernel`.
+    Equal to XLA's gradients up to float rounding.
   """
-  _check(x, g)
-  out = jax.ShapeDtypeStruct((kernel_size, kernel_size, x.shape[-1], g.shape[-1]), jnp.float32)
-  # 'sequential': under vmap (per-example gradients) each example is its own call.
-  return jax.ffi.ffi_call('hinet_conv_wgrad', out, vmap_method='sequential')(
-      x, g, kernel_size=np.int64(kernel_size), stride=np.int64(stride), padding=np.int64(padding))
+  return _backward_call(x, g, kernel, jax.ShapeDtypeStruct(x.shape, jnp.float32)
+                        if input_grad else None, stride, padding, kernel_layout, False)
+
+
+def transposed_conv_grads(x: Array, g: Array, kernel: Array, stride: int, padding: int,
+                          kernel_layout: str = 'HWIO', input_grad: bool = True):
+  """Input and kernel gradients of the transposed convolution
+  `y = conv_input_grad(x, kernel, y.shape, stride, padding)` for the output cotangent `g`.
+
+  Args:
+    x: (N, Ho, Wo, O) float32, the transposed convolution's input.
+    g: (N, H, W, C) float32, the cotangent of its output.
+    kernel, stride, padding, kernel_layout: as given to `conv_input_grad`.
+    input_grad: whether to compute the input gradient.
+
+  Returns:
+    (dx, dkernel): dx shaped as `x` (the convolution of g), or None; dkernel shaped as `kernel`.
+  """
+  return _backward_call(g, x, kernel, jax.ShapeDtypeStruct(x.shape, jnp.float32)
+                        if input_grad else None, stride, padding, kernel_layout, True)

@@ -135,44 +135,31 @@ class Conv(nn.Module):
 class UpConv2x2(nn.Module):
   """Transposed conv with kernel 2, stride 2, padding 0 (PyTorch `ConvTranspose2d(c, o, 2, 2)`).
 
-  With kernel == stride the output windows don't overlap: output pixel (2i+a, 2j+b) is input pixel
-  (i, j) times tap (a, b). So it is matmuls and a depth-to-space, which XLA runs faster than a
-  general transposed convolution. The kernel is stored `(2, 2, in, out)` =
-  torch weight `(in, out, 2, 2)`.transpose(2, 3, 0, 1), with no spatial flip.
+  The kernel is stored `(2, 2, in, out)` = torch weight `(in, out, 2, 2)`.transpose(2, 3, 0, 1),
+  with no spatial flip; `convolution.upconv2x2` runs it.
 
   Attributes:
     features: output channels.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    conv_impl: see `Conv`.
   """
 
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    n, h, w, c = x.shape
+    c = x.shape[-1]
     # PyTorch computes the fan-in of a transposed conv weight (in, out, kh, kw) from dim 1 (out).
     kernel = self.param('kernel', torch_kernel_init((0, 1, 3)), (2, 2, c, self.features),
                         self.param_dtype)
     bias = self.param('bias', torch_bias_init(self.features * 4), (self.features,),
                       self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    # Under explicit mesh axes a reshape that merges dims must be told its output sharding;
-    # only the batch dim is ever sharded, and it is untouched by the depth-to-space.
-    batch_spec = jax.typeof(x).sharding.spec
-    out_sharding = jax.P(batch_spec[0]) if batch_spec and batch_spec[0] is not None else None
-    # One matmul per output row parity a: (n, h, w, b, o) is already (n, h, 2w, o) in memory, so
-    # only the final interleave of the two row sets moves data, and XLA fuses it with the bias
-    # add and the UpBlock's concatenation. The single einsum 'nhwc,abco->nhawbo' needed a
-    # separate transpose copy: this measured 3% faster on the 0.5x forward (bench/README.md).
-    rows = [jax.lax.reshape(jnp.einsum('nhwc,bco->nhwbo', x, kernel[a]),
-                            (n, h, 2 * w, self.features), out_sharding=out_sharding)
-            for a in range(2)]
-    y = jax.lax.reshape(jnp.stack(rows, axis=2), (n, 2 * h, 2 * w, self.features),
-                        out_sharding=out_sharding)
-    return y + bias.astype(self.dtype)
+    return convolution.upconv2x2(x, kernel, self.conv_impl) + bias.astype(self.dtype)
 
 
 class InstanceNorm(nn.Module):
@@ -260,7 +247,8 @@ class UpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, skip: Array) -> Array:
-    up = UpConv2x2(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='up')(x)
+    up = UpConv2x2(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                   conv_impl=self.conv_impl, name='up')(x)
     return ConvBlock(self.features, relu_slope=self.relu_slope, dtype=self.dtype,
                      param_dtype=self.param_dtype, conv_impl=self.conv_impl,
                      name='conv_block')(

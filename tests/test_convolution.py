@@ -8,6 +8,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hinet_jax import convolution
@@ -54,12 +55,15 @@ def test_pointwise_conv_matches_lax_conv():
     assert _rel(a, b) < 1e-5
 
 
-# (x shape, kernel size, stride, padding, O): HINet's 3x3 and 4x4/stride-2 convs, odd sizes, the
-# vector tail (O not a multiple of 16, C not of the register block), images smaller than the
-# kernel, more pixels than one chunk of rows, and no padding.
+# (x shape, kernel size, stride, padding, O): HINet's 3x3, 1x1 and 4x4/stride-2 convs, odd sizes,
+# the vector tail (O or C not a multiple of 16, C not of the register block), images smaller
+# than the kernel, more pixels than one band or chunk of rows, no padding, a stride larger than
+# the kernel (pixels no tap reaches), and the deep levels' few pixels and many channels.
 NATIVE_CASES = [((2, 9, 11, 13), 3, 1, 1, 40), ((1, 10, 8, 16), 4, 2, 1, 32),
                 ((2, 7, 5, 3), 4, 2, 1, 16), ((1, 2, 2, 8), 4, 2, 1, 8), ((1, 2, 3, 4), 3, 1, 1, 5),
-                ((2, 40, 36, 24), 3, 1, 1, 48), ((1, 6, 6, 8), 3, 1, 0, 16)]
+                ((2, 40, 36, 24), 3, 1, 1, 48), ((1, 6, 6, 8), 3, 1, 0, 16),
+                ((2, 9, 7, 20), 1, 1, 0, 33), ((1, 7, 9, 16), 1, 3, 0, 16),
+                ((2, 4, 4, 272), 3, 1, 1, 64)]
 
 
 @pytest.mark.parametrize('case', NATIVE_CASES)
@@ -72,28 +76,82 @@ def test_cpu_kernels_match_lax_conv(case):
   assert y.shape == y_ref.shape
   for a, b in zip((y, *grads), (y_ref, *grads_ref)):
     assert _rel(a, b) < 1e-5
-  # The kernels by themselves, too (the custom VJP uses XLA's input gradient for strided convs).
-  assert _rel(cpu_kernels.conv_forward(x, kernel, s, p), y_ref) < 1e-5
-  assert _rel(cpu_kernels.conv_weight_grad(x, ct, k, s, p), grads_ref[1]) < 1e-5
+  # The kernels by themselves, with the kernel stored either way round.
+  hwoi = kernel.transpose(0, 1, 3, 2)
+  for w, layout in ((kernel, 'HWIO'), (hwoi, 'HWOI')):
+    assert _rel(cpu_kernels.conv_forward(x, w, s, p, layout), y_ref) < 1e-5
+    assert _rel(cpu_kernels.conv_input_grad(ct, w, x.shape, s, p, layout), grads_ref[0]) < 1e-5
+    dx, dw = cpu_kernels.conv_grads(x, ct, w, s, p, layout)
+    assert _rel(dx, grads_ref[0]) < 1e-5 and dw.shape == w.shape
+    assert _rel(dw if layout == 'HWIO' else dw.transpose(0, 1, 3, 2), grads_ref[1]) < 1e-5
+  # Without the input gradient: the same kernel gradient, no input gradient.
+  none, dw = cpu_kernels.conv_grads(x, ct, kernel, s, p, input_grad=False)
+  assert none is None and _rel(dw, grads_ref[1]) < 1e-5
+
+
+# (N, H, W, C, O) of the decoder's 2x2/stride-2 transposed convolution: a large image (the
+# chunked kernel gradient), a small one (split by channel), odd sizes and channel tails.
+UPCONV_SHAPES = [(2, 20, 18, 64, 32), (2, 8, 8, 64, 48), (1, 5, 7, 13, 40), (1, 3, 3, 3, 5)]
+
+
+@pytest.mark.parametrize('shape', UPCONV_SHAPES)
+def test_native_upconv_matches_matmul_form(shape):
+  n, h, w, c, o = shape
+  x, k, ct = _random((n, h, w, c), 0), _random((2, 2, c, o), 1), _random((n, 2 * h, 2 * w, o), 2)
+  y, grads = _value_and_grads(lambda x, k: convolution.upconv2x2(x, k, 'native'), x, k, ct)
+  y_ref, grads_ref = _value_and_grads(convolution.matmul_upconv2x2, x, k, ct)
+  for a, b in zip((y, *grads), (y_ref, *grads_ref)):
+    assert a.shape == b.shape and _rel(a, b) < 1e-5
+
+
+def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():
+  """The image entering the network needs no gradient: one backward call, kernel gradient only."""
+  x, k = _random((1, 8, 8, 16), 0), _random((3, 3, 16, 32), 1)
+  grad_k = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'native') ** 2)))
+  hlo = grad_k.lower(k).compile().as_text()
+  assert hlo.count('custom_call_target="hinet_conv_bwd"') == 1 and 'input_grad = 0' in hlo
+  grad_x = jax.jit(jax.grad(lambda x: jnp.sum(convolution.conv(x, k, 1, 1, 'native') ** 2)))
+  assert 'input_grad = 1' in grad_x.lower(x).compile().as_text()
+
+
+def test_donated_train_step_does_not_copy_the_kernels():
+  """The optimizer updates each donated kernel in place. With the input and kernel gradients in
+  separate calls, XLA could not order the input gradient's read of a kernel before its update,
+  and copied every kernel at the start of each step (bench/README.md, levers log)."""
+  model = models.HINet(wf=8, depth=3, conv_impl='native')
+  params = models.init_params(model, jax.random.key(0), image_size=16)
+  tx = optax.adam(1e-3)
+  x = _random((1, 16, 16, 3), 0)
+
+  def step(params, opt_state):
+    grads = jax.grad(lambda p: sum(jnp.sum(o**2) for o in model.apply({'params': p}, x)))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params)).compile().as_text()
+  # (Biases and norm scales, a few floats each, are still copied: nothing to save there.)
+  copied = [line for line in hlo.splitlines() if ' copy(' in line and 'kernel' in line]
+  assert not copied, copied[:3]
 
 
 def test_cpu_kernel_gradient_is_reproducible():
   """Threads split the kernel gradient's sum: the result must not depend on which ran what."""
-  x, ct = _random((2, 48, 40, 32), 0), _random((2, 48, 40, 32), 1)
-  grad = jax.jit(lambda x, ct: cpu_kernels.conv_weight_grad(x, ct, 3, 1, 1))
+  x, ct, k = _random((2, 48, 40, 32), 0), _random((2, 48, 40, 32), 1), _random((3, 3, 32, 32), 2)
+  grad = jax.jit(lambda x, ct: cpu_kernels.conv_grads(x, ct, k, 1, 1)[1])
   first = np.asarray(grad(x, ct))
   for _ in range(8):
     np.testing.assert_array_equal(np.asarray(grad(x, ct)), first)
 
 
 def test_cpu_kernels_under_vmap():
-  """Per-example kernel gradients (vmap over the batch) equal the per-example loop."""
+  """Per-example gradients (vmap over the batch) equal the per-example loop."""
   x, kernel, ct = _random((3, 6, 5, 4), 0), _random((3, 3, 4, 16), 1), _random((3, 6, 5, 16), 2)
-  grad = lambda x, ct: cpu_kernels.conv_weight_grad(x[None], ct[None], 3, 1, 1)
-  batched = jax.vmap(grad)(x, ct)
+  grads = lambda x, ct: cpu_kernels.conv_grads(x[None], ct[None], kernel, 1, 1)
+  batched_dx, batched_dw = jax.vmap(grads)(x, ct)
   for i in range(3):
-    ref = jax.vjp(lambda w: convolution.conv_xla(x[i:i + 1], w), kernel)[1](ct[i:i + 1])[0]
-    assert _rel(batched[i], ref) < 1e-5
+    ref_dx, ref_dw = jax.vjp(lambda x, w: convolution.conv_xla(x, w), x[i:i + 1], kernel)[1](
+        ct[i:i + 1])
+    assert _rel(batched_dx[i], ref_dx) < 1e-5 and _rel(batched_dw[i], ref_dw) < 1e-5
 
 
 def test_auto_impl_policy():
@@ -112,15 +170,11 @@ def test_auto_impl_policy():
   # Large images with few channels: lax.conv.
   assert auto((1, 256, 256, 32), 32) == 'xla'
   assert auto((1, 128, 128, 128), 128) == 'xla'
-  # With the CPU kernels: they take every shape up to 256 channels that the matmul form and
-  # Winograd (now from 256 channels) do not.
-  assert auto((2, 8, 8, 512), 512, native=True) == 'matmul'
+  # With the CPU kernels: every shape but the convs to an image.
   assert auto((2, 128, 128, 32), 3, native=True) == 'matmul'
-  assert auto((1, 64, 64, 256), 256, native=True) == 'winograd'
-  assert auto((1, 32, 32, 128), 256, native=True) == 'native'
-  assert auto((1, 256, 256, 32), 32, native=True) == 'native'
-  assert auto((2, 128, 128, 3), 32, native=True) == 'native'
-  assert auto((1, 160, 90, 512), 512, native=True) == 'xla'
+  for shape, o in [((2, 8, 8, 512), 512), ((1, 64, 64, 256), 256), ((1, 32, 32, 128), 256),
+                   ((1, 256, 256, 32), 32), ((2, 128, 128, 3), 32), ((1, 160, 90, 512), 512)]:
+    assert auto(shape, o, native=True) == 'native'
   # Symbolic shapes (shape-polymorphic export) and other backends: lax.conv.
   shape = jax.export.symbolic_shape('b, 16*h, 16*w, 64')
   assert convolution.auto_impl(shape, 64, backend='cpu', native=True) == 'xla'
@@ -140,7 +194,7 @@ _AUTO_HLO = """
 
 def test_auto_uses_the_cpu_kernels_on_one_device_only():
   one = _run_python(_AUTO_HLO, XLA_FLAGS='')
-  assert one.stdout.strip() == '1 devices: 2', one.stderr  # forward and kernel gradient
+  assert one.stdout.strip() == '1 devices: 2', one.stderr  # forward and backward
   eight = _run_python(_AUTO_HLO)  # conftest's XLA_FLAGS: 8 devices
   assert eight.stdout.strip() == '8 devices: 0', eight.stderr
 

@@ -1,32 +1,41 @@
 // CPU convolution kernels for HINet, as XLA FFI custom calls (built and registered by
 // hinet_jax/cpu_kernels.py). Square kernels, NHWC x HWIO, symmetric zero padding, float32.
 //
-// HinetConvWgrad, the kernel gradient:
-//   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o]   (0 outside)
-// x: (N, H, W, C), g: (N, Ho, Wo, O) (the output cotangent), dW: (k, k, C, O); attributes
-// kernel_size, stride, padding. HinetConvFwd, the convolution itself:
-//   y[n, h, w, o] = sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]
-// (the input gradient of a stride-1 conv is this conv of g with the flipped, transposed kernel).
+// HinetConvFwd, the convolution:
+//   y[n, h, w, o] = sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]   (0 outside)
+// HinetConvBwdInput, its input gradient (the transposed convolution of the cotangent g):
+//   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
+//   over the taps where both divisions are exact and land inside g.
+// HinetConvWgrad, its kernel gradient:
+//   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o]
 //
-// Why they exist: XLA:CPU runs a kernel gradient as a convolution over the whole image with C as
-// the batch and N as the features, after transposing x and g into batch-minor layouts; on 2 Zen 4
-// cores that ran at 60-90 GFLOP/s and was a third of HINet's training step, and its forward
-// convolutions ran at 60-150 GFLOP/s where channels are few (bench/README.md). Both are matmuls
-// here, at ~190 GFLOP/s, with no copies.
+// Why they exist: XLA:CPU's convolutions (YNNPACK or Eigen) ran HINet's shapes at 35-90% of the
+// float32 matmul rate, its kernel gradients (a convolution over the whole image with C as the
+// batch, after transposing x and g) and strided input gradients lower still (bench/README.md).
+// These run every HINet shape as register-blocked matmuls with no layout changes.
+//
+// Convolution and input gradient share one micro-kernel (DirectKernel): a block of MR output
+// pixels x NV vectors of output channels stays in registers over a list of taps, each tap a run
+// of R reduction channels, broadcasting the input and loading the weights. For the convolution
+// a tap is (i, j) and R = C; for the input gradient of a stride-s conv, the output pixels of one
+// row with the same column parity modulo s meet the same taps, at consecutive pixels of g, so a
+// block of them is the same matmul with R = O over the taps of that parity. Inputs are first
+// copied into a zero-padded scratch buffer (an extra output of the custom call, so XLA allocates
+// and reuses it), so no block ever checks bounds; the input gradient also reads W transposed,
+// (k, k, O, C), from a second scratch buffer. Work items are (group of output-channel blocks,
+// output row), group-major: a group's weight panel stays in L2 while the rows stream past it,
+// which matters on the deep levels where W is megabytes and the image a few rows.
 //
 // Kernel gradient: for a fixed tap (i, j) and output row (n, h), the pixels that meet are one
-// strided run of x's row s*h + i - p and one contiguous run of g's row h, so each tap is a sum of
-// small GEMMs over such runs (K = pixels, M = C, N = O). The micro-kernel keeps a block of NC input
-// channels x NV vectors of output channels of dW in registers over all runs of a chunk of rows,
-// broadcasting x and loading g (O is the vector dimension).
-// Forward: a block of MR output pixels x NV vectors of output channels stays in registers over the
-// whole k*k*C reduction, broadcasting x and loading W; blocks at the image border read a zeroed
-// copy of their window.
+// strided run of x's row s*h + i - p and one contiguous run of g's row h, so each tap is a sum
+// of small GEMMs over such runs (K = pixels, M = C, N = O). The micro-kernel keeps NC input
+// channels x NV vectors of output channels of dW in registers over all runs of a chunk of rows.
 //
 // Threads (ParallelFor): work items are taken from an atomic counter by the calling thread and by
 // tasks scheduled on XLA's intra-op pool. The caller only ever waits for items already taken,
-// which are being computed, so it cannot deadlock on a pool whose threads are all busy. The kernel
-// gradient sums fixed ranges of items, so its result does not depend on the scheduling.
+// which are being computed, so it cannot deadlock on a pool whose threads are all busy. Every
+// output element is summed in an order fixed by the shapes and the thread count alone, so the
+// results do not depend on the scheduling (training is reproducible run to run).
 
 #include <algorithm>
 #include <array>
@@ -35,6 +44,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -48,12 +58,16 @@ namespace {
 #if defined(__AVX512F__)
 constexpr int kVec = 16;    // floats per vector register
 constexpr int kMaxNC = 12;  // 12 x 2 accumulators + 2 g vectors + 1 broadcast of 32 zmm
+constexpr int kMaxMR = 12;  // output pixels a block: 12 x 2 accumulators + 2 + 1 of 32 zmm
 #else
 constexpr int kVec = 8;
-constexpr int kMaxNC = 6;  // 6 x 2 accumulators + 2 + 1 of 16 ymm
+constexpr int kMaxNC = 6;   // 6 x 2 accumulators + 2 + 1 of 16 ymm
+constexpr int kMaxMR = 6;
 #endif
+constexpr int kMaxTaps = 64;  // kernels up to 8x8
 
-// ~512 output pixels a chunk: its rows of x and g stay in L2 across taps and channel blocks.
+// Kernel gradient: ~512 output pixels a chunk, so its rows of x and g stay in L2 across taps and
+// channel blocks. Images with at most this many pixels are one chunk, split by output instead.
 constexpr int64_t kPixelsPerChunk = 512;
 
 typedef float Vec __attribute__((vector_size(kVec * sizeof(float))));
@@ -65,6 +79,439 @@ inline Vec LoadVec(const float* p) {
 }
 
 inline void StoreVec(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+
+// Every lane = *p, as one broadcast load. `Vec{} + s` would not do: without -ffast-math the
+// compiler must keep the `+ 0.0f` (it turns -0 into +0), so it emitted a scalar add and a
+// register-to-register broadcast per use, which compete with the FMAs for the vector ports and
+// held the kernels at half the FMA rate on CPUs with two 512-bit FMA units. `s - 0.0f` == s for
+// every s, so the subtraction folds away and the broadcast reads memory directly.
+inline Vec Broadcast(const float* p) { return *p - Vec{}; }
+
+// Floor division for a possibly negative numerator (C++ `/` truncates toward zero).
+inline int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t CeilDiv(int64_t a, int64_t b) { return FloorDiv(a + b - 1, b); }
+
+// Runs fn(item) for item in [0, n_items) on the calling thread and on up to threads - 1 tasks
+// scheduled on XLA's intra-op pool. Items are taken from an atomic counter; the caller then waits
+// only for items already taken (being computed), so it cannot deadlock on a pool whose threads
+// are all busy: it would just do every item itself.
+struct ParallelState {
+  std::function<void(int64_t)> fn;
+  int64_t n_items;
+  std::atomic<int64_t> next_item{0};
+  std::atomic<int64_t> done_items{0};
+};
+
+void Participate(ParallelState& s) {
+  int64_t item;
+  while ((item = s.next_item.fetch_add(1, std::memory_order_relaxed)) < s.n_items) {
+    s.fn(item);
+    s.done_items.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t n_items, std::function<void(int64_t)> fn) {
+  if (n_items <= 0) return;
+  auto state = std::make_shared<ParallelState>();
+  state->fn = std::move(fn);
+  state->n_items = n_items;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int helpers = static_cast<int>(std::max<int64_t>(0, std::min(threads, n_items) - 1));
+  for (int t = 0; t < helpers; ++t) pool.Schedule([state] { Participate(*state); });
+  Participate(*state);
+  while (state->done_items.load(std::memory_order_acquire) < n_items) std::this_thread::yield();
+}
+
+// Splits `count` items into ceil(count / max_size) blocks whose sizes differ by at most one
+// (16 pixels -> 8 + 8, not 12 + 4: a short block has too few accumulators to hide latency).
+struct Blocks {
+  int64_t n, base, extra;  // the first `extra` blocks have base + 1 items
+  Blocks(int64_t count, int64_t max_size)
+      : n(CeilDiv(count, max_size)), base(n ? count / n : 0), extra(n ? count % n : 0) {}
+  int64_t Start(int64_t b) const { return b * base + std::min(b, extra); }
+  int64_t Size(int64_t b) const { return base + (b < extra ? 1 : 0); }
+};
+
+//===----------------------------------------------------------------------===//
+// Convolution and input gradient: the direct micro-kernel.
+//===----------------------------------------------------------------------===//
+
+// The taps every output pixel of a class meets: tap t reads the input at the pixel's offset plus
+// in_off[t], and the rows of kernel tap index[t] in the packed weights.
+struct TapList {
+  int n = 0;
+  int64_t in_off[kMaxTaps];
+  int64_t index[kMaxTaps];
+};
+
+// A block of up to kMaxMR output pixels: where each one's input starts and its output goes.
+struct PixelBlock {
+  int mr = 0;
+  int64_t in[kMaxMR];
+  int64_t out[kMaxMR];
+};
+
+// Reduction rows a call of the micro-kernel covers: its weight chunk, rows x 2*kVec floats
+// (32 KiB with AVX-512), stays in L1 while the blocks of a band pass over it.
+constexpr int64_t kChunkRows = 256;
+
+// out[pix.out[m] + v*kVec + (0..kVec)] (+)= sum over rows q in [q0, q1) of the flattened
+// (tap, r) reduction of in[pix.in[m] + taps.in_off[t] + r] * panel[(taps.index[t] * n_red + r) *
+// NV * kVec + v*kVec + (0..kVec)], adding to what `out` holds if `accumulate`. `panel` is one
+// block of NV*kVec output channels of the packed weights (PackWeights).
+template <int MR, int NV>
+void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, const float* panel,
+                  int64_t n_red, int64_t q0, int64_t q1, bool accumulate, float* out) {
+  Vec acc[MR][NV] = {};
+  if (accumulate)
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) acc[m][v] = LoadVec(out + pix.out[m] + v * kVec);
+  for (int64_t t = q0 / n_red; t * n_red < q1; ++t) {
+    const int64_t r0 = std::max(q0 - t * n_red, int64_t{0});
+    const int64_t r1 = std::min(q1 - t * n_red, n_red);
+    const float* x[MR];
+    for (int m = 0; m < MR; ++m) x[m] = in + pix.in[m] + taps.in_off[t];
+    const float* w = panel + (taps.index[t] * n_red + r0) * NV * kVec;
+    for (int64_t r = r0; r < r1; ++r, w += NV * kVec) {
+      Vec wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = LoadVec(w + v * kVec);
+      for (int m = 0; m < MR; ++m) {
+        const Vec xb = Broadcast(x[m] + r);
+        for (int v = 0; v < NV; ++v) acc[m][v] += xb * wv[v];
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) StoreVec(out + pix.out[m] + v * kVec, acc[m][v]);
+}
+
+using DirectKernelFn = void (*)(const float*, const PixelBlock&, const TapList&, const float*,
+                                int64_t, int64_t, int64_t, bool, float*);
+
+template <int NV, int... MR>
+constexpr std::array<DirectKernelFn, sizeof...(MR)> DirectTable(std::integer_sequence<int, MR...>) {
+  return {&DirectKernel<MR + 1, NV>...};
+}
+
+// Indexed by MR - 1, for NV = 2 and NV = 1.
+const auto kDirect2 = DirectTable<2>(std::make_integer_sequence<int, kMaxMR>{});
+const auto kDirect1 = DirectTable<1>(std::make_integer_sequence<int, kMaxMR>{});
+
+// The weights of a convolution-like product, packed as the micro-kernel reads them: output
+// channels in blocks of 2*kVec (then one of kVec, the last one zero-padded), each block all taps
+// x reduction rows x block width, contiguous. The block at output channel o0 starts at
+// o0 * n_taps * n_red. Packing costs one pass over W and makes every weight load of the
+// micro-kernel sequential: with W rows O floats apart, the deep levels (W megabytes, one row a
+// few cache lines of a 4 KiB page) ran at half the rate.
+struct Packed {
+  float* data;
+  int64_t n_taps, n_red, n_out;
+  static int64_t Size(int64_t n_taps, int64_t n_red, int64_t n_out) {
+    return n_taps * n_red * CeilDiv(n_out, kVec) * kVec;
+  }
+  int64_t Width(int64_t o0) const { return n_out - o0 >= 2 * kVec ? 2 * kVec : kVec; }
+  const float* Panel(int64_t o0) const { return data + o0 * n_taps * n_red; }
+  // Blocks: full ones of 2*kVec, then up to two of kVec (the last one maybe partial).
+  int64_t NumBlocks() const { return n_out / (2 * kVec) + CeilDiv(n_out % (2 * kVec), kVec); }
+  int64_t BlockStart(int64_t b) const {
+    const int64_t full = n_out / (2 * kVec);
+    return b < full ? b * 2 * kVec : full * 2 * kVec + (b - full) * kVec;
+  }
+};
+
+// Packs a kernel stored as n_taps taps of (n_red, n_out) (`rows_are_reduction`) or of
+// (n_out, n_red) (not). Either way it reads the source in its own order, a tile at a time, so
+// that it streams sequentially (reading it in the packed order, a 128-byte piece of each 4 KiB
+// row, took 28 ms for a 1024x1024 kernel: TLB and cache misses).
+void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
+                 const Packed& packed) {
+  constexpr int64_t kRows = 64;  // source rows (of one tap) a work item
+  const int64_t n_red = packed.n_red, n_out = packed.n_out;
+  const int64_t src_rows = rows_are_reduction ? n_red : n_out;
+  const int64_t items_per_tap = CeilDiv(src_rows, kRows);
+  ParallelFor(pool, packed.n_taps * items_per_tap, [&](int64_t item) {
+    const int64_t t = item / items_per_tap, row0 = item % items_per_tap * kRows;
+    const int64_t row1 = std::min(src_rows, row0 + kRows);
+    const float* src = w + t * n_red * n_out;
+    if (rows_are_reduction) {  // source row r (n_out floats) -> row r of every block's panel
+      for (int64_t r = row0; r < row1; ++r)
+        for (int64_t b = 0; b < packed.NumBlocks(); ++b) {
+          const int64_t o0 = packed.BlockStart(b), width = packed.Width(o0);
+          float* dst = packed.data + o0 * packed.n_taps * n_red + (t * n_red + r) * width;
+          const int64_t valid = std::min(width, n_out - o0);
+          std::memcpy(dst, src + r * n_out + o0, valid * sizeof(float));
+          std::fill(dst + valid, dst + width, 0.f);
+        }
+      return;
+    }
+    // Source rows [row0, row1) are output channels of the blocks they fall in; each packed row
+    // (a reduction channel) takes one float from each.
+    for (int64_t b = 0; b < packed.NumBlocks(); ++b) {
+      const int64_t o0 = packed.BlockStart(b), width = packed.Width(o0);
+      const int64_t lo = std::max(row0, o0), hi = std::min(row1, std::min(o0 + width, n_out));
+      if (lo >= hi) continue;
+      float* panel = packed.data + o0 * packed.n_taps * n_red + t * n_red * width;
+      for (int64_t r = 0; r < n_red; ++r)
+        for (int64_t oo = lo; oo < hi; ++oo) panel[r * width + oo - o0] = src[oo * n_red + r];
+      if (hi == n_out && o0 + width > n_out)  // zero the padding lanes of a partial last block
+        for (int64_t r = 0; r < n_red; ++r)
+          std::fill(panel + r * width + (n_out - o0), panel + (r + 1) * width, 0.f);
+    }
+  });
+}
+
+// Output channels [o0, o1) of a band's blocks of pixels, one kChunkRows chunk of the reduction
+// at a time: each chunk of weights stays in L1 while every block passes over it.
+void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const TapList& taps,
+                const Packed& w, int64_t o0, int64_t o1, float* out) {
+  const int64_t rows = taps.n * w.n_red;
+  const Blocks chunks(rows, kChunkRows);
+  for (int64_t o = o0; o < o1; o += w.Width(o)) {
+    const int64_t width = w.Width(o);
+    const bool partial = o + width > w.n_out;  // the last vector, zero-padded in the panel
+    const auto& kernels = width == 2 * kVec ? kDirect2 : kDirect1;
+    for (int64_t ch = 0; ch < chunks.n; ++ch) {
+      const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
+      for (const PixelBlock& pix : blocks) {
+        if (!partial) {
+          kernels[pix.mr - 1](in, pix, taps, w.Panel(o), w.n_red, q0, q1, ch > 0, out + o);
+          continue;
+        }
+        // Compute the partial vector whole in a buffer and keep its valid lanes.
+        float buffer[kMaxMR * kVec];
+        PixelBlock local = pix;
+        for (int m = 0; m < pix.mr; ++m) {
+          local.out[m] = m * kVec;
+          if (ch > 0) std::memcpy(buffer + m * kVec, out + pix.out[m] + o, (w.n_out - o) * sizeof(float));
+        }
+        kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), w.n_red, q0, q1, ch > 0, buffer);
+        for (int m = 0; m < pix.mr; ++m)
+          std::memcpy(out + pix.out[m] + o, buffer + m * kVec, (w.n_out - o) * sizeof(float));
+      }
+    }
+  }
+}
+
+// Work items: (range of output channels, image, band of output rows), channel-range-major. The
+// channels are split only as far as needed to give every thread several items (the deep levels,
+// whose images are a band or two): each item copies its band once (see Bands).
+struct WorkItems {
+  int64_t n_bands, splits, split_channels;  // bands of all images, channel ranges, channels each
+  WorkItems(const ffi::ThreadPool& pool, int64_t images, int64_t bands_per_image, int64_t channels) {
+    n_bands = images * bands_per_image;
+    const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+    const int64_t blocks = CeilDiv(channels, 2 * kVec);
+    splits = std::min(blocks, std::max<int64_t>(1, CeilDiv(4 * threads, n_bands)));
+    split_channels = CeilDiv(blocks, splits) * 2 * kVec;
+    splits = CeilDiv(channels, split_channels);
+  }
+  int64_t size() const { return splits * n_bands; }
+  int64_t band(int64_t item) const { return item % n_bands; }
+  int64_t channel0(int64_t item) const { return item / n_bands * split_channels; }
+};
+
+// The input rows a band of output rows reads are
+// copied into a thread-local buffer with zero rows and columns around the image (unless none are
+// needed), so no block checks bounds. A band is ~kBandPixels output pixels: a few rows of a large image (the
+// copy stays in L1/L2 and costs little next to the product), the whole of a small one.
+constexpr int64_t kBandPixels = 512;
+
+struct Bands {
+  int64_t rows, n;  // output rows a band, bands per image
+  Bands(int64_t out_rows, int64_t out_cols)
+      : rows(std::min(std::max<int64_t>(1, out_rows),
+                      std::max<int64_t>(1, kBandPixels / std::max<int64_t>(1, out_cols)))),
+        n(CeilDiv(out_rows, rows)) {}
+};
+
+// The rows [row0, row0 + n_rows) of image `img` of (N, H, W, C) `x`, each with `left` zero
+// columns before and zeros after up to `width` columns, rows outside [0, H) zeros: x itself
+// where that is all inside it (no zeros needed: a 1x1 or unpadded convolution), else a copy in
+// `buf`.
+const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
+                  int64_t n_rows, int64_t left, int64_t width, std::vector<float>& buf) {
+  if (left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h)
+    return x + (img * h + row0) * w * c;
+  buf.resize(n_rows * width * c);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* dst = buf.data() + r * width * c;
+    const int64_t hx = row0 + r;
+    if (hx < 0 || hx >= h) {
+      std::fill(dst, dst + width * c, 0.f);
+      continue;
+    }
+    std::fill(dst, dst + left * c, 0.f);
+    std::memcpy(dst + left * c, x + ((img * h + hx) * w) * c, w * c * sizeof(float));
+    std::fill(dst + (left + w) * c, dst + width * c, 0.f);
+  }
+  return buf.data();
+}
+
+// The output pixels of a band that meet the same taps: pixel (r, c), r < rows, c < cols, reads
+// its input from offset in0 + r * in_row + c * in_col and writes out0 + r * out_row + c * out_col.
+struct PixelClass {
+  int64_t rows, cols;
+  int64_t in0, in_row, in_col;
+  int64_t out0, out_row, out_col;
+};
+
+// The class's pixels in row-major order, in balanced blocks of at most kMaxMR (spanning rows).
+void MakeBlocks(const PixelClass& cls, std::vector<PixelBlock>& out) {
+  const Blocks blocks(cls.rows * cls.cols, kMaxMR);
+  out.resize(blocks.n);
+  int64_t r = 0, c = 0;
+  for (int64_t b = 0; b < blocks.n; ++b) {
+    PixelBlock& pix = out[b];
+    pix.mr = static_cast<int>(blocks.Size(b));
+    for (int m = 0; m < pix.mr; ++m) {
+      pix.in[m] = cls.in0 + r * cls.in_row + c * cls.in_col;
+      pix.out[m] = cls.out0 + r * cls.out_row + c * cls.out_col;
+      if (++c == cls.cols) c = 0, ++r;
+    }
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Geometry shared by the three entry points.
+//===----------------------------------------------------------------------===//
+
+// A convolution from (N, H, W, C) to (N, Ho, Wo, O) with a k x k kernel, stride s, padding p.
+// The kernel is stored (k, k, C, O), or (k, k, O, C) with `hwoi` (the decoder's 2x2 transposed
+// convolution runs as this convolution's input gradient, and its kernel is the convolution's
+// stored the other way round).
+struct Geometry {
+  int64_t n, h, w, c, ho, wo, o, k, s, p;
+  bool hwoi;
+  int64_t kernel_size() const { return k * k * c * o; }
+};
+
+// The geometry of a convolution of input shape `in` with a kernel of stored shape `kernel`, or
+// an error naming what is wrong.
+ffi::Error MakeGeometry(const char* op, ffi::Span<const int64_t> in,
+                        ffi::Span<const int64_t> kernel, int64_t stride, int64_t padding,
+                        int64_t hwoi, Geometry* geo) {
+  if (in.size() != 4 || kernel.size() != 4)
+    return ffi::Error::InvalidArgument(std::string(op) + ": arrays must have rank 4");
+  const int64_t k = kernel[0], kc = hwoi ? kernel[3] : kernel[2], ko = hwoi ? kernel[2] : kernel[3];
+  if (kernel[1] != k || k < 1 || k * k > kMaxTaps || kc != in[3] || stride < 1 || padding < 0)
+    return ffi::Error::InvalidArgument(
+        std::string(op) + ": the kernel must be square, at most 8x8, with the input's channels; "
+        "stride >= 1, padding >= 0");
+  *geo = Geometry{in[0], in[1], in[2], in[3],
+                  std::max<int64_t>(0, FloorDiv(in[1] + 2 * padding - k, stride) + 1),
+                  std::max<int64_t>(0, FloorDiv(in[2] + 2 * padding - k, stride) + 1),
+                  ko, k, stride, padding, hwoi != 0};
+  return ffi::Error::Success();
+}
+
+bool IsInput(const Geometry& g, ffi::Span<const int64_t> d) {
+  return d.size() == 4 && d[0] == g.n && d[1] == g.h && d[2] == g.w && d[3] == g.c;
+}
+bool IsOutput(const Geometry& g, ffi::Span<const int64_t> d) {
+  return d.size() == 4 && d[0] == g.n && d[1] == g.ho && d[2] == g.wo && d[3] == g.o;
+}
+
+//===----------------------------------------------------------------------===//
+// Convolution and input gradient.
+//===----------------------------------------------------------------------===//
+
+// y = the convolution of x. `packed` holds Packed::Size(k*k, C, O) floats of scratch.
+void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* w, float* y,
+             float* packed_data) {
+  const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
+  const int64_t k = geo.k, stride = geo.s, padding = geo.p;
+  if (n * ho * wo * o == 0) return;
+  const Packed packed{packed_data, k * k, c, o};
+  PackWeights(pool, w, /*rows_are_reduction=*/!geo.hwoi, packed);
+  // Band buffer columns: `padding` zeros, the image, zeros up to the last window's end.
+  const int64_t width = padding + std::max(wdt, stride * (wo - 1) + k - padding);
+  TapList taps;
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      taps.in_off[taps.n] = (i * width + j) * c;
+      taps.index[taps.n++] = i * k + j;
+    }
+  const Bands bands(ho, wo);
+  const WorkItems items(pool, n, bands.n, o);
+  ParallelFor(pool, items.size(), [&](int64_t item) {
+    thread_local std::vector<float> band_buffer;
+    thread_local std::vector<PixelBlock> blocks;
+    const int64_t o0 = items.channel0(item), o1 = std::min(o, o0 + items.split_channels);
+    const int64_t img = items.band(item) / bands.n, h0 = items.band(item) % bands.n * bands.rows;
+    const int64_t h1 = std::min(ho, h0 + bands.rows);
+    const float* band = Band(x, h, wdt, c, img, stride * h0 - padding,
+                             stride * (h1 - h0 - 1) + k, padding, width, band_buffer);
+    MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * c, stride * c,
+                          (img * ho + h0) * wo * o, wo * o, o}, blocks);
+    DirectBand(band, blocks, taps, packed, o0, o1, y);
+  });
+}
+
+// dx = the input gradient of the convolution for the output cotangent g (the transposed
+// convolution of g). `packed` holds Packed::Size(k*k, O, C) floats of scratch.
+void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const float* w,
+               float* dx, float* packed_data) {
+  const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
+  const int64_t k = geo.k, stride = geo.s, padding = geo.p;
+  if (n * h * wdt * c == 0) return;
+  if (ho * wo * o == 0) {
+    std::fill(dx, dx + n * h * wdt * c, 0.f);
+    return;
+  }
+  // The product's reduction runs over O and its outputs are C: W read as (k, k, O, C).
+  const Packed packed{packed_data, k * k, o, c};
+  PackWeights(pool, w, /*rows_are_reduction=*/geo.hwoi, packed);
+  // Output pixel (y, x) meets the taps i = (y + p) % s, + s, ... and j = (x + p) % s, + s, ...,
+  // tap (i, j) at g pixel ((y + p - i) / s, (x + p - j) / s). Band buffer columns: the g columns
+  // from -left (the leftmost any tap reaches) to the rightmost.
+  const int64_t left = std::max<int64_t>(0, -FloorDiv(padding - k + 1, stride));
+  const int64_t width = left + std::max(wo, FloorDiv(wdt - 1 + padding, stride) + 1);
+  const Bands bands(h, wdt);
+  const WorkItems items(pool, n, bands.n, c);
+  ParallelFor(pool, items.size(), [&](int64_t item) {
+    thread_local std::vector<float> band_buffer;
+    thread_local std::vector<PixelBlock> blocks;
+    const int64_t c0 = items.channel0(item), c1 = std::min(c, c0 + items.split_channels);
+    const int64_t img = items.band(item) / bands.n, y0 = items.band(item) % bands.n * bands.rows;
+    const int64_t y1 = std::min(h, y0 + bands.rows);
+    const int64_t g_row0 = FloorDiv(y0 + padding - k + 1, stride);
+    const float* band = Band(g, ho, wo, o, img, g_row0,
+                             FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1, left, width,
+                             band_buffer);
+    for (int64_t py = 0; py < stride; ++py) {
+      for (int64_t px = 0; px < stride; ++px) {
+        // This class's pixels: rows y = y_first + r*s in [y0, y1) with (y + p) % s == py, and
+        // likewise columns; pixel (y, x) reads g from ((y + p - py) / s, (x + p - px) / s).
+        const int64_t y_first = y0 + ((py - padding - y0) % stride + stride) % stride;
+        const int64_t x_first = ((px - padding) % stride + stride) % stride;
+        if (y_first >= y1 || x_first >= wdt) continue;
+        const PixelClass cls{
+            CeilDiv(y1 - y_first, stride), CeilDiv(wdt - x_first, stride),
+            (((y_first + padding - py) / stride - g_row0) * width +
+             (x_first + padding - px) / stride + left) * o, width * o, o,
+            ((img * h + y_first) * wdt + x_first) * c, stride * wdt * c, stride * c};
+        TapList taps;
+        for (int64_t i = py; i < k; i += stride)
+          for (int64_t j = px; j < k; j += stride) {
+            taps.in_off[taps.n] = -((i - py) / stride * width + (j - px) / stride) * o;
+            taps.index[taps.n++] = i * k + j;
+          }
+        MakeBlocks(cls, blocks);
+        if (taps.n > 0) {
+          DirectBand(band, blocks, taps, packed, c0, c1, dx);
+          continue;
+        }
+        for (const PixelBlock& pix : blocks)  // no tap reaches these pixels (a kernel smaller
+          for (int m = 0; m < pix.mr; ++m)    // than the stride)
+            std::fill(dx + pix.out[m] + c0, dx + pix.out[m] + c1, 0.f);
+      }
+    }
+  });
+}
+
+//===----------------------------------------------------------------------===//
+// Kernel gradient.
+//===----------------------------------------------------------------------===//
 
 // One run of `len` pixels where a tap's x (pixel stride x_step) and g (pixel stride O) meet.
 struct Run {
@@ -94,7 +541,7 @@ void MicroKernel(const Run* runs, int n_runs, int64_t x_off, int64_t g_off, Stri
       Vec gv[NV];
       for (int v = 0; v < NV; ++v) gv[v] = LoadVec(g + v * kVec);
       for (int c = 0; c < NC; ++c) {
-        const Vec xb = Vec{} + x[c];
+        const Vec xb = Broadcast(x + c);
         for (int v = 0; v < NV; ++v) acc[c][v] += xb * gv[v];
       }
     }
@@ -133,16 +580,15 @@ struct Problem {
   int64_t n, h, w, c;   // x
   int64_t ho, wo, o;    // g
   int64_t k, s, p;      // kernel size, stride, padding
-  int64_t rows_per_chunk;
-  int64_t n_items;      // row chunks x k*k taps
+  bool hwoi;            // dW stored (k, k, O, C)
+  // dW rows are the channels the micro-kernel broadcasts, its columns those it loads as vectors.
+  int64_t rows() const { return hwoi ? o : c; }
+  int64_t cols() const { return hwoi ? c : o; }
 };
 
-// Floor division for a possibly negative numerator (C++ `/` truncates toward zero).
-inline int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-// Adds tap (i, j) of output rows [r0, r1) (of the N*Ho rows of g) to dw.
-void AccumulateTap(const Problem& p, int64_t r0, int64_t r1, int64_t i, int64_t j, float* dw,
-                   std::vector<Run>& runs) {
+// Adds tap (i, j) of output rows [r0, r1) (of the N*Ho rows of g) to dw, for dW rows [c0, c1).
+void AccumulateTap(const Problem& p, int64_t r0, int64_t r1, int64_t i, int64_t j, int64_t c0,
+                   int64_t c1, float* dw, std::vector<Run>& runs) {
   // Output pixels w whose input column s*w + j - p lies inside the image: [w0, w1).
   const int64_t w0 = std::max<int64_t>(0, -FloorDiv(j - p.p, p.s));
   const int64_t w1 = std::min<int64_t>(p.wo, FloorDiv(p.w - 1 + p.p - j, p.s) + 1);
@@ -151,85 +597,49 @@ void AccumulateTap(const Problem& p, int64_t r0, int64_t r1, int64_t i, int64_t 
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t img = r / p.ho, hg = r % p.ho, hx = p.s * hg + i - p.p;
     if (hx < 0 || hx >= p.h) continue;
-    runs.push_back({p.x + ((img * p.h + hx) * p.w + p.s * w0 + j - p.p) * p.c,
-                    p.g + ((img * p.ho + hg) * p.wo + w0) * p.o, w1 - w0});
+    const float* x = p.x + ((img * p.h + hx) * p.w + p.s * w0 + j - p.p) * p.c;
+    const float* g = p.g + ((img * p.ho + hg) * p.wo + w0) * p.o;
+    runs.push_back(p.hwoi ? Run{g, x, w1 - w0} : Run{x, g, w1 - w0});
   }
   if (runs.empty()) return;
   const int n_runs = static_cast<int>(runs.size());
-  const Strides st{p.s * p.c, p.o, p.o};
+  const int64_t cols = p.cols();
+  const Strides st = p.hwoi ? Strides{p.o, p.s * p.c, cols} : Strides{p.s * p.c, p.o, cols};
   float* dw_tap = dw + (i * p.k + j) * p.c * p.o;
-  for (int64_t c0 = 0; c0 < p.c; c0 += kMaxNC) {
-    const int nc = static_cast<int>(std::min<int64_t>(kMaxNC, p.c - c0));
-    float* acc = dw_tap + c0 * p.o;
+  for (int64_t cb = c0; cb < c1; cb += kMaxNC) {
+    const int nc = static_cast<int>(std::min<int64_t>(kMaxNC, c1 - cb));
+    float* acc = dw_tap + cb * cols;
     int64_t o0 = 0;
-    for (; o0 + 2 * kVec <= p.o; o0 += 2 * kVec)
-      kKernels2[nc - 1](runs.data(), n_runs, c0, o0, st, acc + o0);
-    for (; o0 + kVec <= p.o; o0 += kVec) kKernels1[nc - 1](runs.data(), n_runs, c0, o0, st, acc + o0);
-    if (o0 < p.o) TailKernel(runs.data(), n_runs, c0, o0, nc, p.o - o0, st, acc + o0);
+    for (; o0 + 2 * kVec <= cols; o0 += 2 * kVec)
+      kKernels2[nc - 1](runs.data(), n_runs, cb, o0, st, acc + o0);
+    for (; o0 + kVec <= cols; o0 += kVec) kKernels1[nc - 1](runs.data(), n_runs, cb, o0, st, acc + o0);
+    if (o0 < cols) TailKernel(runs.data(), n_runs, cb, o0, nc, cols - o0, st, acc + o0);
   }
 }
 
-// Runs fn(item) for item in [0, n_items) on the calling thread and on up to threads - 1 tasks
-// scheduled on XLA's intra-op pool. Items are taken from an atomic counter; the caller then waits
-// only for items already taken (being computed), so it cannot deadlock on a pool whose threads
-// are all busy: it would just do every item itself.
-struct ParallelState {
-  std::function<void(int64_t)> fn;
-  int64_t n_items;
-  std::atomic<int64_t> next_item{0};
-  std::atomic<int64_t> done_items{0};
-};
+// Sums the kernel gradient of `p` into `out` (stored as the kernel is), zero on entry.
+void SumWeightGrad(ffi::ThreadPool& pool, const Problem& p, float* out) {
+  const int64_t taps = p.k * p.k, size = taps * p.c * p.o, rows = p.n * p.ho;
 
-void Participate(ParallelState& s) {
-  int64_t item;
-  while ((item = s.next_item.fetch_add(1, std::memory_order_relaxed)) < s.n_items) {
-    s.fn(item);
-    s.done_items.fetch_add(1, std::memory_order_acq_rel);
+  if (rows * p.wo <= kPixelsPerChunk) {
+    // A small image (the deep levels): one chunk of rows, so split by output instead, one item
+    // per (tap, block of input channels). Items write disjoint parts of dW; no partial sums.
+    const int64_t c_blocks = CeilDiv(p.rows(), kMaxNC);
+    ParallelFor(pool, taps * c_blocks, [&](int64_t item) {
+      thread_local std::vector<Run> runs;
+      const int64_t tap = item / c_blocks, c0 = (item % c_blocks) * kMaxNC;
+      AccumulateTap(p, 0, rows, tap / p.k, tap % p.k, c0, std::min(p.rows(), c0 + kMaxNC), out,
+                    runs);
+    });
+    return;
   }
-}
 
-void ParallelFor(ffi::ThreadPool& pool, int64_t n_items, std::function<void(int64_t)> fn) {
-  auto state = std::make_shared<ParallelState>();
-  state->fn = std::move(fn);
-  state->n_items = n_items;
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int helpers = static_cast<int>(std::max<int64_t>(0, std::min(threads, n_items) - 1));
-  for (int t = 0; t < helpers; ++t) pool.Schedule([state] { Participate(*state); });
-  Participate(*state);
-  while (state->done_items.load(std::memory_order_acquire) < n_items) std::this_thread::yield();
-}
-
-ffi::Error ConvWgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                         ffi::ResultBuffer<ffi::F32> dw, int64_t kernel_size, int64_t stride,
-                         int64_t padding) {
-  const auto xd = x.dimensions();
-  const auto gd = g.dimensions();
-  const auto wd = dw->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4)
-    return ffi::Error::InvalidArgument("conv_wgrad: x, g and dW must all have rank 4");
-  if (kernel_size < 1 || stride < 1 || padding < 0)
-    return ffi::Error::InvalidArgument("conv_wgrad: bad kernel_size, stride or padding");
-  const int64_t ho = std::max<int64_t>(0, FloorDiv(xd[1] + 2 * padding - kernel_size, stride) + 1);
-  const int64_t wo = std::max<int64_t>(0, FloorDiv(xd[2] + 2 * padding - kernel_size, stride) + 1);
-  if (gd[0] != xd[0] || gd[1] != ho || gd[2] != wo)
-    return ffi::Error::InvalidArgument("conv_wgrad: g must be (N, Ho, Wo, O) for x's N, H, W");
-  if (wd[0] != kernel_size || wd[1] != kernel_size || wd[2] != xd[3] || wd[3] != gd[3])
-    return ffi::Error::InvalidArgument("conv_wgrad: dW must be (k, k, C, O)");
-
-  Problem p{x.typed_data(), g.typed_data(), xd[0], xd[1], xd[2], xd[3], ho, wo, gd[3],
-            kernel_size, stride, padding, 1, 0};
-  float* out = dw->typed_data();
-  const int64_t size = p.k * p.k * p.c * p.o;
-  std::fill(out, out + size, 0.f);
-  if (p.n * p.ho * p.wo == 0 || p.c == 0 || p.o == 0) return ffi::Error::Success();
-  p.rows_per_chunk = std::max<int64_t>(1, kPixelsPerChunk / p.wo);
-  p.n_items = p.k * p.k * ((p.n * p.ho + p.rows_per_chunk - 1) / p.rows_per_chunk);
-
-  // The items are split into one fixed, contiguous range per thread, each summed into its own dW
-  // (range 0 into the output) and the ranges added in order: the result does not depend on which
-  // thread ran what, so training is reproducible run to run.
-  const int64_t taps = p.k * p.k;
-  const int64_t ranges = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), p.n_items);
+  // Items are (chunk of rows, tap), split into one fixed, contiguous range per thread, each
+  // summed into its own dW (range 0 into the output) and the ranges added in order: the result
+  // does not depend on which thread ran what, so training is reproducible run to run.
+  const int64_t rows_per_chunk = std::max<int64_t>(1, kPixelsPerChunk / p.wo);
+  const int64_t n_items = taps * CeilDiv(rows, rows_per_chunk);
+  const int64_t ranges = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), n_items);
   std::vector<std::unique_ptr<float[]>> partials(ranges);
   ParallelFor(pool, ranges, [&](int64_t range) {
     thread_local std::vector<Run> runs;
@@ -239,157 +649,104 @@ ffi::Error ConvWgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
       dw = partials[range].get();
     }
     // Consecutive items are the taps of one chunk: a range covers whole bands of rows.
-    for (int64_t item = range * p.n_items / ranges; item < (range + 1) * p.n_items / ranges;
-         ++item) {
-      const int64_t r0 = (item / taps) * p.rows_per_chunk;
-      const int64_t r1 = std::min(r0 + p.rows_per_chunk, p.n * p.ho);
-      AccumulateTap(p, r0, r1, item % taps / p.k, item % p.k, dw, runs);
+    for (int64_t item = range * n_items / ranges; item < (range + 1) * n_items / ranges; ++item) {
+      const int64_t r0 = (item / taps) * rows_per_chunk;
+      const int64_t r1 = std::min(r0 + rows_per_chunk, rows);
+      AccumulateTap(p, r0, r1, item % taps / p.k, item % p.k, 0, p.rows(), dw, runs);
     }
   });
   for (int64_t range = 1; range < ranges; ++range)
     for (int64_t k = 0; k < size; ++k) out[k] += partials[range][k];
+}
+
+
+// dw = the kernel gradient of the convolution for input x and output cotangent g, stored as the
+// kernel is.
+void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* g,
+                float* dw) {
+  const Problem p{x, g, geo.n, geo.h, geo.w, geo.c, geo.ho, geo.wo, geo.o, geo.k, geo.s, geo.p,
+                  geo.hwoi};
+  std::fill(dw, dw + geo.kernel_size(), 0.f);
+  if (p.n * p.ho * p.wo > 0 && p.c > 0 && p.o > 0) SumWeightGrad(pool, p, dw);
+}
+
+//===----------------------------------------------------------------------===//
+// FFI handlers.
+//===----------------------------------------------------------------------===//
+
+// y = conv(x, W) (and the packed kernel, scratch).
+ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> packed,
+                       int64_t stride, int64_t padding, int64_t kernel_hwoi) {
+  Geometry geo;
+  if (auto e = MakeGeometry("conv_fwd", x.dimensions(), w.dimensions(), stride, padding,
+                            kernel_hwoi, &geo); e.failure())
+    return e;
+  if (!IsOutput(geo, y->dimensions()))
+    return ffi::Error::InvalidArgument("conv_fwd: y must be (N, Ho, Wo, O)");
+  if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, geo.c, geo.o)))
+    return ffi::Error::InvalidArgument("conv_fwd: the packed-kernel scratch buffer is too small");
+  Forward(pool, geo, x.typed_data(), w.typed_data(), y->typed_data(), packed->typed_data());
   return ffi::Error::Success();
 }
 
-//===----------------------------------------------------------------------===//
-// Forward convolution: out[n, h, w, o] = sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] W[i, j, c, o]
-// (zero outside). A block of MR output pixels x NV vectors of output channels stays
-// in registers over the whole reduction (k*k taps x C), broadcasting x and loading W.
-//===----------------------------------------------------------------------===//
-
-struct FwdProblem {
-  const float* x;  // (N, H, W, C)
-  const float* w;  // (k, k, C, O)
-  float* out;      // (N, Ho, Wo, O)
-  int64_t n, h, wd, c, ho, wo, o, k, s, p;
-};
-
-constexpr int kMaxMR = 12;  // output pixels a block: 12 x 2 accumulators (AVX-512)
-
-// x points at tap (0, 0), channel 0 of the block's first output pixel; input rows are row_stride
-// floats apart, consecutive output pixels s*C. w points at W[0, 0, 0, o0], out at out[.., w0, o0].
-template <int MR, int NV>
-void FwdMicroKernel(const FwdProblem& p, const float* x, int64_t row_stride, const float* w,
-                    float* out) {
-  Vec acc[MR][NV] = {};
-  const int64_t pixel = p.s * p.c;
-  for (int64_t i = 0; i < p.k; ++i) {
-    for (int64_t j = 0; j < p.k; ++j) {
-      const float* xt = x + i * row_stride + j * p.c;
-      const float* wt = w + (i * p.k + j) * p.c * p.o;
-      for (int64_t c = 0; c < p.c; ++c, wt += p.o) {
-        Vec wv[NV];
-        for (int v = 0; v < NV; ++v) wv[v] = LoadVec(wt + v * kVec);
-        for (int m = 0; m < MR; ++m) {
-          const Vec xb = Vec{} + xt[m * pixel + c];
-          for (int v = 0; v < NV; ++v) acc[m][v] += xb * wv[v];
-        }
-      }
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int v = 0; v < NV; ++v) StoreVec(out + m * p.o + v * kVec, acc[m][v]);
+// dx = the input gradient of conv(., W) for the cotangent g (the transposed convolution of g).
+ffi::Error ConvBwdInputImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
+                            ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> packed,
+                            int64_t stride, int64_t padding, int64_t kernel_hwoi) {
+  Geometry geo;
+  if (auto e = MakeGeometry("conv_bwd_input", dx->dimensions(), w.dimensions(), stride, padding,
+                            kernel_hwoi, &geo); e.failure())
+    return e;
+  if (!IsOutput(geo, g.dimensions()))
+    return ffi::Error::InvalidArgument("conv_bwd_input: g must be (N, Ho, Wo, O) for dx's N, H, W");
+  if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, geo.o, geo.c)))
+    return ffi::Error::InvalidArgument("conv_bwd_input: the packed-kernel scratch buffer is too small");
+  InputGrad(pool, geo, g.typed_data(), w.typed_data(), dx->typed_data(), packed->typed_data());
+  return ffi::Error::Success();
 }
 
-using FwdKernelFn = void (*)(const FwdProblem&, const float*, int64_t, const float*, float*);
-
-template <int NV, int... MR>
-constexpr std::array<FwdKernelFn, sizeof...(MR)> FwdKernelTable(std::integer_sequence<int, MR...>) {
-  return {&FwdMicroKernel<MR + 1, NV>...};
-}
-
-const auto kFwdKernels2 = FwdKernelTable<2>(std::make_integer_sequence<int, kMaxMR>{});
-const auto kFwdKernels1 = FwdKernelTable<1>(std::make_integer_sequence<int, kMaxMR>{});
-
-void FwdTail(const FwdProblem& p, const float* x, int64_t row_stride, const float* w, float* out,
-             int64_t mr, int64_t n_o) {
-  for (int64_t m = 0; m < mr; ++m)
-    for (int64_t o = 0; o < n_o; ++o) {
-      float sum = 0.f;
-      for (int64_t i = 0; i < p.k; ++i)
-        for (int64_t j = 0; j < p.k; ++j)
-          for (int64_t c = 0; c < p.c; ++c)
-            sum += x[i * row_stride + (m * p.s + j) * p.c + c] *
-                   w[((i * p.k + j) * p.c + c) * p.o + o];
-      out[m * p.o + o] = sum;
-    }
-}
-
-// One output row (n, h): every pixel block and output channel block. Blocks whose window lies
-// inside the image read x in place; the others (the image border) read a zero-padded copy of
-// their window, so the micro-kernel never bounds-checks.
-void FwdRow(const FwdProblem& p, int64_t row, std::vector<float>& window) {
-  const int64_t img = row / p.ho, h = row % p.ho;
-  const int64_t top = p.s * h - p.p;  // input row of tap i = 0
-  const bool rows_inside = top >= 0 && top + p.k <= p.h;
-  const float* x_img = p.x + img * p.h * p.wd * p.c;
-  float* out_row = p.out + row * p.wo * p.o;
-  for (int64_t w0 = 0; w0 < p.wo; w0 += kMaxMR) {
-    const int mr = static_cast<int>(std::min<int64_t>(kMaxMR, p.wo - w0));
-    const int64_t left = p.s * w0 - p.p;  // input column of tap j = 0, pixel 0
-    const int64_t span = (mr - 1) * p.s + p.k;
-    const float* x;
-    int64_t row_stride;
-    if (rows_inside && left >= 0 && left + span <= p.wd) {
-      x = x_img + (top * p.wd + left) * p.c;
-      row_stride = p.wd * p.c;
-    } else {
-      window.assign(p.k * span * p.c, 0.f);
-      for (int64_t i = 0; i < p.k; ++i) {
-        const int64_t hx = top + i;
-        if (hx < 0 || hx >= p.h) continue;
-        const int64_t c0 = std::max<int64_t>(0, -left), c1 = std::min<int64_t>(span, p.wd - left);
-        if (c1 > c0)
-          std::memcpy(window.data() + (i * span + c0) * p.c, x_img + (hx * p.wd + left + c0) * p.c,
-                      (c1 - c0) * p.c * sizeof(float));
-      }
-      x = window.data();
-      row_stride = span * p.c;
-    }
-    float* out = out_row + w0 * p.o;
-    int64_t o0 = 0;
-    for (; o0 + 2 * kVec <= p.o; o0 += 2 * kVec)
-      kFwdKernels2[mr - 1](p, x, row_stride, p.w + o0, out + o0);
-    for (; o0 + kVec <= p.o; o0 += kVec) kFwdKernels1[mr - 1](p, x, row_stride, p.w + o0, out + o0);
-    if (o0 < p.o) FwdTail(p, x, row_stride, p.w + o0, out + o0, mr, p.o - o0);
-  }
-}
-
-ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t padding) {
-  const auto xd = x.dimensions();
+// Both gradients of a layer in one call. `a` is the convolution's input-side array and `b` its
+// output side: for a convolution layer, a = x and b = the output cotangent, and the layer's input
+// gradient is InputGrad(b); for a transposed-convolution layer (transposed = 1), a = the output
+// cotangent and b = x, and its input gradient is Forward(a). The kernel gradient is
+// KernelGrad(a, b) either way. With input_grad = 0 only dW is computed (d_in is empty): the
+// layer's input needs no gradient (the network's image).
+//
+// One call, not two, so that the kernel gradient, and through it the optimizer's update of the
+// kernel, depends on the call that reads the kernel: with separate calls XLA could not order the
+// input gradient's read before the in-place update of a donated kernel, and copied every
+// kernel at the start of the step.
+ffi::Error ConvBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                       ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> d_in,
+                       ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> packed,
+                       int64_t stride, int64_t padding, int64_t kernel_hwoi, int64_t transposed,
+                       int64_t input_grad) {
+  Geometry geo;
+  if (auto e = MakeGeometry("conv_bwd", a.dimensions(), w.dimensions(), stride, padding,
+                            kernel_hwoi, &geo); e.failure())
+    return e;
+  if (!IsOutput(geo, b.dimensions()))
+    return ffi::Error::InvalidArgument("conv_bwd: b must be (N, Ho, Wo, O) for a's N, H, W");
   const auto wd = w.dimensions();
-  const auto yd = y->dimensions();
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4)
-    return ffi::Error::InvalidArgument("conv_fwd: x, W and y must all have rank 4");
-  const int64_t k = wd[0];
-  if (wd[1] != k || wd[2] != xd[3] || stride < 1 || padding < 0)
-    return ffi::Error::InvalidArgument("conv_fwd: W must be (k, k, C, O); stride >= 1, padding >= 0");
-  const int64_t ho = std::max<int64_t>(0, FloorDiv(xd[1] + 2 * padding - k, stride) + 1);
-  const int64_t wo = std::max<int64_t>(0, FloorDiv(xd[2] + 2 * padding - k, stride) + 1);
-  if (yd[0] != xd[0] || yd[1] != ho || yd[2] != wo || yd[3] != wd[3])
-    return ffi::Error::InvalidArgument("conv_fwd: y must be (N, Ho, Wo, O)");
-  if (yd[0] * ho * wo * yd[3] == 0) return ffi::Error::Success();
-  const FwdProblem p{x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], xd[2], xd[3],
-                     ho, wo, wd[3], k, stride, padding};
-  ParallelFor(pool, p.n * ho, [&](int64_t row) {
-    thread_local std::vector<float> window;
-    FwdRow(p, row, window);
-  });
+  const auto dwd = dw->dimensions();
+  if (dwd.size() != 4 || !std::equal(wd.begin(), wd.end(), dwd.begin()))
+    return ffi::Error::InvalidArgument("conv_bwd: dW must have the kernel's shape");
+  if (input_grad) {
+    const bool ok = transposed ? IsOutput(geo, d_in->dimensions()) : IsInput(geo, d_in->dimensions());
+    const int64_t n_red = transposed ? geo.c : geo.o, n_out = transposed ? geo.o : geo.c;
+    if (!ok || packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, n_red, n_out)))
+      return ffi::Error::InvalidArgument("conv_bwd: input gradient or scratch of the wrong shape");
+    if (transposed)
+      Forward(pool, geo, a.typed_data(), w.typed_data(), d_in->typed_data(), packed->typed_data());
+    else
+      InputGrad(pool, geo, b.typed_data(), w.typed_data(), d_in->typed_data(), packed->typed_data());
+  }
+  KernelGrad(pool, geo, a.typed_data(), b.typed_data(), dw->typed_data());
   return ffi::Error::Success();
 }
 
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvWgrad, ConvWgradImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kernel_size")
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvFwd, ConvFwdImpl,
                               ffi::Ffi::Bind()
@@ -397,5 +754,33 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvFwd, ConvFwdImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding"));
+                                  .Attr<int64_t>("padding")
+                                  .Attr<int64_t>("kernel_hwoi"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvBwdInput, ConvBwdInputImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding")
+                                  .Attr<int64_t>("kernel_hwoi"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvBwd, ConvBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding")
+                                  .Attr<int64_t>("kernel_hwoi")
+                                  .Attr<int64_t>("transposed")
+                                  .Attr<int64_t>("input_grad"));

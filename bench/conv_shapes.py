@@ -1,0 +1,164 @@
+r"""Per-convolution survey: every conv a HINet case runs, each form of it, against PyTorch.
+
+  python bench/conv_shapes.py --variants=0.5x --case=train_b2_128
+  python bench/conv_shapes.py --variants=1x --case=fwd256 --impls=xla,native,auto
+
+Collects the convolutions of one forward pass of the model (a hook on `convolution.conv` while
+`jax.eval_shape` traces it), merges identical geometries (input shape, kernel, stride, padding),
+and times each one alone: the forward, and for train cases the backward (input and kernel
+gradients) of every `conv_impl` in --impls that can run that shape, and PyTorch's `conv2d` and
+`convolution_backward` (oneDNN) on the same shape. JAX and PyTorch run in separate processes
+pinned to --threads CPUs (model_speed.py's workers). The totals weight each shape by how often
+the model runs it, so they say what a policy would cost on the whole model's convolutions; the
+`best` column is the fastest form per shape (what an ideal 'auto' would pick).
+
+Numbers and their use are in bench/README.md (levers log).
+"""
+
+import collections
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import model_speed  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# --variants, --threads, --reps and --worker are model_speed.py's flags (imported above).
+_CASE = flags.DEFINE_string('case', 'train_b2_128', 'A non-tiled model_speed.py case.')
+_IMPLS = flags.DEFINE_list('impls', ['xla', 'matmul', 'winograd', 'native', 'auto'],
+                           'conv_impl forms to time (those that cannot run a shape are skipped).')
+_TORCH = flags.DEFINE_bool('torch', True, 'Also time PyTorch (oneDNN) on every shape.')
+
+
+def model_convs(preset, batch, height, width):
+  """{(x_shape, kernel_shape, strides, padding): count} of one forward of the preset."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
+  from hinet_jax import models  # pylint: disable=g-import-not-at-top
+
+  seen = collections.Counter()
+  original = convolution.conv
+
+  def hook(x, kernel, strides=1, padding=0, impl='xla'):
+    seen[(tuple(x.shape), tuple(kernel.shape), strides, padding)] += 1
+    return original(x, kernel, strides, padding, impl)
+
+  model = models.create_model(preset)
+  params = models.abstract_params(model)
+  convolution.conv = hook
+  try:
+    jax.eval_shape(lambda p, x: model.apply({'params': p}, x), params,
+                   jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32))
+  finally:
+    convolution.conv = original
+  return seen
+
+
+def worker_jax(spec):
+  """Times every impl of every shape; returns rows {shape, impl, fwd_ms, bwd_ms}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
+
+  time_it = lambda fn: model_speed.median_time(fn, spec['reps'])
+  rng = np.random.default_rng(0)
+  rows = []
+  for xs, ks, s, p, _ in spec['shapes']:
+    x = jax.device_put(rng.standard_normal(xs, np.float32))
+    k = jax.device_put(rng.standard_normal(ks, np.float32) * 0.05)
+    for impl in spec['impls']:
+      fn = lambda x, k, impl=impl: convolution.conv(x, k, s, p, impl)  # pylint: disable=cell-var-from-loop
+      try:
+        fwd = jax.jit(fn)
+        y = fwd(x, k).block_until_ready()
+      except (ValueError, RuntimeError, TypeError):
+        continue  # This form cannot run this shape (e.g. 'matmul' on a 4x4 kernel).
+      row = dict(shape=[xs, ks, s, p], impl=impl,
+                 fwd_ms=1e3 * time_it(lambda: fwd(x, k).block_until_ready()))  # pylint: disable=cell-var-from-loop
+      if spec['train']:
+        g = jax.device_put(rng.standard_normal(y.shape, np.float32))
+        bwd = jax.jit(lambda x, k, g, fn=fn: jax.vjp(fn, x, k)[1](g))
+        row['bwd_ms'] = 1e3 * time_it(lambda: jax.block_until_ready(bwd(x, k, g)))  # pylint: disable=cell-var-from-loop
+      rows.append(row)
+  return rows
+
+
+def worker_torch(spec):
+  """PyTorch's forward and backward (both gradients) on every shape, NCHW as its models run."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(spec['threads'])
+  time_it = lambda fn: model_speed.median_time(fn, spec['reps'])
+  rng = np.random.default_rng(0)
+  rows = []
+  for xs, ks, s, p, _ in spec['shapes']:
+    n, h, w, c = xs
+    kh, kw, _, o = ks
+    x = torch.from_numpy(rng.standard_normal((n, c, h, w), np.float32))
+    k = torch.from_numpy(rng.standard_normal((o, c, kh, kw), np.float32) * 0.05)
+    fwd = lambda x=x, k=k: torch.nn.functional.conv2d(x, k, stride=s, padding=p)  # pylint: disable=cell-var-from-loop
+    with torch.no_grad():
+      row = dict(shape=[xs, ks, s, p], impl='torch', fwd_ms=1e3 * time_it(fwd))
+      if spec['train']:
+        g = torch.from_numpy(rng.standard_normal(tuple(fwd().shape), np.float32))
+        bwd = lambda x=x, k=k, g=g: torch.ops.aten.convolution_backward(  # pylint: disable=cell-var-from-loop
+            g, x, k, None, (s, s), (p, p), (1, 1), False, (0, 0), 1, (True, True, False))
+        row['bwd_ms'] = 1e3 * time_it(bwd)
+    rows.append(row)
+  return rows
+
+
+def shape_name(shape):
+  xs, ks, s, p = shape
+  return f'{xs[0]}x{xs[1]}x{xs[2]}x{xs[3]} -> {ks[3]} k{ks[0]}' + (f' s{s}' if s != 1 else '')
+
+
+def main(argv):
+  del argv
+  if model_speed.serve_as_worker(
+      lambda spec: (worker_torch if spec['framework'] == 'torch' else worker_jax)(spec)):
+    return
+  sys.path.insert(0, model_speed._ROOT)  # pylint: disable=protected-access
+  batch, height, width, train = model_speed.case_shape(_CASE.value)
+  threads, reps = model_speed._THREADS.value, model_speed._REPS.value  # pylint: disable=protected-access
+  for variant in model_speed._VARIANTS.value:  # pylint: disable=protected-access
+    preset = model_speed.VARIANT_PRESETS[variant]
+    convs = model_convs(preset, batch, height, width)
+    shapes = [[list(xs), list(ks), s, p, n] for (xs, ks, s, p), n in sorted(convs.items())]
+    spec = dict(shapes=shapes, impls=_IMPLS.value, train=train, threads=threads, reps=reps)
+    rows = model_speed.spawn(dict(spec, framework='jax'), script=__file__)
+    if _TORCH.value:
+      rows += model_speed.spawn(dict(spec, framework='torch'), script=__file__)
+    if 'error' in rows[0]:
+      sys.exit(f'worker failed for {variant}.')
+    count = {json.dumps(sh[:4]): sh[4] for sh in shapes}
+    table = collections.defaultdict(dict)
+    for r in rows:
+      table[json.dumps(r['shape'])][r['impl']] = r['fwd_ms'] + r.get('bwd_ms', 0.0)
+    impls = [i for i in _IMPLS.value + (['torch'] if _TORCH.value else [])
+             if any(i in t for t in table.values())]
+    what = 'forward + backward' if train else 'forward'
+    print(f'\n{variant} {_CASE.value}: ms per conv ({what}), n = times the model runs it')
+    print('| shape | n | ' + ' | '.join(impls) + ' | best |')
+    print('|---|---|' + '---|' * (len(impls) + 1))
+    totals = collections.Counter()
+    for key, t in table.items():
+      jax_forms = {i: v for i, v in t.items() if i != 'torch'}
+      best = min(jax_forms, key=jax_forms.get)
+      cells = [f'{t[i]:.2f}' if i in t else '-' for i in impls]
+      print(f'| {shape_name(json.loads(key))} | {count[key]} | ' + ' | '.join(cells) +
+            f' | {best} |')
+      for i in impls:
+        totals[i] += count[key] * t.get(i, float('nan'))
+      totals['best'] += count[key] * jax_forms[best]
+    print('| **total** | | ' + ' | '.join(f'{totals[i]:.0f}' for i in impls) +
+          f" | {totals['best']:.0f} |")
+
+
+if __name__ == '__main__':
+  app.run(main)
