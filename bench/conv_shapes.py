@@ -16,6 +16,7 @@ Numbers and their use are in bench/README.md (levers log).
 """
 
 import collections
+import functools
 import json
 import os
 import sys
@@ -34,56 +35,74 @@ _TORCH = flags.DEFINE_bool('torch', True, 'Also time PyTorch (oneDNN) on every s
 
 
 def model_convs(preset, batch, height, width):
-  """{(x_shape, kernel_shape, strides, padding): count} of one forward of the preset."""
+  """{(kind, x_shape, kernel_shape, strides, padding): count} of one forward of the preset; kind
+  'conv' (`convolution.conv`) or 'up' (the decoder's 2x2 transposed convs, `upconv2x2`)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
 
   seen = collections.Counter()
-  original = convolution.conv
+  conv, upconv = convolution.conv, convolution.upconv2x2
 
-  def hook(x, kernel, strides=1, padding=0, impl='xla'):
-    seen[(tuple(x.shape), tuple(kernel.shape), strides, padding)] += 1
-    return original(x, kernel, strides, padding, impl)
+  def conv_hook(x, kernel, strides=1, padding=0, impl='xla', bias=None):
+    seen[('conv', tuple(x.shape), tuple(kernel.shape), strides, padding)] += 1
+    return conv(x, kernel, strides, padding, impl, bias)
+
+  def upconv_hook(x, kernel, impl='xla', bias=None):
+    seen[('up', tuple(x.shape), tuple(kernel.shape), 2, 0)] += 1
+    return upconv(x, kernel, impl, bias)
 
   model = models.create_model(preset)
   params = models.abstract_params(model)
-  convolution.conv = hook
+  convolution.conv, convolution.upconv2x2 = conv_hook, upconv_hook
   try:
     jax.eval_shape(lambda p, x: model.apply({'params': p}, x), params,
                    jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32))
   finally:
-    convolution.conv = original
+    convolution.conv, convolution.upconv2x2 = conv, upconv
   return seen
+
+
+def _time_jax_form(kind, x, k, strides, padding, impl, train, reps, rng):
+  """{fwd_ms[, bwd_ms]} of one conv form, or None where it cannot run the shape."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
+
+  def fn(x, k):
+    if kind == 'up':
+      return convolution.upconv2x2(x, k, impl)
+    return convolution.conv(x, k, strides, padding, impl)
+
+  fwd = jax.jit(fn)
+  try:
+    y = fwd(x, k).block_until_ready()
+  except (ValueError, RuntimeError, TypeError):
+    return None  # e.g. 'native' without the kernels built.
+  out = {'fwd_ms': 1e3 * model_speed.median_time(lambda: fwd(x, k).block_until_ready(), reps)}
+  if train:  # The backward alone: XLA drops the forward that jax.vjp traces here.
+    g = jax.device_put(rng.standard_normal(y.shape, np.float32))
+    bwd = jax.jit(lambda x, k, g: jax.vjp(fn, x, k)[1](g))
+    out['bwd_ms'] = 1e3 * model_speed.median_time(
+        lambda: jax.block_until_ready(bwd(x, k, g)), reps)
+  return out
 
 
 def worker_jax(spec):
   """Times every impl of every shape; returns rows {shape, impl, fwd_ms, bwd_ms}."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
 
-  time_it = lambda fn: model_speed.median_time(fn, spec['reps'])
   rng = np.random.default_rng(0)
   rows = []
-  for xs, ks, s, p, _ in spec['shapes']:
+  for kind, xs, ks, s, p, _ in spec['shapes']:
     x = jax.device_put(rng.standard_normal(xs, np.float32))
     k = jax.device_put(rng.standard_normal(ks, np.float32) * 0.05)
     for impl in spec['impls']:
-      fn = lambda x, k, impl=impl: convolution.conv(x, k, s, p, impl)  # pylint: disable=cell-var-from-loop
-      try:
-        fwd = jax.jit(fn)
-        y = fwd(x, k).block_until_ready()
-      except (ValueError, RuntimeError, TypeError):
-        continue  # This form cannot run this shape (e.g. 'matmul' on a 4x4 kernel).
-      row = dict(shape=[xs, ks, s, p], impl=impl,
-                 fwd_ms=1e3 * time_it(lambda: fwd(x, k).block_until_ready()))  # pylint: disable=cell-var-from-loop
-      if spec['train']:
-        g = jax.device_put(rng.standard_normal(y.shape, np.float32))
-        bwd = jax.jit(lambda x, k, g, fn=fn: jax.vjp(fn, x, k)[1](g))
-        row['bwd_ms'] = 1e3 * time_it(lambda: jax.block_until_ready(bwd(x, k, g)))  # pylint: disable=cell-var-from-loop
-      rows.append(row)
+      times = _time_jax_form(kind, x, k, s, p, impl, spec['train'], spec['reps'], rng)
+      if times is not None:
+        rows.append(dict(shape=[kind, xs, ks, s, p], impl=impl, **times))
   return rows
 
 
@@ -93,29 +112,33 @@ def worker_torch(spec):
   import torch  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(spec['threads'])
-  time_it = lambda fn: model_speed.median_time(fn, spec['reps'])
   rng = np.random.default_rng(0)
   rows = []
-  for xs, ks, s, p, _ in spec['shapes']:
+  for kind, xs, ks, s, p, _ in spec['shapes']:
     n, h, w, c = xs
     kh, kw, _, o = ks
     x = torch.from_numpy(rng.standard_normal((n, c, h, w), np.float32))
-    k = torch.from_numpy(rng.standard_normal((o, c, kh, kw), np.float32) * 0.05)
-    fwd = lambda x=x, k=k: torch.nn.functional.conv2d(x, k, stride=s, padding=p)  # pylint: disable=cell-var-from-loop
+    # torch's weights: (out, in, kh, kw); a transposed conv's: (in, out, kh, kw).
+    k = torch.from_numpy(rng.standard_normal(
+        (c, o, kh, kw) if kind == 'up' else (o, c, kh, kw), np.float32) * 0.05)
+    op = torch.nn.functional.conv_transpose2d if kind == 'up' else torch.nn.functional.conv2d
     with torch.no_grad():
-      row = dict(shape=[xs, ks, s, p], impl='torch', fwd_ms=1e3 * time_it(fwd))
+      fwd = functools.partial(op, x, k, stride=s, padding=p)
+      row = dict(shape=[kind, xs, ks, s, p], impl='torch',
+                 fwd_ms=1e3 * model_speed.median_time(fwd, spec['reps']))
       if spec['train']:
         g = torch.from_numpy(rng.standard_normal(tuple(fwd().shape), np.float32))
-        bwd = lambda x=x, k=k, g=g: torch.ops.aten.convolution_backward(  # pylint: disable=cell-var-from-loop
-            g, x, k, None, (s, s), (p, p), (1, 1), False, (0, 0), 1, (True, True, False))
-        row['bwd_ms'] = 1e3 * time_it(bwd)
+        bwd = functools.partial(torch.ops.aten.convolution_backward, g, x, k, None, (s, s),
+                                (p, p), (1, 1), kind == 'up', (0, 0), 1, (True, True, False))
+        row['bwd_ms'] = 1e3 * model_speed.median_time(bwd, spec['reps'])
     rows.append(row)
   return rows
 
 
 def shape_name(shape):
-  xs, ks, s, p = shape
-  return f'{xs[0]}x{xs[1]}x{xs[2]}x{xs[3]} -> {ks[3]} k{ks[0]}' + (f' s{s}' if s != 1 else '')
+  kind, xs, ks, s, _ = shape
+  name = f'{xs[0]}x{xs[1]}x{xs[2]}x{xs[3]} -> {ks[3]} '
+  return name + ('up 2x2' if kind == 'up' else f'k{ks[0]}' + (f' s{s}' if s != 1 else ''))
 
 
 def main(argv):
@@ -125,18 +148,20 @@ def main(argv):
     return
   sys.path.insert(0, model_speed._ROOT)  # pylint: disable=protected-access
   batch, height, width, train = model_speed.case_shape(_CASE.value)
-  threads, reps = model_speed._THREADS.value, model_speed._REPS.value  # pylint: disable=protected-access
+  threads = model_speed._THREADS.value  # pylint: disable=protected-access
+  reps = model_speed._REPS.value  # pylint: disable=protected-access
   for variant in model_speed._VARIANTS.value:  # pylint: disable=protected-access
     preset = model_speed.VARIANT_PRESETS[variant]
     convs = model_convs(preset, batch, height, width)
-    shapes = [[list(xs), list(ks), s, p, n] for (xs, ks, s, p), n in sorted(convs.items())]
+    shapes = [[kind, list(xs), list(ks), s, p, n]
+              for (kind, xs, ks, s, p), n in sorted(convs.items())]
     spec = dict(shapes=shapes, impls=_IMPLS.value, train=train, threads=threads, reps=reps)
     rows = model_speed.spawn(dict(spec, framework='jax'), script=__file__)
     if _TORCH.value:
       rows += model_speed.spawn(dict(spec, framework='torch'), script=__file__)
     if 'error' in rows[0]:
       sys.exit(f'worker failed for {variant}.')
-    count = {json.dumps(sh[:4]): sh[4] for sh in shapes}
+    count = {json.dumps(sh[:5]): sh[5] for sh in shapes}
     table = collections.defaultdict(dict)
     for r in rows:
       table[json.dumps(r['shape'])][r['impl']] = r['fwd_ms'] + r.get('bwd_ms', 0.0)

@@ -6,9 +6,10 @@ the channels many (the deep U-Net levels: 8x8 to 32x32 pixels, 256-1024 channels
 matmul for 1x1 convs, and their kernel gradients at 35-50%. Other forms of the same linear map win
 on those shapes:
 
-  * 'native': the hand-written CPU kernels of `cpu_kernels` (XLA FFI custom calls), forward, input
-    gradient (a stride-1 conv of the cotangent with the flipped kernel) and kernel gradient, at
-    the matmul rate up to 256 channels. Strided convs take XLA's input gradient.
+  * 'native': the hand-written CPU kernels of `cpu_kernels` (XLA FFI custom calls): the forward
+    (with the bias added inside), and both gradients in one backward call. They run every HINet
+    conv (3x3, 1x1, the 4x4/stride-2 downsamples and the decoder's 2x2/stride-2 transposed convs,
+    `upconv2x2`) at 75-95% of the float32 matmul rate.
   * 'matmul' (3x3): one matmul plus 9 shifted copies of whichever side has fewer channels: im2col
     (`patches3x3`) when C <= O, matmul-then-shifted-adds (`shift_sum3x3`) when C > O. Its
     backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
@@ -19,11 +20,12 @@ on those shapes:
   * 1x1 convs as one matmul (`pointwise_conv`).
   * 'xla': `lax.conv` both ways.
 
-`auto_impl` picks one per 3x3 shape from measurements on 2 Zen 4 cores (bench/README.md, levers
-log); 4x4/stride-2 downsamples are 'native' up to 128 input channels. 'auto' uses the CPU kernels
-only on a single device, float32, where they built (`native_applies`); otherwise it picks among
-the XLA forms. On GPU and TPU, 'auto' is always `lax.conv` (cuDNN and the TPU convolution units
-need no help). Every form agrees with `lax.conv` to float32 rounding (tests/test_convolution.py).
+'auto' (`auto_impl`) uses 'native' for every conv where the kernels apply (one device, float32,
+built: `native_applies`) but the convs to an image (3 outputs), which run as matmuls. Without the
+kernels (no C++ compiler, several devices) it picks among the XLA forms per shape, from
+measurements on 2 Zen 4 cores (bench/README.md, levers log). On GPU and TPU, 'auto' is always
+`lax.conv` (cuDNN and the TPU convolution units need no help). Every form agrees with `lax.conv`
+to float32 rounding (tests/test_convolution.py).
 
 Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
 YNNPACK to XLA's own kernels, which run the XLA forms of the HINet forward faster on CPU.
@@ -51,15 +53,10 @@ MATMUL_MAX_OUT_CHANNELS = 8
 # 128x128 and beyond its transforms (memory bound) cost more than the multiplies they save.
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MAX_PIXELS = 64 * 64
-# With the `cpu_kernels` convolutions ('native'): they run every HINet shape at 85-95% of the
-# matmul rate; the exceptions are the image heads (above), and the deepest levels at small
-# batches, few pixels and many channels, where packing the megabytes of kernel costs more than
-# the im2col copies of the matmul form.
-NATIVE_MATMUL_MAX_PIXELS = 128
-NATIVE_MATMUL_MIN_CHANNELS = 512
-# ... and Winograd's forward (2.25x fewer multiplies) still beats them by ~5% from 256 channels
-# on images up to 64x64 pixels.
-NATIVE_WINOGRAD_MIN_CHANNELS = 256
+# With the `cpu_kernels` convolutions ('native') 'auto' uses them for every conv but those to an
+# image (above): on every other HINet shape they matched or beat the matmul and Winograd forms
+# in the train step (bench/README.md, levers log), and Winograd's kernel transform, paid on every
+# call, cost more than its fewer multiplies saved.
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -167,39 +164,58 @@ def _is_zero(g) -> bool:
   return isinstance(g, jax.custom_derivatives.SymbolicZero)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _custom_conv(x: Array, kernel: Array, strides: int, padding: int, winograd: bool,
-                 native_backward: bool) -> Array:
-  """Forward on `cpu_kernels` (or Winograd F(2x2, 3x3) for a 3x3/s1/p1 conv); `_backward`."""
+def _add_bias(y: Array, bias: Array | None) -> Array:
+  return y if bias is None else y + bias
+
+
+def _bias_grad(g: Array, has_bias: bool) -> Array | None:
+  return jnp.sum(g, axis=(0, 1, 2)) if has_bias else None
+
+
+def _marker(flag: bool):
+  return () if flag else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _custom_conv(x: Array, kernel: Array, bias: Array | None, strides: int, padding: int,
+                 winograd: bool, native_backward: bool) -> Array:
+  """Forward on `cpu_kernels` with the bias added inside (or Winograd F(2x2, 3x3) for a
+  3x3/s1/p1 conv); `_backward`."""
   if winograd:
-    return winograd_conv3x3(x, kernel, x.dtype)
-  return cpu_kernels.conv_forward(x, kernel, strides, padding)
+    return _add_bias(winograd_conv3x3(x, kernel, x.dtype), bias)
+  return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias)
 
 
-def _custom_fwd(x, kernel, strides, padding, winograd, native_backward):
-  y = _custom_conv(x.value, kernel.value, strides, padding, winograd, native_backward)
-  return y, (x.value, kernel.value, () if x.perturbed else None)
+def _custom_fwd(x, kernel, bias, strides, padding, winograd, native_backward):
+  # With symbolic zeros, array arguments come as CustomVJPPrimal; a missing bias stays None.
+  bias_value = None if bias is None else bias.value
+  y = _custom_conv(x.value, kernel.value, bias_value, strides, padding, winograd, native_backward)
+  return y, (x.value, kernel.value, _marker(x.perturbed), _marker(bias is not None))
 
 
 def _custom_bwd(strides, padding, winograd, native_backward, res, g):
   del winograd  # every forward form computes the same linear map
-  x, kernel, input_grad = res
+  x, kernel, input_grad, has_bias = res
   if _is_zero(g):
-    return None, None
-  return _backward(x, kernel, g, strides, padding, native_backward, input_grad is not None)
+    return None, None, None
+  dx, dkernel = _backward(x, kernel, g, strides, padding, native_backward,
+                          input_grad is not None)
+  return dx, dkernel, _bias_grad(g, has_bias is not None)
 
 
 _custom_conv.defvjp(_custom_fwd, _custom_bwd, symbolic_zeros=True)
 
 
-def native_conv(x: Array, kernel: Array, strides: int, padding: int) -> Array:
-  """A conv on `cpu_kernels` (CPU, float32, square kernel), forward and backward."""
-  return _custom_conv(x, kernel, strides, padding, False, True)
+def native_conv(x: Array, kernel: Array, strides: int, padding: int,
+                bias: Array | None = None) -> Array:
+  """A conv (+ bias) on `cpu_kernels` (CPU, float32, square kernel), forward and backward."""
+  return _custom_conv(x, kernel, bias, strides, padding, False, True)
 
 
-def winograd_conv(x: Array, kernel: Array, native_backward: bool) -> Array:
+def winograd_conv(x: Array, kernel: Array, native_backward: bool,
+                  bias: Array | None = None) -> Array:
   """3x3/s1/p1 conv: Winograd F(2x2, 3x3) forward; backward on `cpu_kernels` or `lax.conv`."""
-  return _custom_conv(x, kernel, 1, 1, True, native_backward)
+  return _custom_conv(x, kernel, bias, 1, 1, True, native_backward)
 
 
 def native_applies(x: Array, kernel: Array) -> bool:
@@ -230,7 +246,8 @@ def _require_native(x: Array, kernel: Array) -> None:
 
 def auto_impl(shape: tuple, features: int, backend: str | None = None,
               native: bool = False) -> str:
-  """The fastest measured 3x3 conv form for an NHWC input `shape` and `features` outputs.
+  """The fastest measured 3x3 conv form for an NHWC input `shape` and `features` outputs
+  (module doc).
 
   Args:
     shape: (N, H, W, C) of the input.
@@ -256,25 +273,29 @@ def auto_impl(shape: tuple, features: int, backend: str | None = None,
 
 
 @jax.custom_vjp
-def native_upconv2x2(x: Array, kernel: Array) -> Array:
-  """`upconv2x2` (without bias) on `cpu_kernels`: the transposed convolution is the input gradient
-  of the 2x2/stride-2 convolution whose kernel is this one stored (k, k, O, C), so its forward,
-  input gradient and kernel gradient are that convolution's input gradient, forward and kernel
-  gradient (with the roles of image and cotangent swapped)."""
+def native_upconv2x2(x: Array, kernel: Array, bias: Array | None = None) -> Array:
+  """`upconv2x2` on `cpu_kernels`: the transposed convolution is the input gradient of the
+  2x2/stride-2 convolution whose kernel is this one stored (k, k, O, C), so its forward, input
+  gradient and kernel gradient are that convolution's input gradient, forward and kernel gradient
+  (with the roles of image and cotangent swapped). The bias is added inside the kernel."""
   n, h, w, _ = x.shape
-  return cpu_kernels.conv_input_grad(x, kernel, (n, 2 * h, 2 * w, kernel.shape[-1]), 2, 0, 'HWOI')
+  return cpu_kernels.conv_input_grad(x, kernel, (n, 2 * h, 2 * w, kernel.shape[-1]), 2, 0, 'HWOI',
+                                     bias=bias)
 
 
-def _upconv_fwd(x, kernel):
-  return native_upconv2x2(x.value, kernel.value), (x.value, kernel.value,
-                                                   () if x.perturbed else None)
+def _upconv_fwd(x, kernel, bias):
+  bias_value = None if bias is None else bias.value
+  return native_upconv2x2(x.value, kernel.value, bias_value), (
+      x.value, kernel.value, _marker(x.perturbed), _marker(bias is not None))
 
 
 def _upconv_bwd(res, g):
-  x, kernel, input_grad = res
+  x, kernel, input_grad, has_bias = res
   if _is_zero(g):
-    return None, None
-  return cpu_kernels.transposed_conv_grads(x, g, kernel, 2, 0, 'HWOI', input_grad is not None)
+    return None, None, None
+  dx, dkernel = cpu_kernels.transposed_conv_grads(x, g, kernel, 2, 0, 'HWOI',
+                                                  input_grad is not None)
+  return dx, dkernel, _bias_grad(g, has_bias is not None)
 
 
 native_upconv2x2.defvjp(_upconv_fwd, _upconv_bwd, symbolic_zeros=True)
@@ -300,8 +321,8 @@ def matmul_upconv2x2(x: Array, kernel: Array) -> Array:
   return jax.lax.reshape(jnp.stack(rows, axis=2), (n, 2 * h, 2 * w, o), out_sharding=out_sharding)
 
 
-def upconv2x2(x: Array, kernel: Array, impl: str = 'xla') -> Array:
-  """PyTorch's `ConvTranspose2d(C, O, 2, stride=2)` without bias, NHWC, kernel (2, 2, C, O).
+def upconv2x2(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None) -> Array:
+  """PyTorch's `ConvTranspose2d(C, O, 2, stride=2)`, NHWC, kernel (2, 2, C, O).
 
   With kernel == stride the output windows don't overlap: output pixel (2i+a, 2j+b) is input
   pixel (i, j) times tap (a, b). On `cpu_kernels` under 'native', and under 'auto' where they
@@ -312,6 +333,7 @@ def upconv2x2(x: Array, kernel: Array, impl: str = 'xla') -> Array:
     x: (N, H, W, C).
     kernel: (2, 2, C, O), torch weight (C, O, 2, 2).transpose(2, 3, 0, 1), no spatial flip.
     impl: one of `CONV_IMPLS`.
+    bias: optional (O,).
 
   Returns:
     (N, 2H, 2W, O).
@@ -320,8 +342,8 @@ def upconv2x2(x: Array, kernel: Array, impl: str = 'xla') -> Array:
   if impl == 'native':
     _require_native(x, kernel)
   if impl == 'native' or (impl == 'auto' and _auto_native(x, kernel)):
-    return native_upconv2x2(x, kernel)
-  return matmul_upconv2x2(x, kernel)
+    return native_upconv2x2(x, kernel, bias)
+  return _add_bias(matmul_upconv2x2(x, kernel), bias)
 
 
 def pointwise_conv(x: Array, kernel: Array) -> Array:
@@ -329,13 +351,14 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
   return jnp.einsum('nhwc,co->nhwo', x, kernel[0, 0])
 
 
-def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str = 'xla') -> Array:
+def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str = 'xla',
+         bias: Array | None = None) -> Array:
   """Any HINet convolution (NHWC x HWIO, symmetric zero padding) in the form `impl` picks.
 
-  3x3/stride-1/padding-1 convs go through `conv3x3`. On CPU, under any `impl` but 'xla', 1x1 convs
-  run as one matmul (`pointwise_conv`: YNNPACK's 1x1 convolution measured 2-4x slower forward and
-  1.2-3x slower backward than the matmul). Other convs (the 4x4/stride-2 downsamples) run on the
-  CPU kernels under 'native', and under 'auto' where `NATIVE_STRIDED_MAX_IN_CHANNELS` allows;
+  3x3/stride-1/padding-1 convs go through `conv3x3`. Others (1x1, the 4x4/stride-2 downsamples)
+  run on the CPU kernels under 'native', and under 'auto' where they apply; else, on CPU under
+  any `impl` but 'xla', 1x1 convs run as one matmul (`pointwise_conv`: YNNPACK's 1x1
+  convolution measured 2-4x slower forward and 1.2-3x slower backward than the matmul), and
   everything else is `lax.conv`.
 
   Args:
@@ -344,6 +367,7 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
     strides: stride in both spatial dims.
     padding: zero padding on each side.
     impl: one of `CONV_IMPLS`.
+    bias: optional (O,), added to every output pixel (inside the CPU kernels, where they run).
 
   Returns:
     (N, H', W', O).
@@ -351,23 +375,24 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
   _check_impl(impl)
   kh, kw = kernel.shape[:2]
   if (kh, kw, strides, padding) == (3, 3, 1, 1):
-    return conv3x3(x, kernel, impl)
+    return conv3x3(x, kernel, impl, bias)
   if impl == 'native':
     _require_native(x, kernel)
   if impl == 'native' or (impl == 'auto' and _auto_native(x, kernel)):
-    return native_conv(x, kernel, strides, padding)
+    return native_conv(x, kernel, strides, padding, bias)
   if (kh, kw, strides, padding) == (1, 1, 1, 0) and impl != 'xla' and _on_cpu():
-    return pointwise_conv(x, kernel)
-  return conv_xla(x, kernel, strides, padding)
+    return _add_bias(pointwise_conv(x, kernel), bias)
+  return _add_bias(conv_xla(x, kernel, strides, padding), bias)
 
 
-def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
+def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None) -> Array:
   """3x3, stride-1, padding-1 convolution, NHWC x HWIO -> NHWC, in the form `impl`.
 
   Args:
     x: (N, H, W, C) input.
     kernel: (3, 3, C, O) kernel, same dtype as `x`.
     impl: one of `CONV_IMPLS`; 'auto' picks by shape (`auto_impl`).
+    bias: optional (O,).
 
   Returns:
     (N, H, W, O), the same values whatever `impl` (up to float rounding).
@@ -379,12 +404,12 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla') -> Array:
     impl = auto_impl(x.shape, kernel.shape[-1], native=_auto_native(x, kernel))
   if impl == 'native':
     _require_native(x, kernel)
-    return native_conv(x, kernel, 1, 1)
+    return native_conv(x, kernel, 1, 1, bias)
   if impl == 'matmul':
-    return matmul_conv3x3(x, kernel)
+    return _add_bias(matmul_conv3x3(x, kernel), bias)
   if impl == 'winograd':  # The native kernels' backward where 'auto' would use them.
-    return winograd_conv(x, kernel, _auto_native(x, kernel))
-  return conv_xla(x, kernel)
+    return winograd_conv(x, kernel, _auto_native(x, kernel), bias)
+  return _add_bias(conv_xla(x, kernel), bias)
 
 
 # XLA:CPU compiles convolutions to YNNPACK by default. Leaving them to XLA's own (Eigen) kernels

@@ -1,15 +1,16 @@
 """Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has three: a convolution (`conv_forward`), its input gradient
-(`conv_input_grad`, which is also the transposed convolution), and both gradients of a layer in
-one call (`conv_grads`, `transposed_conv_grads`), for square kernels up to 8x8, any stride and
-symmetric zero padding, NHWC x HWIO (or HWOI), float32. XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes at 35-90% of the
-float32 matmul rate, its kernel gradients and strided input gradients lower still; these run at
-85-95% of it (bench/README.md, levers log; `bench/conv_shapes.py` measures every shape). CPU-only:
-GPUs and TPUs keep XLA's convolutions.
+`csrc/conv_kernels.cc` has three entry points: a convolution (`conv_forward`, bias added inside),
+its input gradient (`conv_input_grad`, which is also the transposed convolution), and both
+gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`), for square kernels up
+to 8x8, any stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. XLA:CPU's
+convolutions (YNNPACK or Eigen) run HINet's shapes at 35-90% of the float32 matmul rate, its
+kernel gradients and strided input gradients lower still; these run at 75-95% of it
+(bench/README.md, levers log; `bench/conv_shapes.py` measures every shape of the model). The C++
+source's header says how. CPU-only: GPUs and TPUs keep XLA's convolutions.
 
 The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`) for the
-host CPU (`-march=native`) the first time a gradient needs it, into a cache directory
+host CPU (`-march=native`) the first time a convolution needs it, into a cache directory
 (`$HINET_JAX_CACHE_DIR`, default `~/.cache/hinet_jax`) under a name that hashes the source, flags,
 compiler, jaxlib version and CPU features, so a home directory shared by different machines gets one
 build per kind of CPU. Without a compiler (or with `HINET_JAX_NATIVE_KERNELS=0`) `available()` is
@@ -153,8 +154,13 @@ def _io(kernel: Array, layout: str) -> tuple[int, int]:
   return (o, c) if layout == 'HWOI' else (c, o)
 
 
+def _bias(bias: Array | None) -> Array:
+  """The bias argument of the C++ calls: (O,), or (0,) for none."""
+  return jnp.zeros((0,), jnp.float32) if bias is None else bias
+
+
 def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
-                 kernel_layout: str = 'HWIO') -> Array:
+                 kernel_layout: str = 'HWIO', bias: Array | None = None) -> Array:
   """`lax.conv` of NHWC `x` with a square `kernel`, symmetric zero padding, on CPU.
 
   Args:
@@ -162,11 +168,12 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
     kernel: (k, k, C, O) float32 (or (k, k, O, C) with `kernel_layout='HWOI'`), k <= 8.
     stride, padding: the same in both spatial dimensions.
     kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
+    bias: optional (O,) float32, added to every output pixel inside the kernel (no extra pass).
 
   Returns:
-    (N, Ho, Wo, O) float32, equal to XLA's convolution up to float rounding.
+    (N, Ho, Wo, O) float32, equal to XLA's convolution (plus bias) up to float rounding.
   """
-  _check(x, kernel)
+  _check(x, kernel, *(() if bias is None else (bias,)))
   n, h, w, _ = x.shape
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
@@ -176,12 +183,13 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
   # reuses) its memory. 'sequential': under vmap each element is its own call.
   y, _ = jax.ffi.ffi_call('hinet_conv_fwd', (out, _packed_kernel(k, c, o)),
                           vmap_method='sequential')(
-                              x, kernel, **_kernel_attrs(stride, padding, kernel_layout))
+                              x, kernel, _bias(bias), **_kernel_attrs(stride, padding,
+                                                                      kernel_layout))
   return y
 
 
 def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, padding: int,
-                    kernel_layout: str = 'HWIO') -> Array:
+                    kernel_layout: str = 'HWIO', bias: Array | None = None) -> Array:
   """Input gradient of `conv_forward(x, kernel, stride, padding)` for the output cotangent `g`.
 
   Also the transposed convolution of `g` (e.g. the decoder's 2x2/stride-2 upsampling).
@@ -192,18 +200,21 @@ def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, paddin
     x_shape: (N, H, W, C), the shape of the convolution's input.
     stride, padding: the convolution's geometry.
     kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
+    bias: optional (C,) float32 added to every output pixel (when this runs as a transposed
+      convolution layer).
 
   Returns:
-    (N, H, W, C) float32, equal to XLA's input gradient up to float rounding.
+    (N, H, W, C) float32, equal to XLA's input gradient (plus bias) up to float rounding.
   """
-  _check(g, kernel)
+  _check(g, kernel, *(() if bias is None else (bias,)))
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
   out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
   # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
   dx, _ = jax.ffi.ffi_call('hinet_conv_bwd_input', (out, _packed_kernel(k, o, c)),
                            vmap_method='sequential')(
-                               g, kernel, **_kernel_attrs(stride, padding, kernel_layout))
+                               g, kernel, _bias(bias), **_kernel_attrs(stride, padding,
+                                                                       kernel_layout))
   return dx
 
 

@@ -124,12 +124,12 @@ class Conv(nn.Module):
     fan_in = x.shape[-1] * k * k
     kernel = self.param('kernel', torch_kernel_init(), (k, k, x.shape[-1], self.features),
                         self.param_dtype)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = convolution.conv(x, kernel, self.strides, self.padding, self.conv_impl)
+    bias = None
     if self.use_bias:
-      bias = self.param('bias', torch_bias_init(fan_in), (self.features,), self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
+      bias = self.param('bias', torch_bias_init(fan_in), (self.features,),
+                        self.param_dtype).astype(self.dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return convolution.conv(x, kernel, self.strides, self.padding, self.conv_impl, bias)
 
 
 class UpConv2x2(nn.Module):
@@ -159,7 +159,7 @@ class UpConv2x2(nn.Module):
     bias = self.param('bias', torch_bias_init(self.features * 4), (self.features,),
                       self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    return convolution.upconv2x2(x, kernel, self.conv_impl) + bias.astype(self.dtype)
+    return convolution.upconv2x2(x, kernel, self.conv_impl, bias.astype(self.dtype))
 
 
 class InstanceNorm(nn.Module):

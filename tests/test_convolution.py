@@ -104,6 +104,28 @@ def test_native_upconv_matches_matmul_form(shape):
     assert a.shape == b.shape and _rel(a, b) < 1e-5
 
 
+@pytest.mark.parametrize('layer', ['conv3x3', 'conv4x4s2', 'conv1x1', 'upconv'])
+def test_native_bias_is_added_in_the_kernel(layer):
+  """The bias goes into the kernels' output (no pass of its own); values and all three
+  gradients equal adding it after XLA's convolution. O = 20: a vector tail too."""
+  x, b, = _random((2, 6, 10, 12), 0), _random((20,), 1)
+  if layer == 'upconv':
+    k = _random((2, 2, 12, 20), 2)
+    native = lambda x, k, b: convolution.upconv2x2(x, k, 'native', b)
+    ref = lambda x, k, b: convolution.matmul_upconv2x2(x, k) + b
+  else:
+    size, stride, pad = {'conv3x3': (3, 1, 1), 'conv4x4s2': (4, 2, 1), 'conv1x1': (1, 1, 0)}[layer]
+    k = _random((size, size, 12, 20), 2)
+    native = lambda x, k, b: convolution.conv(x, k, stride, pad, 'native', b)
+    ref = lambda x, k, b: convolution.conv_xla(x, k, stride, pad) + b
+  ct = _random(ref(x, k, b).shape, 3)
+  run = lambda f: jax.jit(lambda x, k, b: (f(x, k, b), jax.grad(
+      lambda *a: jnp.sum(f(*a) * ct), (0, 1, 2))(x, k, b)))(x, k, b)
+  (y, grads), (y_ref, grads_ref) = run(native), run(ref)
+  for a, r in zip((y, *grads), (y_ref, *grads_ref)):
+    assert a.shape == r.shape and _rel(a, r) < 1e-5
+
+
 def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():
   """The image entering the network needs no gradient: one backward call, kernel gradient only."""
   x, k = _random((1, 8, 8, 16), 0), _random((3, 3, 16, 32), 1)

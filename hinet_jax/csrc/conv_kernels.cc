@@ -1,35 +1,41 @@
 // CPU convolution kernels for HINet, as XLA FFI custom calls (built and registered by
-// hinet_jax/cpu_kernels.py). Square kernels, NHWC x HWIO, symmetric zero padding, float32.
+// hinet_jax/cpu_kernels.py). Square kernels up to 8x8, NHWC, kernels (k, k, C, O) or, with
+// kernel_hwoi, (k, k, O, C); symmetric zero padding; float32.
 //
-// HinetConvFwd, the convolution:
-//   y[n, h, w, o] = sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]   (0 outside)
-// HinetConvBwdInput, its input gradient (the transposed convolution of the cotangent g):
+// HinetConvFwd, the convolution (+ bias):
+//   y[n, h, w, o] = b[o] + sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]
+// HinetConvBwdInput, its input gradient, which is also the transposed convolution of g (+ bias):
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
 //   over the taps where both divisions are exact and land inside g.
-// HinetConvWgrad, its kernel gradient:
-//   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o]
+// HinetConvBwd, both gradients of a layer: the input gradient above (or, for a transposed-
+// convolution layer, the convolution) and the kernel gradient
+//   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o].
+// (zero outside the image everywhere.)
 //
 // Why they exist: XLA:CPU's convolutions (YNNPACK or Eigen) ran HINet's shapes at 35-90% of the
 // float32 matmul rate, its kernel gradients (a convolution over the whole image with C as the
 // batch, after transposing x and g) and strided input gradients lower still (bench/README.md).
-// These run every HINet shape as register-blocked matmuls with no layout changes.
+// These run every HINet shape as register-blocked matmuls with no layout changes in XLA.
 //
 // Convolution and input gradient share one micro-kernel (DirectKernel): a block of MR output
 // pixels x NV vectors of output channels stays in registers over a list of taps, each tap a run
 // of R reduction channels, broadcasting the input and loading the weights. For the convolution
-// a tap is (i, j) and R = C; for the input gradient of a stride-s conv, the output pixels of one
-// row with the same column parity modulo s meet the same taps, at consecutive pixels of g, so a
-// block of them is the same matmul with R = O over the taps of that parity. Inputs are first
-// copied into a zero-padded scratch buffer (an extra output of the custom call, so XLA allocates
-// and reuses it), so no block ever checks bounds; the input gradient also reads W transposed,
-// (k, k, O, C), from a second scratch buffer. Work items are (group of output-channel blocks,
-// output row), group-major: a group's weight panel stays in L2 while the rows stream past it,
-// which matters on the deep levels where W is megabytes and the image a few rows.
+// a tap is (i, j) and R = C; for the input gradient of a stride-s conv, the output pixels with
+// the same row and column parity modulo s meet the same taps, at consecutive pixels of g, so a
+// block of them is the same product with R = O over the taps of that parity. Each pixel of a
+// block has its own input and output offset, so blocks span rows (a 16-pixel row is not 12 + 4).
+// The weights are first packed (PackWeights, into a scratch output of the call that XLA
+// allocates) as the micro-kernel reads them, so every weight load is sequential, and the
+// reduction runs in chunks whose weights stay in L1. Work items are bands of output rows (a few
+// rows of a large image, a whole small one) times ranges of output channels (split only as far
+// as the threads need); the input rows a band reads are copied once into a small zero-padded
+// buffer, so no block checks bounds.
 //
 // Kernel gradient: for a fixed tap (i, j) and output row (n, h), the pixels that meet are one
 // strided run of x's row s*h + i - p and one contiguous run of g's row h, so each tap is a sum
 // of small GEMMs over such runs (K = pixels, M = C, N = O). The micro-kernel keeps NC input
-// channels x NV vectors of output channels of dW in registers over all runs of a chunk of rows.
+// channels x NV vectors of output channels of dW in registers over all runs of a chunk of rows
+// (with kernel_hwoi the roles of x and g swap, so dW comes out (k, k, O, C) directly).
 //
 // Threads (ParallelFor): work items are taken from an atomic counter by the calling thread and by
 // tasks scheduled on XLA's intra-op pool. The caller only ever waits for items already taken,
@@ -155,17 +161,23 @@ struct PixelBlock {
 // (32 KiB with AVX-512), stays in L1 while the blocks of a band pass over it.
 constexpr int64_t kChunkRows = 256;
 
-// out[pix.out[m] + v*kVec + (0..kVec)] (+)= sum over rows q in [q0, q1) of the flattened
+// out[pix.out[m] + v*kVec + (0..kVec)] = start + sum over rows q in [q0, q1) of the flattened
 // (tap, r) reduction of in[pix.in[m] + taps.in_off[t] + r] * panel[(taps.index[t] * n_red + r) *
-// NV * kVec + v*kVec + (0..kVec)], adding to what `out` holds if `accumulate`. `panel` is one
-// block of NV*kVec output channels of the packed weights (PackWeights).
+// NV * kVec + v*kVec + (0..kVec)], where start is what `out` holds if `accumulate`, else
+// `bias[v*kVec + (0..kVec)]` if given (the layer's bias, added here rather than in a pass of its
+// own), else 0. `panel` is one block of NV*kVec output channels of the packed weights.
 template <int MR, int NV>
 void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, const float* panel,
-                  int64_t n_red, int64_t q0, int64_t q1, bool accumulate, float* out) {
+                  int64_t n_red, int64_t q0, int64_t q1, bool accumulate, const float* bias,
+                  float* out) {
   Vec acc[MR][NV] = {};
-  if (accumulate)
+  if (accumulate) {
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NV; ++v) acc[m][v] = LoadVec(out + pix.out[m] + v * kVec);
+  } else if (bias) {
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) acc[m][v] = LoadVec(bias + v * kVec);
+  }
   for (int64_t t = q0 / n_red; t * n_red < q1; ++t) {
     const int64_t r0 = std::max(q0 - t * n_red, int64_t{0});
     const int64_t r1 = std::min(q1 - t * n_red, n_red);
@@ -186,7 +198,7 @@ void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, c
 }
 
 using DirectKernelFn = void (*)(const float*, const PixelBlock&, const TapList&, const float*,
-                                int64_t, int64_t, int64_t, bool, float*);
+                                int64_t, int64_t, int64_t, bool, const float*, float*);
 
 template <int NV, int... MR>
 constexpr std::array<DirectKernelFn, sizeof...(MR)> DirectTable(std::integer_sequence<int, MR...>) {
@@ -260,34 +272,41 @@ void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
   });
 }
 
-// Output channels [o0, o1) of a band's blocks of pixels, one kChunkRows chunk of the reduction
-// at a time: each chunk of weights stays in L1 while every block passes over it.
+// Output channels [o0, o1) of a band's blocks of pixels (plus `bias`, if not null), one
+// kChunkRows chunk of the reduction at a time: each chunk of weights stays in L1 while every
+// block passes over it.
 void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const TapList& taps,
-                const Packed& w, int64_t o0, int64_t o1, float* out) {
+                const Packed& w, int64_t o0, int64_t o1, const float* bias, float* out) {
   const int64_t rows = taps.n * w.n_red;
   const Blocks chunks(rows, kChunkRows);
   for (int64_t o = o0; o < o1; o += w.Width(o)) {
     const int64_t width = w.Width(o);
-    const bool partial = o + width > w.n_out;  // the last vector, zero-padded in the panel
     const auto& kernels = width == 2 * kVec ? kDirect2 : kDirect1;
-    for (int64_t ch = 0; ch < chunks.n; ++ch) {
-      const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
-      for (const PixelBlock& pix : blocks) {
-        if (!partial) {
-          kernels[pix.mr - 1](in, pix, taps, w.Panel(o), w.n_red, q0, q1, ch > 0, out + o);
-          continue;
-        }
-        // Compute the partial vector whole in a buffer and keep its valid lanes.
-        float buffer[kMaxMR * kVec];
-        PixelBlock local = pix;
-        for (int m = 0; m < pix.mr; ++m) {
-          local.out[m] = m * kVec;
-          if (ch > 0) std::memcpy(buffer + m * kVec, out + pix.out[m] + o, (w.n_out - o) * sizeof(float));
-        }
-        kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), w.n_red, q0, q1, ch > 0, buffer);
-        for (int m = 0; m < pix.mr; ++m)
-          std::memcpy(out + pix.out[m] + o, buffer + m * kVec, (w.n_out - o) * sizeof(float));
+    if (o + width <= w.n_out) {
+      for (int64_t ch = 0; ch < chunks.n; ++ch) {
+        const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
+        for (const PixelBlock& pix : blocks)
+          kernels[pix.mr - 1](in, pix, taps, w.Panel(o), w.n_red, q0, q1, ch > 0,
+                              bias ? bias + o : nullptr, out + o);
       }
+      continue;
+    }
+    // The last vector, zero-padded in the panel: computed whole in a buffer, whose valid lanes
+    // are kept.
+    const int64_t valid = w.n_out - o;
+    float padded_bias[kVec] = {};
+    if (bias) std::memcpy(padded_bias, bias + o, valid * sizeof(float));
+    for (const PixelBlock& pix : blocks) {
+      float buffer[kMaxMR * kVec];
+      PixelBlock local = pix;
+      for (int m = 0; m < pix.mr; ++m) local.out[m] = m * kVec;
+      for (int64_t ch = 0; ch < chunks.n; ++ch) {
+        const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
+        kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), w.n_red, q0, q1, ch > 0,
+                             bias ? padded_bias : nullptr, buffer);
+      }
+      for (int m = 0; m < pix.mr; ++m)
+        std::memcpy(out + pix.out[m] + o, buffer + m * kVec, valid * sizeof(float));
     }
   }
 }
@@ -297,7 +316,8 @@ void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const Ta
 // whose images are a band or two): each item copies its band once (see Bands).
 struct WorkItems {
   int64_t n_bands, splits, split_channels;  // bands of all images, channel ranges, channels each
-  WorkItems(const ffi::ThreadPool& pool, int64_t images, int64_t bands_per_image, int64_t channels) {
+  WorkItems(const ffi::ThreadPool& pool, int64_t images, int64_t bands_per_image,
+            int64_t channels) {
     n_bands = images * bands_per_image;
     const int64_t threads = std::max<int64_t>(1, pool.num_threads());
     const int64_t blocks = CeilDiv(channels, 2 * kVec);
@@ -310,10 +330,10 @@ struct WorkItems {
   int64_t channel0(int64_t item) const { return item / n_bands * split_channels; }
 };
 
-// The input rows a band of output rows reads are
-// copied into a thread-local buffer with zero rows and columns around the image (unless none are
-// needed), so no block checks bounds. A band is ~kBandPixels output pixels: a few rows of a large image (the
-// copy stays in L1/L2 and costs little next to the product), the whole of a small one.
+// The input rows a band of output rows reads are copied into a thread-local buffer with zero
+// rows and columns around the image (unless none are needed), so no block checks bounds. A band
+// is ~kBandPixels output pixels: a few rows of a large image (the copy stays in L1/L2 and costs
+// little next to the product), the whole of a small one.
 constexpr int64_t kBandPixels = 512;
 
 struct Bands {
@@ -415,9 +435,10 @@ bool IsOutput(const Geometry& g, ffi::Span<const int64_t> d) {
 // Convolution and input gradient.
 //===----------------------------------------------------------------------===//
 
-// y = the convolution of x. `packed` holds Packed::Size(k*k, C, O) floats of scratch.
-void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* w, float* y,
-             float* packed_data) {
+// y = the convolution of x (+ bias, if not null). `packed` holds Packed::Size(k*k, C, O) floats
+// of scratch.
+void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* w,
+             const float* bias, float* y, float* packed_data) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
   const int64_t k = geo.k, stride = geo.s, padding = geo.p;
   if (n * ho * wo * o == 0) return;
@@ -443,19 +464,21 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const f
                              stride * (h1 - h0 - 1) + k, padding, width, band_buffer);
     MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * c, stride * c,
                           (img * ho + h0) * wo * o, wo * o, o}, blocks);
-    DirectBand(band, blocks, taps, packed, o0, o1, y);
+    DirectBand(band, blocks, taps, packed, o0, o1, bias, y);
   });
 }
 
 // dx = the input gradient of the convolution for the output cotangent g (the transposed
-// convolution of g). `packed` holds Packed::Size(k*k, O, C) floats of scratch.
+// convolution of g; + bias, if not null, when it runs as a layer). `packed` holds
+// Packed::Size(k*k, O, C) floats of scratch.
 void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const float* w,
-               float* dx, float* packed_data) {
+               const float* bias, float* dx, float* packed_data) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
   const int64_t k = geo.k, stride = geo.s, padding = geo.p;
   if (n * h * wdt * c == 0) return;
   if (ho * wo * o == 0) {
-    std::fill(dx, dx + n * h * wdt * c, 0.f);
+    for (int64_t i = 0; i < n * h * wdt; ++i)
+      for (int64_t cc = 0; cc < c; ++cc) dx[i * c + cc] = bias ? bias[cc] : 0.f;
     return;
   }
   // The product's reduction runs over O and its outputs are C: W read as (k, k, O, C).
@@ -498,12 +521,12 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
           }
         MakeBlocks(cls, blocks);
         if (taps.n > 0) {
-          DirectBand(band, blocks, taps, packed, c0, c1, dx);
+          DirectBand(band, blocks, taps, packed, c0, c1, bias, dx);
           continue;
         }
         for (const PixelBlock& pix : blocks)  // no tap reaches these pixels (a kernel smaller
           for (int m = 0; m < pix.mr; ++m)    // than the stride)
-            std::fill(dx + pix.out[m] + c0, dx + pix.out[m] + c1, 0.f);
+            for (int64_t cc = c0; cc < c1; ++cc) dx[pix.out[m] + cc] = bias ? bias[cc] : 0.f;
       }
     }
   });
@@ -612,7 +635,8 @@ void AccumulateTap(const Problem& p, int64_t r0, int64_t r1, int64_t i, int64_t 
     int64_t o0 = 0;
     for (; o0 + 2 * kVec <= cols; o0 += 2 * kVec)
       kKernels2[nc - 1](runs.data(), n_runs, cb, o0, st, acc + o0);
-    for (; o0 + kVec <= cols; o0 += kVec) kKernels1[nc - 1](runs.data(), n_runs, cb, o0, st, acc + o0);
+    for (; o0 + kVec <= cols; o0 += kVec)
+      kKernels1[nc - 1](runs.data(), n_runs, cb, o0, st, acc + o0);
     if (o0 < cols) TailKernel(runs.data(), n_runs, cb, o0, nc, cols - o0, st, acc + o0);
   }
 }
@@ -674,35 +698,53 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, cons
 // FFI handlers.
 //===----------------------------------------------------------------------===//
 
-// y = conv(x, W) (and the packed kernel, scratch).
+// The bias argument: (O,) to add to every output pixel, or (0,) for none.
+ffi::Error BiasOf(const char* op, ffi::Buffer<ffi::F32>& bias, int64_t channels,
+                  const float** out) {
+  const auto d = bias.dimensions();
+  if (d.size() != 1 || (d[0] != 0 && d[0] != channels))
+    return ffi::Error::InvalidArgument(std::string(op) + ": the bias must be (O,) or (0,)");
+  *out = d[0] ? bias.typed_data() : nullptr;
+  return ffi::Error::Success();
+}
+
+// y = conv(x, W) + bias (and the packed kernel, scratch).
 ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> packed,
-                       int64_t stride, int64_t padding, int64_t kernel_hwoi) {
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
+                       int64_t kernel_hwoi) {
   Geometry geo;
   if (auto e = MakeGeometry("conv_fwd", x.dimensions(), w.dimensions(), stride, padding,
                             kernel_hwoi, &geo); e.failure())
     return e;
+  const float* b;
+  if (auto e = BiasOf("conv_fwd", bias, geo.o, &b); e.failure()) return e;
   if (!IsOutput(geo, y->dimensions()))
     return ffi::Error::InvalidArgument("conv_fwd: y must be (N, Ho, Wo, O)");
   if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, geo.c, geo.o)))
     return ffi::Error::InvalidArgument("conv_fwd: the packed-kernel scratch buffer is too small");
-  Forward(pool, geo, x.typed_data(), w.typed_data(), y->typed_data(), packed->typed_data());
+  Forward(pool, geo, x.typed_data(), w.typed_data(), b, y->typed_data(), packed->typed_data());
   return ffi::Error::Success();
 }
 
-// dx = the input gradient of conv(., W) for the cotangent g (the transposed convolution of g).
+// dx = the input gradient of conv(., W) for the cotangent g (the transposed convolution of g),
+// + bias.
 ffi::Error ConvBwdInputImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
-                            ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> packed,
-                            int64_t stride, int64_t padding, int64_t kernel_hwoi) {
+                            ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> dx,
+                            ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
+                            int64_t kernel_hwoi) {
   Geometry geo;
   if (auto e = MakeGeometry("conv_bwd_input", dx->dimensions(), w.dimensions(), stride, padding,
                             kernel_hwoi, &geo); e.failure())
     return e;
+  const float* b;
+  if (auto e = BiasOf("conv_bwd_input", bias, geo.c, &b); e.failure()) return e;
   if (!IsOutput(geo, g.dimensions()))
     return ffi::Error::InvalidArgument("conv_bwd_input: g must be (N, Ho, Wo, O) for dx's N, H, W");
   if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, geo.o, geo.c)))
-    return ffi::Error::InvalidArgument("conv_bwd_input: the packed-kernel scratch buffer is too small");
-  InputGrad(pool, geo, g.typed_data(), w.typed_data(), dx->typed_data(), packed->typed_data());
+    return ffi::Error::InvalidArgument(
+        "conv_bwd_input: the packed-kernel scratch buffer is too small");
+  InputGrad(pool, geo, g.typed_data(), w.typed_data(), b, dx->typed_data(), packed->typed_data());
   return ffi::Error::Success();
 }
 
@@ -733,14 +775,18 @@ ffi::Error ConvBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffe
   if (dwd.size() != 4 || !std::equal(wd.begin(), wd.end(), dwd.begin()))
     return ffi::Error::InvalidArgument("conv_bwd: dW must have the kernel's shape");
   if (input_grad) {
-    const bool ok = transposed ? IsOutput(geo, d_in->dimensions()) : IsInput(geo, d_in->dimensions());
+    const auto dd = d_in->dimensions();
+    const bool ok = transposed ? IsOutput(geo, dd) : IsInput(geo, dd);
     const int64_t n_red = transposed ? geo.c : geo.o, n_out = transposed ? geo.o : geo.c;
-    if (!ok || packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, n_red, n_out)))
+    const auto needed = static_cast<size_t>(Packed::Size(geo.k * geo.k, n_red, n_out));
+    if (!ok || packed->element_count() < needed)
       return ffi::Error::InvalidArgument("conv_bwd: input gradient or scratch of the wrong shape");
     if (transposed)
-      Forward(pool, geo, a.typed_data(), w.typed_data(), d_in->typed_data(), packed->typed_data());
+      Forward(pool, geo, a.typed_data(), w.typed_data(), nullptr, d_in->typed_data(),
+              packed->typed_data());
     else
-      InputGrad(pool, geo, b.typed_data(), w.typed_data(), d_in->typed_data(), packed->typed_data());
+      InputGrad(pool, geo, b.typed_data(), w.typed_data(), nullptr, d_in->typed_data(),
+                packed->typed_data());
   }
   KernelGrad(pool, geo, a.typed_data(), b.typed_data(), dw->typed_data());
   return ffi::Error::Success();
@@ -753,6 +799,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvFwd, ConvFwdImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
@@ -762,6 +809,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvFwd, ConvFwdImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvBwdInput, ConvBwdInputImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
