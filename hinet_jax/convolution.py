@@ -238,10 +238,9 @@ def _require_native(x: Array, kernel: Array) -> None:
   if not native_applies(x, kernel):
     raise ValueError(
         "conv_impl='native' needs the CPU backend, float32, a square kernel up to 8x8, static "
-        "shapes and "
-        f'the hinet_jax CPU kernels built (backend {jax.default_backend()}, {x.dtype} x '
-        f"{kernel.dtype}, kernel {kernel.shape}, kernels built: {cpu_kernels.available()}). Use "
-        "conv_impl='auto', which picks a form that runs here.")
+        f'shapes and the hinet_jax CPU kernels built (backend {jax.default_backend()}, '
+        f'{x.dtype} x {kernel.dtype}, kernel {kernel.shape}, kernels built: '
+        f"{cpu_kernels.available()}). Use conv_impl='auto', which picks a form that runs here.")
 
 
 def auto_impl(shape: tuple, features: int, backend: str | None = None,
