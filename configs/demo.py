@@ -10,9 +10,9 @@ window) on the same tiles and writes WORKDIR/final_metrics.json ('psnr', 'ssim',
 'input_ssim', 'nlm_psnr', ...) and a before/after PNG of one held-out tile
 (WORKDIR/panel_<name>.png: degraded | restored | clean).
 
-Measured on a shared 2-core CPU (800 steps of 8 crops of 64x64, 4.5-6.5 minutes including
+Measured on a shared 2-core CPU (800 steps of 8 crops of 64x64, about 3 minutes including
 compilation, validation and the baseline): held-out tiles PSNR/SSIM input 21.47 dB / 0.308,
-non-local means 29.01 dB / 0.719, this model 29.98 dB / 0.748 (+0.96 dB over NLM).
+non-local means 29.01 dB / 0.719, this model 29.92 dB / 0.748 (+0.90 dB over NLM).
 """
 
 import ml_collections
