@@ -1,13 +1,13 @@
 """Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has three entry points: a convolution (`conv_forward`, bias added inside),
-its input gradient (`conv_input_grad`, which is also the transposed convolution), and both
-gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`), for square kernels up
-to 8x8, any stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. XLA:CPU's
-convolutions (YNNPACK or Eigen) run HINet's shapes at 35-90% of the float32 matmul rate, its
-kernel gradients and strided input gradients lower still; these run at 75-95% of it
-(bench/README.md, levers log; `bench/conv_shapes.py` measures every shape of the model). The C++
-source's header says how. CPU-only: GPUs and TPUs keep XLA's convolutions.
+`csrc/conv_kernels.cc` has two FFI handlers: a convolution-like product (`conv_forward`, bias
+added inside, and its input gradient `conv_input_grad`, which is also the transposed
+convolution), and both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`),
+for square kernels up to 8x8, any stride and symmetric zero padding, NHWC, kernels HWIO (or
+HWOI), float32. XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes at 35-90% of the
+float32 matmul rate, its kernel gradients and strided input gradients lower still; these run at
+75-95% of it (bench/README.md, levers log; `bench/conv_shapes.py` measures every shape of the
+model). The C++ source's header says how. CPU-only: GPUs and TPUs keep XLA's convolutions.
 
 The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`) for the
 host CPU (`-march=native`) the first time a convolution needs it, into a cache directory
@@ -38,8 +38,7 @@ Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'conv_kernels.cc'
 # FFI target name -> symbol in the library.
-_TARGETS = {'hinet_conv_fwd': 'HinetConvFwd', 'hinet_conv_bwd_input': 'HinetConvBwdInput',
-            'hinet_conv_bwd': 'HinetConvBwd'}
+_TARGETS = {'hinet_conv': 'HinetConv', 'hinet_conv_bwd': 'HinetConvBwd'}
 MAX_KERNEL_SIZE = 8  # kMaxTaps = 64 in the source
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 _ENV_SWITCH = 'HINET_JAX_NATIVE_KERNELS'
@@ -181,10 +180,10 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
                               o), jnp.float32)
   # The kernel packed for the micro-kernel, as a second output so that XLA allocates (and
   # reuses) its memory. 'sequential': under vmap each element is its own call.
-  y, _ = jax.ffi.ffi_call('hinet_conv_fwd', (out, _packed_kernel(k, c, o)),
+  y, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, c, o)),
                           vmap_method='sequential')(
-                              x, kernel, _bias(bias), **_kernel_attrs(stride, padding,
-                                                                      kernel_layout))
+                              x, kernel, _bias(bias), transposed=np.int64(0),
+                              **_kernel_attrs(stride, padding, kernel_layout))
   return y
 
 
@@ -211,10 +210,10 @@ def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, paddin
   c, o = _io(kernel, kernel_layout)
   out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
   # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
-  dx, _ = jax.ffi.ffi_call('hinet_conv_bwd_input', (out, _packed_kernel(k, o, c)),
+  dx, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, o, c)),
                            vmap_method='sequential')(
-                               g, kernel, _bias(bias), **_kernel_attrs(stride, padding,
-                                                                       kernel_layout))
+                               g, kernel, _bias(bias), transposed=np.int64(1),
+                               **_kernel_attrs(stride, padding, kernel_layout))
   return dx
 
 

@@ -2,9 +2,9 @@
 // hinet_jax/cpu_kernels.py). Square kernels up to 8x8, NHWC, kernels (k, k, C, O) or, with
 // kernel_hwoi, (k, k, O, C); symmetric zero padding; float32.
 //
-// HinetConvFwd, the convolution (+ bias):
+// HinetConv, the convolution (+ bias):
 //   y[n, h, w, o] = b[o] + sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]
-// HinetConvBwdInput, its input gradient, which is also the transposed convolution of g (+ bias):
+// or (transposed = 1) its input gradient, which is also the transposed convolution of g (+ bias):
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
 //   over the taps where both divisions are exact and land inside g.
 // HinetConvBwd, both gradients of a layer: the input gradient above (or, for a transposed-
@@ -344,6 +344,21 @@ struct Bands {
         n(CeilDiv(out_rows, rows)) {}
 };
 
+// Runs fn(img, r0, r1, ch0, ch1) for every work item: output rows [r0, r1) of image img, output
+// channels [ch0, ch1).
+template <typename Fn>
+void ForEachBand(ffi::ThreadPool& pool, int64_t images, int64_t rows, int64_t cols,
+                 int64_t channels, Fn fn) {
+  const Bands bands(rows, cols);
+  const WorkItems items(pool, images, bands.n, channels);
+  ParallelFor(pool, items.size(), [&](int64_t item) {
+    const int64_t band = items.band(item), ch0 = items.channel0(item);
+    const int64_t img = band / bands.n, r0 = band % bands.n * bands.rows;
+    fn(img, r0, std::min(rows, r0 + bands.rows), ch0,
+       std::min(channels, ch0 + items.split_channels));
+  });
+}
+
 // The rows [row0, row0 + n_rows) of image `img` of (N, H, W, C) `x`, each with `left` zero
 // columns before and zeros after up to `width` columns, rows outside [0, H) zeros: x itself
 // where that is all inside it (no zeros needed: a 1x1 or unpadded convolution), else a copy in
@@ -452,14 +467,10 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const f
       taps.in_off[taps.n] = (i * width + j) * c;
       taps.index[taps.n++] = i * k + j;
     }
-  const Bands bands(ho, wo);
-  const WorkItems items(pool, n, bands.n, o);
-  ParallelFor(pool, items.size(), [&](int64_t item) {
+  ForEachBand(pool, n, ho, wo, o, [&](int64_t img, int64_t h0, int64_t h1, int64_t o0,
+                                       int64_t o1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
-    const int64_t o0 = items.channel0(item), o1 = std::min(o, o0 + items.split_channels);
-    const int64_t img = items.band(item) / bands.n, h0 = items.band(item) % bands.n * bands.rows;
-    const int64_t h1 = std::min(ho, h0 + bands.rows);
     const float* band = Band(x, h, wdt, c, img, stride * h0 - padding,
                              stride * (h1 - h0 - 1) + k, padding, width, band_buffer);
     MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * c, stride * c,
@@ -489,14 +500,10 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
   // from -left (the leftmost any tap reaches) to the rightmost.
   const int64_t left = std::max<int64_t>(0, -FloorDiv(padding - k + 1, stride));
   const int64_t width = left + std::max(wo, FloorDiv(wdt - 1 + padding, stride) + 1);
-  const Bands bands(h, wdt);
-  const WorkItems items(pool, n, bands.n, c);
-  ParallelFor(pool, items.size(), [&](int64_t item) {
+  ForEachBand(pool, n, h, wdt, c, [&](int64_t img, int64_t y0, int64_t y1, int64_t c0,
+                                       int64_t c1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
-    const int64_t c0 = items.channel0(item), c1 = std::min(c, c0 + items.split_channels);
-    const int64_t img = items.band(item) / bands.n, y0 = items.band(item) % bands.n * bands.rows;
-    const int64_t y1 = std::min(h, y0 + bands.rows);
     const int64_t g_row0 = FloorDiv(y0 + padding - k + 1, stride);
     const float* band = Band(g, ho, wo, o, img, g_row0,
                              FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1, left, width,
@@ -708,43 +715,32 @@ ffi::Error BiasOf(const char* op, ffi::Buffer<ffi::F32>& bias, int64_t channels,
   return ffi::Error::Success();
 }
 
-// y = conv(x, W) + bias (and the packed kernel, scratch).
-ffi::Error ConvFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
-                       ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
-                       int64_t kernel_hwoi) {
+// A convolution-like product of `in` with W, + bias, into `out` (and the packed kernel, scratch):
+// the convolution itself (transposed = 0: in = x, out = y), or its input gradient, which is
+// also the transposed convolution (transposed = 1: in = the cotangent g, out = dx). One handler
+// for both: they differ only in which side of the convolution `in` is.
+ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> w,
+                    ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out,
+                    ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
+                    int64_t kernel_hwoi, int64_t transposed) {
   Geometry geo;
-  if (auto e = MakeGeometry("conv_fwd", x.dimensions(), w.dimensions(), stride, padding,
-                            kernel_hwoi, &geo); e.failure())
+  const auto input_side = transposed ? out->dimensions() : in.dimensions();
+  if (auto e = MakeGeometry("conv", input_side, w.dimensions(), stride, padding, kernel_hwoi,
+                            &geo); e.failure())
     return e;
-  const float* b;
-  if (auto e = BiasOf("conv_fwd", bias, geo.o, &b); e.failure()) return e;
-  if (!IsOutput(geo, y->dimensions()))
-    return ffi::Error::InvalidArgument("conv_fwd: y must be (N, Ho, Wo, O)");
-  if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, geo.c, geo.o)))
-    return ffi::Error::InvalidArgument("conv_fwd: the packed-kernel scratch buffer is too small");
-  Forward(pool, geo, x.typed_data(), w.typed_data(), b, y->typed_data(), packed->typed_data());
-  return ffi::Error::Success();
-}
-
-// dx = the input gradient of conv(., W) for the cotangent g (the transposed convolution of g),
-// + bias.
-ffi::Error ConvBwdInputImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
-                            ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> dx,
-                            ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
-                            int64_t kernel_hwoi) {
-  Geometry geo;
-  if (auto e = MakeGeometry("conv_bwd_input", dx->dimensions(), w.dimensions(), stride, padding,
-                            kernel_hwoi, &geo); e.failure())
-    return e;
-  const float* b;
-  if (auto e = BiasOf("conv_bwd_input", bias, geo.c, &b); e.failure()) return e;
-  if (!IsOutput(geo, g.dimensions()))
-    return ffi::Error::InvalidArgument("conv_bwd_input: g must be (N, Ho, Wo, O) for dx's N, H, W");
-  if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, geo.o, geo.c)))
+  const int64_t n_red = transposed ? geo.o : geo.c, n_out = transposed ? geo.c : geo.o;
+  const float* b = nullptr;
+  if (auto e = BiasOf("conv", bias, n_out, &b); e.failure()) return e;
+  if (!IsOutput(geo, transposed ? in.dimensions() : out->dimensions()))
     return ffi::Error::InvalidArgument(
-        "conv_bwd_input: the packed-kernel scratch buffer is too small");
-  InputGrad(pool, geo, g.typed_data(), w.typed_data(), b, dx->typed_data(), packed->typed_data());
+        "conv: the output side must be (N, Ho, Wo, O) for the input side's N, H, W");
+  if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, n_red, n_out)))
+    return ffi::Error::InvalidArgument("conv: the packed-kernel scratch buffer is too small");
+  if (transposed)
+    InputGrad(pool, geo, in.typed_data(), w.typed_data(), b, out->typed_data(),
+              packed->typed_data());
+  else
+    Forward(pool, geo, in.typed_data(), w.typed_data(), b, out->typed_data(), packed->typed_data());
   return ffi::Error::Success();
 }
 
@@ -794,7 +790,7 @@ ffi::Error ConvBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffe
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvFwd, ConvFwdImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConv, ConvImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -804,19 +800,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvFwd, ConvFwdImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("kernel_hwoi"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvBwdInput, ConvBwdInputImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("padding")
-                                  .Attr<int64_t>("kernel_hwoi"));
+                                  .Attr<int64_t>("kernel_hwoi")
+                                  .Attr<int64_t>("transposed"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvBwd, ConvBwdImpl,
                               ffi::Ffi::Bind()
