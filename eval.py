@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 
 from hinet_jax import evaluate
+from hinet_jax import host_memory
 from hinet_jax import image_ops
 from hinet_jax import inference
 from hinet_jax import pretrained
@@ -163,6 +164,7 @@ def main(argv):
     raise app.UsageError('--checkpoint is required.')
   if bool(_PROTOCOL.value) == bool(_INPUT.value):
     raise app.UsageError('Pass either --protocol (evaluate) or --input/--output (restore).')
+  host_memory.keep_freed_memory()  # before JAX runs anything (hinet_jax/host_memory.py)
   model, params = pretrained.load_pretrained(_CHECKPOINT.value, which=_WHICH.value)
   predict_fn = inference.make_predict_fn(model)
   if _PROTOCOL.value:

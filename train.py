@@ -17,6 +17,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from hinet_jax import host_memory
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard logs, final metrics.')
@@ -39,17 +41,10 @@ def initialize_distributed() -> None:
   """jax.distributed.initialize when asked; gloo collectives when the devices are CPUs."""
   if not (_DISTRIBUTED.value or _COORDINATOR.value):
     return
-  if os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or not _has_accelerator():
+  if host_memory.will_run_on_cpu():
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-
-
-def _has_accelerator() -> bool:
-  """Whether a GPU/TPU backend is installed (checked without initialising the backends)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  return any(importlib.util.find_spec(m) for m in ('jax_cuda12_plugin', 'jax_cuda13_plugin',
-                                                   'libtpu'))
 
 
 class _QuietOrbax(std_logging.Filter):
@@ -62,6 +57,8 @@ class _QuietOrbax(std_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Before JAX runs anything: XLA's threads keep the malloc arena they first allocate from.
+  host_memory.keep_freed_memory()
   initialize_distributed()
   # orbax logs ~70 INFO lines per save/restore through absl (shared/API_NOTES.md, misc).
   logging.get_absl_handler().addFilter(_QuietOrbax())

@@ -64,6 +64,11 @@ _ISOLATE = flags.DEFINE_bool(
     'isolate', True, 'Time each framework in its own process (default). --noisolate interleaves '
     'them in one process, which evens out background load but lets one framework\'s idle '
     'worker threads slow the other (JAX 7-20%, torch 4-7% slower here).')
+_KEEP_FREED_MEMORY = flags.DEFINE_bool(
+    'keep_freed_memory', True,
+    'Every worker (JAX and PyTorch alike) first calls `host_memory.keep_freed_memory()`, as '
+    'train.py and eval.py do: glibc malloc keeps freed memory instead of page-faulting fresh '
+    'buffers on every step.')
 _WORKER = flags.DEFINE_string('worker', None, 'Internal: run one job (JSON spec) and print it.')
 
 ALL_CASES = ('fwd256', 'tiled720', 'train_b2_128', 'train_b8_256')
@@ -92,6 +97,13 @@ def pin_threads(threads):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                ' --xla_cpu_multi_thread_eigen=false').strip()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def setup_malloc(spec):
+  """`host_memory.keep_freed_memory()` for every framework when the spec asks (before any runs)."""
+  if spec['keep_freed_memory']:
+    from hinet_jax import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.keep_freed_memory(only_on_cpu=False)
 
 
 def rss_mb():
@@ -465,6 +477,7 @@ def serve_as_worker(worker_fn):
   spec = json.loads(_WORKER.value)
   pin_threads(spec['threads'])
   sys.path.insert(0, _ROOT)
+  setup_malloc(spec)
   print(RESULT_PREFIX + json.dumps(worker_fn(spec)), flush=True)
   return True
 
@@ -473,6 +486,7 @@ def run_worker(spec_json):
   spec = json.loads(spec_json)
   pin_threads(spec['threads'])
   sys.path.insert(0, _ROOT)
+  setup_malloc(spec)
   kind = spec['kind']
   rows = {'timing': worker_timing, 'memory': worker_memory, 'ceiling': worker_ceiling}[kind](spec)
   print(RESULT_PREFIX + json.dumps(rows), flush=True)
@@ -484,6 +498,7 @@ def run_worker(spec_json):
 
 def spawn(spec, script=__file__):
   """Runs one job of `script` (its --worker) in a fresh subprocess; returns its rows or an error."""
+  spec = dict(spec, keep_freed_memory=spec.get('keep_freed_memory', _KEEP_FREED_MEMORY.value))
   cmd = [sys.executable, os.path.abspath(script), '--worker=' + json.dumps(spec)]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_ROOT, check=False)
   for line in proc.stdout.splitlines():

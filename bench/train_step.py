@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from hinet_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hinet_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hinet_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hinet_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -102,6 +103,7 @@ def format_table(result):
 def main(argv):
   del argv
   flags.FLAGS.mark_as_parsed()
+  host_memory.keep_freed_memory()  # as train.py does, before JAX runs anything
   result = benchmark(_CONFIG.value, _STEPS.value, _DATA.value)
   result['config'] = config_flags.get_config_filename(flags.FLAGS['config'])
   print(format_table(result))

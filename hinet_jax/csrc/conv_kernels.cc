@@ -29,7 +29,8 @@
 // reduction runs in chunks whose weights stay in L1. Work items are bands of output rows (a few
 // rows of a large image, a whole small one) times ranges of output channels (split only as far
 // as the threads need); the input rows a band reads are copied once into a small zero-padded
-// buffer, so no block checks bounds.
+// buffer, so no block checks bounds (where the channels are split, the whole padded input is
+// copied once for all items: SharedBands).
 //
 // Kernel gradient: for a fixed tap (i, j) and output row (n, h), the pixels that meet are one
 // strided run of x's row s*h + i - p and one contiguous run of g's row h, so each tap is a sum
@@ -313,7 +314,8 @@ void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const Ta
 
 // Work items: (range of output channels, image, band of output rows), channel-range-major. The
 // channels are split only as far as needed to give every thread several items (the deep levels,
-// whose images are a band or two): each item copies its band once (see Bands).
+// whose images are a band or two): each item copies its band once (see Bands), or with split
+// channels all items read one shared copy (SharedBands).
 struct WorkItems {
   int64_t n_bands, splits, split_channels;  // bands of all images, channel ranges, channels each
   WorkItems(const ffi::ThreadPool& pool, int64_t images, int64_t bands_per_image,
@@ -344,13 +346,12 @@ struct Bands {
         n(CeilDiv(out_rows, rows)) {}
 };
 
-// Runs fn(img, r0, r1, ch0, ch1) for every work item: output rows [r0, r1) of image img, output
+// Runs fn(img, r0, r1, ch0, ch1) for every work item of `items` (made for these `rows` x `cols`
+// output pixels a image, in bands of `bands`): output rows [r0, r1) of image img, output
 // channels [ch0, ch1).
 template <typename Fn>
-void ForEachBand(ffi::ThreadPool& pool, int64_t images, int64_t rows, int64_t cols,
+void ForEachBand(ffi::ThreadPool& pool, const Bands& bands, const WorkItems& items, int64_t rows,
                  int64_t channels, Fn fn) {
-  const Bands bands(rows, cols);
-  const WorkItems items(pool, images, bands.n, channels);
   ParallelFor(pool, items.size(), [&](int64_t item) {
     const int64_t band = items.band(item), ch0 = items.channel0(item);
     const int64_t img = band / bands.n, r0 = band % bands.n * bands.rows;
@@ -359,17 +360,11 @@ void ForEachBand(ffi::ThreadPool& pool, int64_t images, int64_t rows, int64_t co
   });
 }
 
-// The rows [row0, row0 + n_rows) of image `img` of (N, H, W, C) `x`, each with `left` zero
-// columns before and zeros after up to `width` columns, rows outside [0, H) zeros: x itself
-// where that is all inside it (no zeros needed: a 1x1 or unpadded convolution), else a copy in
-// `buf`.
-const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
-                  int64_t n_rows, int64_t left, int64_t width, std::vector<float>& buf) {
-  if (left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h)
-    return x + (img * h + row0) * w * c;
-  buf.resize(n_rows * width * c);
-  for (int64_t r = 0; r < n_rows; ++r) {
-    float* dst = buf.data() + r * width * c;
+// Copies rows [row0, row0 + n_rows) of image `img` of (N, H, W, C) `x` to `dst`, each with
+// `left` zero columns before and zeros after up to `width` columns, rows outside [0, H) zeros.
+void CopyPaddedRows(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
+                    int64_t n_rows, int64_t left, int64_t width, float* dst) {
+  for (int64_t r = 0; r < n_rows; ++r, dst += width * c) {
     const int64_t hx = row0 + r;
     if (hx < 0 || hx >= h) {
       std::fill(dst, dst + width * c, 0.f);
@@ -379,7 +374,37 @@ const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, 
     std::memcpy(dst + left * c, x + ((img * h + hx) * w) * c, w * c * sizeof(float));
     std::fill(dst + (left + w) * c, dst + width * c, 0.f);
   }
+}
+
+// Those rows, padded as above: x itself where they are all inside it (no zeros needed: a 1x1 or
+// unpadded convolution), else a copy in `buf`.
+const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
+                  int64_t n_rows, int64_t left, int64_t width, std::vector<float>& buf) {
+  if (left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h)
+    return x + (img * h + row0) * w * c;
+  buf.resize(n_rows * width * c);
+  CopyPaddedRows(x, h, w, c, img, row0, n_rows, left, width, buf.data());
   return buf.data();
+}
+
+// Small images (the deep levels) are a band or two each, so their work items split the output
+// channels, and every item would copy the same band again (8 copies of a 1.2 MB input for the
+// 4x4/stride-2 conv of 32x32x256). There the padded rows [row0, row0 + n_rows) of every image
+// are copied once, in parallel, into `buf` (image after image) and the items read them from
+// there. Returns null where each item reads its own band: channels not split, or no padding
+// needed.
+const float* SharedBands(ffi::ThreadPool& pool, const WorkItems& items, const float* x,
+                         int64_t n, int64_t h, int64_t w, int64_t c, int64_t row0, int64_t n_rows,
+                         int64_t left, int64_t width, std::vector<float>& buf) {
+  const bool in_place = left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h;
+  if (items.splits == 1 || in_place) return nullptr;
+  buf.resize(n * n_rows * width * c);
+  float* dst = buf.data();
+  ParallelFor(pool, n * n_rows, [&](int64_t row) {
+    const int64_t img = row / n_rows, r = row % n_rows;
+    CopyPaddedRows(x, h, w, c, img, row0 + r, 1, left, width, dst + row * width * c);
+  });
+  return dst;
 }
 
 // The output pixels of a band that meet the same taps: pixel (r, c), r < rows, c < cols, reads
@@ -467,12 +492,21 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const f
       taps.in_off[taps.n] = (i * width + j) * c;
       taps.index[taps.n++] = i * k + j;
     }
-  ForEachBand(pool, n, ho, wo, o, [&](int64_t img, int64_t h0, int64_t h1, int64_t o0,
-                                       int64_t o1) {
+  const Bands bands(ho, wo);
+  const WorkItems items(pool, n, bands.n, o);
+  // Input rows -padding .. stride * (ho - 1) + k - padding - 1 are all an image's output reads.
+  const int64_t image_rows = stride * (ho - 1) + k;
+  thread_local std::vector<float> shared_buffer;
+  const float* shared = SharedBands(pool, items, x, n, h, wdt, c, -padding, image_rows, padding,
+                                    width, shared_buffer);
+  ForEachBand(pool, bands, items, ho, o, [&](int64_t img, int64_t h0, int64_t h1, int64_t o0,
+                                             int64_t o1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
-    const float* band = Band(x, h, wdt, c, img, stride * h0 - padding,
-                             stride * (h1 - h0 - 1) + k, padding, width, band_buffer);
+    const float* band =
+        shared ? shared + (img * image_rows + stride * h0) * width * c
+               : Band(x, h, wdt, c, img, stride * h0 - padding, stride * (h1 - h0 - 1) + k,
+                      padding, width, band_buffer);
     MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * c, stride * c,
                           (img * ho + h0) * wo * o, wo * o, o}, blocks);
     DirectBand(band, blocks, taps, packed, o0, o1, bias, y);
@@ -500,14 +534,23 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
   // from -left (the leftmost any tap reaches) to the rightmost.
   const int64_t left = std::max<int64_t>(0, -FloorDiv(padding - k + 1, stride));
   const int64_t width = left + std::max(wo, FloorDiv(wdt - 1 + padding, stride) + 1);
-  ForEachBand(pool, n, h, wdt, c, [&](int64_t img, int64_t y0, int64_t y1, int64_t c0,
-                                       int64_t c1) {
+  const Bands bands(h, wdt);
+  const WorkItems items(pool, n, bands.n, c);
+  // Output rows y0 .. y1 - 1 read g rows FloorDiv(y0 + p - k + 1, s) .. FloorDiv(y1 - 1 + p, s).
+  const int64_t first_row = FloorDiv(padding - k + 1, stride);
+  const int64_t image_rows = FloorDiv(h - 1 + padding, stride) - first_row + 1;
+  thread_local std::vector<float> shared_buffer;
+  const float* shared = SharedBands(pool, items, g, n, ho, wo, o, first_row, image_rows, left,
+                                    width, shared_buffer);
+  ForEachBand(pool, bands, items, h, c, [&](int64_t img, int64_t y0, int64_t y1, int64_t c0,
+                                            int64_t c1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
     const int64_t g_row0 = FloorDiv(y0 + padding - k + 1, stride);
-    const float* band = Band(g, ho, wo, o, img, g_row0,
-                             FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1, left, width,
-                             band_buffer);
+    const float* band =
+        shared ? shared + (img * image_rows + g_row0 - first_row) * width * o
+               : Band(g, ho, wo, o, img, g_row0, FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1,
+                      left, width, band_buffer);
     for (int64_t py = 0; py < stride; ++py) {
       for (int64_t px = 0; px < stride; ++px) {
         // This class's pixels: rows y = y_first + r*s in [y0, y1) with (y + p) % s == py, and
