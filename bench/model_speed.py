@@ -20,6 +20,8 @@ Method:
     With --noisolate the frameworks of a (variant, case) share one process and run interleaved,
     alternating which goes first: fairer under background load, but each one's idle worker
     threads then slow the other (bench/README.md), so the default is one process each.
+  * Every worker first calls `host_memory.keep_freed_memory()` (glibc malloc keeps freed memory,
+    as train.py and eval.py do), JAX and PyTorch alike; --nokeep_freed_memory leaves malloc alone.
   * The PyTorch weights are `torch_reference.random_state_dict`; JAX gets them through
     `torch_port.torch_to_flax`, and the outputs are compared (max abs diff is reported).
   * Peak memory: one more subprocess per (variant, case, framework) that imports only that
