@@ -346,9 +346,8 @@ struct Bands {
         n(CeilDiv(out_rows, rows)) {}
 };
 
-// Runs fn(img, r0, r1, ch0, ch1) for every work item of `items` (made for these `rows` x `cols`
-// output pixels a image, in bands of `bands`): output rows [r0, r1) of image img, output
-// channels [ch0, ch1).
+// Runs fn(img, r0, r1, ch0, ch1) for every work item of `items` (bands of `bands` over `rows`
+// output rows an image): output rows [r0, r1) of image img, output channels [ch0, ch1).
 template <typename Fn>
 void ForEachBand(ffi::ThreadPool& pool, const Bands& bands, const WorkItems& items, int64_t rows,
                  int64_t channels, Fn fn) {
@@ -376,11 +375,16 @@ void CopyPaddedRows(const float* x, int64_t h, int64_t w, int64_t c, int64_t img
   }
 }
 
-// Those rows, padded as above: x itself where they are all inside it (no zeros needed: a 1x1 or
-// unpadded convolution), else a copy in `buf`.
+// Whether those rows need no zeros (a 1x1 or unpadded convolution): x itself can be read.
+bool InsideImage(int64_t h, int64_t w, int64_t row0, int64_t n_rows, int64_t left,
+                 int64_t width) {
+  return left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h;
+}
+
+// Those rows, padded as above: x itself where InsideImage, else a copy in `buf`.
 const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
                   int64_t n_rows, int64_t left, int64_t width, std::vector<float>& buf) {
-  if (left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h)
+  if (InsideImage(h, w, row0, n_rows, left, width))
     return x + (img * h + row0) * w * c;
   buf.resize(n_rows * width * c);
   CopyPaddedRows(x, h, w, c, img, row0, n_rows, left, width, buf.data());
@@ -396,8 +400,7 @@ const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, 
 const float* SharedBands(ffi::ThreadPool& pool, const WorkItems& items, const float* x,
                          int64_t n, int64_t h, int64_t w, int64_t c, int64_t row0, int64_t n_rows,
                          int64_t left, int64_t width, std::vector<float>& buf) {
-  const bool in_place = left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h;
-  if (items.splits == 1 || in_place) return nullptr;
+  if (items.splits == 1 || InsideImage(h, w, row0, n_rows, left, width)) return nullptr;
   buf.resize(n * n_rows * width * c);
   float* dst = buf.data();
   ParallelFor(pool, n * n_rows, [&](int64_t row) {
