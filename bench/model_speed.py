@@ -31,13 +31,19 @@ Method:
     every case reports achieved GFLOP/s = flops / median time and its fraction of the jnp ceiling.
     Forward flops = 2 * `models.forward_macs` (XLA cost analysis of what runs); a train step counts
     3x the forward.
-  * On a GPU (jax backend 'gpu'), JAX also runs the bfloat16 compute model
-    (`create_model(preset, dtype='bfloat16')`), the ceiling adds a bf16 matmul, and the table shows
-    TFLOP/s and MFU against the measured bf16 rate. PyTorch runs on CUDA when its build has it.
+  * On a GPU (jax backend 'gpu'): JAX also runs the bfloat16 compute model
+    (`create_model(preset, dtype='bfloat16')`) as `jax_bf16`, PyTorch (on CUDA, with
+    `cudnn.benchmark` as BasicSR trains) also runs under bf16 `torch.autocast` as `torch_bf16`; the
+    ceiling adds 8192^3 bf16 and float32 matmuls on random data, and the table shows MFU against
+    the measured jnp bf16 rate. Device memory (`device_MB`): XLA's memory analysis of the timed
+    executable for JAX (arguments + outputs + temporaries - donated), the CUDA allocator's peak
+    around the warm-up run for PyTorch (which includes cuDNN's benchmark workspaces). Use
+    --noisolate --nomemory there (bench/gpu_session.sh does): one process per case saves compiles.
 
 Results, the machine and the levers log are in bench/README.md.
 """
 
+import functools
 import json
 import os
 import resource
@@ -71,6 +77,10 @@ _KEEP_FREED_MEMORY = flags.DEFINE_bool(
     'Every worker (JAX and PyTorch alike) first calls `host_memory.keep_freed_memory()`, as '
     'train.py and eval.py do: glibc malloc keeps freed memory instead of page-faulting fresh '
     'buffers on every step.')
+_PROFILE_DIR = flags.DEFINE_string(
+    'profile_dir', None, 'After timing, profile two more runs of every runner into this folder: '
+    'JAX as a profiler trace (jax.profiler, perfetto JSON), PyTorch as torch.profiler\'s '
+    'per-op table (text).')
 _WORKER = flags.DEFINE_string('worker', None, 'Internal: run one job (JSON spec) and print it.')
 
 ALL_CASES = ('fwd256', 'tiled720', 'train_b2_128', 'train_b8_256')
@@ -99,6 +109,9 @@ def pin_threads(threads):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                ' --xla_cpu_multi_thread_eigen=false').strip()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  # On a GPU, JAX would preallocate 75% of its memory and leave PyTorch (same process under
+  # --noisolate, for the parity check otherwise) too little for the 1x batch-8 train step.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.45')
 
 
 def setup_malloc(spec):
@@ -170,6 +183,7 @@ class JaxRunner:
     self.params = jax.device_put(params_np)
     self.case = case
     self.out = None
+    self.lower = None  # () -> jax.stages.Lowered of the timed executable (device memory).
     if case == 'tiled720':
       self.predict = inference.make_predict_fn(self.model)  # Always the library's options.
       self.frame = inputs['frame']
@@ -183,6 +197,7 @@ class JaxRunner:
       fwd = jax.jit(lambda p, x: self.model.apply({'params': p}, x)[1],
                     compiler_options=fwd_options)
       self.run = lambda: self._set(fwd(self.params, self.x).block_until_ready())
+      self.lower = lambda: fwd.lower(self.params, self.x)
       return
     self.y = jax.device_put(inputs['y'])
     tx = optax.adam(1e-4)
@@ -207,24 +222,47 @@ class JaxRunner:
       self._set(float(loss))
 
     self.run = run_step
+    self.lower = lambda: self.step.lower(self.params, self.opt_state, self.x, self.y)
 
   def _set(self, out):
     self.out = out
+
+  def reset_device_peak(self):
+    pass
+
+  def device_peak_mb(self):
+    """Accelerator memory the executable needs (XLA's memory analysis: arguments + outputs +
+    temporaries - donated aliases); None on CPU, where peak RSS is measured instead."""
+    if self.jax.default_backend() == 'cpu' or self.lower is None:
+      return None
+    try:
+      m = self.lower().compile().memory_analysis()
+      return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+              m.alias_size_in_bytes) / 2**20
+    except Exception:  # pylint: disable=broad-except
+      return None  # Not every backend/version reports it; the timing does not depend on it.
 
 
 class TorchRunner:
   """The PyTorch reference for one case (eager or torch.compile); `run()` executes and syncs."""
 
-  def __init__(self, net, case, inputs, device, compiled=False):
+  def __init__(self, net, case, inputs, device, compiled=False, autocast_bf16=False):
     import numpy as np  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     from hinet_jax import inference  # pylint: disable=g-import-not-at-top
 
     self.torch = torch
     self.net = net.to(device)
-    self.fn = torch.compile(self.net) if compiled else self.net
+    fn = torch.compile(self.net) if compiled else self.net
     self.device = device
     self.out = None
+    if autocast_bf16:  # PyTorch's mixed precision: bf16 convs, float32 weights and reductions.
+      def autocast_fn(x):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+          return [o.float() for o in fn(x)]
+      self.fn = autocast_fn
+    else:
+      self.fn = fn
     sync = (lambda: torch.cuda.synchronize()) if device == 'cuda' else (lambda: None)
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
     if case == 'tiled720':
@@ -271,6 +309,16 @@ class TorchRunner:
 
     self.run = run_step
 
+  def reset_device_peak(self):
+    if self.device == 'cuda':
+      self.torch.cuda.reset_peak_memory_stats()
+
+  def device_peak_mb(self):
+    """The CUDA caching allocator's peak since `reset_device_peak` (None on CPU)."""
+    if self.device != 'cuda':
+      return None
+    return self.torch.cuda.max_memory_allocated() / 2**20
+
 
 def make_inputs(case, seed=0):
   """Deterministic inputs of a case: {'x','y'} NHWC float32, or {'frame'} HWC for tiled720."""
@@ -285,11 +333,23 @@ def make_inputs(case, seed=0):
   return {'x': x, 'y': y}
 
 
-def case_flops(preset, case, dtype='float32'):
-  """Flops one run of `case` executes (forward 2*MACs; train 3x forward; tiles incl. padding)."""
+@functools.lru_cache(maxsize=None)
+def case_flops(preset, case):
+  """Flops one run of `case` executes (forward 2*MACs; train 3x forward; tiles incl. padding).
+
+  Counted on the CPU backend whatever the default one is: the same count on every machine, and no
+  accelerator compile (with autotuning) just to count.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
 
-  model = models.create_model(preset, dtype=dtype)
+  with jax.default_device(jax.devices('cpu')[0]):
+    return _case_flops(models.create_model(preset), case)
+
+
+def _case_flops(model, case):
+  from hinet_jax import models  # pylint: disable=g-import-not-at-top
+
   if case == 'tiled720':
     from hinet_jax import inference  # pylint: disable=g-import-not-at-top
     n_tiles = len(inference.tile_coords(FRAME_HW[0], FRAME_HW[1], TILE, 0))
@@ -323,9 +383,11 @@ def time_interleaved(runners, reps):
   """
   out = {}
   for name, r in runners.items():
+    r.reset_device_peak()
     t0 = time.perf_counter()
     r.run()
-    out[name] = {'first_s': time.perf_counter() - t0, 'times_s': []}
+    out[name] = {'first_s': time.perf_counter() - t0, 'times_s': [],
+                 'device_peak_mb': r.device_peak_mb()}
   names = list(runners)
   for i in range(reps):
     order = names[i % len(names):] + names[:i % len(names)]
@@ -354,44 +416,54 @@ def worker_timing(spec):
   preset, case = VARIANT_PRESETS[spec['variant']], spec['case']
   on_gpu = jax.default_backend() == 'gpu'
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  frameworks = list(spec['frameworks'])
+  if device == 'cuda':
+    torch.backends.cudnn.benchmark = True  # As BasicSR trains HINet: cuDNN picks by timing.
+    if 'torch' in frameworks and 'torch_bf16' not in frameworks:
+      frameworks.append('torch_bf16')  # PyTorch's own mixed precision, beside JAX's bf16.
   inputs = make_inputs(case)
   runners = {}
   state_dict = None
-  for fw in spec['frameworks']:
+  for fw in frameworks:
     if fw.startswith('torch'):
       net, sd = torch_reference.random_state_dict(0, **models.PRESETS[preset])
       state_dict = torch_port.unwrap_state_dict(sd)
-      runners[fw] = TorchRunner(net, case, inputs, device, compiled=fw == 'torch_compile')
+      runners[fw] = TorchRunner(net, case, inputs, device, compiled=fw == 'torch_compile',
+                                autocast_bf16=fw == 'torch_bf16')
   if state_dict is None:
     net, sd = torch_reference.random_state_dict(0, **models.PRESETS[preset])
     state_dict = torch_port.unwrap_state_dict(sd)
-  if 'jax' in spec['frameworks']:
+  if 'jax' in frameworks:
     params = torch_port.torch_to_flax(state_dict, models.create_model(preset))
     dtypes = ['float32', 'bfloat16'] if on_gpu else ['float32']
     for dtype in dtypes:
       runners['jax' if dtype == 'float32' else 'jax_bf16'] = JaxRunner(
           preset, case, params, dtype, inputs)
   timed = {name: r for name, r in runners.items()
-           if name in spec.get('timed', runners) or name == 'jax_bf16'}
+           if name in spec.get('timed', runners) or name in ('jax_bf16', 'torch_bf16')}
   load_before = os.getloadavg()
   res = time_interleaved(timed, spec['reps'])
   load_after = os.getloadavg()
   for name, r in runners.items():
     if name not in timed:  # Untimed: run once, after the timing, for the parity check only.
       r.run()
+  if spec.get('profile_dir'):
+    for name, r in timed.items():
+      profile_runner(r, name, os.path.join(spec['profile_dir'],
+                                           f"{spec['variant']}_{case}_{name}"))
   # Parity of the first outputs (forward cases) / first losses (train) as a sanity check.
   ref = runners.get('torch')
   rows = []
   for name, r in res.items():
-    dtype = 'bfloat16' if name == 'jax_bf16' else 'float32'
-    flops = case_flops(preset, case, dtype)
+    dtype = 'bfloat16' if name.endswith('_bf16') else 'float32'
+    flops = case_flops(preset, case)
     med = statistics.median(r['times_s'])
     row = dict(variant=spec['variant'], case=case, framework=name, dtype=dtype,
                device=jax.devices()[0].device_kind if name.startswith('jax') else device,
                threads=spec['threads'], reps=spec['reps'], median_s=med, min_s=min(r['times_s']),
                times_s=r['times_s'], first_s=r['first_s'], gflop=flops / 1e9,
                gflops_per_s=flops / med / 1e9, loadavg_before=load_before[0],
-               loadavg_after=load_after[0])
+               loadavg_after=load_after[0], device_peak_mb=r['device_peak_mb'])
     if ref is not None and name.startswith('jax') and case != 'train_b8_256' and (
         not case.startswith('train') or 'torch' in timed):  # Losses compare after equal steps.
       a, b = runners[name].out, ref.out
@@ -402,6 +474,35 @@ def worker_timing(spec):
         row['max_abs_diff_vs_torch'] = float(np.max(np.abs(np.asarray(a, np.float32) - b)))
     rows.append(row)
   return rows
+
+
+def profile_runner(runner, name, path, runs=2):
+  """Profiles `runs` runs of a warm runner: JAX into the folder `path` (trace), PyTorch into
+  `path`.txt (the per-op table sorted by device time). Failures are reported, not raised."""
+  try:
+    if name.startswith('jax'):
+      import jax  # pylint: disable=g-import-not-at-top
+      with jax.profiler.trace(path, create_perfetto_trace=True):
+        for _ in range(runs):
+          runner.run()
+      return
+    from torch import profiler  # pylint: disable=g-import-not-at-top
+    activities = [profiler.ProfilerActivity.CPU]
+    if runner.device == 'cuda':
+      activities.append(profiler.ProfilerActivity.CUDA)
+    with profiler.profile(activities=activities) as prof:
+      for _ in range(runs):
+        runner.run()
+    averages = prof.key_averages()
+    try:
+      table = averages.table(sort_by='self_device_time_total', row_limit=60)
+    except (KeyError, AttributeError, RuntimeError):
+      table = averages.table(sort_by='self_cpu_time_total', row_limit=60)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.txt', 'w') as f:
+      f.write(table)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'profiling {name} into {path} failed: {e!r}', file=sys.stderr)
 
 
 def worker_memory(spec):
@@ -456,16 +557,19 @@ def worker_ceiling(spec):
   ta = torch.from_numpy(a)
   out['torch_f32_gflops'] = rate(lambda: ta @ ta)
   if jax.default_backend() == 'gpu':
+    # The accelerator's matrix rates on random data (zeros run faster than real data), 8192^3.
     m = 8192
-    jb = jnp.ones((m, m), jnp.bfloat16)
     bf_flops = 2.0 * m**3
-    ts = []
-    mm(jb, jb).block_until_ready()
-    for _ in range(10):
-      t0 = time.perf_counter()
-      mm(jb, jb).block_until_ready()
-      ts.append(time.perf_counter() - t0)
-    out['jnp_bf16_gflops'] = bf_flops / statistics.median(ts) / 1e9
+    jb = jax.random.uniform(jax.random.key(0), (m, m), jnp.float32)
+    for name, dtype in (('jnp_bf16_gflops', jnp.bfloat16), ('jnp_f32_gpu_gflops', jnp.float32)):
+      jm = jb.astype(dtype)
+      out[name] = bf_flops / median_time(lambda: mm(jm, jm).block_until_ready(), 10) / 1e9
+    if torch.cuda.is_available():
+      tb = torch.rand((m, m), device='cuda', dtype=torch.bfloat16)
+      def torch_mm():
+        tb @ tb
+        torch.cuda.synchronize()
+      out['torch_bf16_gflops'] = bf_flops / median_time(torch_mm, 10) / 1e9
   out['device'] = jax.devices()[0].device_kind
   out['backend'] = jax.default_backend()
   return [out]
@@ -518,7 +622,7 @@ def format_table(rows, ceiling):
   eager = {(r['variant'], r['case']): r['median_s'] for r in rows
            if r.get('framework') == 'torch' and 'median_s' in r}
   head = ['variant', 'case', 'framework', 'median_ms', 'min_ms', 'vs_torch', 'GFLOP/s',
-          'of_ceiling', 'peak_MB', 'load']
+          'of_ceiling', 'MFU_bf16', 'peak_MB', 'device_MB', 'load']
   lines = [head]
   for r in rows:
     if 'median_s' not in r:
@@ -532,7 +636,9 @@ def format_table(rows, ceiling):
         r['variant'], r['case'], r['framework'], f"{1e3 * r['median_s']:.0f}",
         f"{1e3 * r['min_s']:.0f}", f"{base / r['median_s']:.2f}x" if base else '-',
         f"{r['gflops_per_s']:.1f}", f"{r['gflops_per_s'] / ceil:.0%}" if ceil else '-',
+        f"{r['gflops_per_s'] / bf16:.1%}" if bf16 else '-',
         f'{peak:.0f}' if peak else '-',
+        f"{r['device_peak_mb']:.0f}" if r.get('device_peak_mb') else '-',
         f"{r['loadavg_before']:.1f}/{r['loadavg_after']:.1f}"])
   widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
   return '\n'.join(' '.join(str(c).rjust(w) for c, w in zip(row, widths)) for row in lines)
@@ -563,7 +669,8 @@ def main(argv):
   rows = []
   for variant in _VARIANTS.value:
     for case in cases:
-      job = dict(kind='timing', variant=variant, case=case, threads=threads, reps=_REPS.value)
+      job = dict(kind='timing', variant=variant, case=case, threads=threads, reps=_REPS.value,
+                 profile_dir=_PROFILE_DIR.value and os.path.abspath(_PROFILE_DIR.value))
       if not _ISOLATE.value:
         got = spawn(dict(job, frameworks=frameworks))
       else:
