@@ -1,5 +1,7 @@
 """Tests for hinet_jax.input_pipeline: alignment, determinism, resume, sharding, eval batches."""
 
+import time
+
 from absl import flags
 import grain
 import jax
@@ -165,6 +167,24 @@ def test_device_placement_with_batch_sharding():
     with pytest.raises(ValueError, match='multiple of the number of devices'):
       input_pipeline.create_train_iter(src, batch_size=jax.device_count() + 1, crop_size=4,
                                        seed=0, data_sharding=sharding)
+
+
+def test_resume_through_device_prefetch_replays_the_same_batches():
+  # The prefetch thread runs ahead of the consumer (and places the batches on the devices); the
+  # state must be the consumer's position, not the thread's.
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  kwargs = dict(batch_size=2 * jax.device_count(), crop_size=4, seed=1, data_sharding=sharding,
+                device_prefetch=3)
+  src = _coord_source()
+  full = _take(input_pipeline.create_train_iter(src, **kwargs), 6)
+  it = input_pipeline.create_train_iter(src, **kwargs)
+  _take(it, 3)
+  time.sleep(0.3)  # Let the thread fill its buffer.
+  state = it.get_state()
+  resumed = input_pipeline.create_train_iter(src, **kwargs)
+  resumed.set_state(state)
+  _assert_batches_equal(_take(resumed, 3), full[3:])
 
 
 def test_bad_crop_and_skipped_files_in_the_pipeline(tmp_path):
