@@ -3,7 +3,9 @@
 Every source has `__len__` and `__getitem__` (the grain RandomAccessDataSource
 protocol) and returns `{'lq': HWC uint8|uint16 RGB, 'gt': same, 'name': str}`.
 Sources keep only file paths (or, for the demo set, image names), so they
-pickle cheaply into grain worker processes; pixels are read on access.
+pickle cheaply into grain worker processes; pixels are read on access. Any
+folder may hold raw `.npy` images instead of PNG/JPEG (`image_ops.read_image`):
+those are memory-mapped, so a training crop reads only its window.
 
 Layouts, as the official HINet/NAFNet preparation leaves them:
   * folders: `<root>/input/*` + `<root>/target/*`, matched by file stem.

@@ -20,7 +20,11 @@ import zlib
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.npy')
+# Raw arrays: an (H, W, 3) or (H, W) uint8/uint16 .npy is memory-mapped, not decoded, so a training
+# crop reads only its window (decoding a 512x512 PNG pair costs ~17 ms a core, an H200's bf16 step
+# ~3 ms a pair: bench/README.md). `prepare_sidd --format=npy` writes them.
+ARRAY_EXTENSION = '.npy'
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # PNG colour types whose 16-bit form Pillow silently truncates to 8 bits.
 _PNG16_CHANNELS = {2: 3, 4: 2, 6: 4}
@@ -47,7 +51,9 @@ def read_image(path):
   colour PNGs are decoded here because Pillow truncates them to 8 bits.
 
   Args:
-    path: image file path (PNG, JPEG, BMP, TIFF, WebP).
+    path: image file path (PNG, JPEG, BMP, TIFF, WebP), or a raw `.npy` array
+      of shape (H, W, 3) or (H, W), uint8 or uint16, which is memory-mapped
+      (read-only, nothing decoded: slicing it reads only the slice).
 
   Returns:
     uint8 or uint16 array of shape (H, W, 3).
@@ -57,6 +63,8 @@ def read_image(path):
       names the file.
   """
   path = os.fspath(path)
+  if path.lower().endswith(ARRAY_EXTENSION):
+    return _read_array(path)
   try:
     with open(path, 'rb') as f:
       data = f.read()
@@ -75,6 +83,24 @@ def read_image(path):
         'truncated: re-download or re-extract it, or delete it (or use '
         "on_error='skip' to skip such pairs).") from e
   return _to_rgb(x)
+
+
+def _read_array(path):
+  """A raw .npy image, memory-mapped when it is already (H, W, 3)."""
+  try:
+    x = np.load(path, mmap_mode='r', allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise ImageReadError(
+        f'Cannot read image {path}: {type(e).__name__}: {e}. Expected a .npy array written by '
+        'numpy.save (or prepare_sidd --format=npy); re-create or delete the file.') from e
+  if x.dtype not in (np.uint8, np.uint16) or x.ndim not in (2, 3) or (
+      x.ndim == 3 and x.shape[-1] not in (1, 3)):
+    raise ImageReadError(
+        f'Cannot read image {path}: a .npy image must be (H, W, 3) or (H, W) uint8 or uint16, '
+        f'got {x.shape} {x.dtype}; save it as such (e.g. np.round(img * 255).astype(np.uint8)).')
+  if x.ndim == 3 and x.shape[-1] == 3 and x.flags.c_contiguous:
+    return x
+  return _to_rgb(np.asarray(x))
 
 
 def _read_with_pillow(data):
@@ -238,9 +264,10 @@ def _quantize(x, bit_depth):
 def write_image(path, x, bit_depth=8):
   """Writes an image atomically (temp file + rename), never leaving a partial file.
 
-  uint8 arrays give an 8-bit file and uint16 a 16-bit PNG; float arrays in
-  [0, 1] are clipped and rounded to `bit_depth` bits. The format follows the
-  extension (16-bit output must be .png).
+  uint8 arrays give an 8-bit file and uint16 a 16-bit PNG (or .npy); float
+  arrays in [0, 1] are clipped and rounded to `bit_depth` bits. The format
+  follows the extension (16-bit output must be .png or .npy; .npy stores the
+  array raw, for training crops that are memory-mapped instead of decoded).
 
   Args:
     path: output path; parent folders are created.
@@ -250,14 +277,16 @@ def write_image(path, x, bit_depth=8):
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
   x = _quantize(x, bit_depth)
-  if x.dtype == np.uint16 and ext != '.png':
-    raise ValueError(f'16-bit images can only be written as .png, not {path}')
+  if x.dtype == np.uint16 and ext not in ('.png', ARRAY_EXTENSION):
+    raise ValueError(f'16-bit images can only be written as .png or .npy, not {path}')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=ext)
   try:
     with os.fdopen(fd, 'wb') as f:
       if ext == '.png':
         f.write(encode_png(x))
+      elif ext == ARRAY_EXTENSION:
+        np.save(f, np.ascontiguousarray(x), allow_pickle=False)
       else:
         Image.fromarray(x).save(f, format=Image.registered_extensions()[ext], quality=95)
     os.replace(tmp, path)

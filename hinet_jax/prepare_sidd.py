@@ -12,6 +12,12 @@ stops short of the border by more than thresh_size pixels, one more window is
 placed flush with the border, so with thresh_size=0 the whole image is covered
 (the border crop overlaps its neighbour). Crops are written atomically, and a
 pair whose crops all exist is skipped, so an interrupted run can be resumed.
+
+--format=npy writes raw arrays (`<name>_s<idx:03d>.npy`, 768 KiB a crop, about
+3x the PNGs) that training memory-maps instead of decoding: a 256x256 training
+crop then costs a copy of its window, not the decoding of two 512x512 PNGs
+(~17 ms a pair per core), which a GPU training at full speed would otherwise
+wait for (bench/README.md, input pipeline).
 """
 
 import functools
@@ -69,7 +75,11 @@ def crop_boxes(height, width, crop_size=CROP_SIZE, step=STEP, thresh_size=THRESH
           for left in crop_starts(width, crop_size, step, thresh_size)]
 
 
-def crop_pair(pair, output_dir, crop_size=CROP_SIZE, step=STEP, thresh_size=THRESH_SIZE):
+FORMATS = ('png', 'npy')
+
+
+def crop_pair(pair, output_dir, crop_size=CROP_SIZE, step=STEP, thresh_size=THRESH_SIZE,
+              fmt='png'):
   """Crops one (noisy, gt) pair into input_crops/ and gt_crops/.
 
   Args:
@@ -78,12 +88,16 @@ def crop_pair(pair, output_dir, crop_size=CROP_SIZE, step=STEP, thresh_size=THRE
     crop_size: window size.
     step: stride.
     thresh_size: see crop_starts.
+    fmt: 'png' (the source's extension, as upstream) or 'npy' (raw arrays, memory-mapped
+      by training).
 
   Returns:
     number of crops written (0 if the pair was already done).
   """
+  if fmt not in FORMATS:
+    raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}')
   noisy_path, gt_path, name = pair
-  ext = os.path.splitext(noisy_path)[1]
+  ext = os.path.splitext(noisy_path)[1] if fmt == 'png' else image_ops.ARRAY_EXTENSION
   out = {k: os.path.join(output_dir, k) for k in ('input_crops', 'gt_crops')}
   item = datasets.read_pair(noisy_path, gt_path, name)
   h, w = item['lq'].shape[:2]
@@ -102,7 +116,7 @@ def crop_pair(pair, output_dir, crop_size=CROP_SIZE, step=STEP, thresh_size=THRE
 
 
 def prepare(input_dir, output_dir, num_workers=None, crop_size=CROP_SIZE, step=STEP,
-            thresh_size=THRESH_SIZE):
+            thresh_size=THRESH_SIZE, fmt='png'):
   """Crops every SIDD-Medium pair under input_dir (multiprocess, progress bar).
 
   Args:
@@ -112,15 +126,18 @@ def prepare(input_dir, output_dir, num_workers=None, crop_size=CROP_SIZE, step=S
     crop_size: window size.
     step: stride.
     thresh_size: see crop_starts.
+    fmt: crop file format, 'png' or 'npy' (see `crop_pair`).
 
   Returns:
     total number of crops written.
   """
+  if fmt not in FORMATS:
+    raise ValueError(f'--format must be one of {FORMATS}, got {fmt!r}')
   pairs = datasets.list_sidd_medium_pairs(input_dir)
   for sub in ('input_crops', 'gt_crops'):
     os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
   work = functools.partial(crop_pair, output_dir=output_dir, crop_size=crop_size, step=step,
-                           thresh_size=thresh_size)
+                           thresh_size=thresh_size, fmt=fmt)
   num_workers = os.cpu_count() if num_workers is None else num_workers
   logging.info('Cropping %d SIDD pairs from %s into %s with %d workers', len(pairs), input_dir,
                output_dir, num_workers)
@@ -152,6 +169,9 @@ def _define_flags():
   flags.DEFINE_integer('step', STEP, 'Stride between crops (official: 384).')
   flags.DEFINE_integer('thresh_size', THRESH_SIZE,
                        'Border leftover above which a border-aligned crop is added.')
+  flags.DEFINE_enum('format', 'png', FORMATS, 'Crop files: png (as upstream) or npy (raw '
+                    'arrays that training memory-maps instead of decoding: ~3x the disk, no '
+                    'decoding cost).')
   flags.mark_flags_as_required(['input_dir', 'output_dir'])
 
 
@@ -159,7 +179,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  prepare(f.input_dir, f.output_dir, f.num_workers, f.crop_size, f.step, f.thresh_size)
+  prepare(f.input_dir, f.output_dir, f.num_workers, f.crop_size, f.step, f.thresh_size,
+          f['format'].value)
 
 
 if __name__ == '__main__':

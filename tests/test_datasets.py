@@ -7,6 +7,7 @@ import pytest
 
 from hinet_jax import datasets
 from hinet_jax import image_ops
+from hinet_jax import input_pipeline
 from hinet_jax import prepare_sidd
 
 import data_fixtures
@@ -119,6 +120,27 @@ def test_prepare_sidd_writes_aligned_crops_and_resumes(tmp_path, num_workers):
   np.testing.assert_array_equal(item['gt'], gt[6:14, 6:14])
   assert prepare_sidd.prepare(str(tmp_path / 'in'), str(out), num_workers=0, crop_size=8,
                               step=6) == 0  # Already done: nothing rewritten.
+
+
+def test_prepare_sidd_npy_crops_train_like_png_crops(tmp_path):
+  _write_sidd_medium(tmp_path / 'in')
+  for fmt in ('png', 'npy'):
+    prepare_sidd.prepare(str(tmp_path / 'in'), str(tmp_path / fmt), num_workers=0, crop_size=8,
+                         step=6, fmt=fmt)
+  png = datasets.PairedFolderSource(tmp_path / 'png', 'input_crops', 'gt_crops')
+  npy = datasets.PairedFolderSource(tmp_path / 'npy', 'input_crops', 'gt_crops')
+  assert sorted(os.listdir(tmp_path / 'npy' / 'gt_crops'))[0] == '0001_SRGB_010_s001.npy'
+  assert [png[i]['name'] for i in range(len(png))] == [npy[i]['name'] for i in range(len(npy))]
+  # The same training batches from either format.
+  kwargs = dict(batch_size=4, crop_size=6, seed=0)
+  a = input_pipeline.create_train_iter(png, **kwargs)
+  b = input_pipeline.create_train_iter(npy, **kwargs)
+  for _ in range(4):
+    x, y = next(a), next(b)
+    np.testing.assert_array_equal(x['lq'], y['lq'])
+    np.testing.assert_array_equal(x['gt'], y['gt'])
+  with pytest.raises(ValueError, match="format must be one of"):
+    prepare_sidd.prepare(str(tmp_path / 'in'), str(tmp_path / 'x'), num_workers=0, fmt='jpg')
 
 
 def test_sidd_validation_blocks(tmp_path):

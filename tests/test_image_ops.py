@@ -187,3 +187,28 @@ def test_unreadable_files_are_named(tmp_path):
   (tmp_path / 'h_cut.png').write_bytes(data[:-40])
   with pytest.raises(image_ops.ImageReadError, match='h_cut.png'):
     image_ops.read_image(tmp_path / 'h_cut.png')
+
+
+def test_npy_images_are_memory_mapped_and_checked(tmp_path):
+  rng = np.random.default_rng(1)
+  for dtype, top in ((np.uint8, 256), (np.uint16, 65536)):
+    x = rng.integers(0, top, (9, 11, 3), dtype=dtype)
+    path = tmp_path / f'a_{np.dtype(dtype).name}.npy'
+    image_ops.write_image(path, x)
+    y = image_ops.read_image(path)
+    assert y.dtype == dtype and isinstance(y, np.memmap)  # Not decoded: slices read the slice.
+    np.testing.assert_array_equal(y, x)
+  gray = rng.integers(0, 256, (5, 4), dtype=np.uint8)
+  np.save(tmp_path / 'gray.npy', gray)
+  np.testing.assert_array_equal(image_ops.read_image(tmp_path / 'gray.npy'),
+                                np.repeat(gray[..., None], 3, axis=-1))
+  np.save(tmp_path / 'float.npy', np.zeros((4, 4, 3), np.float32))
+  with pytest.raises(image_ops.ImageReadError, match=r'float.npy.*uint8 or uint16'):
+    image_ops.read_image(tmp_path / 'float.npy')
+  np.save(tmp_path / 'rgba.npy', np.zeros((4, 4, 4), np.uint8))
+  with pytest.raises(image_ops.ImageReadError, match=r'rgba.npy.*\(4, 4, 4\)'):
+    image_ops.read_image(tmp_path / 'rgba.npy')
+  (tmp_path / 'junk.npy').write_bytes(b'not an array')
+  with pytest.raises(image_ops.ImageReadError, match='junk.npy.*numpy.save'):
+    image_ops.read_image(tmp_path / 'junk.npy')
+  assert image_ops.is_image_file('crop_s001.npy')
