@@ -21,6 +21,8 @@
 #   4. model_speed, both: forward, batch 1 of 256x256, and one 1280x720 frame through tiles.
 #   5. train_step: the library's own train step (L1, clipping, non-finite guard) on the SIDD
 #      recipe's batch, 1x, bfloat16 and float32.
+#   6. (only when named in STEPS) CUDA graphs: the 0.5x train step (launch-bound on an H200:
+#      bench/README.md) with XLA's command buffers off, and with every command kind on.
 # Packages the machine's image lacks (grain, ml_collections and their needs) travel as wheels in
 # .whl/ (bench/README.md says which and how to fetch them).
 set -u
@@ -89,6 +91,15 @@ for dtype in bfloat16 float32; do
   timeout 120 $PY bench/train_step.py --config="$SIDD_CONFIG" --config.model.dtype=$dtype \
     --config.batch_size="$SIDD_BATCH" --config.data.crop_size="$SIDD_CROP" --steps=20 \
     --json="$OUT/train_step_$dtype.json" 2>&1 | quiet | tee -a "$LOG"
+done
+fi
+if want 6; then
+step "6. XLA command buffers A/B, $SMALL ($TRAIN_CASE)"
+for flags in "--xla_gpu_enable_command_buffer=" \
+    "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"; do
+  echo "XLA_FLAGS=$flags" | tee -a "$LOG"
+  XLA_FLAGS="$flags" speed 200 "speed_command_buffer_$(echo "$flags" | wc -c).json" \
+    --variants=$SMALL --cases=$TRAIN_CASE --frameworks=jax
 done
 fi
 step done
