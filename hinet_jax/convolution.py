@@ -212,6 +212,48 @@ def native_conv(x: Array, kernel: Array, strides: int, padding: int,
   return _custom_conv(x, kernel, bias, strides, padding, False, True)
 
 
+def _epilogue(y: Array, relu_slope: float | None, residual: Array | None) -> Array:
+  """LeakyReLU with `relu_slope` (if given), then + `residual` (if given)."""
+  if relu_slope is not None:
+    y = jax.nn.leaky_relu(y, relu_slope)
+  return y if residual is None else y + residual
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _native_conv_epilogue(x: Array, kernel: Array, bias: Array | None, residual: Array | None,
+                          strides: int, padding: int, relu_slope: float | None) -> Array:
+  """`_epilogue(native_conv(...))` in one pass over the output: the C++ kernels apply the
+  LeakyReLU and add the residual as they store it (no pass of XLA's reading the conv's output
+  back). Differentiated, it runs unfused (`_unfused_epilogue`): the backward needs what the
+  fused forward never writes."""
+  return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias, relu_slope=relu_slope,
+                                  residual=residual)
+
+
+def _unfused_epilogue(x, kernel, bias, residual, strides, padding, relu_slope):
+  return _epilogue(native_conv(x, kernel, strides, padding, bias), relu_slope, residual)
+
+
+def _epilogue_fwd(x, kernel, bias, residual, strides, padding, relu_slope):
+  return jax.vjp(functools.partial(_unfused_epilogue, strides=strides, padding=padding,
+                                   relu_slope=relu_slope), x, kernel, bias, residual)
+
+
+def _epilogue_bwd(strides, padding, relu_slope, vjp_fn, g):
+  del strides, padding, relu_slope
+  return vjp_fn(g)
+
+
+_native_conv_epilogue.defvjp(_epilogue_fwd, _epilogue_bwd)
+
+
+def _native(x: Array, kernel: Array, strides: int, padding: int, bias: Array | None,
+            relu_slope: float | None, residual: Array | None) -> Array:
+  if relu_slope is None and residual is None:
+    return native_conv(x, kernel, strides, padding, bias)
+  return _native_conv_epilogue(x, kernel, bias, residual, strides, padding, relu_slope)
+
+
 def winograd_conv(x: Array, kernel: Array, native_backward: bool,
                   bias: Array | None = None) -> Array:
   """3x3/s1/p1 conv: Winograd F(2x2, 3x3) forward; backward on `cpu_kernels` or `lax.conv`."""
@@ -351,7 +393,8 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
 
 
 def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str = 'xla',
-         bias: Array | None = None) -> Array:
+         bias: Array | None = None, relu_slope: float | None = None,
+         residual: Array | None = None) -> Array:
   """Any HINet convolution (NHWC x HWIO, symmetric zero padding) in the form `impl` picks.
 
   3x3/stride-1/padding-1 convs go through `conv3x3`. Others (1x1, the 4x4/stride-2 downsamples)
@@ -367,6 +410,9 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
     padding: zero padding on each side.
     impl: one of `CONV_IMPLS`.
     bias: optional (O,), added to every output pixel (inside the CPU kernels, where they run).
+    relu_slope: if given, LeakyReLU with this negative slope on the result (+ bias).
+    residual: optional array shaped as the output, added last. With the CPU kernels both run
+      inside the convolution's own pass over its output (`_native_conv_epilogue`).
 
   Returns:
     (N, H', W', O).
@@ -374,17 +420,18 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
   _check_impl(impl)
   kh, kw = kernel.shape[:2]
   if (kh, kw, strides, padding) == (3, 3, 1, 1):
-    return conv3x3(x, kernel, impl, bias)
+    return conv3x3(x, kernel, impl, bias, relu_slope, residual)
   if impl == 'native':
     _require_native(x, kernel)
   if impl == 'native' or (impl == 'auto' and _auto_native(x, kernel)):
-    return native_conv(x, kernel, strides, padding, bias)
+    return _native(x, kernel, strides, padding, bias, relu_slope, residual)
   if (kh, kw, strides, padding) == (1, 1, 1, 0) and impl != 'xla' and _on_cpu():
-    return _add_bias(pointwise_conv(x, kernel), bias)
-  return _add_bias(conv_xla(x, kernel, strides, padding), bias)
+    return _epilogue(_add_bias(pointwise_conv(x, kernel), bias), relu_slope, residual)
+  return _epilogue(_add_bias(conv_xla(x, kernel, strides, padding), bias), relu_slope, residual)
 
 
-def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None) -> Array:
+def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None,
+            relu_slope: float | None = None, residual: Array | None = None) -> Array:
   """3x3, stride-1, padding-1 convolution, NHWC x HWIO -> NHWC, in the form `impl`.
 
   Args:
@@ -392,6 +439,7 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = Non
     kernel: (3, 3, C, O) kernel, same dtype as `x`.
     impl: one of `CONV_IMPLS`; 'auto' picks by shape (`auto_impl`).
     bias: optional (O,).
+    relu_slope, residual: see `conv`.
 
   Returns:
     (N, H, W, O), the same values whatever `impl` (up to float rounding).
@@ -403,12 +451,14 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = Non
     impl = auto_impl(x.shape, kernel.shape[-1], native=_auto_native(x, kernel))
   if impl == 'native':
     _require_native(x, kernel)
-    return native_conv(x, kernel, 1, 1, bias)
+    return _native(x, kernel, 1, 1, bias, relu_slope, residual)
   if impl == 'matmul':
-    return _add_bias(matmul_conv3x3(x, kernel), bias)
-  if impl == 'winograd':  # The native kernels' backward where 'auto' would use them.
-    return winograd_conv(x, kernel, _auto_native(x, kernel), bias)
-  return _add_bias(conv_xla(x, kernel), bias)
+    y = _add_bias(matmul_conv3x3(x, kernel), bias)
+  elif impl == 'winograd':  # The native kernels' backward where 'auto' would use them.
+    y = winograd_conv(x, kernel, _auto_native(x, kernel), bias)
+  else:
+    y = _add_bias(conv_xla(x, kernel), bias)
+  return _epilogue(y, relu_slope, residual)
 
 
 # XLA:CPU compiles convolutions to YNNPACK by default. Leaving them to XLA's own (Eigen) kernels

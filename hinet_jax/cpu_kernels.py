@@ -155,11 +155,12 @@ def _io(kernel: Array, layout: str) -> tuple[int, int]:
 
 def _bias(bias: Array | None) -> Array:
   """The bias argument of the C++ calls: (O,), or (0,) for none."""
-  return jnp.zeros((0,), jnp.float32) if bias is None else bias
+  return _empty_or(bias)
 
 
 def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
-                 kernel_layout: str = 'HWIO', bias: Array | None = None) -> Array:
+                 kernel_layout: str = 'HWIO', bias: Array | None = None,
+                 relu_slope: float | None = None, residual: Array | None = None) -> Array:
   """`lax.conv` of NHWC `x` with a square `kernel`, symmetric zero padding, on CPU.
 
   Args:
@@ -168,23 +169,41 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
     stride, padding: the same in both spatial dimensions.
     kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
     bias: optional (O,) float32, added to every output pixel inside the kernel (no extra pass).
+    relu_slope: if given, the output goes through LeakyReLU with this negative slope, inside the
+      kernel (as `jax.nn.leaky_relu`).
+    residual: optional float32 array shaped as the output, added last, inside the kernel.
 
   Returns:
-    (N, Ho, Wo, O) float32, equal to XLA's convolution (plus bias) up to float rounding.
+    (N, Ho, Wo, O) float32, equal to XLA's convolution (plus bias, then LeakyReLU and residual)
+    up to float rounding.
   """
-  _check(x, kernel, *(() if bias is None else (bias,)))
+  _check(x, kernel, *(a for a in (bias, residual) if a is not None))
   n, h, w, _ = x.shape
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
   out = jax.ShapeDtypeStruct((n, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding),
                               o), jnp.float32)
+  if residual is not None and residual.shape != out.shape:
+    raise ValueError(f'conv_forward: the residual must be shaped as the output {out.shape}, got '
+                     f'{residual.shape}.')
   # The kernel packed for the micro-kernel, as a second output so that XLA allocates (and
   # reuses) its memory. 'sequential': under vmap each element is its own call.
   y, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, c, o)),
                           vmap_method='sequential')(
-                              x, kernel, _bias(bias), transposed=np.int64(0),
+                              x, kernel, _bias(bias), _empty_or(residual), transposed=np.int64(0),
+                              **_epilogue_attrs(relu_slope),
                               **_kernel_attrs(stride, padding, kernel_layout))
   return y
+
+
+def _empty_or(a: Array | None) -> Array:
+  """An optional array argument of the C++ calls: the array, or (0,) for none."""
+  return jnp.zeros((0,), jnp.float32) if a is None else a
+
+
+def _epilogue_attrs(relu_slope: float | None) -> dict:
+  return dict(relu=np.int64(relu_slope is not None),
+              relu_slope=np.float32(0.0 if relu_slope is None else relu_slope))
 
 
 def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, padding: int,
@@ -212,7 +231,8 @@ def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, paddin
   # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
   dx, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, o, c)),
                            vmap_method='sequential')(
-                               g, kernel, _bias(bias), transposed=np.int64(1),
+                               g, kernel, _bias(bias), _empty_or(None), transposed=np.int64(1),
+                               **_epilogue_attrs(None),
                                **_kernel_attrs(stride, padding, kernel_layout))
   return dx
 

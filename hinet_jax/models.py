@@ -119,7 +119,10 @@ class Conv(nn.Module):
   conv_impl: str = 'auto'
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, relu_slope: Optional[float] = None,
+               residual: Optional[Array] = None) -> Array:
+    """The convolution (+ bias), then LeakyReLU with `relu_slope` and + `residual` if given (in
+    the convolution's own pass over its output where the CPU kernels run it)."""
     k = self.kernel_size
     fan_in = x.shape[-1] * k * k
     kernel = self.param('kernel', torch_kernel_init(), (k, k, x.shape[-1], self.features),
@@ -129,7 +132,10 @@ class Conv(nn.Module):
       bias = self.param('bias', torch_bias_init(fan_in), (self.features,),
                         self.param_dtype).astype(self.dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    return convolution.conv(x, kernel, self.strides, self.padding, self.conv_impl, bias)
+    if residual is not None:
+      residual = residual.astype(self.dtype)
+    return convolution.conv(x, kernel, self.strides, self.padding, self.conv_impl, bias,
+                            relu_slope, residual)
 
 
 class UpConv2x2(nn.Module):
@@ -230,13 +236,17 @@ class ConvBlock(nn.Module):
   def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None):
     conv = functools.partial(Conv, self.features, dtype=self.dtype, param_dtype=self.param_dtype,
                              conv_impl=self.conv_impl)
-    out = conv(3, padding=1, name='conv_1')(x)
+    # The LeakyReLUs and the shortcut's add ride on the convolutions (their outputs' one pass on
+    # CPU, bench/README.md); same arithmetic, in the same order, as the formula above.
     if self.use_hin:
+      out = conv(3, padding=1, name='conv_1')(x)
       out = InstanceNorm(param_dtype=self.param_dtype, num_normalized=out.shape[-1] // 2,
                          name='norm')(out)
-    out = nn.leaky_relu(out, self.relu_slope)
-    out = nn.leaky_relu(conv(3, padding=1, name='conv_2')(out), self.relu_slope)
-    out = out + conv(1, name='identity')(x)
+      out = nn.leaky_relu(out, self.relu_slope)
+    else:
+      out = conv(3, padding=1, name='conv_1')(x, relu_slope=self.relu_slope)
+    identity = conv(1, name='identity')(x)
+    out = conv(3, padding=1, name='conv_2')(out, relu_slope=self.relu_slope, residual=identity)
     if self.use_csff:
       if enc is None or dec is None:
         raise ValueError('A CSFF block needs both the stage-1 encoder and decoder features.')

@@ -126,6 +126,36 @@ def test_native_bias_is_added_in_the_kernel(layer):
     assert a.shape == r.shape and _rel(a, r) < 1e-5
 
 
+@pytest.mark.parametrize('layer', ['conv3x3', 'conv4x4s2', 'conv1x1'])
+@pytest.mark.parametrize('relu, residual', [(True, True), (True, False), (False, True)])
+def test_native_epilogue_equals_leaky_relu_and_add_after_the_conv(layer, relu, residual):
+  """LeakyReLU and the residual add inside the kernels' store: the same values as XLA applying
+  them to the conv's output (up to XLA contracting slope * z + r into one rounding), and
+  (differentiated, unfused) the same gradients, bit for bit. O = 40: a full 32-channel block and
+  a 16-wide vector tail; O = 3 is all tail."""
+  size, stride, pad = {'conv3x3': (3, 1, 1), 'conv4x4s2': (4, 2, 1), 'conv1x1': (1, 1, 0)}[layer]
+  for o in (40, 3):
+    x, b, k = _random((2, 6, 10, 12), 0), _random((o,), 1), _random((size, size, 12, o), 2)
+    out_shape = convolution.conv_xla(x, k, stride, pad).shape
+    r = _random(out_shape, 4) if residual else None
+    slope = 0.2 if relu else None
+    fused = lambda x, k, b, r: convolution.conv(x, k, stride, pad, 'native', b, slope, r)
+    def unfused(x, k, b, r):
+      y = convolution.conv(x, k, stride, pad, 'native', b)
+      y = jax.nn.leaky_relu(y, slope) if relu else y
+      return y if r is None else y + r
+    hlo = jax.jit(fused).lower(x, k, b, r).compile().as_text()
+    assert f'relu = {int(relu)}' in hlo and 'fusion' not in hlo  # Nothing left for XLA to do.
+    np.testing.assert_allclose(jax.jit(fused)(x, k, b, r), jax.jit(unfused)(x, k, b, r),
+                               rtol=1e-6, atol=1e-6)
+    ct = _random(out_shape, 3)
+    grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * ct), (0, 1, 2, 3)))(x, k, b, r)
+    for a, e in zip(grads(fused), grads(unfused)):
+      np.testing.assert_array_equal(a, e)
+  with pytest.raises(ValueError, match=r'residual must be shaped as the output'):
+    cpu_kernels.conv_forward(x, k, stride, pad, residual=jnp.zeros((1, 2, 3, 4)))
+
+
 def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():
   """The image entering the network needs no gradient: one backward call, kernel gradient only."""
   x, k = _random((1, 8, 8, 16), 0), _random((3, 3, 16, 32), 1)

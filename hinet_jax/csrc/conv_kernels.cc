@@ -2,7 +2,8 @@
 // hinet_jax/cpu_kernels.py). Square kernels up to 8x8, NHWC, kernels (k, k, C, O) or, with
 // kernel_hwoi, (k, k, O, C); symmetric zero padding; float32.
 //
-// HinetConv, the convolution (+ bias):
+// HinetConv, the convolution (+ bias; optionally then LeakyReLU and + a residual, in the same
+// pass over the output):
 //   y[n, h, w, o] = b[o] + sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]
 // or (transposed = 1) its input gradient, which is also the transposed convolution of g (+ bias):
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
@@ -158,6 +159,20 @@ struct PixelBlock {
   int64_t out[kMaxMR];
 };
 
+// What the convolution's last chunk does to its sums before storing them (inference of the
+// network's `conv -> LeakyReLU [-> + residual]` in one pass over the output, not three):
+// y = (relu ? (z > 0 ? z : slope * z) : z) + (residual ? residual[same offset as y] : 0).
+struct Epilogue {
+  bool relu = false;
+  float slope = 0.f;
+  const float* residual = nullptr;  // laid out as the output
+  bool Active() const { return relu || residual; }
+  float Apply(float z, int64_t offset) const {
+    if (relu && !(z > 0.f)) z *= slope;
+    return residual ? z + residual[offset] : z;
+  }
+};
+
 // Reduction rows a call of the micro-kernel covers: its weight chunk, rows x 2*kVec floats
 // (32 KiB with AVX-512), stays in L1 while the blocks of a band pass over it.
 constexpr int64_t kChunkRows = 256;
@@ -166,11 +181,12 @@ constexpr int64_t kChunkRows = 256;
 // (tap, r) reduction of in[pix.in[m] + taps.in_off[t] + r] * panel[(taps.index[t] * n_red + r) *
 // NV * kVec + v*kVec + (0..kVec)], where start is what `out` holds if `accumulate`, else
 // `bias[v*kVec + (0..kVec)]` if given (the layer's bias, added here rather than in a pass of its
-// own), else 0. `panel` is one block of NV*kVec output channels of the packed weights.
+// own), else 0. `panel` is one block of NV*kVec output channels of the packed weights. `epi`, if
+// not null (the last chunk only), is applied before the store; its residual is offset as `out`.
 template <int MR, int NV>
 void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, const float* panel,
                   int64_t n_red, int64_t q0, int64_t q1, bool accumulate, const float* bias,
-                  float* out) {
+                  const Epilogue* epi, float* out) {
   Vec acc[MR][NV] = {};
   if (accumulate) {
     for (int m = 0; m < MR; ++m)
@@ -194,12 +210,23 @@ void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, c
       }
     }
   }
+  if (epi) {
+    const Vec slope = Vec{} + epi->slope;
+    for (int m = 0; m < MR; ++m)
+      for (int v = 0; v < NV; ++v) {
+        Vec a = acc[m][v];
+        if (epi->relu) a = a > Vec{} ? a : a * slope;
+        if (epi->residual) a += LoadVec(epi->residual + pix.out[m] + v * kVec);
+        acc[m][v] = a;
+      }
+  }
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v) StoreVec(out + pix.out[m] + v * kVec, acc[m][v]);
 }
 
 using DirectKernelFn = void (*)(const float*, const PixelBlock&, const TapList&, const float*,
-                                int64_t, int64_t, int64_t, bool, const float*, float*);
+                                int64_t, int64_t, int64_t, bool, const float*, const Epilogue*,
+                                float*);
 
 template <int NV, int... MR>
 constexpr std::array<DirectKernelFn, sizeof...(MR)> DirectTable(std::integer_sequence<int, MR...>) {
@@ -273,22 +300,26 @@ void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
   });
 }
 
-// Output channels [o0, o1) of a band's blocks of pixels (plus `bias`, if not null), one
-// kChunkRows chunk of the reduction at a time: each chunk of weights stays in L1 while every
-// block passes over it.
+// Output channels [o0, o1) of a band's blocks of pixels (plus `bias`, if not null; then `epi`,
+// if active), one kChunkRows chunk of the reduction at a time: each chunk of weights stays in L1
+// while every block passes over it.
 void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const TapList& taps,
-                const Packed& w, int64_t o0, int64_t o1, const float* bias, float* out) {
+                const Packed& w, int64_t o0, int64_t o1, const float* bias, const Epilogue& epi,
+                float* out) {
   const int64_t rows = taps.n * w.n_red;
   const Blocks chunks(rows, kChunkRows);
   for (int64_t o = o0; o < o1; o += w.Width(o)) {
     const int64_t width = w.Width(o);
     const auto& kernels = width == 2 * kVec ? kDirect2 : kDirect1;
+    Epilogue at_o = epi;  // the residual offset as `out + o`
+    if (epi.residual) at_o.residual = epi.residual + o;
     if (o + width <= w.n_out) {
       for (int64_t ch = 0; ch < chunks.n; ++ch) {
         const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
+        const Epilogue* last = ch == chunks.n - 1 && epi.Active() ? &at_o : nullptr;
         for (const PixelBlock& pix : blocks)
           kernels[pix.mr - 1](in, pix, taps, w.Panel(o), w.n_red, q0, q1, ch > 0,
-                              bias ? bias + o : nullptr, out + o);
+                              bias ? bias + o : nullptr, last, out + o);
       }
       continue;
     }
@@ -304,10 +335,11 @@ void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const Ta
       for (int64_t ch = 0; ch < chunks.n; ++ch) {
         const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
         kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), w.n_red, q0, q1, ch > 0,
-                             bias ? padded_bias : nullptr, buffer);
+                             bias ? padded_bias : nullptr, nullptr, buffer);
       }
       for (int m = 0; m < pix.mr; ++m)
-        std::memcpy(out + pix.out[m] + o, buffer + m * kVec, valid * sizeof(float));
+        for (int64_t l = 0; l < valid; ++l)
+          out[pix.out[m] + o + l] = epi.Apply(buffer[m * kVec + l], pix.out[m] + o + l);
     }
   }
 }
@@ -481,7 +513,7 @@ bool IsOutput(const Geometry& g, ffi::Span<const int64_t> d) {
 // y = the convolution of x (+ bias, if not null). `packed` holds Packed::Size(k*k, C, O) floats
 // of scratch.
 void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* w,
-             const float* bias, float* y, float* packed_data) {
+             const float* bias, const Epilogue& epi, float* y, float* packed_data) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
   const int64_t k = geo.k, stride = geo.s, padding = geo.p;
   if (n * ho * wo * o == 0) return;
@@ -512,7 +544,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const f
                       padding, width, band_buffer);
     MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * c, stride * c,
                           (img * ho + h0) * wo * o, wo * o, o}, blocks);
-    DirectBand(band, blocks, taps, packed, o0, o1, bias, y);
+    DirectBand(band, blocks, taps, packed, o0, o1, bias, epi, y);
   });
 }
 
@@ -574,7 +606,7 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
           }
         MakeBlocks(cls, blocks);
         if (taps.n > 0) {
-          DirectBand(band, blocks, taps, packed, c0, c1, bias, dx);
+          DirectBand(band, blocks, taps, packed, c0, c1, bias, Epilogue{}, dx);
           continue;
         }
         for (const PixelBlock& pix : blocks)  // no tap reaches these pixels (a kernel smaller
@@ -764,11 +796,13 @@ ffi::Error BiasOf(const char* op, ffi::Buffer<ffi::F32>& bias, int64_t channels,
 // A convolution-like product of `in` with W, + bias, into `out` (and the packed kernel, scratch):
 // the convolution itself (transposed = 0: in = x, out = y), or its input gradient, which is
 // also the transposed convolution (transposed = 1: in = the cotangent g, out = dx). One handler
-// for both: they differ only in which side of the convolution `in` is.
+// for both: they differ only in which side of the convolution `in` is. The convolution may end
+// with a LeakyReLU (relu = 1, relu_slope) and add `residual` (shaped as y, or (0,) for none).
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> w,
-                    ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> out,
-                    ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
-                    int64_t kernel_hwoi, int64_t transposed) {
+                    ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
+                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> packed,
+                    int64_t stride, int64_t padding, int64_t kernel_hwoi, int64_t transposed,
+                    int64_t relu, float relu_slope) {
   Geometry geo;
   const auto input_side = transposed ? out->dimensions() : in.dimensions();
   if (auto e = MakeGeometry("conv", input_side, w.dimensions(), stride, padding, kernel_hwoi,
@@ -782,11 +816,23 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
         "conv: the output side must be (N, Ho, Wo, O) for the input side's N, H, W");
   if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, n_red, n_out)))
     return ffi::Error::InvalidArgument("conv: the packed-kernel scratch buffer is too small");
+  Epilogue epi;
+  epi.relu = relu != 0;
+  epi.slope = relu_slope;
+  if (residual.element_count()) {
+    const auto r = residual.dimensions(), y = out->dimensions();
+    if (r.size() != y.size() || !std::equal(r.begin(), r.end(), y.begin()))
+      return ffi::Error::InvalidArgument("conv: the residual must be shaped as the output, or (0,)");
+    epi.residual = residual.typed_data();
+  }
+  if (transposed && epi.Active())
+    return ffi::Error::InvalidArgument("conv: the epilogue (relu, residual) is for transposed = 0");
   if (transposed)
     InputGrad(pool, geo, in.typed_data(), w.typed_data(), b, out->typed_data(),
               packed->typed_data());
   else
-    Forward(pool, geo, in.typed_data(), w.typed_data(), b, out->typed_data(), packed->typed_data());
+    Forward(pool, geo, in.typed_data(), w.typed_data(), b, epi, out->typed_data(),
+            packed->typed_data());
   return ffi::Error::Success();
 }
 
@@ -824,7 +870,7 @@ ffi::Error ConvBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffe
     if (!ok || packed->element_count() < needed)
       return ffi::Error::InvalidArgument("conv_bwd: input gradient or scratch of the wrong shape");
     if (transposed)
-      Forward(pool, geo, a.typed_data(), w.typed_data(), nullptr, d_in->typed_data(),
+      Forward(pool, geo, a.typed_data(), w.typed_data(), nullptr, Epilogue{}, d_in->typed_data(),
               packed->typed_data());
     else
       InputGrad(pool, geo, b.typed_data(), w.typed_data(), nullptr, d_in->typed_data(),
@@ -842,12 +888,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConv, ConvImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("padding")
                                   .Attr<int64_t>("kernel_hwoi")
-                                  .Attr<int64_t>("transposed"));
+                                  .Attr<int64_t>("transposed")
+                                  .Attr<int64_t>("relu")
+                                  .Attr<float>("relu_slope"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvBwd, ConvBwdImpl,
                               ffi::Ffi::Bind()
