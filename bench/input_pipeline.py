@@ -108,7 +108,8 @@ def main(argv):
     with open(_JSON.value, 'w') as f:
       json.dump({'config': {k: flags.FLAGS[k].value for k in (
           'num_pairs', 'image_size', 'crop_size', 'batch_size', 'step_batch', 'num_batches',
-          'workers', 'num_threads', 'formats')}, 'cpu_count': os.cpu_count(), 'results': rows}, f, indent=2)
+          'workers', 'num_threads', 'formats')}, 'cpu_count': os.cpu_count(),
+                 'results': rows}, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -153,11 +153,6 @@ def _io(kernel: Array, layout: str) -> tuple[int, int]:
   return (o, c) if layout == 'HWOI' else (c, o)
 
 
-def _bias(bias: Array | None) -> Array:
-  """The bias argument of the C++ calls: (O,), or (0,) for none."""
-  return _empty_or(bias)
-
-
 def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
                  kernel_layout: str = 'HWIO', bias: Array | None = None,
                  relu_slope: float | None = None, residual: Array | None = None) -> Array:
@@ -190,14 +185,14 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
   # reuses) its memory. 'sequential': under vmap each element is its own call.
   y, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, c, o)),
                           vmap_method='sequential')(
-                              x, kernel, _bias(bias), _empty_or(residual), transposed=np.int64(0),
-                              **_epilogue_attrs(relu_slope),
+                              x, kernel, _empty_or(bias), _empty_or(residual),
+                              transposed=np.int64(0), **_epilogue_attrs(relu_slope),
                               **_kernel_attrs(stride, padding, kernel_layout))
   return y
 
 
 def _empty_or(a: Array | None) -> Array:
-  """An optional array argument of the C++ calls: the array, or (0,) for none."""
+  """An optional array argument of the C++ calls (bias, residual): the array, or (0,) for none."""
   return jnp.zeros((0,), jnp.float32) if a is None else a
 
 
@@ -231,8 +226,8 @@ def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, paddin
   # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
   dx, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, o, c)),
                            vmap_method='sequential')(
-                               g, kernel, _bias(bias), _empty_or(None), transposed=np.int64(1),
-                               **_epilogue_attrs(None),
+                               g, kernel, _empty_or(bias), _empty_or(None),
+                               transposed=np.int64(1), **_epilogue_attrs(None),
                                **_kernel_attrs(stride, padding, kernel_layout))
   return dx
 

@@ -510,8 +510,8 @@ bool IsOutput(const Geometry& g, ffi::Span<const int64_t> d) {
 // Convolution and input gradient.
 //===----------------------------------------------------------------------===//
 
-// y = the convolution of x (+ bias, if not null). `packed` holds Packed::Size(k*k, C, O) floats
-// of scratch.
+// y = the convolution of x (+ bias, if not null; then `epi`). `packed` holds Packed::Size(k*k, C,
+// O) floats of scratch.
 void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* w,
              const float* bias, const Epilogue& epi, float* y, float* packed_data) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
@@ -822,7 +822,8 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
   if (residual.element_count()) {
     const auto r = residual.dimensions(), y = out->dimensions();
     if (r.size() != y.size() || !std::equal(r.begin(), r.end(), y.begin()))
-      return ffi::Error::InvalidArgument("conv: the residual must be shaped as the output, or (0,)");
+      return ffi::Error::InvalidArgument(
+          "conv: the residual must be shaped as the output, or (0,)");
     epi.residual = residual.typed_data();
   }
   if (transposed && epi.Active())
