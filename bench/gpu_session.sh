@@ -32,8 +32,8 @@ LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
 if ! $PY -c 'import grain, ml_collections' 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl && export PYTHONPATH=/tmp/site
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 if [ -n "${QUICK:-}" ]; then  # Rehearsal: smallest sizes, every code path.
   BIG=0.5x; SMALL=0.5x; TRAIN_CASE=train_b2_128; REPS=1; DEMO_STEPS=20; SIDD_BATCH=1
@@ -93,12 +93,15 @@ for dtype in bfloat16 float32; do
     --json="$OUT/train_step_$dtype.json" 2>&1 | quiet | tee -a "$LOG"
 done
 fi
+
 if want 6; then
 step "6. XLA command buffers A/B, $SMALL ($TRAIN_CASE)"
-for flags in "--xla_gpu_enable_command_buffer=" \
-    "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"; do
-  echo "XLA_FLAGS=$flags" | tee -a "$LOG"
-  XLA_FLAGS="$flags" speed 200 "speed_command_buffer_$(echo "$flags" | wc -c).json" \
+ALL_COMMANDS=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE
+for setting in off all; do
+  if [ $setting = off ]; then flags="--xla_gpu_enable_command_buffer="
+  else flags="--xla_gpu_enable_command_buffer=$ALL_COMMANDS --xla_gpu_graph_min_graph_size=1"; fi
+  echo "command buffers $setting: XLA_FLAGS=$flags" | tee -a "$LOG"
+  XLA_FLAGS="$flags" speed 200 "speed_command_buffers_$setting.json" \
     --variants=$SMALL --cases=$TRAIN_CASE --frameworks=jax
 done
 fi

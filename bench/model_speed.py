@@ -343,21 +343,16 @@ def case_flops(preset, case):
   import jax  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
 
+  model = models.create_model(preset)
   with jax.default_device(jax.devices('cpu')[0]):
-    return _case_flops(models.create_model(preset), case)
-
-
-def _case_flops(model, case):
-  from hinet_jax import models  # pylint: disable=g-import-not-at-top
-
-  if case == 'tiled720':
-    from hinet_jax import inference  # pylint: disable=g-import-not-at-top
-    n_tiles = len(inference.tile_coords(FRAME_HW[0], FRAME_HW[1], TILE, 0))
-    calls = -(-n_tiles // TILE_BATCH)
-    return 2 * models.forward_macs(model, TILE, TILE, TILE_BATCH) * calls
-  b, h, w, train = case_shape(case)
-  fwd = 2 * models.forward_macs(model, h, w, b)
-  return 3 * fwd if train else fwd
+    if case == 'tiled720':
+      from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+      n_tiles = len(inference.tile_coords(FRAME_HW[0], FRAME_HW[1], TILE, 0))
+      calls = -(-n_tiles // TILE_BATCH)
+      return 2 * models.forward_macs(model, TILE, TILE, TILE_BATCH) * calls
+    b, h, w, train = case_shape(case)
+    fwd = 2 * models.forward_macs(model, h, w, b)
+    return 3 * fwd if train else fwd
 
 
 def median_time(fn, reps):
@@ -379,7 +374,7 @@ def time_interleaved(runners, reps):
     reps: timed rounds.
 
   Returns:
-    {name: {'first_s': compile+first run, 'times_s': [...]}}.
+    {name: {'first_s': compile+first run, 'times_s': [...], 'device_peak_mb': see the runners}}.
   """
   out = {}
   for name, r in runners.items():
@@ -419,8 +414,10 @@ def worker_timing(spec):
   frameworks = list(spec['frameworks'])
   if device == 'cuda':
     torch.backends.cudnn.benchmark = True  # As BasicSR trains HINet: cuDNN picks by timing.
-    if 'torch' in frameworks and 'torch_bf16' not in frameworks:
-      frameworks.append('torch_bf16')  # PyTorch's own mixed precision, beside JAX's bf16.
+    # PyTorch's own mixed precision beside JAX's bf16, wherever float32 PyTorch is timed (not in
+    # a JAX process that builds PyTorch only for the parity check).
+    if 'torch' in spec.get('timed', frameworks) and 'torch_bf16' not in frameworks:
+      frameworks.append('torch_bf16')
   inputs = make_inputs(case)
   runners = {}
   state_dict = None
