@@ -45,13 +45,14 @@ def model_convs(preset, batch, height, width):
   seen = collections.Counter()
   conv, upconv = convolution.conv, convolution.upconv2x2
 
-  def conv_hook(x, kernel, strides=1, padding=0, impl='xla', bias=None):
+  # The hooks take whatever the model passes (bias, epilogue, ...) and record the geometry only.
+  def conv_hook(x, kernel, strides=1, padding=0, *args, **kwargs):
     seen[('conv', tuple(x.shape), tuple(kernel.shape), strides, padding)] += 1
-    return conv(x, kernel, strides, padding, impl, bias)
+    return conv(x, kernel, strides, padding, *args, **kwargs)
 
-  def upconv_hook(x, kernel, impl='xla', bias=None):
+  def upconv_hook(x, kernel, *args, **kwargs):
     seen[('up', tuple(x.shape), tuple(kernel.shape), 2, 0)] += 1
-    return upconv(x, kernel, impl, bias)
+    return upconv(x, kernel, *args, **kwargs)
 
   model = models.create_model(preset)
   params = models.abstract_params(model)

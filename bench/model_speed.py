@@ -161,9 +161,11 @@ def psnr_loss_torch(pred, target, weight=0.5):
 class JaxRunner:
   """Compiled JAX callables for one case; `run()` executes once and blocks.
 
-  `conv_impl` is the model's; `eigen_convs` None compiles as the library does (forward-only
-  executables with `convolution.inference_compiler_options()`, the train step without), True or
-  False forces XLA's own / YNNPACK's convolutions on every executable (bench/conv_impl_ab.py).
+  `conv_impl` is the model's; `eigen_convs` None runs as the library does (the forward through
+  `inference.make_predict_fn`: `convolution.inference_compiler_options()`, kernels packed once
+  per parameter set; the train step without options), True or False forces XLA's own /
+  YNNPACK's convolutions on every executable, with kernels packed in every call
+  (bench/conv_impl_ab.py).
   """
 
   def __init__(self, preset, case, params_np, dtype, inputs, conv_impl='auto', eigen_convs=None):
@@ -193,10 +195,14 @@ class JaxRunner:
     _, _, _, train = case_shape(case)
     self.x = jax.device_put(inputs['x'])
     if not train:
-      # Compiled as the library's inference paths compile it (`inference.make_predict_fn`).
       fwd = jax.jit(lambda p, x: self.model.apply({'params': p}, x)[1],
                     compiler_options=fwd_options)
-      self.run = lambda: self._set(fwd(self.params, self.x).block_until_ready())
+      if eigen_convs is None:  # The library's inference path, kernels packed once.
+        predict = inference.make_predict_fn(self.model)
+        self.run = lambda: self._set(predict(self.params, self.x).block_until_ready())
+      else:
+        self.run = lambda: self._set(fwd(self.params, self.x).block_until_ready())
+      # The same program as `predict` where nothing is packed (GPU: device memory).
       self.lower = lambda: fwd.lower(self.params, self.x)
       return
     self.y = jax.device_put(inputs['y'])

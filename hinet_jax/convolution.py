@@ -27,6 +27,10 @@ measurements on 2 Zen 4 cores (bench/README.md, levers log). On GPU and TPU, 'au
 `lax.conv` (cuDNN and the TPU convolution units need no help). Every form agrees with `lax.conv`
 to float32 rounding (tests/test_convolution.py).
 
+For inference the CPU kernels can take each kernel packed beforehand (`pack_for_conv`,
+`pack_for_upconv`, and `conv(..., packed=)`): `models.pack_kernels` packs a model's once per set
+of weights instead of in every call. Such calls are not differentiable.
+
 Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
 YNNPACK to XLA's own kernels, which run the XLA forms of the HINet forward faster on CPU.
 """
@@ -254,6 +258,34 @@ def _native(x: Array, kernel: Array, strides: int, padding: int, bias: Array | N
   return _native_conv_epilogue(x, kernel, bias, residual, strides, padding, relu_slope)
 
 
+_PACKED_IS_FOR_INFERENCE = (
+    'A convolution was given its kernel prepacked (`models.pack_kernels`, the inference '
+    "variables' 'packed' collection), which cannot be differentiated: apply the model with its "
+    "'params' alone to train or take gradients.")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _prepacked_conv(x: Array, kernel: Array, packed: Array, bias: Array | None,
+                    residual: Array | None, strides: int, padding: int,
+                    relu_slope: float | None) -> Array:
+  """The `_native` convolution (with its epilogue) reading `packed` (`pack_for_conv`)."""
+  return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias, relu_slope=relu_slope,
+                                  residual=residual, packed=packed)
+
+
+def _prepacked_fwd(*args):
+  del args
+  raise ValueError(_PACKED_IS_FOR_INFERENCE)
+
+
+def _prepacked_bwd(*args):
+  del args
+  raise ValueError(_PACKED_IS_FOR_INFERENCE)
+
+
+_prepacked_conv.defvjp(_prepacked_fwd, _prepacked_bwd)
+
+
 def winograd_conv(x: Array, kernel: Array, native_backward: bool,
                   bias: Array | None = None) -> Array:
   """3x3/s1/p1 conv: Winograd F(2x2, 3x3) forward; backward on `cpu_kernels` or `lax.conv`."""
@@ -274,6 +306,45 @@ def _auto_native(x: Array, kernel: Array) -> bool:
   cannot split their custom calls (it would gather a batch-sharded input onto every device), so
   with several devices 'auto' keeps the convolutions it can shard."""
   return jax.device_count() == 1 and native_applies(x, kernel)
+
+
+def _runs_native(x: Array, kernel: Array, strides: int, padding: int, impl: str) -> bool:
+  """Whether `conv` runs this convolution on `cpu_kernels` (for `impl` 'native', raises where
+  they cannot)."""
+  _check_impl(impl)
+  if impl == 'native':
+    _require_native(x, kernel)
+    return True
+  if impl != 'auto':
+    return False
+  if (*kernel.shape[:2], strides, padding) == (3, 3, 1, 1):
+    return auto_impl(x.shape, kernel.shape[-1], native=_auto_native(x, kernel)) == 'native'
+  return _auto_native(x, kernel)
+
+
+def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
+                  impl: str = 'xla') -> Array | None:
+  """`kernel` packed for `conv(x, kernel, strides, padding, impl, packed=...)`, or None where
+  that convolution does not run on the CPU kernels (nothing to pack)."""
+  if not _runs_native(x, kernel, strides, padding, impl):
+    return None
+  return cpu_kernels.pack_kernel(kernel)
+
+
+def pack_for_upconv(x: Array, kernel: Array, impl: str = 'xla') -> Array | None:
+  """`kernel` packed for `upconv2x2(x, kernel, impl, packed=...)`, or None where that does not
+  run on the CPU kernels."""
+  if not _runs_native_upconv(x, kernel, impl):
+    return None
+  return cpu_kernels.pack_kernel(kernel, 'HWOI', transposed=True)
+
+
+def _require_packed_native(runs_native: bool) -> None:
+  if not runs_native:
+    raise ValueError('A kernel was given prepacked for a convolution that does not run on the '
+                     'CPU kernels here (other backend, dtype or device count than when it was '
+                     'packed): pack again (`models.pack_kernels`) where it runs, or apply the '
+                     "model with its 'params' alone.")
 
 
 def _require_native(x: Array, kernel: Array) -> None:
@@ -342,6 +413,17 @@ def _upconv_bwd(res, g):
 native_upconv2x2.defvjp(_upconv_fwd, _upconv_bwd, symbolic_zeros=True)
 
 
+@jax.custom_vjp
+def _prepacked_upconv2x2(x: Array, kernel: Array, packed: Array, bias: Array | None) -> Array:
+  """`native_upconv2x2` reading `packed` (`pack_for_upconv`)."""
+  n, h, w, _ = x.shape
+  return cpu_kernels.conv_input_grad(x, kernel, (n, 2 * h, 2 * w, kernel.shape[-1]), 2, 0, 'HWOI',
+                                     bias=bias, packed=packed)
+
+
+_prepacked_upconv2x2.defvjp(_prepacked_fwd, _prepacked_bwd)
+
+
 def matmul_upconv2x2(x: Array, kernel: Array) -> Array:
   """`upconv2x2` (without bias) as matmuls and a depth-to-space, in XLA.
 
@@ -362,7 +444,15 @@ def matmul_upconv2x2(x: Array, kernel: Array) -> Array:
   return jax.lax.reshape(jnp.stack(rows, axis=2), (n, 2 * h, 2 * w, o), out_sharding=out_sharding)
 
 
-def upconv2x2(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None) -> Array:
+def _runs_native_upconv(x: Array, kernel: Array, impl: str) -> bool:
+  _check_impl(impl)
+  if impl == 'native':
+    _require_native(x, kernel)
+  return impl == 'native' or (impl == 'auto' and _auto_native(x, kernel))
+
+
+def upconv2x2(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None,
+              packed: Array | None = None) -> Array:
   """PyTorch's `ConvTranspose2d(C, O, 2, stride=2)`, NHWC, kernel (2, 2, C, O).
 
   With kernel == stride the output windows don't overlap: output pixel (2i+a, 2j+b) is input
@@ -375,14 +465,16 @@ def upconv2x2(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = N
     kernel: (2, 2, C, O), torch weight (C, O, 2, 2).transpose(2, 3, 0, 1), no spatial flip.
     impl: one of `CONV_IMPLS`.
     bias: optional (O,).
+    packed: optional `pack_for_upconv(x, kernel, impl)` (inference: not differentiable).
 
   Returns:
     (N, 2H, 2W, O).
   """
-  _check_impl(impl)
-  if impl == 'native':
-    _require_native(x, kernel)
-  if impl == 'native' or (impl == 'auto' and _auto_native(x, kernel)):
+  runs_native = _runs_native_upconv(x, kernel, impl)
+  if packed is not None:
+    _require_packed_native(runs_native)
+    return _prepacked_upconv2x2(x, kernel, packed, bias)
+  if runs_native:
     return native_upconv2x2(x, kernel, bias)
   return _add_bias(matmul_upconv2x2(x, kernel), bias)
 
@@ -394,7 +486,7 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
 
 def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str = 'xla',
          bias: Array | None = None, relu_slope: float | None = None,
-         residual: Array | None = None) -> Array:
+         residual: Array | None = None, packed: Array | None = None) -> Array:
   """Any HINet convolution (NHWC x HWIO, symmetric zero padding) in the form `impl` picks.
 
   3x3/stride-1/padding-1 convs go through `conv3x3`. Others (1x1, the 4x4/stride-2 downsamples)
@@ -413,11 +505,16 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
     relu_slope: if given, LeakyReLU with this negative slope on the result (+ bias).
     residual: optional array shaped as the output, added last. With the CPU kernels both run
       inside the convolution's own pass over its output (`_native_conv_epilogue`).
+    packed: optional `pack_for_conv(x, kernel, strides, padding, impl)`, read instead of packing
+      the kernel in the call (inference: not differentiable).
 
   Returns:
     (N, H', W', O).
   """
   _check_impl(impl)
+  if packed is not None:
+    _require_packed_native(_runs_native(x, kernel, strides, padding, impl))
+    return _prepacked_conv(x, kernel, packed, bias, residual, strides, padding, relu_slope)
   kh, kw = kernel.shape[:2]
   if (kh, kw, strides, padding) == (3, 3, 1, 1):
     return conv3x3(x, kernel, impl, bias, relu_slope, residual)

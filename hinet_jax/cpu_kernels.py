@@ -1,8 +1,10 @@
 """Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has two FFI handlers: a convolution-like product (`conv_forward`, bias
+`csrc/conv_kernels.cc` has three FFI handlers: a convolution-like product (`conv_forward`, bias
 added inside, and its input gradient `conv_input_grad`, which is also the transposed
-convolution), and both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`),
+convolution), both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`), and
+the kernel packed for the products (`pack_kernel`: each product packs its kernel per call unless
+given one packed beforehand, which inference does once per set of weights),
 for square kernels up to 8x8, any stride and symmetric zero padding, NHWC, kernels HWIO (or
 HWOI), float32. XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes at 35-90% of the
 float32 matmul rate, its kernel gradients and strided input gradients lower still; these run at
@@ -38,7 +40,7 @@ Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'conv_kernels.cc'
 # FFI target name -> symbol in the library.
-_TARGETS = {'hinet_conv': 'HinetConv', 'hinet_conv_bwd': 'HinetConvBwd'}
+_TARGETS = {'hinet_conv': 'HinetConv', 'hinet_conv_bwd': 'HinetConvBwd', 'hinet_pack': 'HinetPack'}
 MAX_KERNEL_SIZE = 8  # kMaxTaps = 64 in the source
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 _ENV_SWITCH = 'HINET_JAX_NATIVE_KERNELS'
@@ -140,11 +142,14 @@ def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
 KERNEL_LAYOUTS = ('HWIO', 'HWOI')
 
 
-def _kernel_attrs(stride: int, padding: int, layout: str) -> dict:
+def _layout_attrs(layout: str) -> dict:
   if layout not in KERNEL_LAYOUTS:
     raise ValueError(f'kernel layout must be one of {KERNEL_LAYOUTS}, got {layout!r}.')
-  return dict(stride=np.int64(stride), padding=np.int64(padding),
-              kernel_hwoi=np.int64(layout == 'HWOI'))
+  return dict(kernel_hwoi=np.int64(layout == 'HWOI'))
+
+
+def _kernel_attrs(stride: int, padding: int, layout: str) -> dict:
+  return dict(stride=np.int64(stride), padding=np.int64(padding), **_layout_attrs(layout))
 
 
 def _io(kernel: Array, layout: str) -> tuple[int, int]:
@@ -155,7 +160,8 @@ def _io(kernel: Array, layout: str) -> tuple[int, int]:
 
 def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
                  kernel_layout: str = 'HWIO', bias: Array | None = None,
-                 relu_slope: float | None = None, residual: Array | None = None) -> Array:
+                 relu_slope: float | None = None, residual: Array | None = None,
+                 packed: Array | None = None) -> Array:
   """`lax.conv` of NHWC `x` with a square `kernel`, symmetric zero padding, on CPU.
 
   Args:
@@ -167,12 +173,14 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
     relu_slope: if given, the output goes through LeakyReLU with this negative slope, inside the
       kernel (as `jax.nn.leaky_relu`).
     residual: optional float32 array shaped as the output, added last, inside the kernel.
+    packed: optional `pack_kernel(kernel, kernel_layout)`: the call then reads it instead of
+      packing `kernel` itself (one pass over the kernel less). Not differentiable: for inference.
 
   Returns:
     (N, Ho, Wo, O) float32, equal to XLA's convolution (plus bias, then LeakyReLU and residual)
-    up to float rounding.
+    up to float rounding; bit for bit the same with or without `packed`.
   """
-  _check(x, kernel, *(a for a in (bias, residual) if a is not None))
+  _check(x, kernel, *(a for a in (bias, residual, packed) if a is not None))
   n, h, w, _ = x.shape
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
@@ -181,11 +189,11 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
   if residual is not None and residual.shape != out.shape:
     raise ValueError(f'conv_forward: the residual must be shaped as the output {out.shape}, got '
                      f'{residual.shape}.')
-  # The kernel packed for the micro-kernel, as a second output so that XLA allocates (and
-  # reuses) its memory. 'sequential': under vmap each element is its own call.
-  y, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, c, o)),
+  # The kernel packed for the micro-kernel (unless given), as a second output so that XLA
+  # allocates (and reuses) its memory. 'sequential': under vmap each element is its own call.
+  y, _ = jax.ffi.ffi_call('hinet_conv', (out, _packing_scratch(k, c, o, packed)),
                           vmap_method='sequential')(
-                              x, kernel, _empty_or(bias), _empty_or(residual),
+                              x, kernel, _empty_or(bias), _empty_or(residual), _empty_or(packed),
                               transposed=np.int64(0), **_epilogue_attrs(relu_slope),
                               **_kernel_attrs(stride, padding, kernel_layout))
   return y
@@ -202,7 +210,8 @@ def _epilogue_attrs(relu_slope: float | None) -> dict:
 
 
 def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, padding: int,
-                    kernel_layout: str = 'HWIO', bias: Array | None = None) -> Array:
+                    kernel_layout: str = 'HWIO', bias: Array | None = None,
+                    packed: Array | None = None) -> Array:
   """Input gradient of `conv_forward(x, kernel, stride, padding)` for the output cotangent `g`.
 
   Also the transposed convolution of `g` (e.g. the decoder's 2x2/stride-2 upsampling).
@@ -215,27 +224,65 @@ def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, paddin
     kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
     bias: optional (C,) float32 added to every output pixel (when this runs as a transposed
       convolution layer).
+    packed: optional `pack_kernel(kernel, kernel_layout, transposed=True)`, read instead of
+      packing `kernel` in the call (inference of a transposed-convolution layer).
 
   Returns:
     (N, H, W, C) float32, equal to XLA's input gradient (plus bias) up to float rounding.
   """
-  _check(g, kernel, *(() if bias is None else (bias,)))
+  _check(g, kernel, *(a for a in (bias, packed) if a is not None))
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
   out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
   # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
-  dx, _ = jax.ffi.ffi_call('hinet_conv', (out, _packed_kernel(k, o, c)),
+  dx, _ = jax.ffi.ffi_call('hinet_conv', (out, _packing_scratch(k, o, c, packed)),
                            vmap_method='sequential')(
-                               g, kernel, _empty_or(bias), _empty_or(None),
+                               g, kernel, _empty_or(bias), _empty_or(None), _empty_or(packed),
                                transposed=np.int64(1), **_epilogue_attrs(None),
                                **_kernel_attrs(stride, padding, kernel_layout))
   return dx
 
 
 def _packed_kernel(k: int, reduction: int, outputs: int) -> jax.ShapeDtypeStruct:
-  """The scratch buffer of a kernel packed for the C++ micro-kernel: outputs rounded up to the
-  widest vector, 16 floats (`Packed::Size` rounds to its own, 8 or 16)."""
+  """A kernel packed for the C++ micro-kernel: outputs rounded up to the widest vector, 16
+  floats (`Packed::Size` rounds to its own, 8 or 16)."""
   return jax.ShapeDtypeStruct((k * k * reduction * -(-outputs // 16) * 16,), jnp.float32)
+
+
+def _packing_scratch(k: int, reduction: int, outputs: int,
+                     packed: Array | None) -> jax.ShapeDtypeStruct:
+  """A product's scratch output for packing its kernel: none (0,) if it is given packed."""
+  if packed is None:
+    return _packed_kernel(k, reduction, outputs)
+  if packed.ndim != 1 or packed.shape[0] < _packed_kernel(k, reduction, outputs).shape[0]:
+    raise ValueError(f'packed kernel of shape {packed.shape} does not fit this convolution: pass '
+                     '`pack_kernel` of the same kernel, layout and direction (transposed).')
+  return jax.ShapeDtypeStruct((0,), jnp.float32)
+
+
+def pack_kernel(kernel: Array, kernel_layout: str = 'HWIO', transposed: bool = False) -> Array:
+  """`kernel` packed as the CPU kernels' products read it, for `conv_forward(..., packed=)`
+  (`transposed=False`) or `conv_input_grad(..., packed=)` (`transposed=True`).
+
+  Every product packs its kernel in the call otherwise: one pass over the kernel, 2.5% of the 1x
+  HINet forward (bench/README.md). Inference packs once per set of weights
+  (`models.pack_kernels`).
+
+  Args:
+    kernel: (k, k, C, O) float32, or (k, k, O, C) with `kernel_layout='HWOI'`, k <= 8.
+    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
+    transposed: pack for the input gradient / transposed convolution instead of the convolution.
+
+  Returns:
+    A 1-D float32 array, only meaningful to the CPU kernels.
+  """
+  _check(kernel)
+  k = kernel.shape[0]
+  c, o = _io(kernel, kernel_layout)
+  reduction, outputs = (o, c) if transposed else (c, o)
+  return jax.ffi.ffi_call('hinet_pack', _packed_kernel(k, reduction, outputs),
+                          vmap_method='sequential')(kernel, transposed=np.int64(transposed),
+                                                    **_layout_attrs(kernel_layout))
 
 
 def _backward_call(a: Array, b: Array, kernel: Array, d_in: jax.ShapeDtypeStruct | None,

@@ -15,8 +15,10 @@ megvii-model/HINet basicsr/models/image_restoration_model.py:123) as pure functi
 Unlike upstream, nothing mutates state between calls; every function is usable on its own.
 """
 
+import functools
 import math
 import os
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -25,6 +27,7 @@ import numpy as np
 
 from hinet_jax import convolution
 from hinet_jax import image_ops
+from hinet_jax import models
 
 Array = jax.Array
 PredictFn = Callable[[object, Array], Array]
@@ -34,8 +37,37 @@ BLENDS = ('average', 'smooth')
 NUM_DIHEDRAL = 8
 
 
+class _PackedKernelsCache:
+  """The kernels of the last parameter set seen, packed for the CPU kernels (`models.PACKED`).
+
+  Keyed by the identity of the parameter arrays: `jax.Array`s are immutable, so the same objects
+  hold the same weights, and holding them keeps their ids from being reused. Parameters with
+  other (mutable) leaves, e.g. numpy arrays, or traced ones are packed again on every call.
+  """
+
+  def __init__(self, model):
+    self._pack = jax.jit(functools.partial(models.pack_kernels, model), static_argnums=1)
+    self._lock = threading.Lock()
+    self._leaves, self._packed = None, None
+    self.packs = 0  # how many times a parameter set was packed (tests)
+
+  def get(self, params, in_chn: int):
+    leaves = jax.tree.leaves(params)
+    cacheable = all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+                    for a in leaves)
+    with self._lock:
+      if cacheable and self._leaves is not None and len(leaves) == len(self._leaves) and all(
+          a is b for a, b in zip(leaves, self._leaves)):
+        return self._packed
+      packed = self._pack(params, in_chn)
+      self.packs += 1
+      if cacheable:
+        self._leaves, self._packed = leaves, packed
+      return packed
+
+
 def make_predict_fn(model) -> PredictFn:
-  """Jitted `predict(params, x) -> restored x` for a HINet-like Flax module.
+  """`predict(params, x) -> restored x` for a HINet-like Flax module, compiled.
 
   Args:
     model: a linen module whose `apply({'params': p}, x)` returns the restored image or a tuple of
@@ -44,14 +76,30 @@ def make_predict_fn(model) -> PredictFn:
   Returns:
     `predict(params, x)`: float32 NHWC in [0, 1] -> float32 NHWC, raw (not clipped). It compiles
     once per input shape, with `convolution.inference_compiler_options()` (on CPU: XLA's own
-    convolution kernels, faster than YNNPACK's for the forward pass).
+    convolution kernels, faster than YNNPACK's for the forward pass). Where convolutions run on
+    the CPU kernels, their kernels are packed once per parameter set (`models.pack_kernels`,
+    the last set is kept) instead of in every call. `predict.__wrapped__` is the same function
+    unjitted and without that cache, to trace inside another jitted function (`evaluate`).
   """
 
-  def predict(params, x):
-    out = model.apply({'params': params}, x)
+  def restored(out):
     return out[-1] if isinstance(out, (tuple, list)) else out
 
-  return jax.jit(predict, compiler_options=convolution.inference_compiler_options())
+  def traceable_predict(params, x):
+    return restored(model.apply({'params': params}, x))
+
+  forward = jax.jit(lambda variables, x: restored(model.apply(variables, x)),
+                    compiler_options=convolution.inference_compiler_options())
+  cache = _PackedKernelsCache(model)
+
+  @functools.wraps(traceable_predict)
+  def predict(params, x):
+    packed = cache.get(params, x.shape[-1])
+    variables = {'params': params, models.PACKED: packed} if packed else {'params': params}
+    return forward(variables, x)
+
+  predict.packed_kernels = cache
+  return predict
 
 
 def _axis_starts(size: int, tile: int, overlap: int) -> List[int]:

@@ -58,12 +58,15 @@ def test_pointwise_conv_matches_lax_conv():
 # (x shape, kernel size, stride, padding, O): HINet's 3x3, 1x1 and 4x4/stride-2 convs, odd sizes,
 # the vector tail (O or C not a multiple of 16, C not of the register block), images smaller
 # than the kernel, more pixels than one band or chunk of rows, no padding, a stride larger than
-# the kernel (pixels no tap reaches), and the deep levels' few pixels and many channels.
+# the kernel (pixels no tap reaches), the deep levels' few pixels and many channels, and
+# channels a multiple of 256 (band pixels padded to another stride; bands shared by items that
+# split the outputs, and not).
 NATIVE_CASES = [((2, 9, 11, 13), 3, 1, 1, 40), ((1, 10, 8, 16), 4, 2, 1, 32),
                 ((2, 7, 5, 3), 4, 2, 1, 16), ((1, 2, 2, 8), 4, 2, 1, 8), ((1, 2, 3, 4), 3, 1, 1, 5),
                 ((2, 40, 36, 24), 3, 1, 1, 48), ((1, 6, 6, 8), 3, 1, 0, 16),
                 ((2, 9, 7, 20), 1, 1, 0, 33), ((1, 7, 9, 16), 1, 3, 0, 16),
-                ((2, 4, 4, 272), 3, 1, 1, 64)]
+                ((2, 4, 4, 272), 3, 1, 1, 64), ((2, 5, 6, 256), 3, 1, 1, 48),
+                ((1, 5, 6, 256), 3, 1, 1, 16), ((1, 6, 6, 512), 4, 2, 1, 64)]
 
 
 @pytest.mark.parametrize('case', NATIVE_CASES)
@@ -154,6 +157,38 @@ def test_native_epilogue_equals_leaky_relu_and_add_after_the_conv(layer, relu, r
       np.testing.assert_array_equal(a, e)
   with pytest.raises(ValueError, match=r'residual must be shaped as the output'):
     cpu_kernels.conv_forward(x, k, stride, pad, residual=jnp.zeros((1, 2, 3, 4)))
+
+
+@pytest.mark.parametrize('case', NATIVE_CASES[:4] + NATIVE_CASES[7:8])
+def test_prepacked_kernels_give_the_same_products_bit_for_bit(case):
+  """A kernel packed once (`pack_kernel`) and read by the products equals packing it in the
+  call, for the convolution and its input gradient, either stored layout, with vector tails."""
+  xshape, k, s, p, o = case
+  x, kernel = _random(xshape, 0), _random((k, k, xshape[-1], o), 1)
+  g = _random(convolution.conv_xla(x, kernel, s, p).shape, 2)
+  for w, layout in ((kernel, 'HWIO'), (kernel.transpose(0, 1, 3, 2), 'HWOI')):
+    fwd = jax.jit(lambda x, w, packed: cpu_kernels.conv_forward(x, w, s, p, layout, packed=packed))
+    back = jax.jit(lambda g, w, packed: cpu_kernels.conv_input_grad(g, w, x.shape, s, p, layout,
+                                                                    packed=packed))
+    np.testing.assert_array_equal(fwd(x, w, cpu_kernels.pack_kernel(w, layout)),
+                                  fwd(x, w, None))
+    np.testing.assert_array_equal(back(g, w, cpu_kernels.pack_kernel(w, layout, transposed=True)),
+                                  back(g, w, None))
+
+
+def test_prepacked_kernels_wrong_or_differentiated_are_clear_errors():
+  x, k = _random((1, 6, 6, 8), 0), _random((3, 3, 8, 24), 1)
+  packed = cpu_kernels.pack_kernel(k)
+  with pytest.raises(ValueError, match='does not fit this convolution'):
+    cpu_kernels.conv_forward(x, k, 1, 1, packed=packed[:100])
+  with pytest.raises(ValueError, match='does not fit this convolution'):  # the other direction's
+    cpu_kernels.conv_input_grad(_random((1, 6, 6, 24), 2), k, x.shape, 1, 1,
+                                packed=cpu_kernels.pack_kernel(k[..., :8]))
+  with pytest.raises(ValueError, match='does not run on the CPU kernels'):
+    convolution.conv(x, k, 1, 1, 'xla', packed=packed)
+  with pytest.raises(ValueError, match='cannot be differentiated'):
+    jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'native', packed=packed)))(k)
+  assert convolution.pack_for_conv(x, k, 1, 1, 'xla') is None
 
 
 def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hinet_jax import convolution
 from hinet_jax import inference
 from hinet_jax import models
 
@@ -139,6 +140,31 @@ class RestoreTest(parameterized.TestCase):
       inference.restore_image(predict, params, _image(h, w), tile=16, overlap=4, batch_size=4,
                               self_ensemble=(h == 9))
     self.assertEqual(traces, [(4, 16, 16, 3)])
+
+  def test_predict_fn_packs_the_kernels_once_per_parameter_set(self):
+    model = models.HINet(wf=8, depth=3, conv_impl='native')  # 'auto' with 8 devices: XLA's
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.1, a.shape), jnp.float32),
+                          models.abstract_params(model))
+    predict = inference.make_predict_fn(model)
+    x = _image(20, 12)[None]
+    first = np.asarray(predict(params, x))
+    np.testing.assert_array_equal(predict(params, x), first)
+    self.assertEqual(predict.packed_kernels.packs, 1)
+    # New weights (other arrays) are packed anew and give their own output.
+    other = jax.tree.map(lambda a: a * 1.5, params)
+    self.assertGreater(np.abs(np.asarray(predict(other, x)) - first).max(), 1e-3)
+    self.assertEqual(predict.packed_kernels.packs, 2)
+    # Mutable (numpy) weights are never trusted to be unchanged: packed on every call.
+    host = jax.tree.map(np.array, params)
+    before = np.asarray(predict(host, x))
+    host['conv_01']['kernel'] *= 2  # in place: the same objects, other weights
+    self.assertGreater(np.abs(np.asarray(predict(host, x)) - before).max(), 1e-3)
+    self.assertEqual(predict.packed_kernels.packs, 4)
+    # The same values as the model without packed kernels, under the same compiler options.
+    ref = jax.jit(lambda p, x: model.apply({'params': p}, x)[1],
+                  compiler_options=convolution.inference_compiler_options())(params, x)
+    np.testing.assert_array_equal(first, ref)
 
   def test_hinet_predict_fn_returns_stage2(self):
     model = models.HINet(wf=8, depth=3)

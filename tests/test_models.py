@@ -106,6 +106,32 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   assert 0 < float(jnp.max(jnp.abs(s2 - ref))) < 0.1
 
 
+def _random_params(model, seed=0):
+  rng = np.random.default_rng(seed)  # init_params compiles for ~20 s on CPU; values suffice.
+  return jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.1, a.shape), jnp.float32),
+                      models.abstract_params(model))
+
+
+def test_packed_kernels_give_the_same_outputs_bit_for_bit():
+  """`pack_kernels` packs every kernel the CPU kernels run, and applying the model with them
+  changes no bit of either stage. ('native': with the tests' 8 host devices 'auto' keeps XLA's
+  convolutions, and there is nothing to pack.)"""
+  model = models.HINet(**TINY, conv_impl='native')
+  params = _random_params(model)
+  packed = jax.jit(lambda p: models.pack_kernels(model, p))(params)
+  kernels = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+             if path[-1].key == 'kernel']
+  assert len(jax.tree.leaves(packed)) == len(kernels)
+  assert not jax.tree.leaves(models.pack_kernels(model.clone(conv_impl='auto'), params))
+  x = jax.random.uniform(jax.random.key(1), (2, 20, 12, 3))
+  plain = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, x)
+  fast = jax.jit(lambda p, k, x: model.apply({'params': p, models.PACKED: k}, x))(params, packed, x)
+  for a, b in zip(plain, fast):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='cannot be differentiated'):
+    jax.grad(lambda p: jnp.sum(model.apply({'params': p, models.PACKED: packed}, x)[1]))(params)
+
+
 def test_create_model_presets_and_errors():
   assert models.create_model('gopro').hin_position_left == 3
   assert models.create_model('sidd-0.5x', dtype='bfloat16').dtype == jnp.bfloat16

@@ -244,7 +244,7 @@ const auto kDirect1 = DirectTable<1>(std::make_integer_sequence<int, kMaxMR>{});
 // micro-kernel sequential: with W rows O floats apart, the deep levels (W megabytes, one row a
 // few cache lines of a 4 KiB page) ran at half the rate.
 struct Packed {
-  float* data;
+  const float* data;
   int64_t n_taps, n_red, n_out;
   static int64_t Size(int64_t n_taps, int64_t n_red, int64_t n_out) {
     return n_taps * n_red * CeilDiv(n_out, kVec) * kVec;
@@ -264,7 +264,7 @@ struct Packed {
 // that it streams sequentially (reading it in the packed order, a 128-byte piece of each 4 KiB
 // row, took 28 ms for a 1024x1024 kernel: TLB and cache misses).
 void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
-                 const Packed& packed) {
+                 const Packed& packed, float* packed_data) {
   constexpr int64_t kRows = 64;  // source rows (of one tap) a work item
   const int64_t n_red = packed.n_red, n_out = packed.n_out;
   const int64_t src_rows = rows_are_reduction ? n_red : n_out;
@@ -277,7 +277,7 @@ void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
       for (int64_t r = row0; r < row1; ++r)
         for (int64_t b = 0; b < packed.NumBlocks(); ++b) {
           const int64_t o0 = packed.BlockStart(b), width = packed.Width(o0);
-          float* dst = packed.data + o0 * packed.n_taps * n_red + (t * n_red + r) * width;
+          float* dst = packed_data + o0 * packed.n_taps * n_red + (t * n_red + r) * width;
           const int64_t valid = std::min(width, n_out - o0);
           std::memcpy(dst, src + r * n_out + o0, valid * sizeof(float));
           std::fill(dst + valid, dst + width, 0.f);
@@ -290,7 +290,7 @@ void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
       const int64_t o0 = packed.BlockStart(b), width = packed.Width(o0);
       const int64_t lo = std::max(row0, o0), hi = std::min(row1, std::min(o0 + width, n_out));
       if (lo >= hi) continue;
-      float* panel = packed.data + o0 * packed.n_taps * n_red + t * n_red * width;
+      float* panel = packed_data + o0 * packed.n_taps * n_red + t * n_red * width;
       for (int64_t r = 0; r < n_red; ++r)
         for (int64_t oo = lo; oo < hi; ++oo) panel[r * width + oo - o0] = src[oo * n_red + r];
       if (hi == n_out && o0 + width > n_out)  // zero the padding lanes of a partial last block
@@ -391,35 +391,50 @@ void ForEachBand(ffi::ThreadPool& pool, const Bands& bands, const WorkItems& ite
   });
 }
 
+// Floats a pixel takes in a band buffer: its channels, plus one cache line where they would be a
+// multiple of 1 KiB. A block's MR input pixels are then spread over the L1 cache's sets: 12
+// pixels of 512 channels fell on 2 of its 64 sets (1024 channels: on one), which with the
+// weight chunk's lines there held more lines than a set's ways, so the chunk was evicted.
+int64_t BandPixelFloats(int64_t c) { return c % 256 == 0 ? c + 16 : c; }
+
 // Copies rows [row0, row0 + n_rows) of image `img` of (N, H, W, C) `x` to `dst`, each with
-// `left` zero columns before and zeros after up to `width` columns, rows outside [0, H) zeros.
+// `left` zero columns before and zeros after up to `width` columns, rows outside [0, H) zeros;
+// pixels `cs` >= C floats apart (the floats after a pixel's C are never read).
 void CopyPaddedRows(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
-                    int64_t n_rows, int64_t left, int64_t width, float* dst) {
-  for (int64_t r = 0; r < n_rows; ++r, dst += width * c) {
+                    int64_t n_rows, int64_t left, int64_t width, int64_t cs, float* dst) {
+  for (int64_t r = 0; r < n_rows; ++r, dst += width * cs) {
     const int64_t hx = row0 + r;
     if (hx < 0 || hx >= h) {
-      std::fill(dst, dst + width * c, 0.f);
+      std::fill(dst, dst + width * cs, 0.f);
       continue;
     }
-    std::fill(dst, dst + left * c, 0.f);
-    std::memcpy(dst + left * c, x + ((img * h + hx) * w) * c, w * c * sizeof(float));
-    std::fill(dst + (left + w) * c, dst + width * c, 0.f);
+    std::fill(dst, dst + left * cs, 0.f);
+    const float* src = x + ((img * h + hx) * w) * c;
+    if (cs == c)
+      std::memcpy(dst + left * c, src, w * c * sizeof(float));
+    else
+      for (int64_t px = 0; px < w; ++px)
+        std::memcpy(dst + (left + px) * cs, src + px * c, c * sizeof(float));
+    std::fill(dst + (left + w) * cs, dst + width * cs, 0.f);
   }
 }
 
-// Whether those rows need no zeros (a 1x1 or unpadded convolution): x itself can be read.
-bool InsideImage(int64_t h, int64_t w, int64_t row0, int64_t n_rows, int64_t left,
-                 int64_t width) {
-  return left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h;
+// Whether those rows need no zeros (a 1x1 or unpadded convolution) and no other pixel stride
+// (cs == C): x itself can be read.
+bool InsideImage(int64_t h, int64_t w, int64_t c, int64_t row0, int64_t n_rows, int64_t left,
+                 int64_t width, int64_t cs) {
+  return left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h && cs == c;
 }
 
-// Those rows, padded as above: x itself where InsideImage, else a copy in `buf`.
+// Those rows, padded as above with cs floats a pixel: x itself where InsideImage, else a copy
+// in `buf`.
 const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
-                  int64_t n_rows, int64_t left, int64_t width, std::vector<float>& buf) {
-  if (InsideImage(h, w, row0, n_rows, left, width))
+                  int64_t n_rows, int64_t left, int64_t width, int64_t cs,
+                  std::vector<float>& buf) {
+  if (InsideImage(h, w, c, row0, n_rows, left, width, cs))
     return x + (img * h + row0) * w * c;
-  buf.resize(n_rows * width * c);
-  CopyPaddedRows(x, h, w, c, img, row0, n_rows, left, width, buf.data());
+  buf.resize(n_rows * width * cs);
+  CopyPaddedRows(x, h, w, c, img, row0, n_rows, left, width, cs, buf.data());
   return buf.data();
 }
 
@@ -427,17 +442,16 @@ const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, 
 // channels, and every item would copy the same band again (8 copies of a 1.2 MB input for the
 // 4x4/stride-2 conv of 32x32x256). There the padded rows [row0, row0 + n_rows) of every image
 // are copied once, in parallel, into `buf` (image after image) and the items read them from
-// there. Returns null where each item reads its own band: channels not split, or no padding
-// needed.
+// there. Returns null where each item reads its own band: channels not split, or x itself.
 const float* SharedBands(ffi::ThreadPool& pool, const WorkItems& items, const float* x,
                          int64_t n, int64_t h, int64_t w, int64_t c, int64_t row0, int64_t n_rows,
-                         int64_t left, int64_t width, std::vector<float>& buf) {
-  if (items.splits == 1 || InsideImage(h, w, row0, n_rows, left, width)) return nullptr;
-  buf.resize(n * n_rows * width * c);
+                         int64_t left, int64_t width, int64_t cs, std::vector<float>& buf) {
+  if (items.splits == 1 || InsideImage(h, w, c, row0, n_rows, left, width, cs)) return nullptr;
+  buf.resize(n * n_rows * width * cs);
   float* dst = buf.data();
   ParallelFor(pool, n * n_rows, [&](int64_t row) {
     const int64_t img = row / n_rows, r = row % n_rows;
-    CopyPaddedRows(x, h, w, c, img, row0 + r, 1, left, width, dst + row * width * c);
+    CopyPaddedRows(x, h, w, c, img, row0 + r, 1, left, width, cs, dst + row * width * cs);
   });
   return dst;
 }
@@ -506,25 +520,65 @@ bool IsOutput(const Geometry& g, ffi::Span<const int64_t> d) {
   return d.size() == 4 && d[0] == g.n && d[1] == g.ho && d[2] == g.wo && d[3] == g.o;
 }
 
+// How a product packs W: the convolution (transposed = false) reduces over C into O outputs,
+// its input gradient (the transposed convolution) over O into C; W's stored rows are reduction
+// rows for the one whose reduction side is stored first ((k, k, C, O) for the convolution).
+struct Packing {
+  int64_t n_taps, n_red, n_out;
+  bool rows_are_reduction;
+  int64_t Size() const { return Packed::Size(n_taps, n_red, n_out); }
+};
+
+Packing ProductPacking(int64_t k, int64_t c, int64_t o, bool hwoi, bool transposed) {
+  return transposed ? Packing{k * k, o, c, hwoi} : Packing{k * k, c, o, !hwoi};
+}
+
+Packing ProductPacking(const Geometry& geo, bool transposed) {
+  return ProductPacking(geo.k, geo.c, geo.o, geo.hwoi, transposed);
+}
+
+// W packed for a product: `prepacked` where it is given (not empty: HinetPack's output, made
+// once per weights for inference), else packed now into `scratch` (a call's scratch output).
+ffi::Error PackedWeights(ffi::ThreadPool& pool, const Packing& how, const float* w,
+                         ffi::Span<const int64_t> prepacked_dims, const float* prepacked,
+                         size_t scratch_count, float* scratch, Packed* out) {
+  *out = Packed{nullptr, how.n_taps, how.n_red, how.n_out};
+  const auto needed = static_cast<size_t>(how.Size());
+  size_t prepacked_count = prepacked_dims.size() == 0 ? 0 : 1;  // no dims: none given
+  for (int64_t d : prepacked_dims) prepacked_count *= d;
+  if (prepacked_count > 0) {
+    if (prepacked_dims.size() != 1 || prepacked_count < needed)
+      return ffi::Error::InvalidArgument(
+          "the prepacked kernel must be a vector of at least " + std::to_string(needed) +
+          " floats (hinet_pack's output for this kernel and direction), or (0,)");
+    out->data = prepacked;
+    return ffi::Error::Success();
+  }
+  if (scratch_count < needed)
+    return ffi::Error::InvalidArgument("the packed-kernel scratch buffer is too small");
+  PackWeights(pool, w, how.rows_are_reduction, *out, scratch);
+  out->data = scratch;
+  return ffi::Error::Success();
+}
+
 //===----------------------------------------------------------------------===//
 // Convolution and input gradient.
 //===----------------------------------------------------------------------===//
 
-// y = the convolution of x (+ bias, if not null; then `epi`). `packed` holds Packed::Size(k*k, C,
-// O) floats of scratch.
-void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* w,
-             const float* bias, const Epilogue& epi, float* y, float* packed_data) {
+// y = the convolution of x (+ bias, if not null; then `epi`), W packed as ForwardPacking says.
+void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const Packed& packed,
+             const float* bias, const Epilogue& epi, float* y) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
   const int64_t k = geo.k, stride = geo.s, padding = geo.p;
   if (n * ho * wo * o == 0) return;
-  const Packed packed{packed_data, k * k, c, o};
-  PackWeights(pool, w, /*rows_are_reduction=*/!geo.hwoi, packed);
-  // Band buffer columns: `padding` zeros, the image, zeros up to the last window's end.
+  // Band buffer columns: `padding` zeros, the image, zeros up to the last window's end; cs
+  // floats a pixel where the band is a copy anyway (padding), else x's own C.
   const int64_t width = padding + std::max(wdt, stride * (wo - 1) + k - padding);
+  const int64_t cs = padding > 0 ? BandPixelFloats(c) : c;
   TapList taps;
   for (int64_t i = 0; i < k; ++i)
     for (int64_t j = 0; j < k; ++j) {
-      taps.in_off[taps.n] = (i * width + j) * c;
+      taps.in_off[taps.n] = (i * width + j) * cs;
       taps.index[taps.n++] = i * k + j;
     }
   const Bands bands(ho, wo);
@@ -533,26 +587,26 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const f
   const int64_t image_rows = stride * (ho - 1) + k;
   thread_local std::vector<float> shared_buffer;
   const float* shared = SharedBands(pool, items, x, n, h, wdt, c, -padding, image_rows, padding,
-                                    width, shared_buffer);
+                                    width, cs, shared_buffer);
   ForEachBand(pool, bands, items, ho, o, [&](int64_t img, int64_t h0, int64_t h1, int64_t o0,
                                              int64_t o1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
     const float* band =
-        shared ? shared + (img * image_rows + stride * h0) * width * c
+        shared ? shared + (img * image_rows + stride * h0) * width * cs
                : Band(x, h, wdt, c, img, stride * h0 - padding, stride * (h1 - h0 - 1) + k,
-                      padding, width, band_buffer);
-    MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * c, stride * c,
+                      padding, width, cs, band_buffer);
+    MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * cs, stride * cs,
                           (img * ho + h0) * wo * o, wo * o, o}, blocks);
     DirectBand(band, blocks, taps, packed, o0, o1, bias, epi, y);
   });
 }
 
 // dx = the input gradient of the convolution for the output cotangent g (the transposed
-// convolution of g; + bias, if not null, when it runs as a layer). `packed` holds
-// Packed::Size(k*k, O, C) floats of scratch.
-void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const float* w,
-               const float* bias, float* dx, float* packed_data) {
+// convolution of g; + bias, if not null, when it runs as a layer), W packed as ForwardPacking
+// says for transposed = true.
+void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const Packed& packed,
+               const float* bias, float* dx) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
   const int64_t k = geo.k, stride = geo.s, padding = geo.p;
   if (n * h * wdt * c == 0) return;
@@ -561,14 +615,14 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
       for (int64_t cc = 0; cc < c; ++cc) dx[i * c + cc] = bias ? bias[cc] : 0.f;
     return;
   }
-  // The product's reduction runs over O and its outputs are C: W read as (k, k, O, C).
-  const Packed packed{packed_data, k * k, o, c};
-  PackWeights(pool, w, /*rows_are_reduction=*/geo.hwoi, packed);
   // Output pixel (y, x) meets the taps i = (y + p) % s, + s, ... and j = (x + p) % s, + s, ...,
   // tap (i, j) at g pixel ((y + p - i) / s, (x + p - j) / s). Band buffer columns: the g columns
-  // from -left (the leftmost any tap reaches) to the rightmost.
+  // from -left (the leftmost any tap reaches) to the rightmost; os floats a pixel, g's own (the
+  // padded pixel stride here too, with 1x1 convolutions' bands copied to get it, made the train
+  // step 4% slower: bench/README.md).
   const int64_t left = std::max<int64_t>(0, -FloorDiv(padding - k + 1, stride));
   const int64_t width = left + std::max(wo, FloorDiv(wdt - 1 + padding, stride) + 1);
+  const int64_t os = o;
   const Bands bands(h, wdt);
   const WorkItems items(pool, n, bands.n, c);
   // Output rows y0 .. y1 - 1 read g rows FloorDiv(y0 + p - k + 1, s) .. FloorDiv(y1 - 1 + p, s).
@@ -576,16 +630,16 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
   const int64_t image_rows = FloorDiv(h - 1 + padding, stride) - first_row + 1;
   thread_local std::vector<float> shared_buffer;
   const float* shared = SharedBands(pool, items, g, n, ho, wo, o, first_row, image_rows, left,
-                                    width, shared_buffer);
+                                    width, os, shared_buffer);
   ForEachBand(pool, bands, items, h, c, [&](int64_t img, int64_t y0, int64_t y1, int64_t c0,
                                             int64_t c1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
     const int64_t g_row0 = FloorDiv(y0 + padding - k + 1, stride);
     const float* band =
-        shared ? shared + (img * image_rows + g_row0 - first_row) * width * o
+        shared ? shared + (img * image_rows + g_row0 - first_row) * width * os
                : Band(g, ho, wo, o, img, g_row0, FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1,
-                      left, width, band_buffer);
+                      left, width, os, band_buffer);
     for (int64_t py = 0; py < stride; ++py) {
       for (int64_t px = 0; px < stride; ++px) {
         // This class's pixels: rows y = y_first + r*s in [y0, y1) with (y + p) % s == py, and
@@ -596,12 +650,12 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
         const PixelClass cls{
             CeilDiv(y1 - y_first, stride), CeilDiv(wdt - x_first, stride),
             (((y_first + padding - py) / stride - g_row0) * width +
-             (x_first + padding - px) / stride + left) * o, width * o, o,
+             (x_first + padding - px) / stride + left) * os, width * os, os,
             ((img * h + y_first) * wdt + x_first) * c, stride * wdt * c, stride * c};
         TapList taps;
         for (int64_t i = py; i < k; i += stride)
           for (int64_t j = px; j < k; j += stride) {
-            taps.in_off[taps.n] = -((i - py) / stride * width + (j - px) / stride) * o;
+            taps.in_off[taps.n] = -((i - py) / stride * width + (j - px) / stride) * os;
             taps.index[taps.n++] = i * k + j;
           }
         MakeBlocks(cls, blocks);
@@ -798,24 +852,24 @@ ffi::Error BiasOf(const char* op, ffi::Buffer<ffi::F32>& bias, int64_t channels,
 // also the transposed convolution (transposed = 1: in = the cotangent g, out = dx). One handler
 // for both: they differ only in which side of the convolution `in` is. The convolution may end
 // with a LeakyReLU (relu = 1, relu_slope) and add `residual` (shaped as y, or (0,) for none).
+// `prepacked` is W already packed for this product (HinetPack), or (0,): then W is packed into
+// the scratch output `packed` (which may be (0,) when prepacked is given).
 ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> w,
                     ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
-                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> packed,
-                    int64_t stride, int64_t padding, int64_t kernel_hwoi, int64_t transposed,
-                    int64_t relu, float relu_slope) {
+                    ffi::Buffer<ffi::F32> prepacked, ffi::ResultBuffer<ffi::F32> out,
+                    ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
+                    int64_t kernel_hwoi, int64_t transposed, int64_t relu, float relu_slope) {
   Geometry geo;
   const auto input_side = transposed ? out->dimensions() : in.dimensions();
   if (auto e = MakeGeometry("conv", input_side, w.dimensions(), stride, padding, kernel_hwoi,
                             &geo); e.failure())
     return e;
-  const int64_t n_red = transposed ? geo.o : geo.c, n_out = transposed ? geo.c : geo.o;
+  const int64_t n_out = transposed ? geo.c : geo.o;
   const float* b = nullptr;
   if (auto e = BiasOf("conv", bias, n_out, &b); e.failure()) return e;
   if (!IsOutput(geo, transposed ? in.dimensions() : out->dimensions()))
     return ffi::Error::InvalidArgument(
         "conv: the output side must be (N, Ho, Wo, O) for the input side's N, H, W");
-  if (packed->element_count() < static_cast<size_t>(Packed::Size(geo.k * geo.k, n_red, n_out)))
-    return ffi::Error::InvalidArgument("conv: the packed-kernel scratch buffer is too small");
   Epilogue epi;
   epi.relu = relu != 0;
   epi.slope = relu_slope;
@@ -828,12 +882,16 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
   }
   if (transposed && epi.Active())
     return ffi::Error::InvalidArgument("conv: the epilogue (relu, residual) is for transposed = 0");
+  Packed weights;
+  if (auto e = PackedWeights(pool, ProductPacking(geo, transposed), w.typed_data(),
+                             prepacked.dimensions(), prepacked.typed_data(),
+                             packed->element_count(), packed->typed_data(), &weights);
+      e.failure())
+    return ffi::Error::InvalidArgument(std::string("conv: ") + e.message());
   if (transposed)
-    InputGrad(pool, geo, in.typed_data(), w.typed_data(), b, out->typed_data(),
-              packed->typed_data());
+    InputGrad(pool, geo, in.typed_data(), weights, b, out->typed_data());
   else
-    Forward(pool, geo, in.typed_data(), w.typed_data(), b, epi, out->typed_data(),
-            packed->typed_data());
+    Forward(pool, geo, in.typed_data(), weights, b, epi, out->typed_data());
   return ffi::Error::Success();
 }
 
@@ -865,27 +923,56 @@ ffi::Error ConvBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffe
     return ffi::Error::InvalidArgument("conv_bwd: dW must have the kernel's shape");
   if (input_grad) {
     const auto dd = d_in->dimensions();
-    const bool ok = transposed ? IsOutput(geo, dd) : IsInput(geo, dd);
-    const int64_t n_red = transposed ? geo.c : geo.o, n_out = transposed ? geo.o : geo.c;
-    const auto needed = static_cast<size_t>(Packed::Size(geo.k * geo.k, n_red, n_out));
-    if (!ok || packed->element_count() < needed)
-      return ffi::Error::InvalidArgument("conv_bwd: input gradient or scratch of the wrong shape");
+    if (!(transposed ? IsOutput(geo, dd) : IsInput(geo, dd)))
+      return ffi::Error::InvalidArgument("conv_bwd: the input gradient has the wrong shape");
+    // The layer's input gradient is the other direction's product (the convolution's input
+    // gradient for a convolution layer, the convolution for a transposed one).
+    Packed weights;
+    if (auto e = PackedWeights(pool, ProductPacking(geo, !transposed), w.typed_data(), {},
+                               nullptr, packed->element_count(), packed->typed_data(), &weights);
+        e.failure())
+      return ffi::Error::InvalidArgument(std::string("conv_bwd: ") + e.message());
     if (transposed)
-      Forward(pool, geo, a.typed_data(), w.typed_data(), nullptr, Epilogue{}, d_in->typed_data(),
-              packed->typed_data());
+      Forward(pool, geo, a.typed_data(), weights, nullptr, Epilogue{}, d_in->typed_data());
     else
-      InputGrad(pool, geo, b.typed_data(), w.typed_data(), nullptr, d_in->typed_data(),
-                packed->typed_data());
+      InputGrad(pool, geo, b.typed_data(), weights, nullptr, d_in->typed_data());
   }
   KernelGrad(pool, geo, a.typed_data(), b.typed_data(), dw->typed_data());
   return ffi::Error::Success();
 }
 
+// W (k, k, C, O), or (k, k, O, C) with kernel_hwoi, packed for the convolution (transposed = 0)
+// or for its input gradient / the transposed convolution (transposed = 1), as HinetConv takes it
+// in `prepacked`: inference packs each kernel once per set of weights instead of in every call.
+ffi::Error PackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
+                    ffi::ResultBuffer<ffi::F32> packed, int64_t kernel_hwoi, int64_t transposed) {
+  const auto d = w.dimensions();
+  if (d.size() != 4 || d[0] != d[1] || d[0] < 1 || d[0] * d[0] > kMaxTaps)
+    return ffi::Error::InvalidArgument("pack: the kernel must be square, rank 4, at most 8x8");
+  const int64_t c = kernel_hwoi ? d[3] : d[2], o = kernel_hwoi ? d[2] : d[3];
+  const Packing how = ProductPacking(d[0], c, o, kernel_hwoi != 0, transposed != 0);
+  Packed unused;
+  if (auto e = PackedWeights(pool, how, w.typed_data(), {}, nullptr, packed->element_count(),
+                             packed->typed_data(), &unused);
+      e.failure())
+    return ffi::Error::InvalidArgument(std::string("pack: ") + e.message());
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetPack, PackImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kernel_hwoi")
+                                  .Attr<int64_t>("transposed"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConv, ConvImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
