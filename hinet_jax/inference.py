@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import threading
+import weakref
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import logging
@@ -40,30 +41,45 @@ NUM_DIHEDRAL = 8
 class _PackedKernelsCache:
   """The kernels of the last parameter set seen, packed for the CPU kernels (`models.PACKED`).
 
-  Keyed by the identity of the parameter arrays: `jax.Array`s are immutable, so the same objects
-  hold the same weights, and holding them keeps their ids from being reused. Parameters with
-  other (mutable) leaves, e.g. numpy arrays, or traced ones are packed again on every call.
+  Keyed by the identity of the parameter arrays, held by weak references: `jax.Array`s are
+  immutable, so the same objects hold the same weights. The packed kernels (as much memory again
+  as the convolution kernels) are freed as soon as those arrays are (e.g. a training step donated
+  them). Parameters with other (mutable) leaves, e.g. numpy arrays, or traced ones are packed
+  again on every call.
   """
 
   def __init__(self, model):
     self._pack = jax.jit(functools.partial(models.pack_kernels, model), static_argnums=1)
     self._lock = threading.Lock()
-    self._leaves, self._packed = None, None
+    self._refs, self._packed = [], None
     self.packs = 0  # how many times a parameter set was packed (tests)
+
+  @property
+  def holds_packed(self) -> bool:
+    """Whether packed kernels of a live parameter set are held."""
+    return self._packed is not None
+
+  def _forget(self, refs):
+    with self._lock:
+      if self._refs is refs:
+        self._refs, self._packed = [], None
 
   def get(self, params, in_chn: int):
     leaves = jax.tree.leaves(params)
-    cacheable = all(isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
-                    for a in leaves)
+    cacheable = bool(leaves) and all(
+        isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) for a in leaves)
     with self._lock:
-      if cacheable and self._leaves is not None and len(leaves) == len(self._leaves) and all(
-          a is b for a, b in zip(leaves, self._leaves)):
+      if cacheable and len(leaves) == len(self._refs) and all(
+          r() is a for r, a in zip(self._refs, leaves)):
         return self._packed
-      packed = self._pack(params, in_chn)
+    packed = self._pack(params, in_chn)
+    with self._lock:
       self.packs += 1
       if cacheable:
-        self._leaves, self._packed = leaves, packed
-      return packed
+        refs = [weakref.ref(a) for a in leaves]
+        self._refs, self._packed = refs, packed
+        weakref.finalize(leaves[0], self._forget, refs)
+    return packed
 
 
 def make_predict_fn(model) -> PredictFn:

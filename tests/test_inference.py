@@ -1,5 +1,6 @@
 """Tests for hinet_jax.inference: the official grid, tiling == whole-image inference, one trace."""
 
+import gc
 import math
 
 from absl.testing import absltest
@@ -161,6 +162,11 @@ class RestoreTest(parameterized.TestCase):
     host['conv_01']['kernel'] *= 2  # in place: the same objects, other weights
     self.assertGreater(np.abs(np.asarray(predict(host, x)) - before).max(), 1e-3)
     self.assertEqual(predict.packed_kernels.packs, 4)
+    # The packed kernels live no longer than the weights they were packed from.
+    self.assertTrue(predict.packed_kernels.holds_packed)
+    del other
+    gc.collect()
+    self.assertFalse(predict.packed_kernels.holds_packed)
     # The same values as the model without packed kernels, under the same compiler options.
     ref = jax.jit(lambda p, x: model.apply({'params': p}, x)[1],
                   compiler_options=convolution.inference_compiler_options())(params, x)

@@ -26,7 +26,8 @@
 // block of them is the same product with R = O over the taps of that parity. Each pixel of a
 // block has its own input and output offset, so blocks span rows (a 16-pixel row is not 12 + 4).
 // The weights are first packed (PackWeights, into a scratch output of the call that XLA
-// allocates) as the micro-kernel reads them, so every weight load is sequential, and the
+// allocates; for inference once per set of weights by HinetPack, whose output the call then
+// takes) as the micro-kernel reads them, so every weight load is sequential, and the
 // reduction runs in chunks whose weights stay in L1. Work items are bands of output rows (a few
 // rows of a large image, a whole small one) times ranges of output channels (split only as far
 // as the threads need); the input rows a band reads are copied once into a small zero-padded
