@@ -466,7 +466,7 @@ def pack_kernels(model: nn.Module, params: Any, in_chn: int = 3) -> Any:
   CPU kernels, packed as they read it, for inference.
 
   `model.apply({'params': params, PACKED: packed}, x)` then gives the same outputs bit for bit
-  as with `params` alone, without packing every kernel in every call (2.5% of the 1x forward on
+  as with `params` alone, without packing every kernel in every call (~1% of the 1x forward on
   2 CPU cores, bench/README.md). Not differentiable: for inference only. Empty where nothing runs
   on the CPU kernels (GPU, TPU, bfloat16, several devices). Run it under `jax.jit`: the
   convolutions of the small forward pass it traces are dead code there.
