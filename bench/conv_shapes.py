@@ -5,8 +5,9 @@ r"""Per-convolution survey: every conv a HINet case runs, each form of it, again
 
 Collects the convolutions of one forward pass of the model (a hook on `convolution.conv` while
 `jax.eval_shape` traces it), merges identical geometries (input shape, kernel, stride, padding),
-and times each one alone: the forward, and for train cases the backward (input and kernel
-gradients) of every `conv_impl` in --impls that can run that shape, and PyTorch's `conv2d` and
+and times each one alone: the forward (for forward-only cases with the kernel packed
+beforehand where the CPU kernels run it, as inference does), and for train cases the backward
+(input and kernel gradients) of every `conv_impl` in --impls that can run that shape, and PyTorch's `conv2d` and
 `convolution_backward` (oneDNN) on the same shape. JAX and PyTorch run in separate processes
 pinned to --threads CPUs (model_speed.py's workers). The totals weight each shape by how often
 the model runs it, so they say what a policy would cost on the whole model's convolutions; the
@@ -71,17 +72,26 @@ def _time_jax_form(kind, x, k, strides, padding, impl, train, reps, rng):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
 
-  def fn(x, k):
+  def fn(x, k, packed=None):
     if kind == 'up':
-      return convolution.upconv2x2(x, k, impl)
-    return convolution.conv(x, k, strides, padding, impl)
+      return convolution.upconv2x2(x, k, impl, packed=packed)
+    return convolution.conv(x, k, strides, padding, impl, packed=packed)
 
-  fwd = jax.jit(fn)
+  def pack(x, k):
+    if kind == 'up':
+      return convolution.pack_for_upconv(x, k, impl)
+    return convolution.pack_for_conv(x, k, strides, padding, impl)
+
   try:
-    y = fwd(x, k).block_until_ready()
+    # Forward-only cases time the forward as inference runs it: the kernel packed beforehand
+    # (`models.pack_kernels`) where the CPU kernels run it.
+    packed = None if train else jax.jit(pack)(x, k)
+    fwd = jax.jit(fn)
+    y = fwd(x, k, packed).block_until_ready()
   except (ValueError, RuntimeError, TypeError):
     return None  # e.g. 'native' without the kernels built.
-  out = {'fwd_ms': 1e3 * model_speed.median_time(lambda: fwd(x, k).block_until_ready(), reps)}
+  out = {'fwd_ms': 1e3 * model_speed.median_time(
+      lambda: fwd(x, k, packed).block_until_ready(), reps)}
   if train:  # The backward alone: XLA drops the forward that jax.vjp traces here.
     g = jax.device_put(rng.standard_normal(y.shape, np.float32))
     bwd = jax.jit(lambda x, k, g: jax.vjp(fn, x, k)[1](g))
