@@ -566,7 +566,8 @@ ffi::Error PackedWeights(ffi::ThreadPool& pool, const Packing& how, const float*
 // Convolution and input gradient.
 //===----------------------------------------------------------------------===//
 
-// y = the convolution of x (+ bias, if not null; then `epi`), W packed as ForwardPacking says.
+// y = the convolution of x (+ bias, if not null; then `epi`), W packed as
+// ProductPacking(geo, false) says.
 void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const Packed& packed,
              const float* bias, const Epilogue& epi, float* y) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
@@ -604,8 +605,8 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const P
 }
 
 // dx = the input gradient of the convolution for the output cotangent g (the transposed
-// convolution of g; + bias, if not null, when it runs as a layer), W packed as ForwardPacking
-// says for transposed = true.
+// convolution of g; + bias, if not null, when it runs as a layer), W packed as
+// ProductPacking(geo, true) says.
 void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const Packed& packed,
                const float* bias, float* dx) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
@@ -618,12 +619,10 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
   }
   // Output pixel (y, x) meets the taps i = (y + p) % s, + s, ... and j = (x + p) % s, + s, ...,
   // tap (i, j) at g pixel ((y + p - i) / s, (x + p - j) / s). Band buffer columns: the g columns
-  // from -left (the leftmost any tap reaches) to the rightmost; os floats a pixel, g's own (the
-  // padded pixel stride here too, with 1x1 convolutions' bands copied to get it, made the train
-  // step 4% slower: bench/README.md).
+  // from -left (the leftmost any tap reaches) to the rightmost; pixels O floats apart, as in g
+  // (Forward's padded pixel stride here too made the train step no faster: bench/README.md).
   const int64_t left = std::max<int64_t>(0, -FloorDiv(padding - k + 1, stride));
   const int64_t width = left + std::max(wo, FloorDiv(wdt - 1 + padding, stride) + 1);
-  const int64_t os = o;
   const Bands bands(h, wdt);
   const WorkItems items(pool, n, bands.n, c);
   // Output rows y0 .. y1 - 1 read g rows FloorDiv(y0 + p - k + 1, s) .. FloorDiv(y1 - 1 + p, s).
@@ -631,16 +630,16 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
   const int64_t image_rows = FloorDiv(h - 1 + padding, stride) - first_row + 1;
   thread_local std::vector<float> shared_buffer;
   const float* shared = SharedBands(pool, items, g, n, ho, wo, o, first_row, image_rows, left,
-                                    width, os, shared_buffer);
+                                    width, o, shared_buffer);
   ForEachBand(pool, bands, items, h, c, [&](int64_t img, int64_t y0, int64_t y1, int64_t c0,
                                             int64_t c1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
     const int64_t g_row0 = FloorDiv(y0 + padding - k + 1, stride);
     const float* band =
-        shared ? shared + (img * image_rows + g_row0 - first_row) * width * os
+        shared ? shared + (img * image_rows + g_row0 - first_row) * width * o
                : Band(g, ho, wo, o, img, g_row0, FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1,
-                      left, width, os, band_buffer);
+                      left, width, o, band_buffer);
     for (int64_t py = 0; py < stride; ++py) {
       for (int64_t px = 0; px < stride; ++px) {
         // This class's pixels: rows y = y_first + r*s in [y0, y1) with (y + p) % s == py, and
@@ -651,12 +650,12 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
         const PixelClass cls{
             CeilDiv(y1 - y_first, stride), CeilDiv(wdt - x_first, stride),
             (((y_first + padding - py) / stride - g_row0) * width +
-             (x_first + padding - px) / stride + left) * os, width * os, os,
+             (x_first + padding - px) / stride + left) * o, width * o, o,
             ((img * h + y_first) * wdt + x_first) * c, stride * wdt * c, stride * c};
         TapList taps;
         for (int64_t i = py; i < k; i += stride)
           for (int64_t j = px; j < k; j += stride) {
-            taps.in_off[taps.n] = -((i - py) / stride * width + (j - px) / stride) * os;
+            taps.in_off[taps.n] = -((i - py) / stride * width + (j - px) / stride) * o;
             taps.index[taps.n++] = i * k + j;
           }
         MakeBlocks(cls, blocks);
