@@ -6,11 +6,11 @@ r"""In-process A/B of the model's `conv_impl` choices: whole-model forward and t
 An impl is a `conv_impl` value, optionally with '+eigen' (every executable compiled with
 `convolution.inference_compiler_options()`: XLA's own convolutions) or '+ynn' (none: YNNPACK's);
 without a suffix it runs as the library does (the forward through `inference.make_predict_fn`,
-kernels packed once; with a suffix, the forward packs them in every call). Each (variant, case)
-runs in a fresh subprocess pinned to --threads CPUs, with model_speed.py's runners (same cases,
-inputs, loss and Adam step) and its interleaved timer: every impl is compiled once, then the impls
-run in rotating order, so background load hits all alike. Prints medians, minima, and each impl's output (forward) or loss
-(train, after equal steps) relative to the first impl's.
+kernels packed once; with a suffix, the forward packs them in every call). Each (variant, case) runs
+in a fresh subprocess pinned to --threads CPUs, with model_speed.py's runners (same cases, inputs,
+loss and Adam step) and its interleaved timer: every impl is compiled once, then the impls run in
+rotating order, so background load hits all alike. Prints medians, minima, and each impl's output
+(forward) or loss (train, after equal steps) relative to the first impl's.
 """
 
 import os

@@ -4,14 +4,14 @@ r"""Per-convolution survey: every conv a HINet case runs, each form of it, again
   python bench/conv_shapes.py --variants=1x --case=fwd256 --impls=xla,native,auto
 
 Collects the convolutions of one forward pass of the model (a hook on `convolution.conv` while
-`jax.eval_shape` traces it), merges identical geometries (input shape, kernel, stride, padding),
-and times each one alone: the forward (for forward-only cases with the kernel packed
-beforehand where the CPU kernels run it, as inference does), and for train cases the backward
-(input and kernel gradients) of every `conv_impl` in --impls that can run that shape, and
-PyTorch's `conv2d` and `convolution_backward` (oneDNN) on the same shape. JAX and PyTorch run in
-separate processes pinned to --threads CPUs (model_speed.py's workers). The totals weight each shape by how often
-the model runs it, so they say what a policy would cost on the whole model's convolutions; the
-`best` column is the fastest form per shape (what an ideal 'auto' would pick).
+`jax.eval_shape` traces it), merges identical geometries (input shape, kernel, stride, padding), and
+times each one alone: the forward (for forward-only cases with the kernel packed beforehand where
+the CPU kernels run it, as inference does), and for train cases the backward (input and kernel
+gradients) of every `conv_impl` in --impls that can run that shape, and PyTorch's `conv2d` and
+`convolution_backward` (oneDNN) on the same shape. JAX and PyTorch run in separate processes pinned
+to --threads CPUs (model_speed.py's workers). The totals weight each shape by how often the model
+runs it, so they say what a policy would cost on the whole model's convolutions; the `best` column
+is the fastest form per shape (what an ideal 'auto' would pick).
 
 Numbers and their use are in bench/README.md (levers log).
 """
