@@ -273,23 +273,26 @@ def _prepacked_conv(x: Array, kernel: Array, packed: Array, bias: Array | None,
                                   residual=residual, packed=packed)
 
 
-def _prepacked_fwd(*args):
+def _not_differentiable(*args):
+  """The VJP rules of the prepacked calls: differentiating them is an error (the forward rule
+  raises, so the backward one never runs)."""
   del args
   raise ValueError(_PACKED_IS_FOR_INFERENCE)
 
 
-def _prepacked_bwd(*args):
-  del args
-  raise ValueError(_PACKED_IS_FOR_INFERENCE)
-
-
-_prepacked_conv.defvjp(_prepacked_fwd, _prepacked_bwd)
+_prepacked_conv.defvjp(_not_differentiable, _not_differentiable)
 
 
 def winograd_conv(x: Array, kernel: Array, native_backward: bool,
                   bias: Array | None = None) -> Array:
   """3x3/s1/p1 conv: Winograd F(2x2, 3x3) forward; backward on `cpu_kernels` or `lax.conv`."""
   return _custom_conv(x, kernel, bias, 1, 1, True, native_backward)
+
+
+def kernels_may_run() -> bool:
+  """Whether any convolution can run on `cpu_kernels` here (CPU backend, kernels built): else
+  there is nothing to pack (`pack_for_conv`)."""
+  return _on_cpu() and cpu_kernels.available()
 
 
 def native_applies(x: Array, kernel: Array) -> bool:
@@ -421,7 +424,7 @@ def _prepacked_upconv2x2(x: Array, kernel: Array, packed: Array, bias: Array | N
                                      bias=bias, packed=packed)
 
 
-_prepacked_upconv2x2.defvjp(_prepacked_fwd, _prepacked_bwd)
+_prepacked_upconv2x2.defvjp(_not_differentiable, _not_differentiable)
 
 
 def matmul_upconv2x2(x: Array, kernel: Array) -> Array:

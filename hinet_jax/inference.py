@@ -65,6 +65,8 @@ class _PackedKernelsCache:
         self._refs, self._packed = [], None
 
   def get(self, params, in_chn: int):
+    if not convolution.kernels_may_run():  # GPU, TPU, no compiler: no trace, no transfers
+      return {}
     leaves = jax.tree.leaves(params)
     cacheable = bool(leaves) and all(
         isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) for a in leaves)

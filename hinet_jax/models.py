@@ -461,7 +461,7 @@ def abstract_params(model: HINet) -> Any:
   return jax.eval_shape(model.init, jax.random.key(0), x)['params']
 
 
-def pack_kernels(model: nn.Module, params: Any, in_chn: int = 3) -> Any:
+def pack_kernels(model: nn.Module, params: Any, in_chn: Optional[int] = None) -> Any:
   """The `PACKED` variable collection of `model` for `params`: every kernel that runs on the
   CPU kernels, packed as they read it, for inference.
 
@@ -474,12 +474,13 @@ def pack_kernels(model: nn.Module, params: Any, in_chn: int = 3) -> Any:
   Args:
     model: a linen module built from this module's `Conv` and `UpConv2x2` (e.g. `HINet`).
     params: its parameters.
-    in_chn: input channels of the model.
+    in_chn: input channels of the model; None: its `in_chn` (HINet's), else 3.
 
   Returns:
     A pytree (a dict, maybe empty) to pass as the `PACKED` collection.
   """
   side = 2**(getattr(model, 'depth', 1) - 1)
+  in_chn = getattr(model, 'in_chn', 3) if in_chn is None else in_chn
   x = jnp.zeros((1, side, side, in_chn), jnp.float32)
   _, variables = model.apply({'params': params}, x, mutable=PACKED)
   return variables.get(PACKED, {})

@@ -78,6 +78,11 @@ def crop_boxes(height, width, crop_size=CROP_SIZE, step=STEP, thresh_size=THRESH
 FORMATS = ('png', 'npy')
 
 
+def _check_format(fmt):
+  if fmt not in FORMATS:
+    raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}')
+
+
 def crop_pair(pair, output_dir, crop_size=CROP_SIZE, step=STEP, thresh_size=THRESH_SIZE,
               fmt='png'):
   """Crops one (noisy, gt) pair into input_crops/ and gt_crops/.
@@ -94,8 +99,7 @@ def crop_pair(pair, output_dir, crop_size=CROP_SIZE, step=STEP, thresh_size=THRE
   Returns:
     number of crops written (0 if the pair was already done).
   """
-  if fmt not in FORMATS:
-    raise ValueError(f'format must be one of {FORMATS}, got {fmt!r}')
+  _check_format(fmt)
   noisy_path, gt_path, name = pair
   ext = os.path.splitext(noisy_path)[1] if fmt == 'png' else image_ops.ARRAY_EXTENSION
   out = {k: os.path.join(output_dir, k) for k in ('input_crops', 'gt_crops')}
@@ -131,8 +135,7 @@ def prepare(input_dir, output_dir, num_workers=None, crop_size=CROP_SIZE, step=S
   Returns:
     total number of crops written.
   """
-  if fmt not in FORMATS:
-    raise ValueError(f'--format must be one of {FORMATS}, got {fmt!r}')
+  _check_format(fmt)  # before any worker starts
   pairs = datasets.list_sidd_medium_pairs(input_dir)
   for sub in ('input_crops', 'gt_crops'):
     os.makedirs(os.path.join(output_dir, sub), exist_ok=True)

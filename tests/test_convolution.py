@@ -310,6 +310,12 @@ _FALLBACK_CHECK = """
       grad('native')
     except ValueError as e:
       print('native error:', e)
+    # Nothing can run on the kernels: inference traces no packing pass.
+    from hinet_jax import inference, models
+    model = models.HINet(wf=4, depth=2)
+    predict = inference.make_predict_fn(model)
+    predict(models.init_params(model, jax.random.key(0), 8), x[..., :3])
+    print('packs', predict.packed_kernels.packs)
 """
 
 
@@ -319,6 +325,7 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
   assert result.returncode == 0, result.stderr
   assert 'available False' in result.stdout and 'auto==xla True' in result.stdout
   assert "native error: conv_impl='native' needs" in result.stdout
+  assert 'packs 0' in result.stdout
   assert 'conv_kernels.cc failed' in result.stderr  # the warning names the source that failed
   assert not list(tmp_path.glob('*.so'))  # no half-built library left in the cache
 
