@@ -133,16 +133,21 @@ def worker_torch(spec):
     k = torch.from_numpy(rng.standard_normal(
         (c, o, kh, kw) if kind == 'up' else (o, c, kh, kw), np.float32) * 0.05)
     op = torch.nn.functional.conv_transpose2d if kind == 'up' else torch.nn.functional.conv2d
-    with torch.no_grad():
-      fwd = functools.partial(op, x, k, stride=s, padding=p)
-      row = dict(shape=[kind, xs, ks, s, p], impl='torch',
-                 fwd_ms=1e3 * model_speed.median_time(fwd, spec['reps']))
-      if spec['train']:
-        g = torch.from_numpy(rng.standard_normal(tuple(fwd().shape), np.float32))
-        bwd = functools.partial(torch.ops.aten.convolution_backward, g, x, k, None, (s, s),
-                                (p, p), (1, 1), kind == 'up', (0, 0), 1, (True, True, False))
-        row['bwd_ms'] = 1e3 * model_speed.median_time(bwd, spec['reps'])
-    rows.append(row)
+    # 'torch': NCHW, as eager PyTorch runs HINet; 'torch_nhwc': channels-last, as torch.compile's
+    # graph runs it (inductor's layout optimisation hands oneDNN NHWC tensors).
+    for impl, layout in (('torch', torch.contiguous_format), ('torch_nhwc', torch.channels_last)):
+      xl, kl = x.contiguous(memory_format=layout), k.contiguous(memory_format=layout)
+      with torch.no_grad():
+        fwd = functools.partial(op, xl, kl, stride=s, padding=p)
+        row = dict(shape=[kind, xs, ks, s, p], impl=impl,
+                   fwd_ms=1e3 * model_speed.median_time(fwd, spec['reps']))
+        if spec['train']:
+          g = torch.from_numpy(rng.standard_normal(tuple(fwd().shape), np.float32))
+          g = g.contiguous(memory_format=layout)
+          bwd = functools.partial(torch.ops.aten.convolution_backward, g, xl, kl, None, (s, s),
+                                  (p, p), (1, 1), kind == 'up', (0, 0), 1, (True, True, False))
+          row['bwd_ms'] = 1e3 * model_speed.median_time(bwd, spec['reps'])
+      rows.append(row)
   return rows
 
 
@@ -176,7 +181,7 @@ def main(argv):
     table = collections.defaultdict(dict)
     for r in rows:
       table[json.dumps(r['shape'])][r['impl']] = r['fwd_ms'] + r.get('bwd_ms', 0.0)
-    impls = [i for i in _IMPLS.value + (['torch'] if _TORCH.value else [])
+    impls = [i for i in _IMPLS.value + (['torch', 'torch_nhwc'] if _TORCH.value else [])
              if any(i in t for t in table.values())]
     what = 'forward + backward' if train else 'forward'
     print(f'\n{variant} {_CASE.value}: ms per conv ({what}), n = times the model runs it')
@@ -184,7 +189,7 @@ def main(argv):
     print('|---|---|' + '---|' * (len(impls) + 1))
     totals = collections.Counter()
     for key, t in table.items():
-      jax_forms = {i: v for i, v in t.items() if i != 'torch'}
+      jax_forms = {i: v for i, v in t.items() if not i.startswith('torch')}
       best = min(jax_forms, key=jax_forms.get)
       cells = [f'{t[i]:.2f}' if i in t else '-' for i in impls]
       print(f'| {shape_name(json.loads(key))} | {count[key]} | ' + ' | '.join(cells) +

@@ -27,8 +27,8 @@
 // block has its own input and output offset, so blocks span rows (a 16-pixel row is not 12 + 4).
 // The weights are first packed (PackWeights, into a scratch output of the call that XLA
 // allocates; for inference once per set of weights by HinetPack, whose output the call then
-// takes) as the micro-kernel reads them, so every weight load is sequential, and the
-// reduction runs in chunks whose weights stay in L1. Work items are bands of output rows (a few
+// takes) as the micro-kernel reads them, so every weight load is sequential; a block's sums
+// stay in registers over the whole reduction. Work items are bands of output rows (a few
 // rows of a large image, a whole small one) times ranges of output channels (split only as far
 // as the threads need); the input rows a band reads are copied once into a small zero-padded
 // buffer, so no block checks bounds (where the channels are split, the whole padded input is
@@ -160,7 +160,7 @@ struct PixelBlock {
   int64_t out[kMaxMR];
 };
 
-// What the convolution's last chunk does to its sums before storing them (inference of the
+// What the convolution does to its sums before storing them (inference of the
 // network's `conv -> LeakyReLU [-> + residual]` in one pass over the output, not three):
 // y = (relu ? (z > 0 ? z : slope * z) : z) + (residual ? residual[same offset as y] : 0).
 struct Epilogue {
@@ -174,35 +174,28 @@ struct Epilogue {
   }
 };
 
-// Reduction rows a call of the micro-kernel covers: its weight chunk, rows x 2*kVec floats
-// (32 KiB with AVX-512), stays in L1 while the blocks of a band pass over it.
-constexpr int64_t kChunkRows = 256;
-
-// out[pix.out[m] + v*kVec + (0..kVec)] = start + sum over rows q in [q0, q1) of the flattened
-// (tap, r) reduction of in[pix.in[m] + taps.in_off[t] + r] * panel[(taps.index[t] * n_red + r) *
-// NV * kVec + v*kVec + (0..kVec)], where start is what `out` holds if `accumulate`, else
-// `bias[v*kVec + (0..kVec)]` if given (the layer's bias, added here rather than in a pass of its
-// own), else 0. `panel` is one block of NV*kVec output channels of the packed weights. `epi`, if
-// not null (the last chunk only), is applied before the store; its residual is offset as `out`.
+// out[pix.out[m] + v*kVec + (0..kVec)] = start + sum over taps t and rows r < n_red of
+// in[pix.in[m] + taps.in_off[t] + r] * panel[(taps.index[t] * n_red + r) * NV * kVec + v*kVec +
+// (0..kVec)], where start is `bias[v*kVec + (0..kVec)]` if given (the layer's bias, added here
+// rather than in a pass of its own), else 0. `panel` is one block of NV*kVec output channels of
+// the packed weights. `epi`, if not null, is applied before the store; its residual is offset as
+// `out`. The sums stay in registers over the whole reduction and the panel streams from L2:
+// reduction chunks whose weights stayed in L1 (the sums loaded and stored in `out` at every
+// chunk) ran 5-10% slower at every depth (bench/README.md).
 template <int MR, int NV>
 void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, const float* panel,
-                  int64_t n_red, int64_t q0, int64_t q1, bool accumulate, const float* bias,
-                  const Epilogue* epi, float* out) {
+                  int64_t n_red, const float* bias, const Epilogue* epi, float* out) {
   Vec acc[MR][NV] = {};
-  if (accumulate) {
-    for (int m = 0; m < MR; ++m)
-      for (int v = 0; v < NV; ++v) acc[m][v] = LoadVec(out + pix.out[m] + v * kVec);
-  } else if (bias) {
+  if (bias) {
     for (int m = 0; m < MR; ++m)
       for (int v = 0; v < NV; ++v) acc[m][v] = LoadVec(bias + v * kVec);
   }
-  for (int64_t t = q0 / n_red; t * n_red < q1; ++t) {
-    const int64_t r0 = std::max(q0 - t * n_red, int64_t{0});
-    const int64_t r1 = std::min(q1 - t * n_red, n_red);
+  for (int t = 0; t < taps.n; ++t) {
     const float* x[MR];
-    for (int m = 0; m < MR; ++m) x[m] = in + pix.in[m] + taps.in_off[t];
-    const float* w = panel + (taps.index[t] * n_red + r0) * NV * kVec;
-    for (int64_t r = r0; r < r1; ++r, w += NV * kVec) {
+    // Offsets summed first: a pixel's window may start outside the image (ForwardInPlace).
+    for (int m = 0; m < MR; ++m) x[m] = in + (pix.in[m] + taps.in_off[t]);
+    const float* w = panel + taps.index[t] * n_red * NV * kVec;
+    for (int64_t r = 0; r < n_red; ++r, w += NV * kVec) {
       Vec wv[NV];
       for (int v = 0; v < NV; ++v) wv[v] = LoadVec(w + v * kVec);
       for (int m = 0; m < MR; ++m) {
@@ -226,8 +219,7 @@ void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, c
 }
 
 using DirectKernelFn = void (*)(const float*, const PixelBlock&, const TapList&, const float*,
-                                int64_t, int64_t, int64_t, bool, const float*, const Epilogue*,
-                                float*);
+                                int64_t, const float*, const Epilogue*, float*);
 
 template <int NV, int... MR>
 constexpr std::array<DirectKernelFn, sizeof...(MR)> DirectTable(std::integer_sequence<int, MR...>) {
@@ -302,26 +294,19 @@ void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
 }
 
 // Output channels [o0, o1) of a band's blocks of pixels (plus `bias`, if not null; then `epi`,
-// if active), one kChunkRows chunk of the reduction at a time: each chunk of weights stays in L1
-// while every block passes over it.
+// if active).
 void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const TapList& taps,
                 const Packed& w, int64_t o0, int64_t o1, const float* bias, const Epilogue& epi,
                 float* out) {
-  const int64_t rows = taps.n * w.n_red;
-  const Blocks chunks(rows, kChunkRows);
   for (int64_t o = o0; o < o1; o += w.Width(o)) {
     const int64_t width = w.Width(o);
     const auto& kernels = width == 2 * kVec ? kDirect2 : kDirect1;
     Epilogue at_o = epi;  // the residual offset as `out + o`
     if (epi.residual) at_o.residual = epi.residual + o;
     if (o + width <= w.n_out) {
-      for (int64_t ch = 0; ch < chunks.n; ++ch) {
-        const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
-        const Epilogue* last = ch == chunks.n - 1 && epi.Active() ? &at_o : nullptr;
-        for (const PixelBlock& pix : blocks)
-          kernels[pix.mr - 1](in, pix, taps, w.Panel(o), w.n_red, q0, q1, ch > 0,
-                              bias ? bias + o : nullptr, last, out + o);
-      }
+      for (const PixelBlock& pix : blocks)
+        kernels[pix.mr - 1](in, pix, taps, w.Panel(o), w.n_red, bias ? bias + o : nullptr,
+                            epi.Active() ? &at_o : nullptr, out + o);
       continue;
     }
     // The last vector, zero-padded in the panel: computed whole in a buffer, whose valid lanes
@@ -333,11 +318,8 @@ void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const Ta
       float buffer[kMaxMR * kVec];
       PixelBlock local = pix;
       for (int m = 0; m < pix.mr; ++m) local.out[m] = m * kVec;
-      for (int64_t ch = 0; ch < chunks.n; ++ch) {
-        const int64_t q0 = chunks.Start(ch), q1 = q0 + chunks.Size(ch);
-        kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), w.n_red, q0, q1, ch > 0,
-                             bias ? padded_bias : nullptr, nullptr, buffer);
-      }
+      kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), w.n_red, bias ? padded_bias : nullptr,
+                           nullptr, buffer);
       for (int m = 0; m < pix.mr; ++m)
         for (int64_t l = 0; l < valid; ++l)
           out[pix.out[m] + o + l] = epi.Apply(buffer[m * kVec + l], pix.out[m] + o + l);
@@ -394,8 +376,8 @@ void ForEachBand(ffi::ThreadPool& pool, const Bands& bands, const WorkItems& ite
 
 // Floats a pixel takes in a band buffer: its channels, plus one cache line where they would be a
 // multiple of 1 KiB. A block's MR input pixels are then spread over the L1 cache's sets: 12
-// pixels of 512 channels fell on 2 of its 64 sets (1024 channels: on one), which with the
-// weight chunk's lines there held more lines than a set's ways, so the chunk was evicted.
+// pixels of 512 channels fell on 2 of its 64 sets (1024 channels: on one), more lines than a
+// set's ways once the weights streaming through L1 were counted.
 int64_t BandPixelFloats(int64_t c) { return c % 256 == 0 ? c + 16 : c; }
 
 // Copies rows [row0, row0 + n_rows) of image `img` of (N, H, W, C) `x` to `dst`, each with
@@ -566,6 +548,63 @@ ffi::Error PackedWeights(ffi::ThreadPool& pool, const Packing& how, const float*
 // Convolution and input gradient.
 //===----------------------------------------------------------------------===//
 
+// Output rows (or columns) [lo, hi) of one axis whose windows meet the same kernel rows
+// (columns) [first, last) inside the image.
+struct TapSpan {
+  int64_t lo, hi, first, last;
+};
+
+// The n_out output positions along an axis of `size` input positions, in runs of equal TapSpan:
+// position r's window meets kernel index i where 0 <= s*r - p + i < size.
+std::vector<TapSpan> TapSpans(int64_t n_out, int64_t size, int64_t k, int64_t s, int64_t p) {
+  std::vector<TapSpan> spans;
+  for (int64_t r = 0; r < n_out; ++r) {
+    const int64_t first = std::max<int64_t>(0, p - s * r);
+    const int64_t last = std::max(first, std::min(k, size + p - s * r));
+    if (!spans.empty() && spans.back().first == first && spans.back().last == last)
+      spans.back().hi = r + 1;
+    else
+      spans.push_back(TapSpan{r, r + 1, first, last});
+  }
+  return spans;
+}
+
+// Forward of a padded convolution read from x in place, with no band copy: the pixels whose
+// window crosses the border form classes of their own that meet only the taps inside the image
+// (one row or column of the band each; the rest of the band is one class). The copy with its
+// zero border cost 4-10% of the shallow levels' convolutions (bench/README.md), whose products
+// are short next to the rows they copy.
+void ForwardInPlace(ffi::ThreadPool& pool, const Geometry& geo, const float* x,
+                    const Packed& packed, const float* bias, const Epilogue& epi, float* y) {
+  const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
+  const int64_t k = geo.k, s = geo.s, p = geo.p;
+  const std::vector<TapSpan> row_spans = TapSpans(ho, h, k, s, p);
+  const std::vector<TapSpan> col_spans = TapSpans(wo, wdt, k, s, p);
+  const Bands bands(ho, wo);
+  ForEachBand(pool, bands, WorkItems(pool, n, bands.n, o), ho, o,
+              [&](int64_t img, int64_t h0, int64_t h1, int64_t o0, int64_t o1) {
+    thread_local std::vector<PixelBlock> blocks;
+    const float* image = x + img * h * wdt * c;
+    for (const TapSpan& rows : row_spans) {
+      const int64_t r0 = std::max(rows.lo, h0), r1 = std::min(rows.hi, h1);
+      if (r0 >= r1) continue;
+      for (const TapSpan& cols : col_spans) {
+        TapList taps;
+        for (int64_t i = rows.first; i < rows.last; ++i)
+          for (int64_t j = cols.first; j < cols.last; ++j) {
+            taps.in_off[taps.n] = (i * wdt + j) * c;
+            taps.index[taps.n++] = i * k + j;
+          }
+        // Pixel (r, col) has its window's corner at input (s*r - p, s*col - p), maybe outside.
+        MakeBlocks(PixelClass{r1 - r0, cols.hi - cols.lo, ((s * r0 - p) * wdt + s * cols.lo - p) * c,
+                              s * wdt * c, s * c, ((img * ho + r0) * wo + cols.lo) * o, wo * o, o},
+                   blocks);
+        DirectBand(image, blocks, taps, packed, o0, o1, bias, epi, y);
+      }
+    }
+  });
+}
+
 // y = the convolution of x (+ bias, if not null; then `epi`), W packed as
 // ProductPacking(geo, false) says.
 void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const Packed& packed,
@@ -577,6 +616,7 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const P
   // floats a pixel where the band is a copy anyway (padding), else x's own C.
   const int64_t width = padding + std::max(wdt, stride * (wo - 1) + k - padding);
   const int64_t cs = padding > 0 ? BandPixelFloats(c) : c;
+  if (padding > 0 && cs == c) return ForwardInPlace(pool, geo, x, packed, bias, epi, y);
   TapList taps;
   for (int64_t i = 0; i < k; ++i)
     for (int64_t j = 0; j < k; ++j) {
