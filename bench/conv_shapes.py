@@ -46,9 +46,11 @@ def model_convs(preset, batch, height, width):
   seen = collections.Counter()
   conv, upconv = convolution.conv, convolution.upconv2x2
 
-  # The hooks take whatever the model passes (bias, epilogue, ...) and record the geometry only.
+  # The hooks take whatever the model passes (bias, epilogue, ...) and record the geometry only,
+  # a join of two inputs (`x2`) as the one input it stands for (the kernel's input channels).
   def conv_hook(x, kernel, strides=1, padding=0, *args, **kwargs):
-    seen[('conv', tuple(x.shape), tuple(kernel.shape), strides, padding)] += 1
+    xs = (*x.shape[:-1], kernel.shape[2])
+    seen[('conv', xs, tuple(kernel.shape), strides, padding)] += 1
     return conv(x, kernel, strides, padding, *args, **kwargs)
 
   def upconv_hook(x, kernel, *args, **kwargs):

@@ -223,24 +223,38 @@ def _epilogue(y: Array, relu_slope: float | None, residual: Array | None) -> Arr
   return y if residual is None else y + residual
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _join(x: Array, x2: Array | None) -> Array:
+  """`x` and `x2` (if given) concatenated along the channels."""
+  return x if x2 is None else jnp.concatenate([x, x2], axis=-1)
+
+
+def _joined_shape(x: Array, x2: Array | None):
+  """The shape and dtype of `_join(x, x2)`, without computing it."""
+  if x2 is None:
+    return x
+  return jax.ShapeDtypeStruct((*x.shape[:-1], x.shape[-1] + x2.shape[-1]), x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _native_conv_epilogue(x: Array, kernel: Array, bias: Array | None, residual: Array | None,
-                          strides: int, padding: int, relu_slope: float | None) -> Array:
-  """`_epilogue(native_conv(...))` in one pass over the output: the C++ kernels apply the
-  LeakyReLU and add the residual as they store it (no pass of XLA's reading the conv's output
-  back). Differentiated, it runs unfused (`_unfused_epilogue`): the backward needs what the
-  fused forward never writes."""
+                          x2: Array | None, strides: int, padding: int,
+                          relu_slope: float | None) -> Array:
+  """`_epilogue(native_conv(_join(x, x2), ...))` in one pass over the output: the C++ kernels
+  read x and x2 where they are (no concatenated copy), apply the LeakyReLU and add the residual
+  as they store (no pass of XLA's reading the conv's output back). Differentiated, it runs
+  unfused (`_unfused_epilogue`): the backward needs what the fused forward never writes."""
   return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias, relu_slope=relu_slope,
-                                  residual=residual)
+                                  residual=residual, x2=x2)
 
 
-def _unfused_epilogue(x, kernel, bias, residual, strides, padding, relu_slope):
-  return _epilogue(native_conv(x, kernel, strides, padding, bias), relu_slope, residual)
+def _unfused_epilogue(x, kernel, bias, residual, x2, strides, padding, relu_slope):
+  return _epilogue(native_conv(_join(x, x2), kernel, strides, padding, bias), relu_slope,
+                   residual)
 
 
-def _epilogue_fwd(x, kernel, bias, residual, strides, padding, relu_slope):
+def _epilogue_fwd(x, kernel, bias, residual, x2, strides, padding, relu_slope):
   return jax.vjp(functools.partial(_unfused_epilogue, strides=strides, padding=padding,
-                                   relu_slope=relu_slope), x, kernel, bias, residual)
+                                   relu_slope=relu_slope), x, kernel, bias, residual, x2)
 
 
 def _epilogue_bwd(strides, padding, relu_slope, vjp_fn, g):
@@ -252,10 +266,10 @@ _native_conv_epilogue.defvjp(_epilogue_fwd, _epilogue_bwd)
 
 
 def _native(x: Array, kernel: Array, strides: int, padding: int, bias: Array | None,
-            relu_slope: float | None, residual: Array | None) -> Array:
-  if relu_slope is None and residual is None:
+            relu_slope: float | None, residual: Array | None, x2: Array | None = None) -> Array:
+  if relu_slope is None and residual is None and x2 is None:
     return native_conv(x, kernel, strides, padding, bias)
-  return _native_conv_epilogue(x, kernel, bias, residual, strides, padding, relu_slope)
+  return _native_conv_epilogue(x, kernel, bias, residual, x2, strides, padding, relu_slope)
 
 
 _PACKED_IS_FOR_INFERENCE = (
@@ -264,13 +278,13 @@ _PACKED_IS_FOR_INFERENCE = (
     "'params' alone to train or take gradients.")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def _prepacked_conv(x: Array, kernel: Array, packed: Array, bias: Array | None,
-                    residual: Array | None, strides: int, padding: int,
+                    residual: Array | None, x2: Array | None, strides: int, padding: int,
                     relu_slope: float | None) -> Array:
-  """The `_native` convolution (with its epilogue) reading `packed` (`pack_for_conv`)."""
+  """The `_native` convolution (with its epilogue and join) reading `packed` (`pack_for_conv`)."""
   return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias, relu_slope=relu_slope,
-                                  residual=residual, packed=packed)
+                                  residual=residual, packed=packed, x2=x2)
 
 
 def _not_differentiable(*args):
@@ -326,10 +340,10 @@ def _runs_native(x: Array, kernel: Array, strides: int, padding: int, impl: str)
 
 
 def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
-                  impl: str = 'xla') -> Array | None:
-  """`kernel` packed for `conv(x, kernel, strides, padding, impl, packed=...)`, or None where
-  that convolution does not run on the CPU kernels (nothing to pack)."""
-  if not _runs_native(x, kernel, strides, padding, impl):
+                  impl: str = 'xla', x2: Array | None = None) -> Array | None:
+  """`kernel` packed for `conv(x, kernel, strides, padding, impl, packed=..., x2=x2)`, or None
+  where that convolution does not run on the CPU kernels (nothing to pack)."""
+  if not _runs_native(_joined_shape(x, x2), kernel, strides, padding, impl):
     return None
   return cpu_kernels.pack_kernel(kernel)
 
@@ -489,7 +503,8 @@ def pointwise_conv(x: Array, kernel: Array) -> Array:
 
 def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str = 'xla',
          bias: Array | None = None, relu_slope: float | None = None,
-         residual: Array | None = None, packed: Array | None = None) -> Array:
+         residual: Array | None = None, packed: Array | None = None,
+         x2: Array | None = None) -> Array:
   """Any HINet convolution (NHWC x HWIO, symmetric zero padding) in the form `impl` picks.
 
   3x3/stride-1/padding-1 convs go through `conv3x3`. Others (1x1, the 4x4/stride-2 downsamples)
@@ -508,16 +523,23 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
     relu_slope: if given, LeakyReLU with this negative slope on the result (+ bias).
     residual: optional array shaped as the output, added last. With the CPU kernels both run
       inside the convolution's own pass over its output (`_native_conv_epilogue`).
-    packed: optional `pack_for_conv(x, kernel, strides, padding, impl)`, read instead of packing
-      the kernel in the call (inference: not differentiable).
+    packed: optional `pack_for_conv(x, kernel, strides, padding, impl, x2=x2)`, read instead of
+      packing the kernel in the call (inference: not differentiable).
+    x2: optional (N, H, W, C2): the input is `x` and `x2` concatenated along the channels (the
+      kernel has C + C2 input channels). The CPU kernels read both where they are, with no
+      concatenated copy (bit for bit the same result); other forms concatenate first.
 
   Returns:
     (N, H', W', O).
   """
   _check_impl(impl)
   if packed is not None:
-    _require_packed_native(_runs_native(x, kernel, strides, padding, impl))
-    return _prepacked_conv(x, kernel, packed, bias, residual, strides, padding, relu_slope)
+    _require_packed_native(_runs_native(_joined_shape(x, x2), kernel, strides, padding, impl))
+    return _prepacked_conv(x, kernel, packed, bias, residual, x2, strides, padding, relu_slope)
+  if x2 is not None:
+    if _runs_native(_joined_shape(x, x2), kernel, strides, padding, impl):
+      return _native(x, kernel, strides, padding, bias, relu_slope, residual, x2)
+    x = _join(x, x2)
   kh, kw = kernel.shape[:2]
   if (kh, kw, strides, padding) == (3, 3, 1, 1):
     return conv3x3(x, kernel, impl, bias, relu_slope, residual)

@@ -161,11 +161,11 @@ def _io(kernel: Array, layout: str) -> tuple[int, int]:
 def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
                  kernel_layout: str = 'HWIO', bias: Array | None = None,
                  relu_slope: float | None = None, residual: Array | None = None,
-                 packed: Array | None = None) -> Array:
+                 packed: Array | None = None, x2: Array | None = None) -> Array:
   """`lax.conv` of NHWC `x` with a square `kernel`, symmetric zero padding, on CPU.
 
   Args:
-    x: (N, H, W, C) float32.
+    x: (N, H, W, C) float32; with `x2`, its first C1 channels.
     kernel: (k, k, C, O) float32 (or (k, k, O, C) with `kernel_layout='HWOI'`), k <= 8.
     stride, padding: the same in both spatial dimensions.
     kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
@@ -175,15 +175,23 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
     residual: optional float32 array shaped as the output, added last, inside the kernel.
     packed: optional `pack_kernel(kernel, kernel_layout)`: the call then reads it instead of
       packing `kernel` itself (one pass over the kernel less). Not differentiable: for inference.
+    x2: optional (N, H, W, C - C1) float32: the input is `x` and `x2` joined along the channels,
+      read where they are (no concatenated copy).
 
   Returns:
     (N, Ho, Wo, O) float32, equal to XLA's convolution (plus bias, then LeakyReLU and residual)
-    up to float rounding; bit for bit the same with or without `packed`.
+    up to float rounding; bit for bit the same with or without `packed`, and with `x2` as with
+    the concatenation.
   """
-  _check(x, kernel, *(a for a in (bias, residual, packed) if a is not None))
+  _check(x, kernel, *(a for a in (bias, residual, packed, x2) if a is not None))
   n, h, w, _ = x.shape
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
+  joined = x.shape[-1] + (0 if x2 is None else x2.shape[-1])
+  if joined != c or (x2 is not None and x2.shape[:3] != x.shape[:3]):
+    shapes = f'{x.shape}' + ('' if x2 is None else f' joined with {x2.shape}')
+    raise ValueError(f"conv_forward: the input {shapes} must have the kernel's {c} channels "
+                     '(and the joined arrays one N, H, W).')
   out = jax.ShapeDtypeStruct((n, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding),
                               o), jnp.float32)
   if residual is not None and residual.shape != out.shape:
@@ -193,8 +201,9 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
   # allocates (and reuses) its memory. 'sequential': under vmap each element is its own call.
   y, _ = jax.ffi.ffi_call('hinet_conv', (out, _packing_scratch(k, c, o, packed)),
                           vmap_method='sequential')(
-                              x, kernel, _empty_or(bias), _empty_or(residual), _empty_or(packed),
-                              transposed=np.int64(0), **_epilogue_attrs(relu_slope),
+                              x, _empty_or(x2), kernel, _empty_or(bias), _empty_or(residual),
+                              _empty_or(packed), transposed=np.int64(0),
+                              **_epilogue_attrs(relu_slope),
                               **_kernel_attrs(stride, padding, kernel_layout))
   return y
 
@@ -237,8 +246,9 @@ def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, paddin
   # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
   dx, _ = jax.ffi.ffi_call('hinet_conv', (out, _packing_scratch(k, o, c, packed)),
                            vmap_method='sequential')(
-                               g, kernel, _empty_or(bias), _empty_or(None), _empty_or(packed),
-                               transposed=np.int64(1), **_epilogue_attrs(None),
+                               g, _empty_or(None), kernel, _empty_or(bias), _empty_or(None),
+                               _empty_or(packed), transposed=np.int64(1),
+                               **_epilogue_attrs(None),
                                **_kernel_attrs(stride, padding, kernel_layout))
   return dx
 

@@ -135,12 +135,14 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, relu_slope: Optional[float] = None,
-               residual: Optional[Array] = None) -> Array:
+               residual: Optional[Array] = None, x2: Optional[Array] = None) -> Array:
     """The convolution (+ bias), then LeakyReLU with `relu_slope` and + `residual` if given (in
-    the convolution's own pass over its output where the CPU kernels run it)."""
+    the convolution's own pass over its output where the CPU kernels run it), of `x`, or of `x`
+    and `x2` concatenated along the channels (read where they are by the CPU kernels)."""
     k = self.kernel_size
-    fan_in = x.shape[-1] * k * k
-    kernel = self.param('kernel', torch_kernel_init(), (k, k, x.shape[-1], self.features),
+    in_features = x.shape[-1] + (0 if x2 is None else x2.shape[-1])
+    fan_in = in_features * k * k
+    kernel = self.param('kernel', torch_kernel_init(), (k, k, in_features, self.features),
                         self.param_dtype)
     bias = None
     if self.use_bias:
@@ -149,10 +151,12 @@ class Conv(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if residual is not None:
       residual = residual.astype(self.dtype)
+    if x2 is not None:
+      x2 = x2.astype(self.dtype)
     packed = _packed_kernel(self, lambda: convolution.pack_for_conv(
-        x, kernel, self.strides, self.padding, self.conv_impl))
+        x, kernel, self.strides, self.padding, self.conv_impl, x2))
     return convolution.conv(x, kernel, self.strides, self.padding, self.conv_impl, bias,
-                            relu_slope, residual, packed)
+                            relu_slope, residual, packed, x2)
 
 
 class UpConv2x2(nn.Module):
@@ -251,24 +255,29 @@ class ConvBlock(nn.Module):
   conv_impl: str = 'auto'
 
   @nn.compact
-  def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None):
+  def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None,
+               x2: Optional[Array] = None):
+    """The block of `x`, or of `x` and `x2` concatenated along the channels (the decoder's
+    upsampled input and skip: never concatenated where the CPU kernels run the convolutions)."""
     conv = functools.partial(Conv, self.features, dtype=self.dtype, param_dtype=self.param_dtype,
                              conv_impl=self.conv_impl)
-    # The LeakyReLUs and the shortcut's add ride on the convolutions (their outputs' one pass on
-    # CPU, bench/README.md); same arithmetic, in the same order, as the formula above.
+    # The LeakyReLUs and the adds ride on the convolutions (their outputs' one pass on CPU,
+    # bench/README.md); same arithmetic, in the same order, as the formula above.
     if self.use_hin:
-      out = conv(3, padding=1, name='conv_1')(x)
+      out = conv(3, padding=1, name='conv_1')(x, x2=x2)
       out = InstanceNorm(param_dtype=self.param_dtype, num_normalized=out.shape[-1] // 2,
                          name='norm')(out)
       out = nn.leaky_relu(out, self.relu_slope)
     else:
-      out = conv(3, padding=1, name='conv_1')(x, relu_slope=self.relu_slope)
-    identity = conv(1, name='identity')(x)
+      out = conv(3, padding=1, name='conv_1')(x, relu_slope=self.relu_slope, x2=x2)
+    identity = conv(1, name='identity')(x, x2=x2)
     out = conv(3, padding=1, name='conv_2')(out, relu_slope=self.relu_slope, residual=identity)
     if self.use_csff:
       if enc is None or dec is None:
         raise ValueError('A CSFF block needs both the stage-1 encoder and decoder features.')
-      out = out + conv(3, padding=1, name='csff_enc')(enc) + conv(3, padding=1, name='csff_dec')(dec)
+      # (out + csff_enc(enc)) + csff_dec(dec), each add in the next convolution's store.
+      out = conv(3, padding=1, name='csff_enc')(enc, residual=out)
+      out = conv(3, padding=1, name='csff_dec')(dec, residual=out)
     if not self.downsample:
       return out
     down = conv(4, strides=2, padding=1, use_bias=False, name='downsample')(out)
@@ -276,7 +285,8 @@ class ConvBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-  """HINet's `UNetUpBlock`: 2x2 transposed conv up, concat with the skip, a plain ConvBlock."""
+  """HINet's `UNetUpBlock`: 2x2 transposed conv up, joined with the skip along the channels, a
+  plain ConvBlock."""
 
   features: int
   relu_slope: float = 0.2
@@ -290,8 +300,7 @@ class UpBlock(nn.Module):
                    conv_impl=self.conv_impl, name='up')(x)
     return ConvBlock(self.features, relu_slope=self.relu_slope, dtype=self.dtype,
                      param_dtype=self.param_dtype, conv_impl=self.conv_impl,
-                     name='conv_block')(
-                         jnp.concatenate([up, skip], axis=-1))
+                     name='conv_block')(up, x2=skip)
 
 
 class SAM(nn.Module):
@@ -393,7 +402,7 @@ class HINet(nn.Module):
     d1, encs, decs = self._unet(self.conv_01(image), self.down_path_1, self.up_path_1,
                                 self.skip_conv_1)
     feat, stage1 = self.sam12(d1, image)
-    g = self.cat12(jnp.concatenate([self.conv_02(image), feat], axis=-1))
+    g = self.cat12(self.conv_02(image), x2=feat)
     # Stage-2 encoder level i fuses the stage-1 encoder skip and decoder output of level i.
     csff = [(encs[i], decs[-i - 1]) for i in range(self.depth - 1)]
     d2, _, _ = self._unet(g, self.down_path_2, self.up_path_2, self.skip_conv_2, csff)

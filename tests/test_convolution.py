@@ -193,6 +193,50 @@ def test_prepacked_kernels_wrong_or_differentiated_are_clear_errors():
   assert convolution.pack_for_conv(x, k, 1, 1, 'xla') is None
 
 
+# (N, H, W, C1, C2, k, stride, padding, O) of a convolution of two inputs joined along the
+# channels: the decoder's equal halves read in place (3x3, and its 1x1 shortcut), halves whose
+# sum is a multiple of 256 (joined in the band copy), unequal parts, a 4x4/stride-2 conv.
+JOIN_CASES = [(2, 9, 11, 8, 8, 3, 1, 1, 40), (1, 7, 6, 24, 24, 1, 1, 0, 20),
+              (2, 4, 4, 128, 128, 3, 1, 1, 48), (1, 7, 6, 5, 11, 3, 1, 1, 17),
+              (1, 10, 8, 16, 16, 4, 2, 1, 32)]
+
+
+@pytest.mark.parametrize('case', JOIN_CASES)
+def test_joined_inputs_give_the_concatenations_products_bit_for_bit(case):
+  """`conv(x, k, x2=x2)` reads both arrays in place: bit for bit the convolution of their
+  concatenation (with bias, LeakyReLU and residual, packed or not), and the same gradients."""
+  n, h, w, c1, c2, k, s, p, o = case
+  x, x2 = _random((n, h, w, c1), 0), _random((n, h, w, c2), 1)
+  kernel, bias = _random((k, k, c1 + c2, o), 2), _random((o,), 3)
+  joined = jnp.concatenate([x, x2], axis=-1)
+  residual = _random(convolution.conv_xla(joined, kernel, s, p).shape, 4)
+  fwd = jax.jit(lambda x, x2, packed: convolution.conv(
+      x, kernel, s, p, 'native', bias, 0.2, residual, packed, x2))
+  want = fwd(joined, None, None)
+  np.testing.assert_array_equal(fwd(x, x2, None), want)
+  packed = convolution.pack_for_conv(x, kernel, s, p, 'native', x2)
+  np.testing.assert_array_equal(fwd(x, x2, packed), want)
+  assert _rel(want, convolution._epilogue(  # pylint: disable=protected-access
+      convolution.conv_xla(joined, kernel, s, p) + bias, 0.2, residual)) < 1e-5
+  loss = lambda x, x2, kernel: jnp.sum(convolution.conv(x, kernel, s, p, 'native', bias, 0.2,
+                                                        x2=x2) ** 2)
+  dx, dx2, dk = jax.jit(jax.grad(loss, (0, 1, 2)))(x, x2, kernel)
+  dj, _, dk_ref = jax.jit(jax.grad(loss, (0, 1, 2)))(joined, None, kernel)
+  np.testing.assert_array_equal(jnp.concatenate([dx, dx2], axis=-1), dj)
+  np.testing.assert_array_equal(dk, dk_ref)
+  # Where the CPU kernels do not run the convolution, the join is a concatenation.
+  np.testing.assert_allclose(convolution.conv(x, kernel, s, p, 'xla', x2=x2),
+                             convolution.conv_xla(joined, kernel, s, p), rtol=1e-6, atol=1e-5)
+
+
+def test_joined_inputs_that_do_not_fit_are_clear_errors():
+  x, kernel = _random((1, 6, 6, 8), 0), _random((3, 3, 16, 4), 1)
+  with pytest.raises(ValueError, match=r"must have the kernel's 16 channels"):
+    cpu_kernels.conv_forward(x, kernel, 1, 1, x2=_random((1, 6, 6, 4), 2))
+  with pytest.raises(ValueError, match=r'one N, H, W'):
+    cpu_kernels.conv_forward(x, kernel, 1, 1, x2=_random((1, 6, 5, 8), 2))
+
+
 def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():
   """The image entering the network needs no gradient: one backward call, kernel gradient only."""
   x, k = _random((1, 8, 8, 16), 0), _random((3, 3, 16, 32), 1)

@@ -145,12 +145,20 @@ struct Blocks {
 // Convolution and input gradient: the direct micro-kernel.
 //===----------------------------------------------------------------------===//
 
-// The taps every output pixel of a class meets: tap t reads the input at the pixel's offset plus
-// in_off[t], and the rows of kernel tap index[t] in the packed weights.
+// The taps every output pixel of a class meets: tap t reads `rows` floats of input in[t] (the
+// first or, for a join of two arrays, the second; see Input) at the pixel's offset plus
+// in_off[t], against packed weight rows row0[t] ... row0[t] + rows - 1.
 struct TapList {
   int n = 0;
-  int64_t in_off[kMaxTaps];
-  int64_t index[kMaxTaps];
+  int64_t rows = 0;
+  int in[2 * kMaxTaps];
+  int64_t in_off[2 * kMaxTaps];
+  int64_t row0[2 * kMaxTaps];
+  void Add(int input, int64_t offset, int64_t first_row) {
+    in[n] = input;
+    in_off[n] = offset;
+    row0[n++] = first_row;
+  }
 };
 
 // A block of up to kMaxMR output pixels: where each one's input starts and its output goes.
@@ -174,17 +182,17 @@ struct Epilogue {
   }
 };
 
-// out[pix.out[m] + v*kVec + (0..kVec)] = start + sum over taps t and rows r < n_red of
-// in[pix.in[m] + taps.in_off[t] + r] * panel[(taps.index[t] * n_red + r) * NV * kVec + v*kVec +
-// (0..kVec)], where start is `bias[v*kVec + (0..kVec)]` if given (the layer's bias, added here
+// out[pix.out[m] + v*kVec + (0..kVec)] = start + sum over taps t and rows r < taps.rows of
+// in[taps.in[t]][pix.in[m] + taps.in_off[t] + r] * panel[(taps.row0[t] + r) * NV * kVec +
+// v*kVec + (0..kVec)], where start is `bias[v*kVec + (0..kVec)]` if given (the layer's bias, added here
 // rather than in a pass of its own), else 0. `panel` is one block of NV*kVec output channels of
 // the packed weights. `epi`, if not null, is applied before the store; its residual is offset as
 // `out`. The sums stay in registers over the whole reduction and the panel streams from L2:
 // reduction chunks whose weights stayed in L1 (the sums loaded and stored in `out` at every
 // chunk) ran 5-10% slower at every depth (bench/README.md).
 template <int MR, int NV>
-void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, const float* panel,
-                  int64_t n_red, const float* bias, const Epilogue* epi, float* out) {
+void DirectKernel(const float* const* in, const PixelBlock& pix, const TapList& taps,
+                  const float* panel, const float* bias, const Epilogue* epi, float* out) {
   Vec acc[MR][NV] = {};
   if (bias) {
     for (int m = 0; m < MR; ++m)
@@ -193,9 +201,9 @@ void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, c
   for (int t = 0; t < taps.n; ++t) {
     const float* x[MR];
     // Offsets summed first: a pixel's window may start outside the image (ForwardInPlace).
-    for (int m = 0; m < MR; ++m) x[m] = in + (pix.in[m] + taps.in_off[t]);
-    const float* w = panel + taps.index[t] * n_red * NV * kVec;
-    for (int64_t r = 0; r < n_red; ++r, w += NV * kVec) {
+    for (int m = 0; m < MR; ++m) x[m] = in[taps.in[t]] + (pix.in[m] + taps.in_off[t]);
+    const float* w = panel + taps.row0[t] * NV * kVec;
+    for (int64_t r = 0; r < taps.rows; ++r, w += NV * kVec) {
       Vec wv[NV];
       for (int v = 0; v < NV; ++v) wv[v] = LoadVec(w + v * kVec);
       for (int m = 0; m < MR; ++m) {
@@ -218,8 +226,8 @@ void DirectKernel(const float* in, const PixelBlock& pix, const TapList& taps, c
     for (int v = 0; v < NV; ++v) StoreVec(out + pix.out[m] + v * kVec, acc[m][v]);
 }
 
-using DirectKernelFn = void (*)(const float*, const PixelBlock&, const TapList&, const float*,
-                                int64_t, const float*, const Epilogue*, float*);
+using DirectKernelFn = void (*)(const float* const*, const PixelBlock&, const TapList&,
+                                const float*, const float*, const Epilogue*, float*);
 
 template <int NV, int... MR>
 constexpr std::array<DirectKernelFn, sizeof...(MR)> DirectTable(std::integer_sequence<int, MR...>) {
@@ -295,7 +303,7 @@ void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
 
 // Output channels [o0, o1) of a band's blocks of pixels (plus `bias`, if not null; then `epi`,
 // if active).
-void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const TapList& taps,
+void DirectBand(const float* const* in, const std::vector<PixelBlock>& blocks, const TapList& taps,
                 const Packed& w, int64_t o0, int64_t o1, const float* bias, const Epilogue& epi,
                 float* out) {
   for (int64_t o = o0; o < o1; o += w.Width(o)) {
@@ -305,7 +313,7 @@ void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const Ta
     if (epi.residual) at_o.residual = epi.residual + o;
     if (o + width <= w.n_out) {
       for (const PixelBlock& pix : blocks)
-        kernels[pix.mr - 1](in, pix, taps, w.Panel(o), w.n_red, bias ? bias + o : nullptr,
+        kernels[pix.mr - 1](in, pix, taps, w.Panel(o), bias ? bias + o : nullptr,
                             epi.Active() ? &at_o : nullptr, out + o);
       continue;
     }
@@ -318,8 +326,8 @@ void DirectBand(const float* in, const std::vector<PixelBlock>& blocks, const Ta
       float buffer[kMaxMR * kVec];
       PixelBlock local = pix;
       for (int m = 0; m < pix.mr; ++m) local.out[m] = m * kVec;
-      kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), w.n_red, bias ? padded_bias : nullptr,
-                           nullptr, buffer);
+      kDirect1[pix.mr - 1](in, local, taps, w.Panel(o), bias ? padded_bias : nullptr, nullptr,
+                           buffer);
       for (int m = 0; m < pix.mr; ++m)
         for (int64_t l = 0; l < valid; ++l)
           out[pix.out[m] + o + l] = epi.Apply(buffer[m * kVec + l], pix.out[m] + o + l);
@@ -380,10 +388,19 @@ void ForEachBand(ffi::ThreadPool& pool, const Bands& bands, const WorkItems& ite
 // set's ways once the weights streaming through L1 were counted.
 int64_t BandPixelFloats(int64_t c) { return c % 256 == 0 ? c + 16 : c; }
 
-// Copies rows [row0, row0 + n_rows) of image `img` of (N, H, W, C) `x` to `dst`, each with
+// A product's (N, H, W, C) input: one array, or two joined along the channels (the first c1
+// channels from x, the others from x2), as the decoder's join of its upsampled input and the
+// skip: read where they are instead of concatenated by XLA first.
+struct Input {
+  const float* x;
+  const float* x2 = nullptr;
+  int64_t c1 = 0;
+};
+
+// Copies rows [row0, row0 + n_rows) of image `img` of the (N, H, W, C) input to `dst`, each with
 // `left` zero columns before and zeros after up to `width` columns, rows outside [0, H) zeros;
 // pixels `cs` >= C floats apart (the floats after a pixel's C are never read).
-void CopyPaddedRows(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
+void CopyPaddedRows(const Input& in, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
                     int64_t n_rows, int64_t left, int64_t width, int64_t cs, float* dst) {
   for (int64_t r = 0; r < n_rows; ++r, dst += width * cs) {
     const int64_t hx = row0 + r;
@@ -392,32 +409,40 @@ void CopyPaddedRows(const float* x, int64_t h, int64_t w, int64_t c, int64_t img
       continue;
     }
     std::fill(dst, dst + left * cs, 0.f);
-    const float* src = x + ((img * h + hx) * w) * c;
-    if (cs == c)
-      std::memcpy(dst + left * c, src, w * c * sizeof(float));
-    else
+    const int64_t first_pixel = (img * h + hx) * w;
+    if (in.x2) {
+      const int64_t c2 = c - in.c1;
+      for (int64_t px = 0; px < w; ++px) {
+        float* to = dst + (left + px) * cs;
+        std::memcpy(to, in.x + (first_pixel + px) * in.c1, in.c1 * sizeof(float));
+        std::memcpy(to + in.c1, in.x2 + (first_pixel + px) * c2, c2 * sizeof(float));
+      }
+    } else if (cs == c) {
+      std::memcpy(dst + left * c, in.x + first_pixel * c, w * c * sizeof(float));
+    } else {
       for (int64_t px = 0; px < w; ++px)
-        std::memcpy(dst + (left + px) * cs, src + px * c, c * sizeof(float));
+        std::memcpy(dst + (left + px) * cs, in.x + (first_pixel + px) * c, c * sizeof(float));
+    }
     std::fill(dst + (left + w) * cs, dst + width * cs, 0.f);
   }
 }
 
-// Whether those rows need no zeros (a 1x1 or unpadded convolution) and no other pixel stride
-// (cs == C): x itself can be read.
-bool InsideImage(int64_t h, int64_t w, int64_t c, int64_t row0, int64_t n_rows, int64_t left,
-                 int64_t width, int64_t cs) {
-  return left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h && cs == c;
+// Whether those rows need no zeros (a 1x1 or unpadded convolution), no other pixel stride
+// (cs == C) and no join: the input itself can be read.
+bool InsideImage(const Input& in, int64_t h, int64_t w, int64_t c, int64_t row0, int64_t n_rows,
+                 int64_t left, int64_t width, int64_t cs) {
+  return !in.x2 && left == 0 && width == w && row0 >= 0 && row0 + n_rows <= h && cs == c;
 }
 
 // Those rows, padded as above with cs floats a pixel: x itself where InsideImage, else a copy
 // in `buf`.
-const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
+const float* Band(const Input& in, int64_t h, int64_t w, int64_t c, int64_t img, int64_t row0,
                   int64_t n_rows, int64_t left, int64_t width, int64_t cs,
                   std::vector<float>& buf) {
-  if (InsideImage(h, w, c, row0, n_rows, left, width, cs))
-    return x + (img * h + row0) * w * c;
+  if (InsideImage(in, h, w, c, row0, n_rows, left, width, cs))
+    return in.x + (img * h + row0) * w * c;
   buf.resize(n_rows * width * cs);
-  CopyPaddedRows(x, h, w, c, img, row0, n_rows, left, width, cs, buf.data());
+  CopyPaddedRows(in, h, w, c, img, row0, n_rows, left, width, cs, buf.data());
   return buf.data();
 }
 
@@ -426,15 +451,15 @@ const float* Band(const float* x, int64_t h, int64_t w, int64_t c, int64_t img, 
 // 4x4/stride-2 conv of 32x32x256). There the padded rows [row0, row0 + n_rows) of every image
 // are copied once, in parallel, into `buf` (image after image) and the items read them from
 // there. Returns null where each item reads its own band: channels not split, or x itself.
-const float* SharedBands(ffi::ThreadPool& pool, const WorkItems& items, const float* x,
+const float* SharedBands(ffi::ThreadPool& pool, const WorkItems& items, const Input& in,
                          int64_t n, int64_t h, int64_t w, int64_t c, int64_t row0, int64_t n_rows,
                          int64_t left, int64_t width, int64_t cs, std::vector<float>& buf) {
-  if (items.splits == 1 || InsideImage(h, w, c, row0, n_rows, left, width, cs)) return nullptr;
+  if (items.splits == 1 || InsideImage(in, h, w, c, row0, n_rows, left, width, cs)) return nullptr;
   buf.resize(n * n_rows * width * cs);
   float* dst = buf.data();
   ParallelFor(pool, n * n_rows, [&](int64_t row) {
     const int64_t img = row / n_rows, r = row % n_rows;
-    CopyPaddedRows(x, h, w, c, img, row0 + r, 1, left, width, cs, dst + row * width * cs);
+    CopyPaddedRows(in, h, w, c, img, row0 + r, 1, left, width, cs, dst + row * width * cs);
   });
   return dst;
 }
@@ -569,45 +594,49 @@ std::vector<TapSpan> TapSpans(int64_t n_out, int64_t size, int64_t k, int64_t s,
   return spans;
 }
 
-// Forward of a padded convolution read from x in place, with no band copy: the pixels whose
-// window crosses the border form classes of their own that meet only the taps inside the image
-// (one row or column of the band each; the rest of the band is one class). The copy with its
-// zero border cost 4-10% of the shallow levels' convolutions (bench/README.md), whose products
-// are short next to the rows they copy.
-void ForwardInPlace(ffi::ThreadPool& pool, const Geometry& geo, const float* x,
+// Forward read from the input in place, with no band copy: the pixels whose window crosses the
+// border form classes of their own that meet only the taps inside the image (one row or column
+// of the band each; the rest of the band is one class). The copy with its zero border cost 4-10%
+// of the shallow levels' convolutions (bench/README.md), whose products are short next to the
+// rows they copy. A join of two arrays (`in.x2`) needs equal halves (one pixel offset for both):
+// each tap reads its first C/2 rows from x and the rest from x2, the order of the joined array.
+void ForwardInPlace(ffi::ThreadPool& pool, const Geometry& geo, const Input& in,
                     const Packed& packed, const float* bias, const Epilogue& epi, float* y) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
   const int64_t k = geo.k, s = geo.s, p = geo.p;
+  const int64_t cp = in.x2 ? in.c1 : c;  // floats a pixel in each array
   const std::vector<TapSpan> row_spans = TapSpans(ho, h, k, s, p);
   const std::vector<TapSpan> col_spans = TapSpans(wo, wdt, k, s, p);
   const Bands bands(ho, wo);
   ForEachBand(pool, bands, WorkItems(pool, n, bands.n, o), ho, o,
               [&](int64_t img, int64_t h0, int64_t h1, int64_t o0, int64_t o1) {
     thread_local std::vector<PixelBlock> blocks;
-    const float* image = x + img * h * wdt * c;
+    const float* images[2] = {in.x + img * h * wdt * cp,
+                              in.x2 ? in.x2 + img * h * wdt * cp : nullptr};
     for (const TapSpan& rows : row_spans) {
       const int64_t r0 = std::max(rows.lo, h0), r1 = std::min(rows.hi, h1);
       if (r0 >= r1) continue;
       for (const TapSpan& cols : col_spans) {
         TapList taps;
+        taps.rows = cp;
         for (int64_t i = rows.first; i < rows.last; ++i)
-          for (int64_t j = cols.first; j < cols.last; ++j) {
-            taps.in_off[taps.n] = (i * wdt + j) * c;
-            taps.index[taps.n++] = i * k + j;
-          }
+          for (int64_t j = cols.first; j < cols.last; ++j)
+            for (int q = 0; q < (in.x2 ? 2 : 1); ++q)
+              taps.Add(q, (i * wdt + j) * cp, (i * k + j) * c + q * cp);
         // Pixel (r, col) has its window's corner at input (s*r - p, s*col - p), maybe outside.
-        MakeBlocks(PixelClass{r1 - r0, cols.hi - cols.lo, ((s * r0 - p) * wdt + s * cols.lo - p) * c,
-                              s * wdt * c, s * c, ((img * ho + r0) * wo + cols.lo) * o, wo * o, o},
+        MakeBlocks(PixelClass{r1 - r0, cols.hi - cols.lo,
+                              ((s * r0 - p) * wdt + s * cols.lo - p) * cp, s * wdt * cp, s * cp,
+                              ((img * ho + r0) * wo + cols.lo) * o, wo * o, o},
                    blocks);
-        DirectBand(image, blocks, taps, packed, o0, o1, bias, epi, y);
+        DirectBand(images, blocks, taps, packed, o0, o1, bias, epi, y);
       }
     }
   });
 }
 
-// y = the convolution of x (+ bias, if not null; then `epi`), W packed as
+// y = the convolution of the input (+ bias, if not null; then `epi`), W packed as
 // ProductPacking(geo, false) says.
-void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const Packed& packed,
+void Forward(ffi::ThreadPool& pool, const Geometry& geo, const Input& in, const Packed& packed,
              const float* bias, const Epilogue& epi, float* y) {
   const int64_t n = geo.n, h = geo.h, wdt = geo.w, c = geo.c, ho = geo.ho, wo = geo.wo, o = geo.o;
   const int64_t k = geo.k, stride = geo.s, padding = geo.p;
@@ -616,28 +645,27 @@ void Forward(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const P
   // floats a pixel where the band is a copy anyway (padding), else x's own C.
   const int64_t width = padding + std::max(wdt, stride * (wo - 1) + k - padding);
   const int64_t cs = padding > 0 ? BandPixelFloats(c) : c;
-  if (padding > 0 && cs == c) return ForwardInPlace(pool, geo, x, packed, bias, epi, y);
+  if (cs == c && (!in.x2 || 2 * in.c1 == c))
+    return ForwardInPlace(pool, geo, in, packed, bias, epi, y);
   TapList taps;
+  taps.rows = c;
   for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) {
-      taps.in_off[taps.n] = (i * width + j) * cs;
-      taps.index[taps.n++] = i * k + j;
-    }
+    for (int64_t j = 0; j < k; ++j) taps.Add(0, (i * width + j) * cs, (i * k + j) * c);
   const Bands bands(ho, wo);
   const WorkItems items(pool, n, bands.n, o);
   // Input rows -padding .. stride * (ho - 1) + k - padding - 1 are all an image's output reads.
   const int64_t image_rows = stride * (ho - 1) + k;
   thread_local std::vector<float> shared_buffer;
-  const float* shared = SharedBands(pool, items, x, n, h, wdt, c, -padding, image_rows, padding,
+  const float* shared = SharedBands(pool, items, in, n, h, wdt, c, -padding, image_rows, padding,
                                     width, cs, shared_buffer);
   ForEachBand(pool, bands, items, ho, o, [&](int64_t img, int64_t h0, int64_t h1, int64_t o0,
                                              int64_t o1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
-    const float* band =
+    const float* band[1] = {
         shared ? shared + (img * image_rows + stride * h0) * width * cs
-               : Band(x, h, wdt, c, img, stride * h0 - padding, stride * (h1 - h0 - 1) + k,
-                      padding, width, cs, band_buffer);
+               : Band(in, h, wdt, c, img, stride * h0 - padding, stride * (h1 - h0 - 1) + k,
+                      padding, width, cs, band_buffer)};
     MakeBlocks(PixelClass{h1 - h0, wo, 0, stride * width * cs, stride * cs,
                           (img * ho + h0) * wo * o, wo * o, o}, blocks);
     DirectBand(band, blocks, taps, packed, o0, o1, bias, epi, y);
@@ -669,17 +697,18 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
   const int64_t first_row = FloorDiv(padding - k + 1, stride);
   const int64_t image_rows = FloorDiv(h - 1 + padding, stride) - first_row + 1;
   thread_local std::vector<float> shared_buffer;
-  const float* shared = SharedBands(pool, items, g, n, ho, wo, o, first_row, image_rows, left,
-                                    width, o, shared_buffer);
+  const float* shared = SharedBands(pool, items, Input{g}, n, ho, wo, o, first_row, image_rows,
+                                    left, width, o, shared_buffer);
   ForEachBand(pool, bands, items, h, c, [&](int64_t img, int64_t y0, int64_t y1, int64_t c0,
                                             int64_t c1) {
     thread_local std::vector<float> band_buffer;
     thread_local std::vector<PixelBlock> blocks;
     const int64_t g_row0 = FloorDiv(y0 + padding - k + 1, stride);
-    const float* band =
+    const float* band[1] = {
         shared ? shared + (img * image_rows + g_row0 - first_row) * width * o
-               : Band(g, ho, wo, o, img, g_row0, FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1,
-                      left, width, o, band_buffer);
+               : Band(Input{g}, ho, wo, o, img, g_row0,
+                      FloorDiv(y1 - 1 + padding, stride) - g_row0 + 1, left, width, o,
+                      band_buffer)};
     for (int64_t py = 0; py < stride; ++py) {
       for (int64_t px = 0; px < stride; ++px) {
         // This class's pixels: rows y = y_first + r*s in [y0, y1) with (y + p) % s == py, and
@@ -693,11 +722,10 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* g, const
              (x_first + padding - px) / stride + left) * o, width * o, o,
             ((img * h + y_first) * wdt + x_first) * c, stride * wdt * c, stride * c};
         TapList taps;
+        taps.rows = o;
         for (int64_t i = py; i < k; i += stride)
-          for (int64_t j = px; j < k; j += stride) {
-            taps.in_off[taps.n] = -((i - py) / stride * width + (j - px) / stride) * o;
-            taps.index[taps.n++] = i * k + j;
-          }
+          for (int64_t j = px; j < k; j += stride)
+            taps.Add(0, -((i - py) / stride * width + (j - px) / stride) * o, (i * k + j) * o);
         MakeBlocks(cls, blocks);
         if (taps.n > 0) {
           DirectBand(band, blocks, taps, packed, c0, c1, bias, Epilogue{}, dx);
@@ -894,13 +922,25 @@ ffi::Error BiasOf(const char* op, ffi::Buffer<ffi::F32>& bias, int64_t channels,
 // with a LeakyReLU (relu = 1, relu_slope) and add `residual` (shaped as y, or (0,) for none).
 // `prepacked` is W already packed for this product (HinetPack), or (0,): then W is packed into
 // the scratch output `packed` (which may be (0,) when prepacked is given).
-ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> w,
-                    ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> residual,
-                    ffi::Buffer<ffi::F32> prepacked, ffi::ResultBuffer<ffi::F32> out,
-                    ffi::ResultBuffer<ffi::F32> packed, int64_t stride, int64_t padding,
-                    int64_t kernel_hwoi, int64_t transposed, int64_t relu, float relu_slope) {
+ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> in2,
+                    ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> bias,
+                    ffi::Buffer<ffi::F32> residual, ffi::Buffer<ffi::F32> prepacked,
+                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> packed,
+                    int64_t stride, int64_t padding, int64_t kernel_hwoi, int64_t transposed,
+                    int64_t relu, float relu_slope) {
   Geometry geo;
-  const auto input_side = transposed ? out->dimensions() : in.dimensions();
+  std::vector<int64_t> input_side(transposed ? out->dimensions().begin() : in.dimensions().begin(),
+                                  transposed ? out->dimensions().end() : in.dimensions().end());
+  Input input{in.typed_data()};
+  if (in2.element_count()) {  // the input is in joined with in2 along the channels
+    const auto a = in.dimensions(), b = in2.dimensions();
+    if (transposed || a.size() != 4 || b.size() != 4 || !std::equal(a.begin(), a.end() - 1, b.begin()))
+      return ffi::Error::InvalidArgument(
+          "conv: a second input (joined along the channels) must match the first's N, H, W, "
+          "and is for transposed = 0");
+    input = Input{in.typed_data(), in2.typed_data(), a[3]};
+    input_side[3] = a[3] + b[3];
+  }
   if (auto e = MakeGeometry("conv", input_side, w.dimensions(), stride, padding, kernel_hwoi,
                             &geo); e.failure())
     return e;
@@ -931,7 +971,7 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
   if (transposed)
     InputGrad(pool, geo, in.typed_data(), weights, b, out->typed_data());
   else
-    Forward(pool, geo, in.typed_data(), weights, b, epi, out->typed_data());
+    Forward(pool, geo, input, weights, b, epi, out->typed_data());
   return ffi::Error::Success();
 }
 
@@ -973,7 +1013,7 @@ ffi::Error ConvBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffe
         e.failure())
       return ffi::Error::InvalidArgument(std::string("conv_bwd: ") + e.message());
     if (transposed)
-      Forward(pool, geo, a.typed_data(), weights, nullptr, Epilogue{}, d_in->typed_data());
+      Forward(pool, geo, Input{a.typed_data()}, weights, nullptr, Epilogue{}, d_in->typed_data());
     else
       InputGrad(pool, geo, b.typed_data(), weights, nullptr, d_in->typed_data());
   }
@@ -1012,6 +1052,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetPack, PackImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConv, ConvImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
