@@ -5,6 +5,8 @@
 // HinetConv, the convolution (+ bias; optionally then LeakyReLU and + a residual, in the same
 // pass over the output):
 //   y[n, h, w, o] = b[o] + sum_{i, j, c} x[n, s*h + i - p, s*w + j - p, c] * W[i, j, c, o]
+// where x may be two arrays joined along the channels (the decoder's upsampled input and skip),
+// read where they are;
 // or (transposed = 1) its input gradient, which is also the transposed convolution of g (+ bias):
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
 //   over the taps where both divisions are exact and land inside g.
@@ -30,9 +32,12 @@
 // takes) as the micro-kernel reads them, so every weight load is sequential; a block's sums
 // stay in registers over the whole reduction. Work items are bands of output rows (a few
 // rows of a large image, a whole small one) times ranges of output channels (split only as far
-// as the threads need); the input rows a band reads are copied once into a small zero-padded
-// buffer, so no block checks bounds (where the channels are split, the whole padded input is
-// copied once for all items: SharedBands).
+// as the threads need). The convolution reads its input in place, the pixels whose window
+// crosses the border in classes of their own that meet only the taps inside the image
+// (ForwardInPlace). Where that cannot be (the input gradient; C a multiple of 256, whose pixels
+// are then spread to another stride; a join of unequal parts) the input rows a band reads are
+// copied once into a small zero-padded buffer, so no block checks bounds (where the channels are
+// split, the whole padded input is copied once for all items: SharedBands).
 //
 // Kernel gradient: for a fixed tap (i, j) and output row (n, h), the pixels that meet are one
 // strided run of x's row s*h + i - p and one contiguous run of g's row h, so each tap is a sum
