@@ -189,12 +189,12 @@ struct Epilogue {
 
 // out[pix.out[m] + v*kVec + (0..kVec)] = start + sum over taps t and rows r < taps.rows of
 // in[taps.in[t]][pix.in[m] + taps.in_off[t] + r] * panel[(taps.row0[t] + r) * NV * kVec +
-// v*kVec + (0..kVec)], where start is `bias[v*kVec + (0..kVec)]` if given (the layer's bias, added here
-// rather than in a pass of its own), else 0. `panel` is one block of NV*kVec output channels of
-// the packed weights. `epi`, if not null, is applied before the store; its residual is offset as
-// `out`. The sums stay in registers over the whole reduction and the panel streams from L2:
-// reduction chunks whose weights stayed in L1 (the sums loaded and stored in `out` at every
-// chunk) ran 5-10% slower at every depth (bench/README.md).
+// v*kVec + (0..kVec)], where start is `bias[v*kVec + (0..kVec)]` if given (the layer's bias,
+// added here rather than in a pass of its own), else 0. `panel` is one block of NV*kVec output
+// channels of the packed weights. `epi`, if not null, is applied before the store; its residual
+// is offset as `out`. The sums stay in registers over the whole reduction and the panel streams
+// from L2: reduction chunks whose weights stayed in L1 (the sums loaded and stored in `out` at
+// every chunk) ran 5-10% slower at every depth (bench/README.md).
 template <int MR, int NV>
 void DirectKernel(const float* const* in, const PixelBlock& pix, const TapList& taps,
                   const float* panel, const float* bias, const Epilogue* epi, float* out) {
@@ -934,12 +934,13 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
                     int64_t stride, int64_t padding, int64_t kernel_hwoi, int64_t transposed,
                     int64_t relu, float relu_slope) {
   Geometry geo;
-  std::vector<int64_t> input_side(transposed ? out->dimensions().begin() : in.dimensions().begin(),
-                                  transposed ? out->dimensions().end() : in.dimensions().end());
+  const auto side = transposed ? out->dimensions() : in.dimensions();
+  std::vector<int64_t> input_side(side.begin(), side.end());
   Input input{in.typed_data()};
   if (in2.element_count()) {  // the input is in joined with in2 along the channels
     const auto a = in.dimensions(), b = in2.dimensions();
-    if (transposed || a.size() != 4 || b.size() != 4 || !std::equal(a.begin(), a.end() - 1, b.begin()))
+    if (transposed || a.size() != 4 || b.size() != 4 ||
+        !std::equal(a.begin(), a.end() - 1, b.begin()))
       return ffi::Error::InvalidArgument(
           "conv: a second input (joined along the channels) must match the first's N, H, W, "
           "and is for transposed = 0");
