@@ -21,8 +21,13 @@
 #   4. model_speed, both: forward, batch 1 of 256x256, and one 1280x720 frame through tiles.
 #   5. train_step: the library's own train step (L1, clipping, non-finite guard) on the SIDD
 #      recipe's batch, 1x, bfloat16 and float32.
-#   6. (only when named in STEPS) CUDA graphs: the 0.5x train step (launch-bound on an H200:
-#      bench/README.md) with XLA's command buffers off, and with every command kind on.
+# Only when named in STEPS (session 9's lease ran "6 7 8 9" in one call):
+#   6. CUDA graphs: the 0.5x bf16 train step (launch-bound on an H200: bench/README.md) with XLA's
+#      command buffers off, as XLA sets them by default, and with every command kind on.
+#   7. PyTorch's faster forms on the 1x train step: channels_last (no NCHW<->NHWC transposes around
+#      cuDNN), bf16 autocast, torch.compile (inductor) under bf16 autocast, against JAX bf16.
+#   8. The input pipeline: the demo step through grain against the same step on synthetic batches.
+#   9. CUDA graphs on the 1x bf16 train step: XLA's default against every command kind.
 # Packages the machine's image lacks (grain, ml_collections and their needs) travel as wheels in
 # .whl/ (bench/README.md says which and how to fetch them).
 set -u
@@ -94,15 +99,49 @@ for dtype in bfloat16 float32; do
 done
 fi
 
-if want 6; then
-step "6. XLA command buffers A/B, $SMALL ($TRAIN_CASE)"
+cuda_graphs() {  # cuda_graphs VARIANT SETTING...: the bf16 train step under XLA command buffers.
+  local variant=$1 setting flags
+  shift
+  for setting in "$@"; do
+    case $setting in
+      off) flags="--xla_gpu_enable_command_buffer=" ;;
+      default) flags="" ;;
+      all) flags="--xla_gpu_enable_command_buffer=$ALL_COMMANDS --xla_gpu_graph_min_graph_size=1" ;;
+    esac
+    echo "command buffers $setting: XLA_FLAGS=$flags" | tee -a "$LOG"
+    # One autotuning cache for every setting: the same convolution algorithms in each, and
+    # the later compiles skip the autotuning.
+    XLA_FLAGS="--xla_gpu_per_fusion_autotune_cache_dir=/tmp/xla_autotune $flags" \
+      speed 130 "speed_command_buffers_${variant}_$setting.json" --variants="$variant" \
+      --cases=$TRAIN_CASE --frameworks=jax_bf16 --ceiling_n=0
+  done
+}
 ALL_COMMANDS=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE
-for setting in off all; do
-  if [ $setting = off ]; then flags="--xla_gpu_enable_command_buffer="
-  else flags="--xla_gpu_enable_command_buffer=$ALL_COMMANDS --xla_gpu_graph_min_graph_size=1"; fi
-  echo "command buffers $setting: XLA_FLAGS=$flags" | tee -a "$LOG"
-  XLA_FLAGS="$flags" speed 200 "speed_command_buffers_$setting.json" \
-    --variants=$SMALL --cases=$TRAIN_CASE --frameworks=jax
+
+if want 6; then
+step "6. XLA command buffers (CUDA graphs) off / XLA's default / every kind, $SMALL ($TRAIN_CASE)"
+cuda_graphs $SMALL off default all
+fi
+
+if want 7; then
+step "7. PyTorch's faster forms, $BIG ($TRAIN_CASE): channels_last, torch.compile, bf16 autocast"
+# One process per framework, rows logged as each ends; torch.compile last (longest compile).
+timeout 330 $PY bench/model_speed.py --threads="$THREADS" --nomemory --nokeep_freed_memory \
+  --reps="$REPS" --json="$OUT/speed_torch_forms.json" --variants=$BIG --cases=$TRAIN_CASE \
+  --frameworks=jax_bf16,torch,torch_cl,torch_cl_bf16,torch_compile_bf16 2>&1 | quiet | tee -a "$LOG"
+fi
+
+if want 8; then
+step "8. input pipeline: the demo step through grain vs on synthetic batches"
+# 40 warm-up steps: past the demo source's first epoch (it degrades each photo once, then reuses).
+for data in --data --nodata; do
+  timeout 75 $PY bench/train_step.py --config=configs/demo.py --steps=$((DEMO_STEPS / 2)) \
+    --warmup_steps=40 $data 2>&1 | quiet | tee -a "$LOG"
 done
+fi
+
+if want 9; then
+step "9. XLA command buffers, $BIG ($TRAIN_CASE)"
+cuda_graphs $BIG default all
 fi
 step done

@@ -39,6 +39,10 @@ Method:
     executable for JAX (arguments + outputs + temporaries - donated), the CUDA allocator's peak
     around the warm-up run for PyTorch (which includes cuDNN's benchmark workspaces). Use
     --noisolate --nomemory there (bench/gpu_session.sh does): one process per case saves compiles.
+  * PyTorch's other forms, by name in --frameworks: `torch_cl` (channels_last tensors: no
+    NCHW<->NHWC transposes around cuDNN/oneDNN), `torch_compile`, `_bf16` (autocast), combined as
+    torch[_cl][_compile][_bf16]; `jax_bf16` alone times JAX's bf16 model without its float32 one.
+    --ceiling_n=0 skips the ceiling (no MFU column) where a run only compares settings.
 
 Results, the machine and the levers log are in bench/README.md.
 """
@@ -46,6 +50,7 @@ Results, the machine and the levers log are in bench/README.md.
 import functools
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -60,13 +65,16 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _VARIANTS = flags.DEFINE_list('variants', ['1x', '0.5x'], 'Variants: 1x (wf 64), 0.5x (wf 32).')
 _CASES = flags.DEFINE_list('cases', ['fwd256', 'tiled720', 'train_b2_128'],
                            'Cases (see the module doc) or "all".')
-_FRAMEWORKS = flags.DEFINE_list('frameworks', ['jax', 'torch'],
-                                'jax, torch (eager), torch_compile.')
+_FRAMEWORKS = flags.DEFINE_list(
+    'frameworks', ['jax', 'torch'],
+    'jax (on GPU also jax_bf16), jax_bf16 alone, torch (eager; on GPU also torch_bf16), and '
+    'torch[_cl][_compile][_bf16]: channels_last, torch.compile, bf16 autocast.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (slow compile).')
 _THREADS = flags.DEFINE_integer('threads', 2, 'CPU threads for both frameworks.')
 _REPS = flags.DEFINE_integer('reps', 5, 'Timed repetitions per case (median reported).')
 _MEMORY = flags.DEFINE_bool('memory', True, 'Measure peak RSS in separate subprocesses.')
-_CEILING_N = flags.DEFINE_integer('ceiling_n', 4096, 'Matmul side for the ceiling.')
+_CEILING_N = flags.DEFINE_integer('ceiling_n', 4096,
+                                  'Matmul side for the ceiling; 0 skips the ceiling.')
 _JSON = flags.DEFINE_string('json', None, 'Also write all results as JSON to this path.')
 _ISOLATE = flags.DEFINE_bool(
     'isolate', True, 'Time each framework in its own process (default). --noisolate interleaves '
@@ -87,6 +95,13 @@ ALL_CASES = ('fwd256', 'tiled720', 'train_b2_128', 'train_b8_256')
 VARIANT_PRESETS = {'1x': 'sidd-1x', '0.5x': 'sidd-0.5x'}
 TILE, TILE_BATCH, FRAME_HW = 256, 4, (720, 1280)
 RESULT_PREFIX = 'RESULT '
+TORCH_FRAMEWORK = re.compile(r'^torch(_cl)?(_compile)?(_bf16)?$')
+
+
+def torch_options(framework):
+  """'torch[_cl][_compile][_bf16]' -> TorchRunner's keyword arguments."""
+  cl, compiled, bf16 = TORCH_FRAMEWORK.match(framework).groups()
+  return dict(channels_last=bool(cl), compiled=bool(compiled), autocast_bf16=bool(bf16))
 
 
 # ----------------------------------------------------------------------------
@@ -252,13 +267,16 @@ class JaxRunner:
 class TorchRunner:
   """The PyTorch reference for one case (eager or torch.compile); `run()` executes and syncs."""
 
-  def __init__(self, net, case, inputs, device, compiled=False, autocast_bf16=False):
+  def __init__(self, net, case, inputs, device, compiled=False, autocast_bf16=False,
+               channels_last=False):
     import numpy as np  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
     from hinet_jax import inference  # pylint: disable=g-import-not-at-top
 
     self.torch = torch
-    self.net = net.to(device)
+    # channels_last: NHWC tensors, so cuDNN/oneDNN convolve without NCHW<->NHWC transposes.
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    self.net = net.to(device, memory_format=memory_format)
     fn = torch.compile(self.net) if compiled else self.net
     self.device = device
     self.out = None
@@ -270,7 +288,8 @@ class TorchRunner:
     else:
       self.fn = fn
     sync = (lambda: torch.cuda.synchronize()) if device == 'cuda' else (lambda: None)
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(
+        device, memory_format=memory_format)
     if case == 'tiled720':
       frame = inputs['frame']
 
@@ -431,14 +450,14 @@ def worker_timing(spec):
     if fw.startswith('torch'):
       net, sd = torch_reference.random_state_dict(0, **models.PRESETS[preset])
       state_dict = torch_port.unwrap_state_dict(sd)
-      runners[fw] = TorchRunner(net, case, inputs, device, compiled=fw == 'torch_compile',
-                                autocast_bf16=fw == 'torch_bf16')
+      runners[fw] = TorchRunner(net, case, inputs, device, **torch_options(fw))
   if state_dict is None:
     net, sd = torch_reference.random_state_dict(0, **models.PRESETS[preset])
     state_dict = torch_port.unwrap_state_dict(sd)
-  if 'jax' in frameworks:
+  dtypes = (['float32'] if 'jax' in frameworks else []) + (
+      ['bfloat16'] if 'jax_bf16' in frameworks or ('jax' in frameworks and on_gpu) else [])
+  if dtypes:
     params = torch_port.torch_to_flax(state_dict, models.create_model(preset))
-    dtypes = ['float32', 'bfloat16'] if on_gpu else ['float32']
     for dtype in dtypes:
       runners['jax' if dtype == 'float32' else 'jax_bf16'] = JaxRunner(
           preset, case, params, dtype, inputs)
@@ -522,7 +541,7 @@ def worker_memory(spec):
     torch.set_num_threads(spec['threads'])
     net, _ = torch_reference.random_state_dict(0, **models.PRESETS[preset])
     runner = TorchRunner(net, case, inputs, 'cuda' if torch.cuda.is_available() else 'cpu',
-                         compiled=fw == 'torch_compile')
+                         **torch_options(fw))
   else:
     import jax  # pylint: disable=g-import-not-at-top
     from hinet_jax import models  # pylint: disable=g-import-not-at-top
@@ -663,34 +682,41 @@ def main(argv):
   frameworks = list(_FRAMEWORKS.value)
   if _TORCH_COMPILE.value and 'torch_compile' not in frameworks:
     frameworks.append('torch_compile')
+  for fw in frameworks:
+    if fw not in ('jax', 'jax_bf16') and not TORCH_FRAMEWORK.match(fw):
+      raise app.UsageError(f'--frameworks: unknown framework {fw!r}; choose from jax, jax_bf16, '
+                           'torch, torch_cl, torch_compile, torch_cl_compile (each + _bf16).')
   threads = _THREADS.value
   with open('/proc/loadavg') as f:
     print('loadavg at start:', f.read().strip())
-  ceiling = spawn(dict(kind='ceiling', threads=threads, n=_CEILING_N.value))[0]
-  print('ceiling (GFLOP/s):', {k: round(v, 1) if isinstance(v, float) else v
-                               for k, v in ceiling.items()}, flush=True)
+  ceiling = {}
+  if _CEILING_N.value:
+    ceiling = spawn(dict(kind='ceiling', threads=threads, n=_CEILING_N.value))[0]
+    print('ceiling (GFLOP/s):', {k: round(v, 1) if isinstance(v, float) else v
+                                 for k, v in ceiling.items()}, flush=True)
   rows = []
   for variant in _VARIANTS.value:
     for case in cases:
       job = dict(kind='timing', variant=variant, case=case, threads=threads, reps=_REPS.value,
                  profile_dir=_PROFILE_DIR.value and os.path.abspath(_PROFILE_DIR.value))
       if not _ISOLATE.value:
-        got = spawn(dict(job, frameworks=frameworks))
+        jobs = [dict(job, frameworks=frameworks)]
       else:
-        got = []
-        for fw in frameworks:
-          # The JAX process also builds (never times) PyTorch for the output parity check.
-          parity = fw == 'jax' and 'torch' in frameworks and not case.startswith('train')
-          got += spawn(dict(job, frameworks=[fw, 'torch'] if parity else [fw], timed=[fw]))
-      if _MEMORY.value:
+        # The JAX process also builds (never times) PyTorch for the output parity check.
+        parity = lambda fw: fw == 'jax' and 'torch' in frameworks and not case.startswith('train')
+        jobs = [dict(job, frameworks=[fw, 'torch'] if parity(fw) else [fw], timed=[fw])
+                for fw in frameworks]
+      for timing_job in jobs:  # Each job's rows printed as they come (a time limit keeps them).
+        got = spawn(timing_job)
+        if _MEMORY.value:
+          for r in got:
+            if 'framework' in r and 'error' not in r:
+              mem = spawn(dict(kind='memory', variant=variant, case=case,
+                               framework=r['framework'], threads=threads))[0]
+              r.update({k: v for k, v in mem.items() if k.endswith('_mb')})
         for r in got:
-          if 'framework' in r and 'error' not in r:
-            mem = spawn(dict(kind='memory', variant=variant, case=case,
-                             framework=r['framework'], threads=threads))[0]
-            r.update({k: v for k, v in mem.items() if k.endswith('_mb')})
-      for r in got:
-        print(json.dumps({k: v for k, v in r.items() if k != 'times_s'}), flush=True)
-      rows.extend(got)
+          print(json.dumps({k: v for k, v in r.items() if k != 'times_s'}), flush=True)
+        rows.extend(got)
   with open('/proc/loadavg') as f:
     print('loadavg at end:', f.read().strip())
   print(format_table(rows, ceiling))
