@@ -61,6 +61,14 @@ WINOGRAD_MAX_PIXELS = 64 * 64
 # image (above): on every other HINet shape they matched or beat the matmul and Winograd forms
 # in the train step (bench/README.md, levers log), and Winograd's kernel transform, paid on every
 # call, cost more than its fewer multiplies saved.
+# At inference the kernels are packed once per set of weights (`pack_for_conv`), so the transform
+# is free, and the CPU kernels' own Winograd F(2x2, 3x3) (`cpu_kernels.winograd_conv`: transforms
+# in L2, products on the direct micro-kernel) runs the 3x3/stride-1 convs 1.1-1.7x faster than
+# their direct convolution from 32 channels on, but not 1024 -> 1024 (1x HINet's deepest level,
+# 16x16 pixels: its 64 MB transformed kernel streams from memory once per few tiles). Packing
+# traces the model on a small input (`models.pack_kernels`), so this is decided by the channels.
+PACKED_WINOGRAD_MIN_CHANNELS = 32
+PACKED_WINOGRAD_MAX_KERNEL = 512 * 1024  # C * O
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -297,6 +305,18 @@ def _not_differentiable(*args):
 _prepacked_conv.defvjp(_not_differentiable, _not_differentiable)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _prepacked_winograd(x: Array, kernel: Array, packed: Array, bias: Array | None,
+                        residual: Array | None, x2: Array | None,
+                        relu_slope: float | None) -> Array:
+  """The 3x3 convolution (with its epilogue and join) by Winograd, reading `packed`
+  (`pack_for_conv`)."""
+  return cpu_kernels.winograd_conv(x, packed, kernel.shape[-1], bias, relu_slope, residual, x2)
+
+
+_prepacked_winograd.defvjp(_not_differentiable, _not_differentiable)
+
+
 def winograd_conv(x: Array, kernel: Array, native_backward: bool,
                   bias: Array | None = None) -> Array:
   """3x3/s1/p1 conv: Winograd F(2x2, 3x3) forward; backward on `cpu_kernels` or `lax.conv`."""
@@ -342,10 +362,23 @@ def _runs_native(x: Array, kernel: Array, strides: int, padding: int, impl: str)
 def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
                   impl: str = 'xla', x2: Array | None = None) -> Array | None:
   """`kernel` packed for `conv(x, kernel, strides, padding, impl, packed=..., x2=x2)`, or None
-  where that convolution does not run on the CPU kernels (nothing to pack)."""
+  where that convolution does not run on the CPU kernels (nothing to pack): transformed for
+  Winograd where that runs it (`_packed_winograd`), else as the direct convolution reads it."""
   if not _runs_native(_joined_shape(x, x2), kernel, strides, padding, impl):
     return None
+  if _packed_winograd(x, x2, kernel, strides, padding):
+    return cpu_kernels.pack_winograd(kernel)
   return cpu_kernels.pack_kernel(kernel)
+
+
+def _packed_winograd(x: Array, x2: Array | None, kernel: Array, strides: int,
+                     padding: int) -> bool:
+  """Whether a prepacked convolution runs as Winograd (module doc): `pack_for_conv` and `conv`
+  decide alike, from the channels and the geometry alone."""
+  c, o = kernel.shape[2:]
+  return (cpu_kernels.winograd_applies(_joined_shape(x, x2).shape, kernel.shape, strides,
+                                       padding, None if x2 is None else x.shape[-1])
+          and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= PACKED_WINOGRAD_MAX_KERNEL)
 
 
 def pack_for_upconv(x: Array, kernel: Array, impl: str = 'xla') -> Array | None:
@@ -535,6 +568,8 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
   _check_impl(impl)
   if packed is not None:
     _require_packed_native(_runs_native(_joined_shape(x, x2), kernel, strides, padding, impl))
+    if _packed_winograd(x, x2, kernel, strides, padding):
+      return _prepacked_winograd(x, kernel, packed, bias, residual, x2, relu_slope)
     return _prepacked_conv(x, kernel, packed, bias, residual, x2, strides, padding, relu_slope)
   if x2 is not None:
     if _runs_native(_joined_shape(x, x2), kernel, strides, padding, impl):

@@ -204,7 +204,8 @@ JOIN_CASES = [(2, 9, 11, 8, 8, 3, 1, 1, 40), (1, 7, 6, 24, 24, 1, 1, 0, 20),
 @pytest.mark.parametrize('case', JOIN_CASES)
 def test_joined_inputs_give_the_concatenations_products_bit_for_bit(case):
   """`conv(x, k, x2=x2)` reads both arrays in place: bit for bit the convolution of their
-  concatenation (with bias, LeakyReLU and residual, packed or not), and the same gradients."""
+  concatenation (with bias, LeakyReLU and residual, packed or not; packed for Winograd, to float
+  rounding), and the same gradients."""
   n, h, w, c1, c2, k, s, p, o = case
   x, x2 = _random((n, h, w, c1), 0), _random((n, h, w, c2), 1)
   kernel, bias = _random((k, k, c1 + c2, o), 2), _random((o,), 3)
@@ -215,7 +216,10 @@ def test_joined_inputs_give_the_concatenations_products_bit_for_bit(case):
   want = fwd(joined, None, None)
   np.testing.assert_array_equal(fwd(x, x2, None), want)
   packed = convolution.pack_for_conv(x, kernel, s, p, 'native', x2)
-  np.testing.assert_array_equal(fwd(x, x2, packed), want)
+  if convolution._packed_winograd(x, x2, kernel, s, p):  # pylint: disable=protected-access
+    assert _rel(fwd(x, x2, packed), want) < 2e-6  # Winograd's rounding (its own test above)
+  else:
+    np.testing.assert_array_equal(fwd(x, x2, packed), want)
   assert _rel(want, convolution._epilogue(  # pylint: disable=protected-access
       convolution.conv_xla(joined, kernel, s, p) + bias, 0.2, residual)) < 1e-5
   loss = lambda x, x2, kernel: jnp.sum(convolution.conv(x, kernel, s, p, 'native', bias, 0.2,
@@ -227,6 +231,64 @@ def test_joined_inputs_give_the_concatenations_products_bit_for_bit(case):
   # Where the CPU kernels do not run the convolution, the join is a concatenation.
   np.testing.assert_allclose(convolution.conv(x, kernel, s, p, 'xla', x2=x2),
                              convolution.conv_xla(joined, kernel, s, p), rtol=1e-6, atol=1e-5)
+
+
+# (N, H, W, C1, C2, O) of Winograd F(2x2, 3x3) convolutions: odd sizes (half tiles at the
+# bottom and right), a 1-pixel row, images smaller than a tile, more tiles than one work item, a
+# batch, O a vector but not a register block, a join of equal and of unequal parts.
+WINOGRAD_CASES = [(1, 7, 9, 32, 0, 32), (2, 10, 6, 48, 0, 80), (1, 1, 5, 32, 0, 64),
+                  (1, 2, 1, 64, 0, 32), (1, 41, 37, 32, 0, 48), (1, 9, 9, 32, 32, 32),
+                  (2, 5, 11, 16, 48, 32)]
+
+
+@pytest.mark.parametrize('case', WINOGRAD_CASES)
+def test_winograd_matches_the_convolution(case):
+  """The CPU kernels' Winograd convolution (prepacked inference) computes the 3x3 convolution,
+  with bias, LeakyReLU, residual and joined inputs, to float32 rounding; `conv` with a kernel
+  that `pack_for_conv` packed takes it where it applies."""
+  n, h, w, c1, c2, o = case
+  x, x2 = _random((n, h, w, c1), 0), _random((n, h, w, c2), 1) if c2 else None
+  kernel, bias = _random((3, 3, c1 + c2, o), 2), _random((o,), 3)
+  residual = _random((n, h, w, o), 4)
+  joined = x if x2 is None else jnp.concatenate([x, x2], axis=-1)
+  want = convolution._epilogue(  # pylint: disable=protected-access
+      convolution.conv_xla(joined, kernel, 1, 1) + bias, 0.2, residual)
+  packed = cpu_kernels.pack_winograd(kernel)
+  got = cpu_kernels.winograd_conv(x, packed, o, bias, 0.2, residual, x2)
+  assert _rel(got, want) < 2e-6
+  plain = cpu_kernels.winograd_conv(x, packed, o, x2=x2)
+  assert _rel(plain, convolution.conv_xla(joined, kernel, 1, 1)) < 2e-6
+  assert convolution._packed_winograd(  # pylint: disable=protected-access
+      x, x2, kernel, 1, 1) == (min(c1 + c2, o) >= 32)
+  model_path = jax.jit(lambda x, x2: convolution.conv(
+      x, kernel, 1, 1, 'native', bias, 0.2, residual,
+      convolution.pack_for_conv(x, kernel, 1, 1, 'native', x2), x2))
+  assert _rel(model_path(x, x2), want) < 2e-6
+
+
+def test_winograd_where_it_does_not_apply_and_bad_input():
+  x, kernel = _random((1, 6, 6, 32), 0), _random((3, 3, 32, 32), 1)
+  assert cpu_kernels.winograd_applies(x.shape, kernel.shape, 1, 1)
+  # O not a multiple of 16, 1x1, stride 2, C not a multiple of 16.
+  for shape, k, s, p in [((1, 6, 6, 32), (3, 3, 32, 24), 1, 1),
+                         ((1, 6, 6, 32), (1, 1, 32, 32), 1, 0),
+                         ((1, 6, 6, 32), (3, 3, 32, 32), 2, 1),
+                         ((1, 6, 6, 24), (3, 3, 24, 32), 1, 1)]:
+    assert not cpu_kernels.winograd_applies(shape, k, s, p)
+  # 1024 -> 1024 and channels below 32 keep the direct convolution, as their packing does.
+  for c, o in ((1024, 1024), (16, 32)):
+    assert not convolution._packed_winograd(  # pylint: disable=protected-access
+        jax.ShapeDtypeStruct((1, 4, 4, c), jnp.float32), None,
+        jax.ShapeDtypeStruct((3, 3, c, o), jnp.float32), 1, 1)
+  packed = cpu_kernels.pack_winograd(kernel)
+  with pytest.raises(ValueError, match='is not the transformed kernel'):
+    cpu_kernels.winograd_conv(x, cpu_kernels.pack_kernel(kernel), 32)  # the direct packing
+  with pytest.raises(ValueError, match='multiples of'):
+    cpu_kernels.winograd_conv(x[..., :24], packed, 32)
+  with pytest.raises(ValueError, match='residual must be shaped'):
+    cpu_kernels.winograd_conv(x, packed, 32, residual=x[..., :16])
+  with pytest.raises(ValueError, match='cannot be differentiated'):
+    jax.grad(lambda x: jnp.sum(convolution.conv(x, kernel, 1, 1, 'native', packed=packed)))(x)
 
 
 def test_joined_inputs_that_do_not_fit_are_clear_errors():

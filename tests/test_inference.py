@@ -167,10 +167,11 @@ class RestoreTest(parameterized.TestCase):
     del other
     gc.collect()
     self.assertFalse(predict.packed_kernels.holds_packed)
-    # The same values as the model without packed kernels, under the same compiler options.
+    # The same values as the model without packed kernels, under the same compiler options, to
+    # float rounding (its 32-channel level runs as Winograd when packed: tests/test_models.py).
     ref = jax.jit(lambda p, x: model.apply({'params': p}, x)[1],
                   compiler_options=convolution.inference_compiler_options())(params, x)
-    np.testing.assert_array_equal(first, ref)
+    np.testing.assert_allclose(first, ref, rtol=1e-5, atol=1e-5)
 
   def test_hinet_predict_fn_returns_stage2(self):
     model = models.HINet(wf=8, depth=3)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hinet_jax import convolution
 from hinet_jax import models
 
 LAYOUT = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference',
@@ -112,21 +113,31 @@ def _random_params(model, seed=0):
                       models.abstract_params(model))
 
 
-def test_packed_kernels_give_the_same_outputs_bit_for_bit():
-  """`pack_kernels` packs every kernel the CPU kernels run, and applying the model with them
-  changes no bit of either stage. ('native': with the tests' 8 host devices 'auto' keeps XLA's
-  convolutions, and there is nothing to pack.)"""
+def test_packed_kernels_give_the_same_outputs(monkeypatch):
+  """`pack_kernels` packs every kernel the CPU kernels run. Applying the model with them changes
+  only float rounding where Winograd runs (this model's 32-channel level: one packed for it),
+  and no bit of either stage with every convolution direct. ('native': with the tests' 8 host
+  devices 'auto' keeps XLA's convolutions, and there is nothing to pack.)"""
   model = models.HINet(**TINY, conv_impl='native')
   params = _random_params(model)
-  packed = jax.jit(lambda p: models.pack_kernels(model, p))(params)
   kernels = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
              if path[-1].key == 'kernel']
-  assert len(jax.tree.leaves(packed)) == len(kernels)
   assert not jax.tree.leaves(models.pack_kernels(model.clone(conv_impl='auto'), params))
   x = jax.random.uniform(jax.random.key(1), (2, 20, 12, 3))
   plain = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, x)
-  fast = jax.jit(lambda p, k, x: model.apply({'params': p, models.PACKED: k}, x))(params, packed, x)
+
+  def packed_outputs():  # A new trace each call: it sees the policy as it is now.
+    packed = jax.jit(lambda p: models.pack_kernels(model, p))(params)
+    assert len(jax.tree.leaves(packed)) == len(kernels)
+    apply = jax.jit(lambda p, k, x: model.apply({'params': p, models.PACKED: k}, x))
+    return packed, apply(params, packed, x)
+
+  packed, fast = packed_outputs()
+  assert any(k.size == 16 * 32 * 32 for k in jax.tree.leaves(packed))  # one 3x3 32 -> 32
   for a, b in zip(plain, fast):
+    assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
+  monkeypatch.setattr(convolution, 'PACKED_WINOGRAD_MIN_CHANNELS', 10**6)
+  for a, b in zip(plain, packed_outputs()[1]):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='cannot be differentiated'):
     jax.grad(lambda p: jnp.sum(model.apply({'params': p, models.PACKED: packed}, x)[1]))(params)

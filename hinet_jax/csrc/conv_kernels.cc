@@ -10,6 +10,8 @@
 // or (transposed = 1) its input gradient, which is also the transposed convolution of g (+ bias):
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
 //   over the taps where both divisions are exact and land inside g.
+// HinetWinograd, the 3x3 / stride-1 / padding-1 convolution (+ the same epilogue and joins) by
+// Winograd F(2x2, 3x3), for inference with the transformed kernel packed once (section below).
 // HinetConvBwd, both gradients of a layer: the input gradient above (or, for a transposed-
 // convolution layer, the convolution) and the kernel gradient
 //   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o].
@@ -907,6 +909,155 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, cons
 }
 
 //===----------------------------------------------------------------------===//
+// Winograd F(2x2, 3x3): the 3x3 / stride-1 / padding-1 convolution at inference.
+//===----------------------------------------------------------------------===//
+
+// Each tile of 2x2 output pixels is Y = A^T [sum_c (G g G^T)[c] * (B^T d B)[c]] A for its 4x4
+// input patch d (Lavin and Gray, 2016): per tile, 16 products over the C channels (one per
+// element of the 4x4 transformed patch) instead of 4 pixels x 9 taps, 2.25x fewer multiplies.
+// The transformed kernel U = G g G^T (16 "taps" of (C, O), computed in JAX once per set of
+// weights) is packed as a 4x4 kernel, so the 16 products are the direct micro-kernel's, with
+// tiles as pixels and one tap each. A work item is a run of tiles: its transformed patches
+// V[16][tiles][C] and the products M[16][tiles][one block of outputs] stay in L2.
+
+// v[4a + b] = (B^T d B)[a][b], with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
+inline void WinogradInputTile(const Vec (&d)[4][4], Vec (&v)[16]) {
+  Vec t[4][4];
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = d[0][j] - d[2][j];
+    t[1][j] = d[1][j] + d[2][j];
+    t[2][j] = d[2][j] - d[1][j];
+    t[3][j] = d[1][j] - d[3][j];
+  }
+  for (int a = 0; a < 4; ++a) {
+    v[4 * a + 0] = t[a][0] - t[a][2];
+    v[4 * a + 1] = t[a][1] + t[a][2];
+    v[4 * a + 2] = t[a][2] - t[a][1];
+    v[4 * a + 3] = t[a][1] - t[a][3];
+  }
+}
+
+// y[i][j] = (A^T m A)[i][j] for the tile's 16 products m, with A^T = [1 1 1 0; 0 1 -1 -1].
+inline void WinogradOutputTile(const Vec (&m)[16], Vec (&y)[2][2]) {
+  Vec r[2][4];
+  for (int b = 0; b < 4; ++b) {
+    r[0][b] = m[b] + m[4 + b] + m[8 + b];
+    r[1][b] = m[4 + b] - m[8 + b] - m[12 + b];
+  }
+  for (int i = 0; i < 2; ++i) {
+    y[i][0] = r[i][0] + r[i][1] + r[i][2];
+    y[i][1] = r[i][1] - r[i][2] - r[i][3];
+  }
+}
+
+struct WinogradGeometry {
+  int64_t n, h, w, c, o;
+  int64_t tiles_h() const { return CeilDiv(h, 2); }
+  int64_t tiles_w() const { return CeilDiv(w, 2); }
+  int64_t tiles() const { return n * tiles_h() * tiles_w(); }
+};
+
+// Tiles a work item: its V (16 x tiles x C floats) about 512 KiB, a multiple of the
+// micro-kernel's block, at least two blocks.
+int64_t WinogradTilesPerItem(int64_t c) {
+  return std::max<int64_t>(2, std::min<int64_t>(8, 8192 / (c * kMaxMR))) * kMaxMR;
+}
+
+// V[xi][i][0..C) for tiles t0 .. t0 + nt - 1.
+void WinogradInput(const Input& in, const WinogradGeometry& g, int64_t t0, int64_t nt,
+                   int64_t ld, float* v) {
+  const int64_t th = g.tiles_h(), tw = g.tiles_w();
+  for (int64_t i = 0; i < nt; ++i) {
+    const int64_t t = t0 + i, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+    const int64_t y0 = 2 * ty - 1, x0 = 2 * tx - 1;
+    const bool inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= g.h && x0 + 4 <= g.w;
+    for (int64_t cv = 0; cv < g.c; cv += kVec) {
+      // The vector's source: x, or for the channels past c1 of a join, x2.
+      const bool second = in.x2 && cv >= in.c1;
+      const float* src = second ? in.x2 : in.x;
+      const int64_t stride = in.x2 ? (second ? g.c - in.c1 : in.c1) : g.c;
+      const float* base = src + (second ? cv - in.c1 : cv);
+      Vec d[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) {
+          const int64_t yy = y0 + a, xx = x0 + b;
+          d[a][b] = inside || (yy >= 0 && yy < g.h && xx >= 0 && xx < g.w)
+                        ? LoadVec(base + ((img * g.h + yy) * g.w + xx) * stride)
+                        : Vec{};
+        }
+      Vec tv[16];
+      WinogradInputTile(d, tv);
+      for (int xi = 0; xi < 16; ++xi) StoreVec(v + (xi * ld + i) * g.c + cv, tv[xi]);
+    }
+  }
+}
+
+// y (+ bias, then `epi`) for output channels [o0, o0 + width) of tiles t0 .. t0 + nt - 1 from
+// their products M[xi][i][0..width).
+void WinogradOutput(const WinogradGeometry& g, int64_t t0, int64_t nt, int64_t ld,
+                    const float* m, int64_t o0, int64_t width, const float* bias,
+                    const Epilogue& epi, float* y) {
+  const int64_t th = g.tiles_h(), tw = g.tiles_w();
+  const Vec slope = Vec{} + epi.slope;
+  for (int64_t i = 0; i < nt; ++i) {
+    const int64_t t = t0 + i, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+    for (int64_t v = 0; v < width; v += kVec) {
+      Vec tm[16], ty2[2][2];
+      for (int xi = 0; xi < 16; ++xi) tm[xi] = LoadVec(m + (xi * ld + i) * width + v);
+      WinogradOutputTile(tm, ty2);
+      const Vec b = bias ? LoadVec(bias + o0 + v) : Vec{};
+      for (int a = 0; a < 2; ++a)
+        for (int c = 0; c < 2; ++c) {
+          const int64_t yy = 2 * ty + a, xx = 2 * tx + c;
+          if (yy >= g.h || xx >= g.w) continue;
+          const int64_t at = ((img * g.h + yy) * g.w + xx) * g.o + o0 + v;
+          Vec out = ty2[a][c] + b;
+          if (epi.relu) out = out > Vec{} ? out : out * slope;
+          if (epi.residual) out += LoadVec(epi.residual + at);
+          StoreVec(y + at, out);
+        }
+    }
+  }
+}
+
+// The convolution of `in` ((N, H, W, C), maybe joined) with the packed transformed kernel `u`
+// (16 taps of (C, O)), + bias, then `epi`, into y (N, H, W, O). C, O and a join's c1 are
+// multiples of kVec (the caller checks).
+void WinogradForward(ffi::ThreadPool& pool, const Input& in, const WinogradGeometry& g,
+                     const Packed& u, const float* bias, const Epilogue& epi, float* y) {
+  const int64_t per_item = WinogradTilesPerItem(g.c), tiles = g.tiles();
+  ParallelFor(pool, CeilDiv(tiles, per_item), [&](int64_t item) {
+    thread_local std::vector<float> v_buf, m_buf;
+    v_buf.resize(16 * per_item * g.c);
+    m_buf.resize(16 * per_item * 2 * kVec);
+    const int64_t t0 = item * per_item, nt = std::min(per_item, tiles - t0);
+    WinogradInput(in, g, t0, nt, per_item, v_buf.data());
+    const float* v_in[1] = {v_buf.data()};
+    const Blocks blocks(nt, kMaxMR);
+    for (int64_t b = 0; b < u.NumBlocks(); ++b) {
+      const int64_t o0 = u.BlockStart(b), width = u.Width(o0);
+      const auto& kernels = width == 2 * kVec ? kDirect2 : kDirect1;
+      for (int xi = 0; xi < 16; ++xi) {
+        TapList taps;
+        taps.rows = g.c;
+        taps.Add(0, xi * per_item * g.c, xi * g.c);
+        for (int64_t k = 0; k < blocks.n; ++k) {
+          PixelBlock pix;
+          pix.mr = static_cast<int>(blocks.Size(k));
+          for (int j = 0; j < pix.mr; ++j) {
+            const int64_t i = blocks.Start(k) + j;
+            pix.in[j] = i * g.c;
+            pix.out[j] = (xi * per_item + i) * width;
+          }
+          kernels[pix.mr - 1](v_in, pix, taps, u.Panel(o0), nullptr, nullptr, m_buf.data());
+        }
+      }
+      WinogradOutput(g, t0, nt, per_item, m_buf.data(), o0, width, bias, epi, y);
+    }
+  });
+}
+
+//===----------------------------------------------------------------------===//
 // FFI handlers.
 //===----------------------------------------------------------------------===//
 
@@ -1045,6 +1196,49 @@ ffi::Error PackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
+// The Winograd convolution at inference: y = the 3x3 / stride-1 / padding-1 convolution of `in`
+// (joined with `in2` along the channels, if not (0,)) + bias, then LeakyReLU (relu = 1) and +
+// residual (shaped as y, or (0,)), with `packed` the transformed kernel G g G^T that HinetPack
+// packed as a 4x4 kernel of (C, O) taps.
+ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> in2,
+                        ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> bias,
+                        ffi::Buffer<ffi::F32> residual, ffi::ResultBuffer<ffi::F32> out,
+                        int64_t relu, float relu_slope) {
+  const auto a = in.dimensions(), d = out->dimensions();
+  if (a.size() != 4 || d.size() != 4 || d[0] != a[0] || d[1] != a[1] || d[2] != a[2])
+    return ffi::Error::InvalidArgument(
+        "winograd: the input must be (N, H, W, C) and the output (N, H, W, O)");
+  Input input{in.typed_data()};
+  int64_t c = a[3];
+  if (in2.element_count()) {
+    const auto b = in2.dimensions();
+    if (b.size() != 4 || !std::equal(a.begin(), a.end() - 1, b.begin()))
+      return ffi::Error::InvalidArgument(
+          "winograd: a second input (joined along the channels) must match the first's N, H, W");
+    input = Input{in.typed_data(), in2.typed_data(), a[3]};
+    c += b[3];
+  }
+  const WinogradGeometry g{a[0], a[1], a[2], c, d[3]};
+  if (c % kVec || g.o % kVec || (input.x2 && input.c1 % kVec))
+    return ffi::Error::InvalidArgument(
+        "winograd: the channels (and a join's parts) must be multiples of " +
+        std::to_string(kVec));
+  const Packed u{packed.typed_data(), 16, c, g.o};
+  if (packed.element_count() < static_cast<size_t>(Packed::Size(16, c, g.o)))
+    return ffi::Error::InvalidArgument(
+        "winograd: the packed kernel must be the transformed kernel packed as 4x4 (C, O) taps");
+  const float* b = nullptr;
+  if (auto e = BiasOf("winograd", bias, g.o, &b); e.failure()) return e;
+  if (residual.element_count() && residual.element_count() != out->element_count())
+    return ffi::Error::InvalidArgument("winograd: the residual must be shaped as the output");
+  Epilogue epi;
+  epi.relu = relu != 0;
+  epi.slope = relu_slope;
+  epi.residual = residual.element_count() ? residual.typed_data() : nullptr;
+  if (g.tiles() > 0 && g.o > 0) WinogradForward(pool, input, g, u, b, epi, out->typed_data());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetPack, PackImpl,
@@ -1087,3 +1281,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetConvBwd, ConvBwdImpl,
                                   .Attr<int64_t>("kernel_hwoi")
                                   .Attr<int64_t>("transposed")
                                   .Attr<int64_t>("input_grad"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetWinograd, WinogradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("relu")
+                                  .Attr<float>("relu_slope"));
