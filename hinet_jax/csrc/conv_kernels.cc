@@ -918,7 +918,9 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, cons
 // The transformed kernel U = G g G^T (16 "taps" of (C, O), computed in JAX once per set of
 // weights) is packed as a 4x4 kernel, so the 16 products are the direct micro-kernel's, with
 // tiles as pixels and one tap each. A work item is a run of tiles: its transformed patches
-// V[16][tiles][C] and the products M[16][tiles][one block of outputs] stay in L2.
+// V[16][tiles][C] stay in L2, and the 16 products of one block of tiles (M[16][12 tiles][one
+// block of outputs]) in L1 until the output transform. The input transform addresses each patch
+// from its corner, not from every pixel's coordinates (no multiplies per load).
 
 // v[4a + b] = (B^T d B)[a][b], with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
 inline void WinogradInputTile(const Vec (&d)[4][4], Vec (&v)[16]) {
@@ -971,20 +973,30 @@ void WinogradInput(const Input& in, const WinogradGeometry& g, int64_t t0, int64
     const int64_t t = t0 + i, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
     const int64_t y0 = 2 * ty - 1, x0 = 2 * tx - 1;
     const bool inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= g.h && x0 + 4 <= g.w;
+    // Which of the patch's rows and columns are in the image (all, inside it).
+    bool row_in[4], col_in[4];
+    for (int a = 0; a < 4; ++a) {
+      row_in[a] = y0 + a >= 0 && y0 + a < g.h;
+      col_in[a] = x0 + a >= 0 && x0 + a < g.w;
+    }
+    const int64_t corner = (img * g.h + y0) * g.w + x0;  // the patch's first pixel (maybe outside)
     for (int64_t cv = 0; cv < g.c; cv += kVec) {
       // The vector's source: x, or for the channels past c1 of a join, x2.
       const bool second = in.x2 && cv >= in.c1;
-      const float* src = second ? in.x2 : in.x;
       const int64_t stride = in.x2 ? (second ? g.c - in.c1 : in.c1) : g.c;
-      const float* base = src + (second ? cv - in.c1 : cv);
+      const float* src = second ? in.x2 + (cv - in.c1) : in.x + cv;
+      // Offsets summed before the pointer is formed: the corner may be outside the image.
+      const int64_t first = corner * stride, row = g.w * stride;
       Vec d[4][4];
-      for (int a = 0; a < 4; ++a)
-        for (int b = 0; b < 4; ++b) {
-          const int64_t yy = y0 + a, xx = x0 + b;
-          d[a][b] = inside || (yy >= 0 && yy < g.h && xx >= 0 && xx < g.w)
-                        ? LoadVec(base + ((img * g.h + yy) * g.w + xx) * stride)
-                        : Vec{};
-        }
+      if (inside) {
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) d[a][b] = LoadVec(src + (first + a * row + b * stride));
+      } else {
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b)
+            d[a][b] = row_in[a] && col_in[b] ? LoadVec(src + (first + a * row + b * stride))
+                                             : Vec{};
+      }
       Vec tv[16];
       WinogradInputTile(d, tv);
       for (int xi = 0; xi < 16; ++xi) StoreVec(v + (xi * ld + i) * g.c + cv, tv[xi]);
@@ -1029,7 +1041,7 @@ void WinogradForward(ffi::ThreadPool& pool, const Input& in, const WinogradGeome
   ParallelFor(pool, CeilDiv(tiles, per_item), [&](int64_t item) {
     thread_local std::vector<float> v_buf, m_buf;
     v_buf.resize(16 * per_item * g.c);
-    m_buf.resize(16 * per_item * 2 * kVec);
+    m_buf.resize(16 * kMaxMR * 2 * kVec);
     const int64_t t0 = item * per_item, nt = std::min(per_item, tiles - t0);
     WinogradInput(in, g, t0, nt, per_item, v_buf.data());
     const float* v_in[1] = {v_buf.data()};
@@ -1037,22 +1049,24 @@ void WinogradForward(ffi::ThreadPool& pool, const Input& in, const WinogradGeome
     for (int64_t b = 0; b < u.NumBlocks(); ++b) {
       const int64_t o0 = u.BlockStart(b), width = u.Width(o0);
       const auto& kernels = width == 2 * kVec ? kDirect2 : kDirect1;
-      for (int xi = 0; xi < 16; ++xi) {
-        TapList taps;
-        taps.rows = g.c;
-        taps.Add(0, xi * per_item * g.c, xi * g.c);
-        for (int64_t k = 0; k < blocks.n; ++k) {
-          PixelBlock pix;
-          pix.mr = static_cast<int>(blocks.Size(k));
-          for (int j = 0; j < pix.mr; ++j) {
-            const int64_t i = blocks.Start(k) + j;
-            pix.in[j] = i * g.c;
-            pix.out[j] = (xi * per_item + i) * width;
-          }
-          kernels[pix.mr - 1](v_in, pix, taps, u.Panel(o0), nullptr, nullptr, m_buf.data());
+      // A block of tiles at a time, its 16 products in L1 until the output transform.
+      for (int64_t k = 0; k < blocks.n; ++k) {
+        PixelBlock pix;
+        pix.mr = static_cast<int>(blocks.Size(k));
+        for (int j = 0; j < pix.mr; ++j) {
+          pix.in[j] = (blocks.Start(k) + j) * g.c;
+          pix.out[j] = j * width;
         }
+        for (int xi = 0; xi < 16; ++xi) {
+          TapList taps;
+          taps.rows = g.c;
+          taps.Add(0, xi * per_item * g.c, xi * g.c);
+          kernels[pix.mr - 1](v_in, pix, taps, u.Panel(o0), nullptr, nullptr,
+                              m_buf.data() + xi * kMaxMR * width);
+        }
+        WinogradOutput(g, t0 + blocks.Start(k), pix.mr, kMaxMR, m_buf.data(), o0, width, bias,
+                       epi, y);
       }
-      WinogradOutput(g, t0, nt, per_item, m_buf.data(), o0, width, bias, epi, y);
     }
   });
 }
