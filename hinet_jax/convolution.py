@@ -29,7 +29,10 @@ to float32 rounding (tests/test_convolution.py).
 
 For inference the CPU kernels can take each kernel packed beforehand (`pack_for_conv`,
 `pack_for_upconv`, and `conv(..., packed=)`): `models.pack_kernels` packs a model's once per set
-of weights instead of in every call. Such calls are not differentiable.
+of weights instead of in every call. The 3x3 convolutions from 32 channels are then packed
+transformed and run as the CPU kernels' own Winograd F(4x4, 3x3) or F(2x2, 3x3)
+(`cpu_kernels.winograd_conv`, `PACKED_WINOGRAD_*` below): 1.3-2.3x faster than their direct
+convolution, equal to float rounding. Such calls are not differentiable.
 
 Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
 YNNPACK to XLA's own kernels, which run the XLA forms of the HINet forward faster on CPU.
@@ -62,13 +65,16 @@ WINOGRAD_MAX_PIXELS = 64 * 64
 # in the train step (bench/README.md, levers log), and Winograd's kernel transform, paid on every
 # call, cost more than its fewer multiplies saved.
 # At inference the kernels are packed once per set of weights (`pack_for_conv`), so the transform
-# is free, and the CPU kernels' own Winograd F(2x2, 3x3) (`cpu_kernels.winograd_conv`: transforms
-# in L2, products on the direct micro-kernel) runs the 3x3/stride-1 convs 1.1-1.7x faster than
-# their direct convolution from 32 channels on, but not 1024 -> 1024 (1x HINet's deepest level,
-# 16x16 pixels: its 64 MB transformed kernel streams from memory once per few tiles). Packing
-# traces the model on a small input (`models.pack_kernels`), so this is decided by the channels.
+# is free, and the CPU kernels' own Winograd (`cpu_kernels.winograd_conv`: transforms in L2,
+# products on the direct micro-kernel) runs the 3x3/stride-1 convs from 32 channels faster than
+# their direct convolution: F(4x4, 3x3) 1.5-2.3x up to 256 -> 256 channels, F(2x2, 3x3) 1.3-1.5x
+# from there to 1024 -> 512 (where F(4x4)'s 36 transformed taps of a large kernel, streamed from
+# memory once per few tiles of a small image, cost more than they save); 1024 -> 1024 (1x
+# HINet's deepest level, 16x16 pixels) stays direct. Packing traces the model on a small input
+# (`models.pack_kernels`), so this is decided by the channels.
 PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 512 * 1024  # C * O
+PACKED_WINOGRAD_F4_MAX_KERNEL = 256 * 256
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -366,19 +372,23 @@ def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
   Winograd where that runs it (`_packed_winograd`), else as the direct convolution reads it."""
   if not _runs_native(_joined_shape(x, x2), kernel, strides, padding, impl):
     return None
-  if _packed_winograd(x, x2, kernel, strides, padding):
-    return cpu_kernels.pack_winograd(kernel)
+  tile = _packed_winograd_tile(x, x2, kernel, strides, padding)
+  if tile:
+    return cpu_kernels.pack_winograd(kernel, tile)
   return cpu_kernels.pack_kernel(kernel)
 
 
-def _packed_winograd(x: Array, x2: Array | None, kernel: Array, strides: int,
-                     padding: int) -> bool:
-  """Whether a prepacked convolution runs as Winograd (module doc): `pack_for_conv` and `conv`
-  decide alike, from the channels and the geometry alone."""
+def _packed_winograd_tile(x: Array, x2: Array | None, kernel: Array, strides: int,
+                          padding: int) -> int:
+  """The Winograd tile (2 or 4) a prepacked convolution runs with, or 0 for the direct
+  convolution (module doc): `pack_for_conv` and `conv` decide alike, from the channels and the
+  geometry alone."""
   c, o = kernel.shape[2:]
-  return (cpu_kernels.winograd_applies(_joined_shape(x, x2).shape, kernel.shape, strides,
+  if not (cpu_kernels.winograd_applies(_joined_shape(x, x2).shape, kernel.shape, strides,
                                        padding, None if x2 is None else x.shape[-1])
-          and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= PACKED_WINOGRAD_MAX_KERNEL)
+          and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= PACKED_WINOGRAD_MAX_KERNEL):
+    return 0
+  return 4 if c * o <= PACKED_WINOGRAD_F4_MAX_KERNEL else 2
 
 
 def pack_for_upconv(x: Array, kernel: Array, impl: str = 'xla') -> Array | None:
@@ -568,7 +578,7 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
   _check_impl(impl)
   if packed is not None:
     _require_packed_native(_runs_native(_joined_shape(x, x2), kernel, strides, padding, impl))
-    if _packed_winograd(x, x2, kernel, strides, padding):
+    if _packed_winograd_tile(x, x2, kernel, strides, padding):
       return _prepacked_winograd(x, kernel, packed, bias, residual, x2, relu_slope)
     return _prepacked_conv(x, kernel, packed, bias, residual, x2, strides, padding, relu_slope)
   if x2 is not None:

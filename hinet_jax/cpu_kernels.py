@@ -296,12 +296,21 @@ def pack_kernel(kernel: Array, kernel_layout: str = 'HWIO', transposed: bool = F
                                                     **_layout_attrs(kernel_layout))
 
 
-# Winograd F(2x2, 3x3)'s kernel transform U = G g G^T, with G = [1 0 0; 1/2 1/2 1/2;
-# 1/2 -1/2 1/2; 0 0 1], along each spatial axis in turn as adds (one elementwise fusion: the
-# einsum with G took 25 ms for a 512x512 kernel on 2 cores, this 3 ms).
-def _winograd_g(k: Array, axis: int) -> Array:
+# Winograd's kernel transform U = G g G^T along each spatial axis in turn, as adds (one
+# elementwise fusion: the einsum with G took 25 ms for a 512x512 kernel on 2 cores, this 3 ms).
+# F(2x2, 3x3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]; F(4x4, 3x3): G = [1/4 0 0;
+# -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1].
+WINOGRAD_TILES = (2, 4)
+
+
+def _winograd_g(k: Array, axis: int, tile: int) -> Array:
   g0, g1, g2 = (jnp.take(k, i, axis=axis) for i in range(3))
-  return jnp.stack([g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2], axis=axis)
+  if tile == 2:
+    rows = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+  else:
+    rows = [g0 / 4, -(g0 + g1 + g2) / 6, -(g0 - g1 + g2) / 6, g0 / 24 + g1 / 12 + g2 / 6,
+            g0 / 24 - g1 / 12 + g2 / 6, g2]
+  return jnp.stack(rows, axis=axis)
 
 
 WINOGRAD_CHANNEL_MULTIPLE = 16  # C, O and a join's first part: whole vectors of the widest ISA
@@ -317,26 +326,30 @@ def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: 
                                        for v in (c, o, c if c1 is None else c1)))
 
 
-def pack_winograd(kernel: Array) -> Array:
-  """The (3, 3, C, O) `kernel` transformed for Winograd F(2x2, 3x3) (G g G^T: 4x4 taps of (C, O))
-  and packed as the CPU kernels read it, for `winograd_conv`. Once per set of weights."""
+def pack_winograd(kernel: Array, tile: int = 2) -> Array:
+  """The (3, 3, C, O) `kernel` transformed for Winograd F(tile x tile, 3x3), tile 2 or 4 (G g G^T:
+  (tile + 2)^2 taps of (C, O)), and packed as the CPU kernels read it, for `winograd_conv`. Once
+  per set of weights."""
   _check(kernel)
-  return pack_kernel(_winograd_g(_winograd_g(kernel, 0), 1))
+  if tile not in WINOGRAD_TILES:
+    raise ValueError(f'pack_winograd: tile must be one of {WINOGRAD_TILES}, got {tile!r}.')
+  return pack_kernel(_winograd_g(_winograd_g(kernel, 0, tile), 1, tile))
 
 
 def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = None,
                   relu_slope: float | None = None, residual: Array | None = None,
                   x2: Array | None = None) -> Array:
   """The 3x3 / stride-1 / padding-1 convolution (+ bias, then LeakyReLU and residual) of `x`
-  (joined with `x2`) by Winograd F(2x2, 3x3), with the kernel given as `pack_winograd(kernel)`.
+  (joined with `x2`) by Winograd F(2x2, 3x3) or F(4x4, 3x3), as the kernel was given:
+  `pack_winograd(kernel, tile)`.
 
-  2.25x fewer multiplies than the direct convolution, for the same function up to float rounding
-  (the transforms add and subtract; relative differences ~1e-6). Inference only (not
-  differentiable); `winograd_applies` says where it runs.
+  2.25x (tile 2) or 4x (tile 4) fewer multiplies than the direct convolution, for the same
+  function up to float rounding (relative differences ~1e-6 for tile 2, a few times more for 4).
+  Inference only (not differentiable); `winograd_applies` says where it runs.
 
   Args:
     x: (N, H, W, C1) float32 (all C channels without `x2`).
-    packed: `pack_winograd(kernel)` of the (3, 3, C, O) kernel.
+    packed: `pack_winograd(kernel, tile)` of the (3, 3, C, O) kernel.
     features: O.
     bias: optional (O,).
     relu_slope: if given, LeakyReLU with this negative slope after the bias.
@@ -354,17 +367,18 @@ def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = N
                      ('' if x2 is None else f', joined from {x.shape[-1]} + {x2.shape[-1]}') +
                      f', {features} out) must be multiples of {WINOGRAD_CHANNEL_MULTIPLE}; use '
                      '`conv_forward` for this convolution.')
-  if packed.ndim != 1 or packed.shape[0] < _packed_kernel(4, c, features).shape[0]:
+  sizes = {_packed_kernel(t + 2, c, features).shape: t for t in WINOGRAD_TILES}
+  if packed.shape not in sizes:
     raise ValueError(f'winograd_conv: packed kernel of shape {packed.shape} is not the '
                      f'transformed kernel packed for {c} -> {features} channels: pass '
-                     '`pack_winograd(kernel)`.')
+                     '`pack_winograd(kernel, tile)`.')
   out = jax.ShapeDtypeStruct(x.shape[:3] + (features,), jnp.float32)
   if residual is not None and residual.shape != out.shape:
     raise ValueError(f'winograd_conv: the residual must be shaped as the output {out.shape}, '
                      f'got {residual.shape}.')
   return jax.ffi.ffi_call('hinet_winograd', out, vmap_method='sequential')(
       x, _empty_or(x2), packed, _empty_or(bias), _empty_or(residual),
-      **_epilogue_attrs(relu_slope))
+      tile=np.int64(sizes[packed.shape]), **_epilogue_attrs(relu_slope))
 
 
 def _backward_call(a: Array, b: Array, kernel: Array, d_in: jax.ShapeDtypeStruct | None,

@@ -96,7 +96,8 @@ def make_predict_fn(model) -> PredictFn:
     once per input shape, with `convolution.inference_compiler_options()` (on CPU: XLA's own
     convolution kernels, faster than YNNPACK's for the forward pass). Where convolutions run on
     the CPU kernels, their kernels are packed once per parameter set (`models.pack_kernels`,
-    the last set is kept) instead of in every call. `predict.__wrapped__` is the same function
+    the last set is kept) instead of in every call, the 3x3 ones from 32 channels transformed for
+    Winograd F(2x2, 3x3) (equal to float rounding). `predict.__wrapped__` is the same function
     unjitted and without that cache, to trace inside another jitted function (`evaluate`).
   """
 

@@ -11,7 +11,8 @@
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
 //   over the taps where both divisions are exact and land inside g.
 // HinetWinograd, the 3x3 / stride-1 / padding-1 convolution (+ the same epilogue and joins) by
-// Winograd F(2x2, 3x3), for inference with the transformed kernel packed once (section below).
+// Winograd F(2x2, 3x3) or F(4x4, 3x3), for inference with the transformed kernel packed once
+// (section below).
 // HinetConvBwd, both gradients of a layer: the input gradient above (or, for a transposed-
 // convolution layer, the convolution) and the kernel gradient
 //   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o].
@@ -909,73 +910,94 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, cons
 }
 
 //===----------------------------------------------------------------------===//
-// Winograd F(2x2, 3x3): the 3x3 / stride-1 / padding-1 convolution at inference.
+// Winograd F(2x2, 3x3) and F(4x4, 3x3): the 3x3 / stride-1 / padding-1 convolution at inference.
 //===----------------------------------------------------------------------===//
 
-// Each tile of 2x2 output pixels is Y = A^T [sum_c (G g G^T)[c] * (B^T d B)[c]] A for its 4x4
-// input patch d (Lavin and Gray, 2016): per tile, 16 products over the C channels (one per
-// element of the 4x4 transformed patch) instead of 4 pixels x 9 taps, 2.25x fewer multiplies.
-// The transformed kernel U = G g G^T (16 "taps" of (C, O), computed in JAX once per set of
-// weights) is packed as a 4x4 kernel, so the 16 products are the direct micro-kernel's, with
+// Each tile of MxM output pixels is Y = A^T [sum_c (G g G^T)[c] * (B^T d B)[c]] A for its NxN
+// input patch d, N = M + 2 (Lavin and Gray, 2016): per tile, N^2 products over the C channels
+// (one per element of the transformed patch) instead of M^2 pixels x 9 taps: 2.25x fewer
+// multiplies for M = 2, 4x for M = 4 (whose larger transform constants round a few times more).
+// The transformed kernel U = G g G^T (N^2 "taps" of (C, O), computed in JAX once per set of
+// weights) is packed as an NxN kernel, so the N^2 products are the direct micro-kernel's, with
 // tiles as pixels and one tap each. A work item is a run of tiles: its transformed patches
-// V[16][tiles][C] stay in L2, and the 16 products of one block of tiles (M[16][12 tiles][one
+// V[N^2][tiles][C] stay in L2, and the N^2 products of one block of tiles (M[N^2][12 tiles][one
 // block of outputs]) in L1 until the output transform. The input transform addresses each patch
 // from its corner, not from every pixel's coordinates (no multiplies per load).
+template <int M>
+struct Winograd;
 
-// v[4a + b] = (B^T d B)[a][b], with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1].
-inline void WinogradInputTile(const Vec (&d)[4][4], Vec (&v)[16]) {
-  Vec t[4][4];
-  for (int j = 0; j < 4; ++j) {
-    t[0][j] = d[0][j] - d[2][j];
-    t[1][j] = d[1][j] + d[2][j];
-    t[2][j] = d[2][j] - d[1][j];
-    t[3][j] = d[1][j] - d[3][j];
+template <>
+struct Winograd<2> {
+  static constexpr int N = 4;
+  // B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1] on one line of the patch.
+  static void InputLine(const Vec* d, int step, Vec* t, int out_step) {
+    t[0] = d[0] - d[2 * step];
+    t[out_step] = d[step] + d[2 * step];
+    t[2 * out_step] = d[2 * step] - d[step];
+    t[3 * out_step] = d[step] - d[3 * step];
   }
-  for (int a = 0; a < 4; ++a) {
-    v[4 * a + 0] = t[a][0] - t[a][2];
-    v[4 * a + 1] = t[a][1] + t[a][2];
-    v[4 * a + 2] = t[a][2] - t[a][1];
-    v[4 * a + 3] = t[a][1] - t[a][3];
+  // A^T = [1 1 1 0; 0 1 -1 -1].
+  static void OutputLine(const Vec* m, int step, Vec* y, int out_step) {
+    y[0] = m[0] + m[step] + m[2 * step];
+    y[out_step] = m[step] - m[2 * step] - m[3 * step];
   }
-}
+};
 
-// y[i][j] = (A^T m A)[i][j] for the tile's 16 products m, with A^T = [1 1 1 0; 0 1 -1 -1].
-inline void WinogradOutputTile(const Vec (&m)[16], Vec (&y)[2][2]) {
-  Vec r[2][4];
-  for (int b = 0; b < 4; ++b) {
-    r[0][b] = m[b] + m[4 + b] + m[8 + b];
-    r[1][b] = m[4 + b] - m[8 + b] - m[12 + b];
+template <>
+struct Winograd<4> {
+  static constexpr int N = 6;
+  // B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+  //        0 4 0 -5 0 1].
+  static void InputLine(const Vec* d, int step, Vec* t, int out_step) {
+    const Vec two = Vec{} + 2.f, four = Vec{} + 4.f, five = Vec{} + 5.f;
+    const Vec d0 = d[0], d1 = d[step], d2 = d[2 * step], d3 = d[3 * step], d4 = d[4 * step],
+              d5 = d[5 * step];
+    t[0] = four * d0 - five * d2 + d4;
+    t[out_step] = d3 + d4 - four * (d1 + d2);
+    t[2 * out_step] = d4 - d3 + four * (d1 - d2);
+    t[3 * out_step] = d4 - d2 + two * (d3 - d1);
+    t[4 * out_step] = d4 - d2 + two * (d1 - d3);
+    t[5 * out_step] = four * d1 - five * d3 + d5;
   }
-  for (int i = 0; i < 2; ++i) {
-    y[i][0] = r[i][0] + r[i][1] + r[i][2];
-    y[i][1] = r[i][1] - r[i][2] - r[i][3];
+  // A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+  static void OutputLine(const Vec* m, int step, Vec* y, int out_step) {
+    const Vec two = Vec{} + 2.f, four = Vec{} + 4.f, eight = Vec{} + 8.f;
+    const Vec a = m[step] + m[2 * step], b = m[step] - m[2 * step];
+    const Vec c = m[3 * step] + m[4 * step], d = m[3 * step] - m[4 * step];
+    y[0] = m[0] + a + c;
+    y[out_step] = b + two * d;
+    y[2 * out_step] = a + four * c;
+    y[3 * out_step] = b + eight * d + m[5 * step];
   }
-}
+};
 
 struct WinogradGeometry {
-  int64_t n, h, w, c, o;
-  int64_t tiles_h() const { return CeilDiv(h, 2); }
-  int64_t tiles_w() const { return CeilDiv(w, 2); }
+  int64_t n, h, w, c, o, m;  // m: output pixels a tile side
+  int64_t tiles_h() const { return CeilDiv(h, m); }
+  int64_t tiles_w() const { return CeilDiv(w, m); }
   int64_t tiles() const { return n * tiles_h() * tiles_w(); }
 };
 
-// Tiles a work item: its V (16 x tiles x C floats) about 512 KiB, a multiple of the
-// micro-kernel's block, at least two blocks.
+// Tiles a work item, a multiple of the micro-kernel's block: up to 8 blocks while V (16 x tiles
+// x C floats for M = 2) stays within 512 KiB (up to 256 channels), at least two (768 KiB at 512
+// channels, 1.5 MiB at 1024); for M = 4, V is 36 floats a tile and channel.
 int64_t WinogradTilesPerItem(int64_t c) {
   return std::max<int64_t>(2, std::min<int64_t>(8, 8192 / (c * kMaxMR))) * kMaxMR;
 }
 
 // V[xi][i][0..C) for tiles t0 .. t0 + nt - 1.
+template <int M>
 void WinogradInput(const Input& in, const WinogradGeometry& g, int64_t t0, int64_t nt,
                    int64_t ld, float* v) {
+  constexpr int N = Winograd<M>::N;
   const int64_t th = g.tiles_h(), tw = g.tiles_w();
   for (int64_t i = 0; i < nt; ++i) {
     const int64_t t = t0 + i, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
-    const int64_t y0 = 2 * ty - 1, x0 = 2 * tx - 1;
-    const bool inside = y0 >= 0 && x0 >= 0 && y0 + 4 <= g.h && x0 + 4 <= g.w;
+    const int64_t y0 = M * ty - 1, x0 = M * tx - 1;
+    const bool inside = y0 >= 0 && x0 >= 0 && y0 + N <= g.h && x0 + N <= g.w;
     // Which of the patch's rows and columns are in the image (all, inside it).
-    bool row_in[4], col_in[4];
-    for (int a = 0; a < 4; ++a) {
+    bool row_in[N], col_in[N];
+    for (int a = 0; a < N; ++a) {
       row_in[a] = y0 + a >= 0 && y0 + a < g.h;
       col_in[a] = x0 + a >= 0 && x0 + a < g.w;
     }
@@ -987,69 +1009,76 @@ void WinogradInput(const Input& in, const WinogradGeometry& g, int64_t t0, int64
       const float* src = second ? in.x2 + (cv - in.c1) : in.x + cv;
       // Offsets summed before the pointer is formed: the corner may be outside the image.
       const int64_t first = corner * stride, row = g.w * stride;
-      Vec d[4][4];
+      Vec d[N][N];
       if (inside) {
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b) d[a][b] = LoadVec(src + (first + a * row + b * stride));
+        for (int a = 0; a < N; ++a)
+          for (int b = 0; b < N; ++b) d[a][b] = LoadVec(src + (first + a * row + b * stride));
       } else {
-        for (int a = 0; a < 4; ++a)
-          for (int b = 0; b < 4; ++b)
+        for (int a = 0; a < N; ++a)
+          for (int b = 0; b < N; ++b)
             d[a][b] = row_in[a] && col_in[b] ? LoadVec(src + (first + a * row + b * stride))
                                              : Vec{};
       }
-      Vec tv[16];
-      WinogradInputTile(d, tv);
-      for (int xi = 0; xi < 16; ++xi) StoreVec(v + (xi * ld + i) * g.c + cv, tv[xi]);
+      Vec t[N][N], tv[N][N];
+      for (int b = 0; b < N; ++b) Winograd<M>::InputLine(&d[0][b], N, &t[0][b], N);  // columns
+      for (int a = 0; a < N; ++a) Winograd<M>::InputLine(&t[a][0], 1, &tv[a][0], 1);  // rows
+      for (int xi = 0; xi < N * N; ++xi)
+        StoreVec(v + (xi * ld + i) * g.c + cv, tv[xi / N][xi % N]);
     }
   }
 }
 
 // y (+ bias, then `epi`) for output channels [o0, o0 + width) of tiles t0 .. t0 + nt - 1 from
 // their products M[xi][i][0..width).
+template <int M>
 void WinogradOutput(const WinogradGeometry& g, int64_t t0, int64_t nt, int64_t ld,
                     const float* m, int64_t o0, int64_t width, const float* bias,
                     const Epilogue& epi, float* y) {
+  constexpr int N = Winograd<M>::N;
   const int64_t th = g.tiles_h(), tw = g.tiles_w();
   const Vec slope = Vec{} + epi.slope;
   for (int64_t i = 0; i < nt; ++i) {
     const int64_t t = t0 + i, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
     for (int64_t v = 0; v < width; v += kVec) {
-      Vec tm[16], ty2[2][2];
-      for (int xi = 0; xi < 16; ++xi) tm[xi] = LoadVec(m + (xi * ld + i) * width + v);
-      WinogradOutputTile(tm, ty2);
+      Vec tm[N][N], r[M][N], out[M][M];
+      for (int xi = 0; xi < N * N; ++xi) tm[xi / N][xi % N] = LoadVec(m + (xi * ld + i) * width + v);
+      for (int b = 0; b < N; ++b) Winograd<M>::OutputLine(&tm[0][b], N, &r[0][b], N);  // columns
+      for (int a = 0; a < M; ++a) Winograd<M>::OutputLine(&r[a][0], 1, &out[a][0], 1);  // rows
       const Vec b = bias ? LoadVec(bias + o0 + v) : Vec{};
-      for (int a = 0; a < 2; ++a)
-        for (int c = 0; c < 2; ++c) {
-          const int64_t yy = 2 * ty + a, xx = 2 * tx + c;
+      for (int a = 0; a < M; ++a)
+        for (int c = 0; c < M; ++c) {
+          const int64_t yy = M * ty + a, xx = M * tx + c;
           if (yy >= g.h || xx >= g.w) continue;
           const int64_t at = ((img * g.h + yy) * g.w + xx) * g.o + o0 + v;
-          Vec out = ty2[a][c] + b;
-          if (epi.relu) out = out > Vec{} ? out : out * slope;
-          if (epi.residual) out += LoadVec(epi.residual + at);
-          StoreVec(y + at, out);
+          Vec z = out[a][c] + b;
+          if (epi.relu) z = z > Vec{} ? z : z * slope;
+          if (epi.residual) z += LoadVec(epi.residual + at);
+          StoreVec(y + at, z);
         }
     }
   }
 }
 
 // The convolution of `in` ((N, H, W, C), maybe joined) with the packed transformed kernel `u`
-// (16 taps of (C, O)), + bias, then `epi`, into y (N, H, W, O). C, O and a join's c1 are
+// (N^2 taps of (C, O)), + bias, then `epi`, into y (N, H, W, O). C, O and a join's c1 are
 // multiples of kVec (the caller checks).
+template <int M>
 void WinogradForward(ffi::ThreadPool& pool, const Input& in, const WinogradGeometry& g,
                      const Packed& u, const float* bias, const Epilogue& epi, float* y) {
+  constexpr int P = Winograd<M>::N * Winograd<M>::N;
   const int64_t per_item = WinogradTilesPerItem(g.c), tiles = g.tiles();
   ParallelFor(pool, CeilDiv(tiles, per_item), [&](int64_t item) {
     thread_local std::vector<float> v_buf, m_buf;
-    v_buf.resize(16 * per_item * g.c);
-    m_buf.resize(16 * kMaxMR * 2 * kVec);
+    v_buf.resize(P * per_item * g.c);
+    m_buf.resize(P * kMaxMR * 2 * kVec);
     const int64_t t0 = item * per_item, nt = std::min(per_item, tiles - t0);
-    WinogradInput(in, g, t0, nt, per_item, v_buf.data());
+    WinogradInput<M>(in, g, t0, nt, per_item, v_buf.data());
     const float* v_in[1] = {v_buf.data()};
     const Blocks blocks(nt, kMaxMR);
     for (int64_t b = 0; b < u.NumBlocks(); ++b) {
       const int64_t o0 = u.BlockStart(b), width = u.Width(o0);
       const auto& kernels = width == 2 * kVec ? kDirect2 : kDirect1;
-      // A block of tiles at a time, its 16 products in L1 until the output transform.
+      // A block of tiles at a time, its products in L1 until the output transform.
       for (int64_t k = 0; k < blocks.n; ++k) {
         PixelBlock pix;
         pix.mr = static_cast<int>(blocks.Size(k));
@@ -1057,15 +1086,15 @@ void WinogradForward(ffi::ThreadPool& pool, const Input& in, const WinogradGeome
           pix.in[j] = (blocks.Start(k) + j) * g.c;
           pix.out[j] = j * width;
         }
-        for (int xi = 0; xi < 16; ++xi) {
+        for (int xi = 0; xi < P; ++xi) {
           TapList taps;
           taps.rows = g.c;
           taps.Add(0, xi * per_item * g.c, xi * g.c);
           kernels[pix.mr - 1](v_in, pix, taps, u.Panel(o0), nullptr, nullptr,
                               m_buf.data() + xi * kMaxMR * width);
         }
-        WinogradOutput(g, t0 + blocks.Start(k), pix.mr, kMaxMR, m_buf.data(), o0, width, bias,
-                       epi, y);
+        WinogradOutput<M>(g, t0 + blocks.Start(k), pix.mr, kMaxMR, m_buf.data(), o0, width,
+                          bias, epi, y);
       }
     }
   });
@@ -1212,13 +1241,15 @@ ffi::Error PackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
 
 // The Winograd convolution at inference: y = the 3x3 / stride-1 / padding-1 convolution of `in`
 // (joined with `in2` along the channels, if not (0,)) + bias, then LeakyReLU (relu = 1) and +
-// residual (shaped as y, or (0,)), with `packed` the transformed kernel G g G^T that HinetPack
-// packed as a 4x4 kernel of (C, O) taps.
+// residual (shaped as y, or (0,)), by F(tile x tile, 3x3) (tile 2 or 4), with `packed` the
+// transformed kernel G g G^T that HinetPack packed as a (tile + 2)^2 kernel of (C, O) taps.
 ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> in2,
                         ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> bias,
                         ffi::Buffer<ffi::F32> residual, ffi::ResultBuffer<ffi::F32> out,
-                        int64_t relu, float relu_slope) {
+                        int64_t tile, int64_t relu, float relu_slope) {
   const auto a = in.dimensions(), d = out->dimensions();
+  if (tile != 2 && tile != 4)
+    return ffi::Error::InvalidArgument("winograd: the tile must be 2 (F(2x2, 3x3)) or 4");
   if (a.size() != 4 || d.size() != 4 || d[0] != a[0] || d[1] != a[1] || d[2] != a[2])
     return ffi::Error::InvalidArgument(
         "winograd: the input must be (N, H, W, C) and the output (N, H, W, O)");
@@ -1232,15 +1263,17 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
     input = Input{in.typed_data(), in2.typed_data(), a[3]};
     c += b[3];
   }
-  const WinogradGeometry g{a[0], a[1], a[2], c, d[3]};
+  const WinogradGeometry g{a[0], a[1], a[2], c, d[3], tile};
+  const int64_t taps = (tile + 2) * (tile + 2);
   if (c % kVec || g.o % kVec || (input.x2 && input.c1 % kVec))
     return ffi::Error::InvalidArgument(
         "winograd: the channels (and a join's parts) must be multiples of " +
         std::to_string(kVec));
-  const Packed u{packed.typed_data(), 16, c, g.o};
-  if (packed.element_count() < static_cast<size_t>(Packed::Size(16, c, g.o)))
+  const Packed u{packed.typed_data(), taps, c, g.o};
+  if (packed.element_count() < static_cast<size_t>(Packed::Size(taps, c, g.o)))
     return ffi::Error::InvalidArgument(
-        "winograd: the packed kernel must be the transformed kernel packed as 4x4 (C, O) taps");
+        "winograd: the packed kernel must be the transformed kernel packed as (tile + 2)^2 "
+        "(C, O) taps");
   const float* b = nullptr;
   if (auto e = BiasOf("winograd", bias, g.o, &b); e.failure()) return e;
   if (residual.element_count() && residual.element_count() != out->element_count())
@@ -1249,7 +1282,11 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
   epi.relu = relu != 0;
   epi.slope = relu_slope;
   epi.residual = residual.element_count() ? residual.typed_data() : nullptr;
-  if (g.tiles() > 0 && g.o > 0) WinogradForward(pool, input, g, u, b, epi, out->typed_data());
+  if (g.tiles() == 0 || g.o == 0) return ffi::Error::Success();
+  if (tile == 2)
+    WinogradForward<2>(pool, input, g, u, b, epi, out->typed_data());
+  else
+    WinogradForward<4>(pool, input, g, u, b, epi, out->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1305,5 +1342,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetWinograd, WinogradImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("tile")
                                   .Attr<int64_t>("relu")
                                   .Attr<float>("relu_slope"));
