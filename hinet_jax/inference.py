@@ -97,8 +97,9 @@ def make_predict_fn(model) -> PredictFn:
     convolution kernels, faster than YNNPACK's for the forward pass). Where convolutions run on
     the CPU kernels, their kernels are packed once per parameter set (`models.pack_kernels`,
     the last set is kept) instead of in every call, the 3x3 ones from 32 channels transformed for
-    Winograd F(2x2, 3x3) (equal to float rounding). `predict.__wrapped__` is the same function
-    unjitted and without that cache, to trace inside another jitted function (`evaluate`).
+    Winograd F(4x4, 3x3) or F(2x2, 3x3) (equal to float rounding). `predict.__wrapped__` is the
+    same function unjitted and without that cache, to trace inside another jitted function
+    (`evaluate`).
   """
 
   def restored(out):

@@ -476,9 +476,10 @@ def pack_kernels(model: nn.Module, params: Any, in_chn: Optional[int] = None) ->
 
   `model.apply({'params': params, PACKED: packed}, x)` then gives the same outputs as with
   `params` alone without packing every kernel in every call, and runs the 3x3 convolutions from
-  32 channels as Winograd F(2x2, 3x3) (kernels transformed here, once: 2.25x fewer multiplies;
-  the 1x forward 25% faster on 2 CPU cores, bench/README.md): equal to float rounding there
-  (relative ~1e-6 a convolution), bit for bit elsewhere. Not differentiable: for inference only.
+  32 channels as Winograd F(4x4, 3x3) or F(2x2, 3x3) (kernels transformed here, once: 4x or
+  2.25x fewer multiplies; the 1x forward ~1.6x faster on 2 CPU cores, bench/README.md): equal to
+  float rounding there (relative 1e-6 to 7e-6 a convolution), bit for bit elsewhere. Not
+  differentiable: for inference only.
   Empty where nothing runs on the CPU kernels (GPU, TPU, bfloat16, several devices). Run it
   under `jax.jit`: the convolutions of the small forward pass it traces are dead code there.
 

@@ -1041,7 +1041,8 @@ void WinogradOutput(const WinogradGeometry& g, int64_t t0, int64_t nt, int64_t l
     const int64_t t = t0 + i, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
     for (int64_t v = 0; v < width; v += kVec) {
       Vec tm[N][N], r[M][N], out[M][M];
-      for (int xi = 0; xi < N * N; ++xi) tm[xi / N][xi % N] = LoadVec(m + (xi * ld + i) * width + v);
+      for (int xi = 0; xi < N * N; ++xi)
+        tm[xi / N][xi % N] = LoadVec(m + (xi * ld + i) * width + v);
       for (int b = 0; b < N; ++b) Winograd<M>::OutputLine(&tm[0][b], N, &r[0][b], N);  // columns
       for (int a = 0; a < M; ++a) Winograd<M>::OutputLine(&r[a][0], 1, &out[a][0], 1);  // rows
       const Vec b = bias ? LoadVec(bias + o0 + v) : Vec{};
