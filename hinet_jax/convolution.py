@@ -369,7 +369,7 @@ def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
                   impl: str = 'xla', x2: Array | None = None) -> Array | None:
   """`kernel` packed for `conv(x, kernel, strides, padding, impl, packed=..., x2=x2)`, or None
   where that convolution does not run on the CPU kernels (nothing to pack): transformed for
-  Winograd where that runs it (`_packed_winograd`), else as the direct convolution reads it."""
+  Winograd where that runs it (`_packed_winograd_tile`), else as the direct convolution reads it."""
   if not _runs_native(_joined_shape(x, x2), kernel, strides, padding, impl):
     return None
   tile = _packed_winograd_tile(x, x2, kernel, strides, padding)

@@ -1,15 +1,18 @@
 """Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has three FFI handlers: a convolution-like product (`conv_forward`, bias
+`csrc/conv_kernels.cc` has four FFI handlers: a convolution-like product (`conv_forward`, bias
 added inside, and its input gradient `conv_input_grad`, which is also the transposed
-convolution), both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`), and
+convolution), both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`),
 the kernel packed for the products (`pack_kernel`: each product packs its kernel per call unless
-given one packed beforehand, which inference does once per set of weights),
-for square kernels up to 8x8, any stride and symmetric zero padding, NHWC, kernels HWIO (or
-HWOI), float32. XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes at 35-90% of the
-float32 matmul rate, its kernel gradients and strided input gradients lower still; these run at
-75-95% of it (bench/README.md, levers log; `bench/conv_shapes.py` measures every shape of the
-model). The C++ source's header says how. CPU-only: GPUs and TPUs keep XLA's convolutions.
+given one packed beforehand, which inference does once per set of weights), and for inference
+the 3x3 convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3) on a kernel transformed and packed
+beforehand (`pack_winograd`, `winograd_conv`). The products take square kernels up to 8x8, any
+stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. XLA:CPU's convolutions
+(YNNPACK or Eigen) run HINet's shapes at 35-90% of the float32 matmul rate, its kernel gradients
+and strided input gradients lower still; these run at 75-95% of it, and the Winograd forms past
+it in direct-convolution flops (bench/README.md, levers log; `bench/conv_shapes.py` measures
+every shape of the model). The C++ source's header says how. CPU-only: GPUs and TPUs keep XLA's
+convolutions.
 
 The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`) for the
 host CPU (`-march=native`) the first time a convolution needs it, into a cache directory
@@ -296,13 +299,14 @@ def pack_kernel(kernel: Array, kernel_layout: str = 'HWIO', transposed: bool = F
                                                     **_layout_attrs(kernel_layout))
 
 
+WINOGRAD_TILES = (2, 4)  # F(2x2, 3x3) and F(4x4, 3x3): output pixels a tile side
+WINOGRAD_CHANNEL_MULTIPLE = 16  # C, O and a join's first part: whole vectors of the widest ISA
+
+
 # Winograd's kernel transform U = G g G^T along each spatial axis in turn, as adds (one
 # elementwise fusion: the einsum with G took 25 ms for a 512x512 kernel on 2 cores, this 3 ms).
 # F(2x2, 3x3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]; F(4x4, 3x3): G = [1/4 0 0;
 # -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1].
-WINOGRAD_TILES = (2, 4)
-
-
 def _winograd_g(k: Array, axis: int, tile: int) -> Array:
   g0, g1, g2 = (jnp.take(k, i, axis=axis) for i in range(3))
   if tile == 2:
@@ -311,9 +315,6 @@ def _winograd_g(k: Array, axis: int, tile: int) -> Array:
     rows = [g0 / 4, -(g0 + g1 + g2) / 6, -(g0 - g1 + g2) / 6, g0 / 24 + g1 / 12 + g2 / 6,
             g0 / 24 - g1 / 12 + g2 / 6, g2]
   return jnp.stack(rows, axis=axis)
-
-
-WINOGRAD_CHANNEL_MULTIPLE = 16  # C, O and a join's first part: whole vectors of the widest ISA
 
 
 def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: int,
