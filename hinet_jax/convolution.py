@@ -9,7 +9,8 @@ on those shapes:
   * 'native': the hand-written CPU kernels of `cpu_kernels` (XLA FFI custom calls): the forward
     (with the bias added inside), and both gradients in one backward call. They run every HINet
     conv (3x3, 1x1, the 4x4/stride-2 downsamples and the decoder's 2x2/stride-2 transposed convs,
-    `upconv2x2`) at 75-95% of the float32 matmul rate.
+    `upconv2x2`) at 75-95% of the float32 matmul rate; the 3x3 ones from 32x32 pixels and 32 up
+    to 256 channels by their Winograd F(4x4, 3x3) forward and input gradient (`native_conv`).
   * 'matmul' (3x3): one matmul plus 9 shifted copies of whichever side has fewer channels: im2col
     (`patches3x3`) when C <= O, matmul-then-shifted-adds (`shift_sum3x3`) when C > O. Its
     backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
@@ -75,6 +76,12 @@ WINOGRAD_MAX_PIXELS = 64 * 64
 PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 512 * 1024  # C * O
 PACKED_WINOGRAD_F4_MAX_KERNEL = 256 * 256
+# Without packing (training: the kernels change every step) the transforms are paid in every
+# call; F(4x4, 3x3) for the forward and the input gradient still won from 32x32 pixels up to
+# 256 -> 256 channels (e.g. 2x128x128x64 -> 64: forward 8.3 -> 3.9 ms, input gradient 8.2 ->
+# 4.0 with the transforms), not on 16x16 images (2x16x16x256: 2.3 -> 2.8, 2.2 -> 5.8).
+NATIVE_WINOGRAD_MIN_PIXELS = 32 * 32
+NATIVE_WINOGRAD_MAX_KERNEL = 256 * 256
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -226,8 +233,49 @@ _custom_conv.defvjp(_custom_fwd, _custom_bwd, symbolic_zeros=True)
 
 def native_conv(x: Array, kernel: Array, strides: int, padding: int,
                 bias: Array | None = None) -> Array:
-  """A conv (+ bias) on `cpu_kernels` (CPU, float32, square kernel), forward and backward."""
+  """A conv (+ bias) on `cpu_kernels` (CPU, float32, square kernel), forward and backward: the
+  3x3 ones where `_native_winograd` says by Winograd F(4x4, 3x3) (forward and input gradient)."""
+  if _native_winograd(x.shape, kernel.shape, strides, padding):
+    return _winograd_conv4(x, kernel, bias)
   return _custom_conv(x, kernel, bias, strides, padding, False, True)
+
+
+def _native_winograd(x_shape: tuple, kernel_shape: tuple, strides: int, padding: int) -> bool:
+  """Whether `native_conv` runs this conv by Winograd (module constants `NATIVE_WINOGRAD_*`)."""
+  c, o = kernel_shape[2:]
+  return (cpu_kernels.winograd_applies(x_shape, kernel_shape, strides, padding)
+          and x_shape[1] * x_shape[2] >= NATIVE_WINOGRAD_MIN_PIXELS
+          and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= NATIVE_WINOGRAD_MAX_KERNEL)
+
+
+@jax.custom_vjp
+def _winograd_conv4(x: Array, kernel: Array, bias: Array | None) -> Array:
+  """The 3x3/s1/p1 conv (+ bias) by the CPU kernels' Winograd F(4x4, 3x3), the kernel
+  transformed in the call; its input gradient likewise (the flipped, transposed kernel), its
+  kernel gradient direct (`cpu_kernels.conv_grads`)."""
+  return cpu_kernels.winograd_conv(x, cpu_kernels.pack_winograd(kernel, 4), kernel.shape[-1],
+                                   bias)
+
+
+def _winograd_conv4_fwd(x, kernel, bias):
+  bias_value = None if bias is None else bias.value
+  y = _winograd_conv4(x.value, kernel.value, bias_value)
+  return y, (x.value, kernel.value, _marker(x.perturbed), _marker(bias is not None))
+
+
+def _winograd_conv4_bwd(res, g):
+  x, kernel, input_grad, has_bias = res
+  if _is_zero(g):
+    return None, None, None
+  _, dkernel = cpu_kernels.conv_grads(x, g, kernel, 1, 1, input_grad=False)
+  dx = None
+  if input_grad is not None:  # the conv of g with the kernel flipped, in and out swapped
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    dx = cpu_kernels.winograd_conv(g, cpu_kernels.pack_winograd(flipped, 4), x.shape[-1])
+  return dx, dkernel, _bias_grad(g, has_bias is not None)
+
+
+_winograd_conv4.defvjp(_winograd_conv4_fwd, _winograd_conv4_bwd, symbolic_zeros=True)
 
 
 def _epilogue(y: Array, relu_slope: float | None, residual: Array | None) -> Array:

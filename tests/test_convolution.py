@@ -267,6 +267,24 @@ def test_winograd_matches_the_convolution(case, tile):
   assert _rel(model_path(x, x2), want) < 8e-6
 
 
+def test_training_convs_by_winograd_match_the_convolution_and_its_gradients():
+  """From 32x32 pixels `native_conv` runs the 3x3 conv and its input gradient by Winograd
+  F(4x4, 3x3) (kernel transformed in the call), the kernel gradient direct: all three equal to
+  XLA's to float rounding, also where only the kernel is differentiated."""
+  x, k = _random((2, 33, 32, 32), 0), _random((3, 3, 32, 48), 1) / 17
+  bias, ct = _random((48,), 2), _random((2, 33, 32, 48), 3)
+  assert convolution._native_winograd(x.shape, k.shape, 1, 1)  # pylint: disable=protected-access
+  assert not convolution._native_winograd(  # pylint: disable=protected-access
+      (2, 31, 32, 32), k.shape, 1, 1)  # too small an image: direct
+  y, grads = _value_and_grads(lambda x, k: convolution.conv(x, k, 1, 1, 'native', bias), x, k, ct)
+  y_ref, grads_ref = _value_and_grads(lambda x, k: convolution.conv_xla(x, k, 1, 1) + bias, x, k,
+                                      ct)
+  for a, b in zip((y, *grads), (y_ref, *grads_ref)):
+    assert _rel(a, b) < 1e-5
+  dk = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'native') * ct)))(k)
+  assert _rel(dk, grads_ref[1]) < 1e-5
+
+
 def test_winograd_where_it_does_not_apply_and_bad_input():
   x, kernel = _random((1, 6, 6, 32), 0), _random((3, 3, 32, 32), 1)
   assert cpu_kernels.winograd_applies(x.shape, kernel.shape, 1, 1)
