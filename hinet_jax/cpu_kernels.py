@@ -4,9 +4,9 @@
 added inside, and its input gradient `conv_input_grad`, which is also the transposed
 convolution), both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`),
 the kernel packed for the products (`pack_kernel`: each product packs its kernel per call unless
-given one packed beforehand, which inference does once per set of weights), and for inference
-the 3x3 convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3) on a kernel transformed and packed
-beforehand (`pack_winograd`, `winograd_conv`). The products take square kernels up to 8x8, any
+given one packed beforehand, which inference does once per set of weights), and the 3x3
+convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3) on a transformed, packed kernel
+(`pack_winograd`, `winograd_conv`). The products take square kernels up to 8x8, any
 stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. XLA:CPU's convolutions
 (YNNPACK or Eigen) run HINet's shapes at 35-90% of the float32 matmul rate, its kernel gradients
 and strided input gradients lower still; these run at 75-95% of it, and the Winograd forms past
@@ -38,6 +38,8 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hinet_jax import winograd
 
 Array = jax.Array
 
@@ -303,20 +305,6 @@ WINOGRAD_TILES = (2, 4)  # F(2x2, 3x3) and F(4x4, 3x3): output pixels a tile sid
 WINOGRAD_CHANNEL_MULTIPLE = 16  # C, O and a join's first part: whole vectors of the widest ISA
 
 
-# Winograd's kernel transform U = G g G^T along each spatial axis in turn, as adds (one
-# elementwise fusion: the einsum with G took 25 ms for a 512x512 kernel on 2 cores, this 3 ms).
-# F(2x2, 3x3): G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]; F(4x4, 3x3): G = [1/4 0 0;
-# -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1].
-def _winograd_g(k: Array, axis: int, tile: int) -> Array:
-  g0, g1, g2 = (jnp.take(k, i, axis=axis) for i in range(3))
-  if tile == 2:
-    rows = [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
-  else:
-    rows = [g0 / 4, -(g0 + g1 + g2) / 6, -(g0 - g1 + g2) / 6, g0 / 24 + g1 / 12 + g2 / 6,
-            g0 / 24 - g1 / 12 + g2 / 6, g2]
-  return jnp.stack(rows, axis=axis)
-
-
 def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: int,
                      c1: int | None = None) -> bool:
   """Whether `winograd_conv` can run this convolution: 3x3, stride 1, padding 1, and the
@@ -329,12 +317,12 @@ def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: 
 
 def pack_winograd(kernel: Array, tile: int = 2) -> Array:
   """The (3, 3, C, O) `kernel` transformed for Winograd F(tile x tile, 3x3), tile 2 or 4 (G g G^T:
-  (tile + 2)^2 taps of (C, O)), and packed as the CPU kernels read it, for `winograd_conv`. Once
-  per set of weights."""
+  (tile + 2)^2 taps of (C, O), `winograd.kernel_transform`), and packed as the CPU kernels read
+  it, for `winograd_conv`: once per set of weights at inference, in every step in training."""
   _check(kernel)
   if tile not in WINOGRAD_TILES:
     raise ValueError(f'pack_winograd: tile must be one of {WINOGRAD_TILES}, got {tile!r}.')
-  return pack_kernel(_winograd_g(_winograd_g(kernel, 0, tile), 1, tile))
+  return pack_kernel(winograd.kernel_transform(kernel, tile))
 
 
 def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = None,
@@ -346,7 +334,8 @@ def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = N
 
   2.25x (tile 2) or 4x (tile 4) fewer multiplies than the direct convolution, for the same
   function up to float rounding (relative differences ~1e-6 for tile 2, a few times more for 4).
-  Inference only (not differentiable); `winograd_applies` says where it runs.
+  Not differentiable itself (`convolution.native_conv` builds training's gradients on it);
+  `winograd_applies` says where it runs.
 
   Args:
     x: (N, H, W, C1) float32 (all C channels without `x2`).

@@ -11,7 +11,8 @@ The elementwise product summed over input channels becomes 16 batched (pixels/4,
 matmuls (one `einsum`), 2.25x fewer multiplies than the direct conv. Transforms are adds/subs
 on strided slices in jnp. Used as a forward only (`convolution.winograd_conv` pairs it with the
 backward of the CPU kernels or of `lax.conv`: the autodiff of these slices is slow on XLA:CPU);
-its values are tested in tests/test_convolution.py.
+its values are tested in tests/test_convolution.py. `kernel_transform` (also F(4x4, 3x3)'s)
+serves the CPU kernels' own Winograd too (`cpu_kernels.pack_winograd`).
 Layout NHWC, kernel HWIO (3, 3, in, out), 'SAME' zero padding (PyTorch padding=1), any H, W.
 """
 
@@ -26,15 +27,21 @@ def _input_transform(xp: jax.Array, axis: int, tiles: int) -> jax.Array:
   return [r0 - r2, r1 + r2, r2 - r1, r1 - r3]
 
 
-def _g_rows(k0, k1, k2):
-  """G applied along one axis, given its 3 slices: 4 slices."""
-  return [k0, 0.5 * (k0 + k1 + k2), 0.5 * (k0 - k1 + k2), k2]
+def _g_rows(k0, k1, k2, tile):
+  """G of F(tile x tile, 3x3) applied along one axis, given its 3 slices: tile + 2 slices. For
+  tile 4 (the CPU kernels' F(4x4, 3x3)), G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6;
+  1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]."""
+  if tile == 2:
+    return [k0, 0.5 * (k0 + k1 + k2), 0.5 * (k0 - k1 + k2), k2]
+  return [k0 / 4, -(k0 + k1 + k2) / 6, -(k0 - k1 + k2) / 6, k0 / 24 + k1 / 12 + k2 / 6,
+          k0 / 24 - k1 / 12 + k2 / 6, k2]
 
 
-def _kernel_transform(kernel: jax.Array) -> jax.Array:
-  """G g G^T as elementwise adds (an einsum with the 4x3 G is ~100x slower on XLA:CPU)."""
-  rows = _g_rows(kernel[0], kernel[1], kernel[2])  # each (3, C, O)
-  return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2]), 0) for r in rows], 0)  # (4, 4, C, O)
+def kernel_transform(kernel: jax.Array, tile: int = 2) -> jax.Array:
+  """G g G^T of F(tile x tile, 3x3), tile 2 or 4, for a (3, 3, C, O) kernel, as elementwise adds
+  (an einsum with G is ~10-100x slower on XLA:CPU): (tile + 2, tile + 2, C, O)."""
+  rows = _g_rows(kernel[0], kernel[1], kernel[2], tile)  # each (3, C, O)
+  return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2], tile), 0) for r in rows], 0)
 
 
 def winograd_conv3x3(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -56,7 +63,7 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax.
   # B^T d B: rows then columns. v[a][b]: (N, th, tw, C).
   rows = _input_transform(xp, 1, th)
   v = jnp.stack([jnp.stack(_input_transform(r, 2, tw), 0) for r in rows], 0)  # (4,4,N,th,tw,C)
-  u = _kernel_transform(kernel.astype(jnp.float32)).astype(dtype)
+  u = kernel_transform(kernel.astype(jnp.float32)).astype(dtype)
   m = jnp.einsum('abnhwc,abco->abnhwo', v, u)  # 16 batched matmuls
   # A^T m A: along a, then b.
   t = [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]  # each (4, N, th, tw, O)

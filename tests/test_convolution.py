@@ -233,9 +233,9 @@ def test_joined_inputs_give_the_concatenations_products_bit_for_bit(case):
                              convolution.conv_xla(joined, kernel, s, p), rtol=1e-6, atol=1e-5)
 
 
-# (N, H, W, C1, C2, O) of Winograd F(2x2, 3x3) convolutions: odd sizes (half tiles at the
-# bottom and right), a 1-pixel row, images smaller than a tile, more tiles than one work item, a
-# batch, O a vector but not a register block, a join of equal and of unequal parts.
+# (N, H, W, C1, C2, O) of Winograd convolutions: odd sizes (partial tiles at the bottom and
+# right), a 1-pixel row, images smaller than a tile, more tiles than one work item, a batch, O a
+# vector but not a register block, a join of equal and of unequal parts.
 WINOGRAD_CASES = [(1, 7, 9, 32, 0, 32), (2, 10, 6, 48, 0, 80), (1, 1, 5, 32, 0, 64),
                   (1, 2, 1, 64, 0, 32), (1, 41, 37, 32, 0, 48), (1, 9, 9, 32, 32, 32),
                   (2, 5, 11, 16, 48, 32)]

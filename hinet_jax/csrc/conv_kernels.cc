@@ -11,8 +11,9 @@
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
 //   over the taps where both divisions are exact and land inside g.
 // HinetWinograd, the 3x3 / stride-1 / padding-1 convolution (+ the same epilogue and joins) by
-// Winograd F(2x2, 3x3) or F(4x4, 3x3), for inference with the transformed kernel packed once
-// (section below).
+// Winograd F(2x2, 3x3) or F(4x4, 3x3) on a transformed, packed kernel (section below): at
+// inference packed once per set of weights; in training, for the forward and the input
+// gradient (a convolution too), transformed in every step.
 // HinetConvBwd, both gradients of a layer: the input gradient above (or, for a transposed-
 // convolution layer, the convolution) and the kernel gradient
 //   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o].
@@ -910,15 +911,15 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, cons
 }
 
 //===----------------------------------------------------------------------===//
-// Winograd F(2x2, 3x3) and F(4x4, 3x3): the 3x3 / stride-1 / padding-1 convolution at inference.
+// Winograd F(2x2, 3x3) and F(4x4, 3x3): the 3x3 / stride-1 / padding-1 convolution.
 //===----------------------------------------------------------------------===//
 
 // Each tile of MxM output pixels is Y = A^T [sum_c (G g G^T)[c] * (B^T d B)[c]] A for its NxN
 // input patch d, N = M + 2 (Lavin and Gray, 2016): per tile, N^2 products over the C channels
 // (one per element of the transformed patch) instead of M^2 pixels x 9 taps: 2.25x fewer
 // multiplies for M = 2, 4x for M = 4 (whose larger transform constants round a few times more).
-// The transformed kernel U = G g G^T (N^2 "taps" of (C, O), computed in JAX once per set of
-// weights) is packed as an NxN kernel, so the N^2 products are the direct micro-kernel's, with
+// The transformed kernel U = G g G^T (N^2 "taps" of (C, O), computed in JAX) is packed as an
+// NxN kernel, so the N^2 products are the direct micro-kernel's, with
 // tiles as pixels and one tap each. A work item is a run of tiles: its transformed patches
 // V[N^2][tiles][C] stay in L2, and the N^2 products of one block of tiles (M[N^2][12 tiles][one
 // block of outputs]) in L1 until the output transform. The input transform addresses each patch
@@ -1240,7 +1241,7 @@ ffi::Error PackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   return ffi::Error::Success();
 }
 
-// The Winograd convolution at inference: y = the 3x3 / stride-1 / padding-1 convolution of `in`
+// The Winograd convolution: y = the 3x3 / stride-1 / padding-1 convolution of `in`
 // (joined with `in2` along the channels, if not (0,)) + bias, then LeakyReLU (relu = 1) and +
 // residual (shaped as y, or (0,)), by F(tile x tile, 3x3) (tile 2 or 4), with `packed` the
 // transformed kernel G g G^T that HinetPack packed as a (tile + 2)^2 kernel of (C, O) taps.
