@@ -479,9 +479,9 @@ def pack_kernels(model: nn.Module, params: Any, in_chn: Optional[int] = None) ->
   32 channels as Winograd F(4x4, 3x3) or F(2x2, 3x3) (kernels transformed here, once: 4x or
   2.25x fewer multiplies; the 1x forward ~1.6x faster on 2 CPU cores, bench/README.md): equal to
   float rounding there (relative 1e-6 to 7e-6 a convolution), bit for bit elsewhere. Not
-  differentiable: for inference only.
-  Empty where nothing runs on the CPU kernels (GPU, TPU, bfloat16, several devices). Run it
-  under `jax.jit`: the convolutions of the small forward pass it traces are dead code there.
+  differentiable: for inference only. Empty where nothing runs on the CPU kernels (GPU, TPU,
+  bfloat16, several devices). Run it under `jax.jit`: the convolutions of the small forward pass
+  it traces are dead code there.
 
   Args:
     model: a linen module built from this module's `Conv` and `UpConv2x2` (e.g. `HINet`).
