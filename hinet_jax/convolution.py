@@ -201,13 +201,22 @@ def _marker(flag: bool):
   return () if flag else None
 
 
+def _native_winograd4(x: Array, kernel: Array, features: int,
+                      bias: Array | None = None) -> Array:
+  """The 3x3/s1/p1 conv by the CPU kernels' Winograd F(4x4, 3x3), the kernel transformed here."""
+  return cpu_kernels.winograd_conv(x, cpu_kernels.pack_winograd(kernel, 4), features, bias)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _custom_conv(x: Array, kernel: Array, bias: Array | None, strides: int, padding: int,
-                 winograd: bool, native_backward: bool) -> Array:
-  """Forward on `cpu_kernels` with the bias added inside (or Winograd F(2x2, 3x3) for a
-  3x3/s1/p1 conv); `_backward`."""
-  if winograd:
+                 winograd: str | None, native_backward: bool) -> Array:
+  """Forward on `cpu_kernels` with the bias added inside, or for a 3x3/s1/p1 conv by Winograd:
+  F(2x2, 3x3) in jnp (`winograd='jnp'`) or the CPU kernels' F(4x4, 3x3) (`'native'`, which runs
+  the input gradient so too); `_backward`."""
+  if winograd == 'jnp':
     return _add_bias(winograd_conv3x3(x, kernel, x.dtype), bias)
+  if winograd == 'native':
+    return _native_winograd4(x, kernel, kernel.shape[-1], bias)
   return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias)
 
 
@@ -219,12 +228,16 @@ def _custom_fwd(x, kernel, bias, strides, padding, winograd, native_backward):
 
 
 def _custom_bwd(strides, padding, winograd, native_backward, res, g):
-  del winograd  # every forward form computes the same linear map
   x, kernel, input_grad, has_bias = res
   if _is_zero(g):
     return None, None, None
-  dx, dkernel = _backward(x, kernel, g, strides, padding, native_backward,
-                          input_grad is not None)
+  if winograd == 'native':  # The input gradient, a 3x3 conv of g too, by Winograd as well.
+    _, dkernel = cpu_kernels.conv_grads(x, g, kernel, 1, 1, input_grad=False)
+    dx = None if input_grad is None else _native_winograd4(
+        g, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)), x.shape[-1])
+  else:  # Every other forward form computes the same linear map as the direct conv.
+    dx, dkernel = _backward(x, kernel, g, strides, padding, native_backward,
+                            input_grad is not None)
   return dx, dkernel, _bias_grad(g, has_bias is not None)
 
 
@@ -234,10 +247,10 @@ _custom_conv.defvjp(_custom_fwd, _custom_bwd, symbolic_zeros=True)
 def native_conv(x: Array, kernel: Array, strides: int, padding: int,
                 bias: Array | None = None) -> Array:
   """A conv (+ bias) on `cpu_kernels` (CPU, float32, square kernel), forward and backward: the
-  3x3 ones where `_native_winograd` says by Winograd F(4x4, 3x3) (forward and input gradient)."""
-  if _native_winograd(x.shape, kernel.shape, strides, padding):
-    return _winograd_conv4(x, kernel, bias)
-  return _custom_conv(x, kernel, bias, strides, padding, False, True)
+  3x3 ones where `_native_winograd` says by Winograd F(4x4, 3x3) (forward and input gradient,
+  the kernel gradient direct)."""
+  winograd = 'native' if _native_winograd(x.shape, kernel.shape, strides, padding) else None
+  return _custom_conv(x, kernel, bias, strides, padding, winograd, True)
 
 
 def _native_winograd(x_shape: tuple, kernel_shape: tuple, strides: int, padding: int) -> bool:
@@ -246,36 +259,6 @@ def _native_winograd(x_shape: tuple, kernel_shape: tuple, strides: int, padding:
   return (cpu_kernels.winograd_applies(x_shape, kernel_shape, strides, padding)
           and x_shape[1] * x_shape[2] >= NATIVE_WINOGRAD_MIN_PIXELS
           and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= NATIVE_WINOGRAD_MAX_KERNEL)
-
-
-@jax.custom_vjp
-def _winograd_conv4(x: Array, kernel: Array, bias: Array | None) -> Array:
-  """The 3x3/s1/p1 conv (+ bias) by the CPU kernels' Winograd F(4x4, 3x3), the kernel
-  transformed in the call; its input gradient likewise (the flipped, transposed kernel), its
-  kernel gradient direct (`cpu_kernels.conv_grads`)."""
-  return cpu_kernels.winograd_conv(x, cpu_kernels.pack_winograd(kernel, 4), kernel.shape[-1],
-                                   bias)
-
-
-def _winograd_conv4_fwd(x, kernel, bias):
-  bias_value = None if bias is None else bias.value
-  y = _winograd_conv4(x.value, kernel.value, bias_value)
-  return y, (x.value, kernel.value, _marker(x.perturbed), _marker(bias is not None))
-
-
-def _winograd_conv4_bwd(res, g):
-  x, kernel, input_grad, has_bias = res
-  if _is_zero(g):
-    return None, None, None
-  _, dkernel = cpu_kernels.conv_grads(x, g, kernel, 1, 1, input_grad=False)
-  dx = None
-  if input_grad is not None:  # the conv of g with the kernel flipped, in and out swapped
-    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-    dx = cpu_kernels.winograd_conv(g, cpu_kernels.pack_winograd(flipped, 4), x.shape[-1])
-  return dx, dkernel, _bias_grad(g, has_bias is not None)
-
-
-_winograd_conv4.defvjp(_winograd_conv4_fwd, _winograd_conv4_bwd, symbolic_zeros=True)
 
 
 def _epilogue(y: Array, relu_slope: float | None, residual: Array | None) -> Array:
@@ -374,7 +357,7 @@ _prepacked_winograd.defvjp(_not_differentiable, _not_differentiable)
 def winograd_conv(x: Array, kernel: Array, native_backward: bool,
                   bias: Array | None = None) -> Array:
   """3x3/s1/p1 conv: Winograd F(2x2, 3x3) forward; backward on `cpu_kernels` or `lax.conv`."""
-  return _custom_conv(x, kernel, bias, 1, 1, True, native_backward)
+  return _custom_conv(x, kernel, bias, 1, 1, 'jnp', native_backward)
 
 
 def kernels_may_run() -> bool:

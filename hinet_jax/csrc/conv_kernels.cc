@@ -1116,6 +1116,40 @@ ffi::Error BiasOf(const char* op, ffi::Buffer<ffi::F32>& bias, int64_t channels,
   return ffi::Error::Success();
 }
 
+// The input side of a product: `in`, joined with `in2` along the channels unless in2 is (0,)
+// (their N, H, W equal); its channels in *channels.
+ffi::Error JoinedInput(const char* op, ffi::Buffer<ffi::F32>& in, ffi::Buffer<ffi::F32>& in2,
+                       Input* input, int64_t* channels) {
+  const auto a = in.dimensions();
+  *input = Input{in.typed_data()};
+  *channels = a.size() ? a[a.size() - 1] : 0;
+  if (!in2.element_count()) return ffi::Error::Success();
+  const auto b = in2.dimensions();
+  if (a.size() != 4 || b.size() != 4 || !std::equal(a.begin(), a.end() - 1, b.begin()))
+    return ffi::Error::InvalidArgument(
+        std::string(op) + ": a second input (joined along the channels) must match the first's "
+        "N, H, W");
+  *input = Input{in.typed_data(), in2.typed_data(), a[3]};
+  *channels = a[3] + b[3];
+  return ffi::Error::Success();
+}
+
+// What a convolution does to its sums before storing them: LeakyReLU (relu = 1, slope), then +
+// `residual` (shaped as the output, or (0,) for none).
+ffi::Error EpilogueOf(const char* op, int64_t relu, float slope, ffi::Buffer<ffi::F32>& residual,
+                      ffi::Span<const int64_t> out_dims, Epilogue* epi) {
+  epi->relu = relu != 0;
+  epi->slope = slope;
+  epi->residual = nullptr;
+  if (!residual.element_count()) return ffi::Error::Success();
+  const auto r = residual.dimensions();
+  if (r.size() != out_dims.size() || !std::equal(r.begin(), r.end(), out_dims.begin()))
+    return ffi::Error::InvalidArgument(std::string(op) +
+                                       ": the residual must be shaped as the output, or (0,)");
+  epi->residual = residual.typed_data();
+  return ffi::Error::Success();
+}
+
 // A convolution-like product of `in` with W, + bias, into `out` (and the packed kernel, scratch):
 // the convolution itself (transposed = 0: in = x, out = y), or its input gradient, which is
 // also the transposed convolution (transposed = 1: in = the cotangent g, out = dx). One handler
@@ -1132,17 +1166,12 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
   Geometry geo;
   const auto side = transposed ? out->dimensions() : in.dimensions();
   std::vector<int64_t> input_side(side.begin(), side.end());
-  Input input{in.typed_data()};
-  if (in2.element_count()) {  // the input is in joined with in2 along the channels
-    const auto a = in.dimensions(), b = in2.dimensions();
-    if (transposed || a.size() != 4 || b.size() != 4 ||
-        !std::equal(a.begin(), a.end() - 1, b.begin()))
-      return ffi::Error::InvalidArgument(
-          "conv: a second input (joined along the channels) must match the first's N, H, W, "
-          "and is for transposed = 0");
-    input = Input{in.typed_data(), in2.typed_data(), a[3]};
-    input_side[3] = a[3] + b[3];
-  }
+  if (transposed && in2.element_count())
+    return ffi::Error::InvalidArgument("conv: a second input is for transposed = 0");
+  Input input;
+  int64_t channels;
+  if (auto e = JoinedInput("conv", in, in2, &input, &channels); e.failure()) return e;
+  if (!transposed && !input_side.empty()) input_side.back() = channels;
   if (auto e = MakeGeometry("conv", input_side, w.dimensions(), stride, padding, kernel_hwoi,
                             &geo); e.failure())
     return e;
@@ -1153,15 +1182,9 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
     return ffi::Error::InvalidArgument(
         "conv: the output side must be (N, Ho, Wo, O) for the input side's N, H, W");
   Epilogue epi;
-  epi.relu = relu != 0;
-  epi.slope = relu_slope;
-  if (residual.element_count()) {
-    const auto r = residual.dimensions(), y = out->dimensions();
-    if (r.size() != y.size() || !std::equal(r.begin(), r.end(), y.begin()))
-      return ffi::Error::InvalidArgument(
-          "conv: the residual must be shaped as the output, or (0,)");
-    epi.residual = residual.typed_data();
-  }
+  if (auto e = EpilogueOf("conv", relu, relu_slope, residual, out->dimensions(), &epi);
+      e.failure())
+    return e;
   if (transposed && epi.Active())
     return ffi::Error::InvalidArgument("conv: the epilogue (relu, residual) is for transposed = 0");
   Packed weights;
@@ -1255,16 +1278,9 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
   if (a.size() != 4 || d.size() != 4 || d[0] != a[0] || d[1] != a[1] || d[2] != a[2])
     return ffi::Error::InvalidArgument(
         "winograd: the input must be (N, H, W, C) and the output (N, H, W, O)");
-  Input input{in.typed_data()};
-  int64_t c = a[3];
-  if (in2.element_count()) {
-    const auto b = in2.dimensions();
-    if (b.size() != 4 || !std::equal(a.begin(), a.end() - 1, b.begin()))
-      return ffi::Error::InvalidArgument(
-          "winograd: a second input (joined along the channels) must match the first's N, H, W");
-    input = Input{in.typed_data(), in2.typed_data(), a[3]};
-    c += b[3];
-  }
+  Input input;
+  int64_t c;
+  if (auto e = JoinedInput("winograd", in, in2, &input, &c); e.failure()) return e;
   const WinogradGeometry g{a[0], a[1], a[2], c, d[3], tile};
   const int64_t taps = (tile + 2) * (tile + 2);
   if (c % kVec || g.o % kVec || (input.x2 && input.c1 % kVec))
@@ -1278,12 +1294,8 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
         "(C, O) taps");
   const float* b = nullptr;
   if (auto e = BiasOf("winograd", bias, g.o, &b); e.failure()) return e;
-  if (residual.element_count() && residual.element_count() != out->element_count())
-    return ffi::Error::InvalidArgument("winograd: the residual must be shaped as the output");
   Epilogue epi;
-  epi.relu = relu != 0;
-  epi.slope = relu_slope;
-  epi.residual = residual.element_count() ? residual.typed_data() : nullptr;
+  if (auto e = EpilogueOf("winograd", relu, relu_slope, residual, d, &epi); e.failure()) return e;
   if (g.tiles() == 0 || g.o == 0) return ffi::Error::Success();
   if (tile == 2)
     WinogradForward<2>(pool, input, g, u, b, epi, out->typed_data());
