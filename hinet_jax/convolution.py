@@ -201,10 +201,12 @@ def _marker(flag: bool):
   return () if flag else None
 
 
-def _native_winograd4(x: Array, kernel: Array, features: int,
-                      bias: Array | None = None) -> Array:
-  """The 3x3/s1/p1 conv by the CPU kernels' Winograd F(4x4, 3x3), the kernel transformed here."""
-  return cpu_kernels.winograd_conv(x, cpu_kernels.pack_winograd(kernel, 4), features, bias)
+def _native_winograd4(x: Array, kernel: Array, features: int, bias: Array | None = None,
+                      transposed: bool = False) -> Array:
+  """The 3x3/s1/p1 conv by the CPU kernels' Winograd F(4x4, 3x3), the kernel transformed here;
+  with `transposed`, the input gradient of that conv for the output cotangent `x`."""
+  packed = cpu_kernels.pack_winograd(kernel, 4, transposed)
+  return cpu_kernels.winograd_conv(x, packed, features, bias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -234,7 +236,7 @@ def _custom_bwd(strides, padding, winograd, native_backward, res, g):
   if winograd == 'native':  # The input gradient, a 3x3 conv of g too, by Winograd as well.
     _, dkernel = cpu_kernels.conv_grads(x, g, kernel, 1, 1, input_grad=False)
     dx = None if input_grad is None else _native_winograd4(
-        g, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)), x.shape[-1])
+        g, kernel, x.shape[-1], transposed=True)
   else:  # Every other forward form computes the same linear map as the direct conv.
     dx, dkernel = _backward(x, kernel, g, strides, padding, native_backward,
                             input_grad is not None)

@@ -1,12 +1,12 @@
 """Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has four FFI handlers: a convolution-like product (`conv_forward`, bias
+`csrc/conv_kernels.cc` has five FFI handlers: a convolution-like product (`conv_forward`, bias
 added inside, and its input gradient `conv_input_grad`, which is also the transposed
 convolution), both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`),
 the kernel packed for the products (`pack_kernel`: each product packs its kernel per call unless
 given one packed beforehand, which inference does once per set of weights), and the 3x3
-convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3) on a transformed, packed kernel
-(`pack_winograd`, `winograd_conv`). The products take square kernels up to 8x8, any
+convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3) (`winograd_conv`) on a kernel that the fifth
+transforms and packs (`pack_winograd`). The products take square kernels up to 8x8, any
 stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. XLA:CPU's convolutions
 (YNNPACK or Eigen) run HINet's shapes at 35-90% of the float32 matmul rate, its kernel gradients
 and strided input gradients lower still; these run at 75-95% of it, and the Winograd forms past
@@ -39,14 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax import winograd
-
 Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'conv_kernels.cc'
 # FFI target name -> symbol in the library.
 _TARGETS = {'hinet_conv': 'HinetConv', 'hinet_conv_bwd': 'HinetConvBwd', 'hinet_pack': 'HinetPack',
-            'hinet_winograd': 'HinetWinograd'}
+            'hinet_winograd': 'HinetWinograd', 'hinet_pack_winograd': 'HinetPackWinograd'}
 MAX_KERNEL_SIZE = 8  # kMaxTaps = 64 in the source
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 _ENV_SWITCH = 'HINET_JAX_NATIVE_KERNELS'
@@ -315,14 +313,25 @@ def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: 
                                        for v in (c, o, c if c1 is None else c1)))
 
 
-def pack_winograd(kernel: Array, tile: int = 2) -> Array:
+def pack_winograd(kernel: Array, tile: int = 2, transposed: bool = False) -> Array:
   """The (3, 3, C, O) `kernel` transformed for Winograd F(tile x tile, 3x3), tile 2 or 4 (G g G^T:
-  (tile + 2)^2 taps of (C, O), `winograd.kernel_transform`), and packed as the CPU kernels read
-  it, for `winograd_conv`: once per set of weights at inference, in every step in training."""
+  (tile + 2)^2 taps of (C, O), as `winograd.kernel_transform`), and packed as the CPU kernels read
+  it, for `winograd_conv`: once per set of weights at inference, in every step in training.
+
+  With `transposed`, for the input gradient instead: the convolution of the output cotangent with
+  the kernel flipped and transposed (`winograd_conv(g, pack_winograd(kernel, tile, True), C)`).
+  One C++ call either way (transforming in XLA cost a train step ~7%: bench/README.md).
+  """
   _check(kernel)
   if tile not in WINOGRAD_TILES:
     raise ValueError(f'pack_winograd: tile must be one of {WINOGRAD_TILES}, got {tile!r}.')
-  return pack_kernel(winograd.kernel_transform(kernel, tile))
+  if kernel.ndim != 4 or kernel.shape[:2] != (3, 3):
+    raise ValueError(f'pack_winograd: the kernel must be (3, 3, C, O), got {kernel.shape}.')
+  c, o = kernel.shape[2:]
+  reduction, outputs = (o, c) if transposed else (c, o)
+  return jax.ffi.ffi_call('hinet_pack_winograd', _packed_kernel(tile + 2, reduction, outputs),
+                          vmap_method='sequential')(kernel, tile=np.int64(tile),
+                                                    transposed=np.int64(transposed))
 
 
 def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = None,

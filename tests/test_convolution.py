@@ -15,6 +15,7 @@ from hinet_jax import convolution
 from hinet_jax import cpu_kernels
 from hinet_jax import models
 from hinet_jax import sharding
+from hinet_jax import winograd
 
 
 def _rel(a, b):
@@ -68,7 +69,10 @@ NATIVE_CASES = [((2, 9, 11, 13), 3, 1, 1, 40), ((1, 10, 8, 16), 4, 2, 1, 32),
                 ((2, 4, 4, 272), 3, 1, 1, 64), ((2, 5, 6, 256), 3, 1, 1, 48),
                 ((1, 5, 6, 256), 3, 1, 1, 16), ((1, 6, 6, 512), 4, 2, 1, 64),
                 # padding past the kernel: windows with one tap inside the image, or none
-                ((1, 1, 2, 5), 2, 1, 2, 7), ((1, 3, 4, 6), 3, 2, 2, 9)]
+                ((1, 1, 2, 5), 2, 1, 2, 7), ((1, 3, 4, 6), 3, 2, 2, 9),
+                # fewer outputs than a vector from a vector's inputs and more (the network's last
+                # convolutions: the kernel gradient with its roles swapped), one chunk and many
+                ((1, 5, 7, 24), 3, 1, 1, 5), ((2, 20, 16, 32), 3, 1, 1, 3)]
 
 
 @pytest.mark.parametrize('case', NATIVE_CASES)
@@ -265,6 +269,21 @@ def test_winograd_matches_the_convolution(case, tile):
       x, kernel, 1, 1, 'native', bias, 0.2, residual,
       convolution.pack_for_conv(x, kernel, 1, 1, 'native', x2), x2))
   assert _rel(model_path(x, x2), want) < 8e-6
+
+
+@pytest.mark.parametrize('tile', cpu_kernels.WINOGRAD_TILES)
+def test_winograd_packing_in_cpp_is_the_transform_of_winograd_py(tile):
+  """`pack_winograd` (C++) packs G g G^T as `winograd.kernel_transform` computes it, and with
+  `transposed` that of the kernel flipped and transposed (the input gradient's), outputs not a
+  whole register block (zero-padded lanes) included."""
+  kernel = _random((3, 3, 24, 40), 0)
+  flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+  for transposed, k in ((False, kernel), (True, flipped)):
+    got = cpu_kernels.pack_winograd(kernel, tile, transposed)
+    want = cpu_kernels.pack_kernel(winograd.kernel_transform(k, tile))
+    assert got.shape == want.shape
+    # F(4x4)'s divisions by 6, 12, 24 round once differently from XLA's (reciprocal products).
+    np.testing.assert_allclose(got, want, rtol=0, atol=0 if tile == 2 else 1e-6)
 
 
 def test_training_convs_by_winograd_match_the_convolution_and_its_gradients():

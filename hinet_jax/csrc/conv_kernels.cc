@@ -11,9 +11,9 @@
 //   dx[n, y, x, c] = sum_{i, j, o} g[n, (y + p - i) / s, (x + p - j) / s, o] * W[i, j, c, o]
 //   over the taps where both divisions are exact and land inside g.
 // HinetWinograd, the 3x3 / stride-1 / padding-1 convolution (+ the same epilogue and joins) by
-// Winograd F(2x2, 3x3) or F(4x4, 3x3) on a transformed, packed kernel (section below): at
-// inference packed once per set of weights; in training, for the forward and the input
-// gradient (a convolution too), transformed in every step.
+// Winograd F(2x2, 3x3) or F(4x4, 3x3) on a kernel that HinetPackWinograd transformed and packed
+// (section below): at inference once per set of weights; in training, for the forward and the
+// input gradient (a convolution too, with the kernel flipped and transposed), in every step.
 // HinetConvBwd, both gradients of a layer: the input gradient above (or, for a transposed-
 // convolution layer, the convolution) and the kernel gradient
 //   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o].
@@ -904,10 +904,24 @@ void SumWeightGrad(ffi::ThreadPool& pool, const Problem& p, float* out) {
 // kernel is.
 void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, const float* g,
                 float* dw) {
-  const Problem p{x, g, geo.n, geo.h, geo.w, geo.c, geo.ho, geo.wo, geo.o, geo.k, geo.s, geo.p,
-                  geo.hwoi};
-  std::fill(dw, dw + geo.kernel_size(), 0.f);
-  if (p.n * p.ho * p.wo > 0 && p.c > 0 && p.o > 0) SumWeightGrad(pool, p, dw);
+  Problem p{x, g, geo.n, geo.h, geo.w, geo.c, geo.ho, geo.wo, geo.o, geo.k, geo.s, geo.p,
+            geo.hwoi};
+  const int64_t size = geo.kernel_size(), taps = geo.k * geo.k;
+  std::fill(dw, dw + size, 0.f);
+  if (p.n * p.ho * p.wo == 0 || p.c == 0 || p.o == 0) return;
+  // dW's columns narrower than a vector (the network's last convolutions, 64 -> 3 channels):
+  // the tail kernel's scalar products took 30 ms of such a kernel gradient where the forward
+  // took 2.6. Their rows are vectors wide, so the product is run with the roles swapped (dW
+  // stored the other way round) into a buffer, and transposed into dw.
+  const int64_t rows = p.rows(), cols = p.cols();
+  if (cols >= kVec || rows < kVec) return SumWeightGrad(pool, p, dw);
+  std::vector<float> swapped(size, 0.f);
+  p.hwoi = !p.hwoi;
+  SumWeightGrad(pool, p, swapped.data());
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        dw[(t * rows + r) * cols + c] = swapped[(t * cols + c) * rows + r];
 }
 
 //===----------------------------------------------------------------------===//
@@ -918,7 +932,7 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, cons
 // input patch d, N = M + 2 (Lavin and Gray, 2016): per tile, N^2 products over the C channels
 // (one per element of the transformed patch) instead of M^2 pixels x 9 taps: 2.25x fewer
 // multiplies for M = 2, 4x for M = 4 (whose larger transform constants round a few times more).
-// The transformed kernel U = G g G^T (N^2 "taps" of (C, O), computed in JAX) is packed as an
+// The transformed kernel U = G g G^T (N^2 "taps" of (C, O), PackWinograd) is packed as an
 // NxN kernel, so the N^2 products are the direct micro-kernel's, with
 // tiles as pixels and one tap each. A work item is a run of tiles: its transformed patches
 // V[N^2][tiles][C] stay in L2, and the N^2 products of one block of tiles (M[N^2][12 tiles][one
@@ -941,6 +955,14 @@ struct Winograd<2> {
   static void OutputLine(const Vec* m, int step, Vec* y, int out_step) {
     y[0] = m[0] + m[step] + m[2 * step];
     y[out_step] = m[step] - m[2 * step] - m[3 * step];
+  }
+  // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1] on one line of the 3x3 kernel.
+  static void KernelLine(const Vec* k, int step, Vec* u, int out_step) {
+    const Vec half = Vec{} + 0.5f;
+    u[0] = k[0];
+    u[out_step] = half * (k[0] + k[step] + k[2 * step]);
+    u[2 * out_step] = half * (k[0] - k[step] + k[2 * step]);
+    u[3 * out_step] = k[2 * step];
   }
 };
 
@@ -970,7 +992,66 @@ struct Winograd<4> {
     y[2 * out_step] = a + four * c;
     y[3 * out_step] = b + eight * d + m[5 * step];
   }
+  // G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1].
+  static void KernelLine(const Vec* k, int step, Vec* u, int out_step) {
+    const Vec four = Vec{} + 4.f, six = Vec{} + 6.f, twelve = Vec{} + 12.f,
+              twenty_four = Vec{} + 24.f;
+    const Vec k0 = k[0], k1 = k[step], k2 = k[2 * step];
+    u[0] = k0 / four;
+    u[out_step] = -(k0 + k1 + k2) / six;
+    u[2 * out_step] = -(k0 - k1 + k2) / six;
+    u[3 * out_step] = k0 / twenty_four + k1 / twelve + k2 / six;
+    u[4 * out_step] = k0 / twenty_four - k1 / twelve + k2 / six;
+    u[5 * out_step] = k2;
+  }
 };
+
+// The (3, 3, C, O) kernel W transformed (U = G W G^T) and packed as an N x N kernel, as
+// WinogradForward reads it: for the convolution (transposed = false: reduction C, outputs O), or
+// for its input gradient (transposed = true), the convolution of the output cotangent with W
+// flipped and transposed (tap (i, j) of (O, C) is W's tap (2 - i, 2 - j) transposed; reduction
+// O, outputs C). Training transforms every kernel twice a step: in JAX (XLA's fusions, then
+// HinetPack) that took 2.3 ms for a 256 x 256 kernel and 7.7 ms flipped and transposed.
+// A work item is one block of outputs x a chunk of reduction rows: their 9 taps are copied
+// into a buffer as the product reads them (the transposed ones one float at a time), then
+// transformed a vector of outputs at a time and stored to the N^2 taps' panel rows.
+template <int M>
+void PackWinograd(ffi::ThreadPool& pool, const float* w, int64_t c, int64_t o, bool transposed,
+                  const Packed& packed, float* out) {
+  constexpr int N = Winograd<M>::N;
+  constexpr int64_t kRows = 32;  // reduction rows an item: the buffer, 9 x 32 x 32 floats, in L1
+  const int64_t n_red = packed.n_red, n_out = packed.n_out, chunks = CeilDiv(n_red, kRows);
+  ParallelFor(pool, packed.NumBlocks() * chunks, [&](int64_t item) {
+    const int64_t o0 = packed.BlockStart(item / chunks), width = packed.Width(o0);
+    const int64_t r0 = item % chunks * kRows, r1 = std::min(n_red, r0 + kRows);
+    const int64_t valid = std::min(width, n_out - o0);
+    thread_local std::vector<float> buf;
+    buf.assign(9 * kRows * width, 0.f);  // lanes past n_out stay zero
+    for (int tap = 0; tap < 9; ++tap) {
+      float* dst = buf.data() + tap * kRows * width;
+      if (!transposed) {  // W's rows are reduction rows, their outputs contiguous
+        const float* src = w + tap * c * o;
+        for (int64_t r = r0; r < r1; ++r)
+          std::memcpy(dst + (r - r0) * width, src + r * o + o0, valid * sizeof(float));
+        continue;
+      }
+      const float* src = w + (8 - tap) * c * o;  // flipped: tap (i, j) <- (2 - i, 2 - j)
+      for (int64_t l = 0; l < valid; ++l)
+        for (int64_t r = r0; r < r1; ++r) dst[(r - r0) * width + l] = src[(o0 + l) * o + r];
+    }
+    float* panel = out + o0 * packed.n_taps * n_red;
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t v = 0; v < width; v += kVec) {
+        Vec k[3][3], t[N][3], u[N][N];
+        for (int tap = 0; tap < 9; ++tap)
+          k[tap / 3][tap % 3] = LoadVec(buf.data() + (tap * kRows + r - r0) * width + v);
+        for (int j = 0; j < 3; ++j) Winograd<M>::KernelLine(&k[0][j], 3, &t[0][j], 3);  // i
+        for (int a = 0; a < N; ++a) Winograd<M>::KernelLine(&t[a][0], 1, &u[a][0], 1);   // j
+        for (int xi = 0; xi < N * N; ++xi)
+          StoreVec(panel + (xi * n_red + r) * width + v, u[xi / N][xi % N]);
+      }
+  });
+}
 
 struct WinogradGeometry {
   int64_t n, h, w, c, o, m;  // m: output pixels a tile side
@@ -1267,7 +1348,8 @@ ffi::Error PackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
 // The Winograd convolution: y = the 3x3 / stride-1 / padding-1 convolution of `in`
 // (joined with `in2` along the channels, if not (0,)) + bias, then LeakyReLU (relu = 1) and +
 // residual (shaped as y, or (0,)), by F(tile x tile, 3x3) (tile 2 or 4), with `packed` the
-// transformed kernel G g G^T that HinetPack packed as a (tile + 2)^2 kernel of (C, O) taps.
+// transformed kernel G g G^T that HinetPackWinograd packed as a (tile + 2)^2 kernel of (C, O)
+// taps.
 ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<ffi::F32> in2,
                         ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> bias,
                         ffi::Buffer<ffi::F32> residual, ffi::ResultBuffer<ffi::F32> out,
@@ -1301,6 +1383,26 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
     WinogradForward<2>(pool, input, g, u, b, epi, out->typed_data());
   else
     WinogradForward<4>(pool, input, g, u, b, epi, out->typed_data());
+  return ffi::Error::Success();
+}
+
+// W (3, 3, C, O) transformed for Winograd F(tile x tile, 3x3) and packed (PackWinograd) for the
+// convolution (transposed = 0) or its input gradient (transposed = 1), as HinetWinograd takes it.
+ffi::Error PackWinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
+                            ffi::ResultBuffer<ffi::F32> packed, int64_t tile, int64_t transposed) {
+  const auto d = w.dimensions();
+  if (d.size() != 4 || d[0] != 3 || d[1] != 3)
+    return ffi::Error::InvalidArgument("pack_winograd: the kernel must be (3, 3, C, O)");
+  if (tile != 2 && tile != 4)
+    return ffi::Error::InvalidArgument("pack_winograd: the tile must be 2 (F(2x2, 3x3)) or 4");
+  const int64_t c = d[2], o = d[3], n = tile + 2;
+  const Packed u{nullptr, n * n, transposed ? o : c, transposed ? c : o};
+  if (packed->element_count() < static_cast<size_t>(Packed::Size(u.n_taps, u.n_red, u.n_out)))
+    return ffi::Error::InvalidArgument("pack_winograd: the packed output is too small");
+  if (tile == 2)
+    PackWinograd<2>(pool, w.typed_data(), c, o, transposed != 0, u, packed->typed_data());
+  else
+    PackWinograd<4>(pool, w.typed_data(), c, o, transposed != 0, u, packed->typed_data());
   return ffi::Error::Success();
 }
 
@@ -1359,3 +1461,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetWinograd, WinogradImpl,
                                   .Attr<int64_t>("tile")
                                   .Attr<int64_t>("relu")
                                   .Attr<float>("relu_slope"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetPackWinograd, PackWinogradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("tile")
+                                  .Attr<int64_t>("transposed"));
