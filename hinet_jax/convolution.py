@@ -77,11 +77,14 @@ PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 512 * 1024  # C * O
 PACKED_WINOGRAD_F4_MAX_KERNEL = 256 * 256
 # Without packing (training: the kernels change every step) the transforms are paid in every
-# call; F(4x4, 3x3) for the forward and the input gradient still won from 32x32 pixels up to
-# 256 -> 256 channels (e.g. 2x128x128x64 -> 64: forward 8.3 -> 3.9 ms, input gradient 8.2 ->
-# 4.0 with the transforms), not on 16x16 images (2x16x16x256: 2.3 -> 2.8, 2.2 -> 5.8).
+# call, in C++ (`pack_winograd`); with both gradients by Winograd too
+# (`winograd_conv_grads`), a layer's forward and backward (ms, 2 threads, direct -> F(4x4)) from
+# 32x32 pixels: 2x128x128x64 -> 64 24.4 -> 14.4, 2x64x64x128 -> 128 22.9 -> 13.5, 2x32x32x256 ->
+# 256 23.8 -> 16.0, 2x64x64x512 -> 256 197 -> 106; 2x32x32x512 -> 512 107 -> 86 by F(2x2)
+# (F(4x4) 121); on 16x16 images neither wins (2x16x16x256 -> 256: 6.4 -> 7.5, F(2x2) 6.1).
 NATIVE_WINOGRAD_MIN_PIXELS = 32 * 32
-NATIVE_WINOGRAD_MAX_KERNEL = 256 * 256
+NATIVE_WINOGRAD_MAX_KERNEL = 512 * 512  # C * O
+NATIVE_WINOGRAD_F4_MAX_KERNEL = 512 * 256
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -201,24 +204,17 @@ def _marker(flag: bool):
   return () if flag else None
 
 
-def _native_winograd4(x: Array, kernel: Array, features: int, bias: Array | None = None,
-                      transposed: bool = False) -> Array:
-  """The 3x3/s1/p1 conv by the CPU kernels' Winograd F(4x4, 3x3), the kernel transformed here;
-  with `transposed`, the input gradient of that conv for the output cotangent `x`."""
-  packed = cpu_kernels.pack_winograd(kernel, 4, transposed)
-  return cpu_kernels.winograd_conv(x, packed, features, bias)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _custom_conv(x: Array, kernel: Array, bias: Array | None, strides: int, padding: int,
-                 winograd: str | None, native_backward: bool) -> Array:
+                 winograd: str | int | None, native_backward: bool) -> Array:
   """Forward on `cpu_kernels` with the bias added inside, or for a 3x3/s1/p1 conv by Winograd:
-  F(2x2, 3x3) in jnp (`winograd='jnp'`) or the CPU kernels' F(4x4, 3x3) (`'native'`, which runs
-  the input gradient so too); `_backward`."""
+  F(2x2, 3x3) in jnp (`winograd='jnp'`), or the CPU kernels' F(tile x tile, 3x3) (`winograd` the
+  tile, 2 or 4; both gradients so too); `_backward`."""
   if winograd == 'jnp':
     return _add_bias(winograd_conv3x3(x, kernel, x.dtype), bias)
-  if winograd == 'native':
-    return _native_winograd4(x, kernel, kernel.shape[-1], bias)
+  if winograd:  # The kernel transformed in every call (training: it changes every step).
+    return cpu_kernels.winograd_conv(x, cpu_kernels.pack_winograd(kernel, winograd),
+                                     kernel.shape[-1], bias)
   return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias)
 
 
@@ -233,10 +229,8 @@ def _custom_bwd(strides, padding, winograd, native_backward, res, g):
   x, kernel, input_grad, has_bias = res
   if _is_zero(g):
     return None, None, None
-  if winograd == 'native':  # The input gradient, a 3x3 conv of g too, by Winograd as well.
-    _, dkernel = cpu_kernels.conv_grads(x, g, kernel, 1, 1, input_grad=False)
-    dx = None if input_grad is None else _native_winograd4(
-        g, kernel, x.shape[-1], transposed=True)
+  if winograd and winograd != 'jnp':  # Both gradients by the CPU kernels' Winograd as well.
+    dx, dkernel = cpu_kernels.winograd_conv_grads(x, g, kernel, winograd, input_grad is not None)
   else:  # Every other forward form computes the same linear map as the direct conv.
     dx, dkernel = _backward(x, kernel, g, strides, padding, native_backward,
                             input_grad is not None)
@@ -249,18 +243,21 @@ _custom_conv.defvjp(_custom_fwd, _custom_bwd, symbolic_zeros=True)
 def native_conv(x: Array, kernel: Array, strides: int, padding: int,
                 bias: Array | None = None) -> Array:
   """A conv (+ bias) on `cpu_kernels` (CPU, float32, square kernel), forward and backward: the
-  3x3 ones where `_native_winograd` says by Winograd F(4x4, 3x3) (forward and input gradient,
-  the kernel gradient direct)."""
-  winograd = 'native' if _native_winograd(x.shape, kernel.shape, strides, padding) else None
-  return _custom_conv(x, kernel, bias, strides, padding, winograd, True)
+  3x3 ones where `_native_winograd_tile` says by Winograd (forward and both gradients)."""
+  tile = _native_winograd_tile(x.shape, kernel.shape, strides, padding)
+  return _custom_conv(x, kernel, bias, strides, padding, tile or None, True)
 
 
-def _native_winograd(x_shape: tuple, kernel_shape: tuple, strides: int, padding: int) -> bool:
-  """Whether `native_conv` runs this conv by Winograd (module constants `NATIVE_WINOGRAD_*`)."""
+def _native_winograd_tile(x_shape: tuple, kernel_shape: tuple, strides: int,
+                          padding: int) -> int:
+  """The Winograd tile (2 or 4) `native_conv` runs this conv with, or 0 for the direct conv
+  (module constants `NATIVE_WINOGRAD_*`)."""
   c, o = kernel_shape[2:]
-  return (cpu_kernels.winograd_applies(x_shape, kernel_shape, strides, padding)
+  if not (cpu_kernels.winograd_applies(x_shape, kernel_shape, strides, padding)
           and x_shape[1] * x_shape[2] >= NATIVE_WINOGRAD_MIN_PIXELS
-          and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= NATIVE_WINOGRAD_MAX_KERNEL)
+          and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= NATIVE_WINOGRAD_MAX_KERNEL):
+    return 0
+  return 4 if c * o <= NATIVE_WINOGRAD_F4_MAX_KERNEL else 2
 
 
 def _epilogue(y: Array, relu_slope: float | None, residual: Array | None) -> Array:

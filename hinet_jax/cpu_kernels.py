@@ -44,7 +44,8 @@ Array = jax.Array
 _SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'conv_kernels.cc'
 # FFI target name -> symbol in the library.
 _TARGETS = {'hinet_conv': 'HinetConv', 'hinet_conv_bwd': 'HinetConvBwd', 'hinet_pack': 'HinetPack',
-            'hinet_winograd': 'HinetWinograd', 'hinet_pack_winograd': 'HinetPackWinograd'}
+            'hinet_winograd': 'HinetWinograd', 'hinet_pack_winograd': 'HinetPackWinograd',
+            'hinet_winograd_bwd': 'HinetWinogradBwd'}
 MAX_KERNEL_SIZE = 8  # kMaxTaps = 64 in the source
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 _ENV_SWITCH = 'HINET_JAX_NATIVE_KERNELS'
@@ -313,14 +314,11 @@ def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: 
                                        for v in (c, o, c if c1 is None else c1)))
 
 
-def pack_winograd(kernel: Array, tile: int = 2, transposed: bool = False) -> Array:
+def pack_winograd(kernel: Array, tile: int = 2) -> Array:
   """The (3, 3, C, O) `kernel` transformed for Winograd F(tile x tile, 3x3), tile 2 or 4 (G g G^T:
   (tile + 2)^2 taps of (C, O), as `winograd.kernel_transform`), and packed as the CPU kernels read
-  it, for `winograd_conv`: once per set of weights at inference, in every step in training.
-
-  With `transposed`, for the input gradient instead: the convolution of the output cotangent with
-  the kernel flipped and transposed (`winograd_conv(g, pack_winograd(kernel, tile, True), C)`).
-  One C++ call either way (transforming in XLA cost a train step ~7%: bench/README.md).
+  it, for `winograd_conv`: once per set of weights at inference, in every step in training (in
+  C++: transforming in XLA cost the train step ~7%, bench/README.md).
   """
   _check(kernel)
   if tile not in WINOGRAD_TILES:
@@ -328,10 +326,8 @@ def pack_winograd(kernel: Array, tile: int = 2, transposed: bool = False) -> Arr
   if kernel.ndim != 4 or kernel.shape[:2] != (3, 3):
     raise ValueError(f'pack_winograd: the kernel must be (3, 3, C, O), got {kernel.shape}.')
   c, o = kernel.shape[2:]
-  reduction, outputs = (o, c) if transposed else (c, o)
-  return jax.ffi.ffi_call('hinet_pack_winograd', _packed_kernel(tile + 2, reduction, outputs),
-                          vmap_method='sequential')(kernel, tile=np.int64(tile),
-                                                    transposed=np.int64(transposed))
+  return jax.ffi.ffi_call('hinet_pack_winograd', _packed_kernel(tile + 2, c, o),
+                          vmap_method='sequential')(kernel, tile=np.int64(tile))
 
 
 def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = None,
@@ -378,6 +374,43 @@ def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = N
   return jax.ffi.ffi_call('hinet_winograd', out, vmap_method='sequential')(
       x, _empty_or(x2), packed, _empty_or(bias), _empty_or(residual),
       tile=np.int64(sizes[packed.shape]), **_epilogue_attrs(relu_slope))
+
+
+def winograd_conv_grads(x: Array, g: Array, kernel: Array, tile: int = 4,
+                        input_grad: bool = True):
+  """Input and kernel gradients of the 3x3 / stride-1 / padding-1 convolution of `x` with `kernel`
+  for the output cotangent `g`, by Winograd F(tile x tile, 3x3), in one call (as `conv_grads`,
+  whose results they equal to float rounding, with 4x (tile 4) or 2.25x (tile 2) fewer
+  multiplies): the input gradient the Winograd convolution of g with the kernel flipped and
+  transposed, the kernel gradient G^T [sum over tiles of (B^T x B) (A g A^T)] G.
+
+  Args:
+    x: (N, H, W, C) float32, C a multiple of 16.
+    g: (N, H, W, O) float32, O a multiple of 16.
+    kernel: (3, 3, C, O) float32.
+    tile: 2 or 4.
+    input_grad: whether to compute the input gradient.
+
+  Returns:
+    (dx, dkernel): dx (N, H, W, C), or None without `input_grad`; dkernel (3, 3, C, O).
+  """
+  _check(x, g, kernel)
+  if tile not in WINOGRAD_TILES:
+    raise ValueError(f'winograd_conv_grads: tile must be one of {WINOGRAD_TILES}, got {tile!r}.')
+  c, o = x.shape[-1], g.shape[-1]
+  if not (x.ndim == 4 and g.shape[:3] == x.shape[:3] and kernel.shape == (3, 3, c, o)):
+    raise ValueError(f'winograd_conv_grads: x {x.shape}, g {g.shape} and kernel {kernel.shape} '
+                     'must be (N, H, W, C), (N, H, W, O) and (3, 3, C, O).')
+  if c % WINOGRAD_CHANNEL_MULTIPLE or o % WINOGRAD_CHANNEL_MULTIPLE:
+    raise ValueError(f'winograd_conv_grads: the channels ({c} in, {o} out) must be multiples of '
+                     f'{WINOGRAD_CHANNEL_MULTIPLE}; use `conv_grads`.')
+  empty = jax.ShapeDtypeStruct((0,), jnp.float32)
+  outs = (jax.ShapeDtypeStruct(x.shape, jnp.float32) if input_grad else empty,
+          jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+          _packed_kernel(tile + 2, o, c) if input_grad else empty)
+  dx, dkernel, _ = jax.ffi.ffi_call('hinet_winograd_bwd', outs, vmap_method='sequential')(
+      x, g, kernel, tile=np.int64(tile), input_grad=np.int64(input_grad))
+  return (dx if input_grad else None), dkernel
 
 
 def _backward_call(a: Array, b: Array, kernel: Array, d_in: jax.ShapeDtypeStruct | None,

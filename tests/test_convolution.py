@@ -273,35 +273,59 @@ def test_winograd_matches_the_convolution(case, tile):
 
 @pytest.mark.parametrize('tile', cpu_kernels.WINOGRAD_TILES)
 def test_winograd_packing_in_cpp_is_the_transform_of_winograd_py(tile):
-  """`pack_winograd` (C++) packs G g G^T as `winograd.kernel_transform` computes it, and with
-  `transposed` that of the kernel flipped and transposed (the input gradient's), outputs not a
+  """`pack_winograd` (C++) packs G g G^T as `winograd.kernel_transform` computes it, outputs not a
   whole register block (zero-padded lanes) included."""
   kernel = _random((3, 3, 24, 40), 0)
-  flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
-  for transposed, k in ((False, kernel), (True, flipped)):
-    got = cpu_kernels.pack_winograd(kernel, tile, transposed)
-    want = cpu_kernels.pack_kernel(winograd.kernel_transform(k, tile))
-    assert got.shape == want.shape
-    # F(4x4)'s divisions by 6, 12, 24 round once differently from XLA's (reciprocal products).
-    np.testing.assert_allclose(got, want, rtol=0, atol=0 if tile == 2 else 1e-6)
+  got = cpu_kernels.pack_winograd(kernel, tile)
+  want = cpu_kernels.pack_kernel(winograd.kernel_transform(kernel, tile))
+  assert got.shape == want.shape
+  # F(4x4)'s divisions by 6, 12, 24 round once differently from XLA's (reciprocal products).
+  np.testing.assert_allclose(got, want, rtol=0, atol=0 if tile == 2 else 1e-6)
 
 
-def test_training_convs_by_winograd_match_the_convolution_and_its_gradients():
-  """From 32x32 pixels `native_conv` runs the 3x3 conv and its input gradient by Winograd
-  F(4x4, 3x3) (kernel transformed in the call), the kernel gradient direct: all three equal to
+@pytest.mark.parametrize('case', [(1, 7, 9, 32, 32), (2, 10, 6, 48, 80), (1, 1, 5, 32, 64),
+                                  (1, 41, 37, 32, 48)])
+@pytest.mark.parametrize('tile', cpu_kernels.WINOGRAD_TILES)
+def test_winograd_gradients_match_the_direct_ones(case, tile):
+  """`winograd_conv_grads` are the 3x3 conv's input and kernel gradients: partial tiles at the
+  edges, an image smaller than a tile, a batch, more tiles than one chunk of the kernel
+  gradient (summed per thread), outputs not a register block."""
+  n, h, w, c, o = case
+  x, kernel, ct = _random((n, h, w, c), 0), _random((3, 3, c, o), 1), _random((n, h, w, o), 2)
+  want = jax.vjp(lambda x, k: convolution.conv_xla(x, k, 1, 1), x, kernel)[1](ct)
+  dx, dkernel = cpu_kernels.winograd_conv_grads(x, ct, kernel, tile)
+  assert _rel(dx, want[0]) < 2e-6 * tile and _rel(dkernel, want[1]) < 2e-6 * tile
+  none, dkernel = cpu_kernels.winograd_conv_grads(x, ct, kernel, tile, input_grad=False)
+  assert none is None and _rel(dkernel, want[1]) < 2e-6 * tile
+  with pytest.raises(ValueError, match='multiples of 16'):
+    cpu_kernels.winograd_conv_grads(x[..., :24], ct, kernel[:, :, :24], tile)
+
+
+@pytest.mark.parametrize('tile', cpu_kernels.WINOGRAD_TILES)
+def test_training_convs_by_winograd_match_the_convolution_and_its_gradients(tile, monkeypatch):
+  """From 32x32 pixels `native_conv` runs the 3x3 conv and both its gradients by Winograd (the
+  kernel transformed in the call; F(2x2) for larger kernels than F(4x4)): all three equal to
   XLA's to float rounding, also where only the kernel is differentiated."""
   x, k = _random((2, 33, 32, 32), 0), _random((3, 3, 32, 48), 1) / 17
   bias, ct = _random((48,), 2), _random((2, 33, 32, 48), 3)
-  assert convolution._native_winograd(x.shape, k.shape, 1, 1)  # pylint: disable=protected-access
-  assert not convolution._native_winograd(  # pylint: disable=protected-access
-      (2, 31, 32, 32), k.shape, 1, 1)  # too small an image: direct
+  policy = convolution._native_winograd_tile  # pylint: disable=protected-access
+  assert policy(x.shape, k.shape, 1, 1) == 4
+  assert policy((2, 31, 32, 32), k.shape, 1, 1) == 0  # too small an image: direct
+  # By the channels: F(4x4) up to 512 -> 256, F(2x2) up to 512 -> 512, direct beyond.
+  for c, o, want in ((512, 256, 4), (512, 512, 2), (1024, 512, 0)):
+    assert policy((2, 32, 32, c), (3, 3, c, o), 1, 1) == want
+  if tile == 2:  # This small kernel by F(2x2), as a larger one would run.
+    monkeypatch.setattr(convolution, 'NATIVE_WINOGRAD_F4_MAX_KERNEL', 0)
+  assert policy(x.shape, k.shape, 1, 1) == tile
   y, grads = _value_and_grads(lambda x, k: convolution.conv(x, k, 1, 1, 'native', bias), x, k, ct)
   y_ref, grads_ref = _value_and_grads(lambda x, k: convolution.conv_xla(x, k, 1, 1) + bias, x, k,
                                       ct)
   for a, b in zip((y, *grads), (y_ref, *grads_ref)):
     assert _rel(a, b) < 1e-5
-  dk = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'native') * ct)))(k)
-  assert _rel(dk, grads_ref[1]) < 1e-5
+  grad_k = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'native') * ct)))
+  assert _rel(grad_k(k), grads_ref[1]) < 1e-5
+  hlo = grad_k.lower(k).as_text()
+  assert 'hinet_winograd_bwd' in hlo and 'hinet_conv' not in hlo
 
 
 def test_winograd_where_it_does_not_apply_and_bad_input():
@@ -354,11 +378,12 @@ def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():
 def test_donated_train_step_does_not_copy_the_kernels():
   """The optimizer updates each donated kernel in place. With the input and kernel gradients in
   separate calls, XLA could not order the input gradient's read of a kernel before its update,
-  and copied every kernel at the start of each step (bench/README.md, levers log)."""
-  model = models.HINet(wf=8, depth=3, conv_impl='native')
-  params = models.init_params(model, jax.random.key(0), image_size=16)
+  and copied every kernel at the start of each step (bench/README.md, levers log). So too for the
+  layers trained by Winograd (level 0 here: 32x32 pixels, 32 channels)."""
+  model = models.HINet(wf=32, depth=2, conv_impl='native')
+  params = models.init_params(model, jax.random.key(0), image_size=32)
   tx = optax.adam(1e-3)
-  x = _random((1, 16, 16, 3), 0)
+  x = _random((1, 32, 32, 3), 0)
 
   def step(params, opt_state):
     grads = jax.grad(lambda p: sum(jnp.sum(o**2) for o in model.apply({'params': p}, x)))(params)
@@ -366,6 +391,7 @@ def test_donated_train_step_does_not_copy_the_kernels():
     return optax.apply_updates(params, updates), opt_state
 
   hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params)).compile().as_text()
+  assert 'hinet_winograd_bwd' in hlo and 'hinet_conv_bwd' in hlo
   # (Biases and norm scales, a few floats each, are still copied: nothing to save there.)
   copied = [line for line in hlo.splitlines() if ' copy(' in line and 'kernel' in line]
   assert not copied, copied[:3]

@@ -17,7 +17,9 @@
 // HinetConvBwd, both gradients of a layer: the input gradient above (or, for a transposed-
 // convolution layer, the convolution) and the kernel gradient
 //   dW[i, j, c, o] = sum_{n, h, w} x[n, s*h + i - p, s*w + j - p, c] * g[n, h, w, o].
-// (zero outside the image everywhere.)
+// (zero outside the image everywhere.) HinetWinogradBwd, both gradients of a Winograd layer by
+// Winograd (training: the input gradient a Winograd convolution, the kernel gradient summed
+// over tiles in the transformed domain).
 //
 // Why they exist: XLA:CPU's convolutions (YNNPACK or Eigen) ran HINet's shapes at 35-90% of the
 // float32 matmul rate, its kernel gradients (a convolution over the whole image with C as the
@@ -964,6 +966,20 @@ struct Winograd<2> {
     u[2 * out_step] = half * (k[0] - k[step] + k[2 * step]);
     u[3 * out_step] = k[2 * step];
   }
+  // A = (A^T)^T on one line of a tile's output cotangent (the adjoint of OutputLine).
+  static void GradOutputLine(const Vec* y, int step, Vec* z, int out_step) {
+    z[0] = y[0];
+    z[out_step] = y[0] + y[step];
+    z[2 * out_step] = y[0] - y[step];
+    z[3 * out_step] = -y[step];
+  }
+  // G^T on one line of the transformed kernel's gradient (the adjoint of KernelLine).
+  static void KernelGradLine(const Vec* u, int step, Vec* w, int out_step) {
+    const Vec half = Vec{} + 0.5f;
+    w[0] = u[0] + half * (u[step] + u[2 * step]);
+    w[out_step] = half * (u[step] - u[2 * step]);
+    w[2 * out_step] = half * (u[step] + u[2 * step]) + u[3 * step];
+  }
 };
 
 template <>
@@ -1003,6 +1019,27 @@ struct Winograd<4> {
     u[3 * out_step] = k0 / twenty_four + k1 / twelve + k2 / six;
     u[4 * out_step] = k0 / twenty_four - k1 / twelve + k2 / six;
     u[5 * out_step] = k2;
+  }
+  // A = (A^T)^T, the adjoint of OutputLine.
+  static void GradOutputLine(const Vec* y, int step, Vec* z, int out_step) {
+    const Vec two = Vec{} + 2.f, four = Vec{} + 4.f, eight = Vec{} + 8.f;
+    const Vec y0 = y[0], y1 = y[step], y2 = y[2 * step], y3 = y[3 * step];
+    const Vec even = y0 + y2, odd = y1 + y3, even4 = y0 + four * y2, odd8 = two * y1 + eight * y3;
+    z[0] = y0;
+    z[out_step] = even + odd;
+    z[2 * out_step] = even - odd;
+    z[3 * out_step] = even4 + odd8;
+    z[4 * out_step] = even4 - odd8;
+    z[5 * out_step] = y3;
+  }
+  // G^T, the adjoint of KernelLine.
+  static void KernelGradLine(const Vec* u, int step, Vec* w, int out_step) {
+    const Vec four = Vec{} + 4.f, six = Vec{} + 6.f, twelve = Vec{} + 12.f,
+              twenty_four = Vec{} + 24.f;
+    const Vec sum12 = u[step] + u[2 * step], sum34 = u[3 * step] + u[4 * step];
+    w[0] = u[0] / four - sum12 / six + sum34 / twenty_four;
+    w[out_step] = (u[2 * step] - u[step]) / six + (u[3 * step] - u[4 * step]) / twelve;
+    w[2 * out_step] = (sum34 - sum12) / six + u[5 * step];
   }
 };
 
@@ -1179,6 +1216,130 @@ void WinogradForward(ffi::ThreadPool& pool, const Input& in, const WinogradGeome
         WinogradOutput<M>(g, t0 + blocks.Start(k), pix.mr, kMaxMR, m_buf.data(), o0, width,
                           bias, epi, y);
       }
+    }
+  });
+}
+
+// Z[xi][i][0..O) = (A dY A^T)[xi] for tiles t0 .. t0 + nt - 1: dY the tile's M x M output
+// cotangent (zero past the image's edge, whose outputs the forward drops).
+template <int M>
+void WinogradGradOutput(const float* gy, const WinogradGeometry& g, int64_t t0, int64_t nt,
+                        int64_t ld, float* z) {
+  constexpr int N = Winograd<M>::N;
+  const int64_t th = g.tiles_h(), tw = g.tiles_w();
+  for (int64_t i = 0; i < nt; ++i) {
+    const int64_t t = t0 + i, img = t / (th * tw), ty = t % (th * tw) / tw, tx = t % tw;
+    for (int64_t cv = 0; cv < g.o; cv += kVec) {
+      Vec d[M][M];
+      for (int a = 0; a < M; ++a)
+        for (int b = 0; b < M; ++b) {
+          const int64_t yy = M * ty + a, xx = M * tx + b;
+          d[a][b] = yy < g.h && xx < g.w ? LoadVec(gy + ((img * g.h + yy) * g.w + xx) * g.o + cv)
+                                         : Vec{};
+        }
+      Vec t1[N][M], zt[N][N];
+      for (int b = 0; b < M; ++b) Winograd<M>::GradOutputLine(&d[0][b], M, &t1[0][b], M);
+      for (int a = 0; a < N; ++a) Winograd<M>::GradOutputLine(&t1[a][0], 1, &zt[a][0], 1);
+      for (int xi = 0; xi < N * N; ++xi)
+        StoreVec(z + (xi * ld + i) * g.o + cv, zt[xi / N][xi % N]);
+    }
+  }
+}
+
+// Tiles a chunk of the Winograd kernel gradient: its transformed patches and cotangents,
+// N^2 x tiles x (C + O) floats, about 1 MiB (half an L2 cache), a multiple of
+// kGradTransformTiles (the tiles an item of their transforms takes).
+constexpr int64_t kGradTransformTiles = 12;
+int64_t WinogradGradChunk(int64_t n_taps, int64_t c, int64_t o) {
+  const int64_t tiles = (int64_t{1} << 20) / (n_taps * (c + o) * int64_t{sizeof(float)});
+  return std::max<int64_t>(1, tiles / kGradTransformTiles) * kGradTransformTiles;
+}
+
+// du[xi][c][o] += sum over tiles i < nt of v[xi][i][c] * z[xi][i][o] (v, z: N^2 rows of ld tiles)
+// for input channels [c0, c1): the products of the Winograd kernel gradient.
+void WinogradGradProducts(int n_taps, const float* v, const float* z, int64_t ld, int64_t nt,
+                          int64_t c, int64_t o, int xi, int64_t c0, int64_t c1, float* du) {
+  const Strides st{c, o, o};
+  const Run run{v + xi * ld * c, z + xi * ld * o, nt};
+  for (int64_t cb = c0; cb < c1; cb += kMaxNC) {
+    const int nc = static_cast<int>(std::min<int64_t>(kMaxNC, c1 - cb));
+    float* acc = du + (xi * c + cb) * o;
+    for (int64_t o0 = 0; o0 < o; o0 += 2 * kVec)
+      (o - o0 >= 2 * kVec ? kKernels2 : kKernels1)[nc - 1](&run, 1, cb, o0, st, acc + o0);
+  }
+}
+
+// dW = the kernel gradient of the 3x3 / stride-1 / padding-1 convolution of x (N, H, W, C) for
+// the output cotangent gy (N, H, W, O), stored (3, 3, C, O), by Winograd: the forward computes
+// Y = A^T [sum_c U[c] * V[c]] A per tile with U = G W G^T, so dU[xi] (C, O) = sum over tiles of
+// V[xi][tile]^T Z[xi][tile] with Z = A dY A^T, and dW = G^T dU G: N^2 products summed over the
+// tiles (the kernel-gradient micro-kernel, tiles as pixels) instead of 9 over the pixels, 4x
+// fewer multiplies for M = 4. V and Z are 2.25x the size of x and g (M = 4), so they are made
+// and used a chunk of tiles at a time, on one core: each thread takes a fixed range of tiles and
+// sums its own dU (range 0 into `du`), then the ranges are added in order (reproducible). An
+// image of at most one chunk (the deep levels, whose dU is megabytes) is transformed once, in
+// parallel, and its products split by (xi, block of input channels) instead: no partial dUs.
+template <int M>
+void WinogradKernelGrad(ffi::ThreadPool& pool, const float* x, const float* gy,
+                        const WinogradGeometry& g, float* dw) {
+  constexpr int N = Winograd<M>::N, P = N * N;
+  const int64_t c = g.c, o = g.o, tiles = g.tiles(), size = P * c * o;
+  const int64_t chunk = std::min(tiles, WinogradGradChunk(P, c, o));
+  // Not std::vector: every element is written before it is read, and zeroing megabytes that a
+  // pass then overwrites costs about as much as the pass.
+  std::unique_ptr<float[]> du(new float[size]);
+  if (tiles <= chunk) {
+    std::unique_ptr<float[]> v(new float[P * tiles * c]), z(new float[P * tiles * o]);
+    ParallelFor(pool, CeilDiv(tiles, kGradTransformTiles), [&](int64_t item) {
+      const int64_t i0 = item * kGradTransformTiles;
+      const int64_t n = std::min(kGradTransformTiles, tiles - i0);
+      WinogradInput<M>(Input{x}, g, i0, n, tiles, v.get() + i0 * c);
+      WinogradGradOutput<M>(gy, g, i0, n, tiles, z.get() + i0 * o);
+    });
+    const int64_t c_blocks = CeilDiv(c, kMaxNC);
+    ParallelFor(pool, P * c_blocks, [&](int64_t item) {
+      const int xi = static_cast<int>(item / c_blocks);
+      const int64_t c0 = item % c_blocks * kMaxNC, c1 = std::min(c, c0 + kMaxNC);
+      std::fill(du.get() + (xi * c + c0) * o, du.get() + (xi * c + c1) * o, 0.f);
+      WinogradGradProducts(P, v.get(), z.get(), tiles, tiles, c, o, xi, c0, c1, du.get());
+    });
+  } else {
+    const int64_t ranges =
+        std::min(std::max<int64_t>(1, pool.num_threads()), CeilDiv(tiles, kGradTransformTiles));
+    std::vector<std::unique_ptr<float[]>> partials(ranges);
+    ParallelFor(pool, ranges, [&](int64_t range) {
+      thread_local std::vector<float> v, z;
+      v.resize(P * chunk * c);
+      z.resize(P * chunk * o);
+      float* sums = du.get();
+      if (range > 0) {
+        partials[range].reset(new float[size]);
+        sums = partials[range].get();
+      }
+      std::fill(sums, sums + size, 0.f);
+      for (int64_t t0 = range * tiles / ranges, t1 = (range + 1) * tiles / ranges; t0 < t1;
+           t0 += chunk) {
+        const int64_t nt = std::min(chunk, t1 - t0);
+        WinogradInput<M>(Input{x}, g, t0, nt, chunk, v.data());
+        WinogradGradOutput<M>(gy, g, t0, nt, chunk, z.data());
+        for (int xi = 0; xi < P; ++xi)
+          WinogradGradProducts(P, v.data(), z.data(), chunk, nt, c, o, xi, 0, c, sums);
+      }
+    });
+    ParallelFor(pool, CeilDiv(size, int64_t{4096}), [&](int64_t item) {
+      const int64_t k0 = item * 4096, k1 = std::min(size, k0 + 4096);
+      for (int64_t range = 1; range < ranges; ++range)
+        for (int64_t k = k0; k < k1; ++k) du[k] += partials[range][k];
+    });
+  }
+  // dW = G^T dU G, a vector of output channels at a time.
+  ParallelFor(pool, c, [&](int64_t ci) {
+    for (int64_t ov = 0; ov < o; ov += kVec) {
+      Vec u[N][N], t1[3][N], w[3][3];
+      for (int xi = 0; xi < P; ++xi) u[xi / N][xi % N] = LoadVec(du.get() + (xi * c + ci) * o + ov);
+      for (int b = 0; b < N; ++b) Winograd<M>::KernelGradLine(&u[0][b], N, &t1[0][b], N);
+      for (int i = 0; i < 3; ++i) Winograd<M>::KernelGradLine(&t1[i][0], 1, &w[i][0], 1);
+      for (int tap = 0; tap < 9; ++tap) StoreVec(dw + (tap * c + ci) * o + ov, w[tap / 3][tap % 3]);
     }
   });
 }
@@ -1387,22 +1548,73 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
 }
 
 // W (3, 3, C, O) transformed for Winograd F(tile x tile, 3x3) and packed (PackWinograd) for the
-// convolution (transposed = 0) or its input gradient (transposed = 1), as HinetWinograd takes it.
+// convolution, as HinetWinograd takes it.
 ffi::Error PackWinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
-                            ffi::ResultBuffer<ffi::F32> packed, int64_t tile, int64_t transposed) {
+                            ffi::ResultBuffer<ffi::F32> packed, int64_t tile) {
   const auto d = w.dimensions();
   if (d.size() != 4 || d[0] != 3 || d[1] != 3)
     return ffi::Error::InvalidArgument("pack_winograd: the kernel must be (3, 3, C, O)");
   if (tile != 2 && tile != 4)
     return ffi::Error::InvalidArgument("pack_winograd: the tile must be 2 (F(2x2, 3x3)) or 4");
   const int64_t c = d[2], o = d[3], n = tile + 2;
-  const Packed u{nullptr, n * n, transposed ? o : c, transposed ? c : o};
+  const Packed u{nullptr, n * n, c, o};
   if (packed->element_count() < static_cast<size_t>(Packed::Size(u.n_taps, u.n_red, u.n_out)))
     return ffi::Error::InvalidArgument("pack_winograd: the packed output is too small");
   if (tile == 2)
-    PackWinograd<2>(pool, w.typed_data(), c, o, transposed != 0, u, packed->typed_data());
+    PackWinograd<2>(pool, w.typed_data(), c, o, false, u, packed->typed_data());
   else
-    PackWinograd<4>(pool, w.typed_data(), c, o, transposed != 0, u, packed->typed_data());
+    PackWinograd<4>(pool, w.typed_data(), c, o, false, u, packed->typed_data());
+  return ffi::Error::Success();
+}
+
+// Both gradients of a Winograd convolution layer in one call, as ConvBwdImpl (and for the same
+// reason: the optimizer's in-place update of a donated kernel must be ordered after this call's
+// read of it): for x (N, H, W, C), the output cotangent g (N, H, W, O) and W (3, 3, C, O), the
+// input gradient (unless input_grad = 0; d_in then (0,)), the convolution of g with W flipped
+// and transposed, by F(tile x tile, 3x3) on W packed so (PackWinograd) into the scratch output
+// `packed`; and the kernel gradient dW (WinogradKernelGrad).
+ffi::Error WinogradBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                           ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> d_in,
+                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> packed,
+                           int64_t tile, int64_t input_grad) {
+  const auto a = x.dimensions(), b = g.dimensions(), k = w.dimensions(), d = dw->dimensions();
+  if (tile != 2 && tile != 4)
+    return ffi::Error::InvalidArgument("winograd_bwd: the tile must be 2 (F(2x2, 3x3)) or 4");
+  if (a.size() != 4 || b.size() != 4 || k.size() != 4 || b[0] != a[0] || b[1] != a[1] ||
+      b[2] != a[2] || k[0] != 3 || k[1] != 3 || k[2] != a[3] || k[3] != b[3] ||
+      !std::equal(k.begin(), k.end(), d.begin(), d.end()))
+    return ffi::Error::InvalidArgument(
+        "winograd_bwd: x must be (N, H, W, C), g (N, H, W, O), W and dW (3, 3, C, O)");
+  if (a[3] % kVec || b[3] % kVec)
+    return ffi::Error::InvalidArgument(
+        "winograd_bwd: the channels must be multiples of " + std::to_string(kVec));
+  const WinogradGeometry geo{a[0], a[1], a[2], a[3], b[3], tile};
+  if (input_grad) {
+    const auto dd = d_in->dimensions();
+    if (!std::equal(a.begin(), a.end(), dd.begin(), dd.end()))
+      return ffi::Error::InvalidArgument("winograd_bwd: the input gradient must be shaped as x");
+    const int64_t n = tile + 2;
+    const Packed u{packed->typed_data(), n * n, geo.o, geo.c};
+    if (packed->element_count() < static_cast<size_t>(Packed::Size(n * n, geo.o, geo.c)))
+      return ffi::Error::InvalidArgument("winograd_bwd: the packed-kernel scratch is too small");
+    // The input gradient is the Winograd convolution of g (O channels in, C out).
+    const WinogradGeometry back{geo.n, geo.h, geo.w, geo.o, geo.c, tile};
+    float* out = d_in->typed_data();
+    if (tile == 2) {
+      PackWinograd<2>(pool, w.typed_data(), geo.c, geo.o, true, u, packed->typed_data());
+      if (back.tiles()) WinogradForward<2>(pool, Input{g.typed_data()}, back, u, nullptr, {}, out);
+    } else {
+      PackWinograd<4>(pool, w.typed_data(), geo.c, geo.o, true, u, packed->typed_data());
+      if (back.tiles()) WinogradForward<4>(pool, Input{g.typed_data()}, back, u, nullptr, {}, out);
+    }
+  }
+  float* kernel_grad = dw->typed_data();
+  if (geo.tiles() == 0 || geo.c == 0 || geo.o == 0)
+    std::fill(kernel_grad, kernel_grad + dw->element_count(), 0.f);
+  else if (tile == 2)
+    WinogradKernelGrad<2>(pool, x.typed_data(), g.typed_data(), geo, kernel_grad);
+  else
+    WinogradKernelGrad<4>(pool, x.typed_data(), g.typed_data(), geo, kernel_grad);
   return ffi::Error::Success();
 }
 
@@ -1467,5 +1679,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetPackWinograd, PackWinogradImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("tile"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(HinetWinogradBwd, WinogradBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("tile")
-                                  .Attr<int64_t>("transposed"));
+                                  .Attr<int64_t>("input_grad"));
