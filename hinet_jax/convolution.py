@@ -77,14 +77,17 @@ PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 512 * 1024  # C * O
 PACKED_WINOGRAD_F4_MAX_KERNEL = 256 * 256
 # Without packing (training: the kernels change every step) the transforms are paid in every
-# call, in C++ (`pack_winograd`); with both gradients by Winograd too
-# (`winograd_conv_grads`), a layer's forward and backward (ms, 2 threads, direct -> F(4x4)) from
-# 32x32 pixels: 2x128x128x64 -> 64 24.4 -> 14.4, 2x64x64x128 -> 128 22.9 -> 13.5, 2x32x32x256 ->
-# 256 23.8 -> 16.0, 2x64x64x512 -> 256 197 -> 106; 2x32x32x512 -> 512 107 -> 86 by F(2x2)
-# (F(4x4) 121); on 16x16 images neither wins (2x16x16x256 -> 256: 6.4 -> 7.5, F(2x2) 6.1).
-NATIVE_WINOGRAD_MIN_PIXELS = 32 * 32
-NATIVE_WINOGRAD_MAX_KERNEL = 512 * 512  # C * O
-NATIVE_WINOGRAD_F4_MAX_KERNEL = 512 * 256
+# call, in C++ (`pack_winograd`); with both gradients by Winograd too (`winograd_conv_grads`), a
+# layer's forward and backward (ms, 2 threads, direct -> F(4x4) / F(2x2)): from 32x32 pixels
+# F(4x4) wins by 1.6-1.9x at every width (2x128x128x64 -> 64 24.4 -> 14.4, 2x32x32x256 -> 256
+# 24.1 -> 14.0, 2x32x32x512 -> 512 106 -> 59, 2x32x32x1024 -> 512 244 -> 128); on 16x16 images
+# F(2x2) by 1.1-1.3x from 128 -> 256 channels (2x16x16x512 -> 512 28.3 -> 23.1, 2x16x16x1024
+# -> 512 65 -> 52; F(4x4) 25.5, 72), neither below (2x16x16x128 -> 128 1.74 / 1.66) nor on 8x8
+# (2x8x8x512 -> 512 9.3 -> 10.5).
+NATIVE_WINOGRAD_MIN_PIXELS = 32 * 32  # F(4x4) from here
+NATIVE_WINOGRAD_F2_MIN_PIXELS = 16 * 16  # F(2x2) from here, for kernels of at least
+NATIVE_WINOGRAD_F2_MIN_KERNEL = 128 * 256  # C * O
+NATIVE_WINOGRAD_MAX_KERNEL = 1024 * 512
 
 
 def _on_cpu(backend: str | None = None) -> bool:
@@ -253,11 +256,15 @@ def _native_winograd_tile(x_shape: tuple, kernel_shape: tuple, strides: int,
   """The Winograd tile (2 or 4) `native_conv` runs this conv with, or 0 for the direct conv
   (module constants `NATIVE_WINOGRAD_*`)."""
   c, o = kernel_shape[2:]
+  pixels = x_shape[1] * x_shape[2]
   if not (cpu_kernels.winograd_applies(x_shape, kernel_shape, strides, padding)
-          and x_shape[1] * x_shape[2] >= NATIVE_WINOGRAD_MIN_PIXELS
           and min(c, o) >= PACKED_WINOGRAD_MIN_CHANNELS and c * o <= NATIVE_WINOGRAD_MAX_KERNEL):
     return 0
-  return 4 if c * o <= NATIVE_WINOGRAD_F4_MAX_KERNEL else 2
+  if pixels >= NATIVE_WINOGRAD_MIN_PIXELS:
+    return 4
+  if pixels >= NATIVE_WINOGRAD_F2_MIN_PIXELS and c * o >= NATIVE_WINOGRAD_F2_MIN_KERNEL:
+    return 2
+  return 0
 
 
 def _epilogue(y: Array, relu_slope: float | None, residual: Array | None) -> Array:

@@ -303,19 +303,21 @@ def test_winograd_gradients_match_the_direct_ones(case, tile):
 
 @pytest.mark.parametrize('tile', cpu_kernels.WINOGRAD_TILES)
 def test_training_convs_by_winograd_match_the_convolution_and_its_gradients(tile, monkeypatch):
-  """From 32x32 pixels `native_conv` runs the 3x3 conv and both its gradients by Winograd (the
-  kernel transformed in the call; F(2x2) for larger kernels than F(4x4)): all three equal to
-  XLA's to float rounding, also where only the kernel is differentiated."""
+  """`native_conv` runs the 3x3 conv and both its gradients by Winograd F(4x4) from 32x32 pixels,
+  F(2x2) on 16x16 ones with many channels (the kernel transformed in the call): all three equal
+  to XLA's to float rounding, also where only the kernel is differentiated."""
   x, k = _random((2, 33, 32, 32), 0), _random((3, 3, 32, 48), 1) / 17
   bias, ct = _random((48,), 2), _random((2, 33, 32, 48), 3)
   policy = convolution._native_winograd_tile  # pylint: disable=protected-access
   assert policy(x.shape, k.shape, 1, 1) == 4
-  assert policy((2, 31, 32, 32), k.shape, 1, 1) == 0  # too small an image: direct
-  # By the channels: F(4x4) up to 512 -> 256, F(2x2) up to 512 -> 512, direct beyond.
-  for c, o, want in ((512, 256, 4), (512, 512, 2), (1024, 512, 0)):
-    assert policy((2, 32, 32, c), (3, 3, c, o), 1, 1) == want
-  if tile == 2:  # This small kernel by F(2x2), as a larger one would run.
-    monkeypatch.setattr(convolution, 'NATIVE_WINOGRAD_F4_MAX_KERNEL', 0)
+  # F(4x4) from 32x32 pixels up to 1024 -> 512 channels; F(2x2) from 16x16 pixels and
+  # 128 -> 256 channels; else direct.
+  for hw, c, o, want in ((32, 1024, 512, 4), (32, 1024, 1024, 0), (16, 128, 256, 2),
+                         (16, 128, 128, 0), (31, 32, 48, 0), (8, 512, 512, 0)):
+    assert policy((2, hw, hw, c), (3, 3, c, o), 1, 1) == want
+  if tile == 2:  # These few channels by F(2x2), as on 16x16 pixels with more.
+    monkeypatch.setattr(convolution, 'NATIVE_WINOGRAD_MIN_PIXELS', 10**9)
+    monkeypatch.setattr(convolution, 'NATIVE_WINOGRAD_F2_MIN_KERNEL', 0)
   assert policy(x.shape, k.shape, 1, 1) == tile
   y, grads = _value_and_grads(lambda x, k: convolution.conv(x, k, 1, 1, 'native', bias), x, k, ct)
   y_ref, grads_ref = _value_and_grads(lambda x, k: convolution.conv_xla(x, k, 1, 1) + bias, x, k,
