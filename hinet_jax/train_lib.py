@@ -169,6 +169,30 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+def _update_if_finite(state: TrainState, grads: Any, finite: jax.Array,
+                      by_cond: bool | None = None) -> Tuple[Any, Any]:
+  """(params, opt_state) after the optimizer's step, or the state's own where `finite` is False.
+
+  `by_cond` (default: on CPU) branches with `lax.cond`; otherwise both are computed and selected.
+  XLA:CPU has no multi-output fusion, so with selects each old first moment is read by two
+  fusions (its own update and its parameter's), and to update the donated moments in place it
+  copied all of them, and the second moments, at the start of every step: 709 MB for the 1x model,
+  5% of its CPU step (bench/README.md, levers log). On GPUs and TPUs the selects stay (the form
+  their measurements were taken with).
+  """
+
+  def update(params, opt_state):
+    updates, opt_state = state.tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  if by_cond is None:
+    by_cond = jax.default_backend() == 'cpu'
+  if by_cond:
+    return jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
+  params, opt_state = update(state.params, state.opt_state)
+  return _select(finite, params, state.params), _select(finite, opt_state, state.opt_state)
+
+
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str,
                loss_weight: float, lr_fn: Callable) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on a global batch; skips it (state unchanged) if anything is non-finite.
@@ -194,13 +218,12 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str
   (loss, (per_stage, restored)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params, opt_state = _update_if_finite(state, grads, finite)
   streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
   new_state = state.replace(
       step=state.step + 1,
-      params=_select(finite, params, state.params),
-      opt_state=_select(finite, opt_state, state.opt_state),
+      params=params,
+      opt_state=opt_state,
       nonfinite_streak=streak.astype(jnp.int32),
       skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)))
   measurements = dict(

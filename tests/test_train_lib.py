@@ -1,6 +1,8 @@
 """The train step and loop in-process on 8 simulated CPU devices (tests/conftest.py)."""
 
+import functools
 import os
+import re
 import sys
 from unittest import mock
 
@@ -84,6 +86,40 @@ class TrainStepTest(absltest.TestCase):
     self.assertEqual(int(m['nonfinite_streak']), 0)
     self.assertEqual(int(m['skipped_steps']), 2)
     self.assertTrue(np.isfinite(float(m['loss'])))
+
+  def test_skipping_by_cond_or_by_select_gives_the_same_state(self):
+    """The two forms of skipping a non-finite step (`_update_if_finite`): the update where the
+    step is finite (to float rounding: XLA fuses them differently), the old state where not."""
+    rng = np.random.default_rng(0)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1e-3, p.shape), p.dtype),
+                         self.state0.params)
+    for finite in (True, False):
+      update = train_lib._update_if_finite  # pylint: disable=protected-access
+      by = {c: jax.jit(functools.partial(update, by_cond=c))(self.state0, grads,
+                                                             jnp.asarray(finite))
+            for c in (True, False)}
+      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-9),
+                   by[True], by[False])
+      if not finite:
+        jax.tree.map(np.testing.assert_array_equal, by[True],
+                     (self.state0.params, self.state0.opt_state))
+
+  def test_cpu_step_updates_the_optimizer_state_in_place(self):
+    """On CPU the step skips by `lax.cond`: with selects, XLA:CPU copied every optimizer moment
+    at the start of each step (709 MB for the 1x model; bench/README.md, levers log)."""
+    batch = self._put(_batches(1)[0])
+
+    def state_copies(step_fn, state):
+      hlo = step_fn.lower(state, batch).compile().as_text()
+      # Copies of the step's (state) arguments, named after them on one device, param.N on many.
+      return re.findall(r'\n  %copy\S* = f32\[\d[\d,]*\]\S* copy\(%(?:param\.|state_)', hlo)
+
+    self.assertEqual(state_copies(self.step_fn, self.state0), [])
+    by_select = functools.partial(
+        train_lib._update_if_finite, by_cond=False)  # pylint: disable=protected-access
+    with mock.patch.object(train_lib, '_update_if_finite', by_select):  # Traced in here.
+      _, state, select_step = _setup(jax.devices(), self.config)
+      self.assertNotEqual(state_copies(select_step, state), [])  # What the check would catch.
 
   def test_step_compiles_once(self):
     state = jax.tree.map(jnp.copy, self.state0)
