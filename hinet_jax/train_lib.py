@@ -169,9 +169,10 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _update_if_finite(state: TrainState, grads: Any, finite: jax.Array,
+def _update_if_finite(state: TrainState, grads: Any, grad_norm: jax.Array, finite: jax.Array,
                       by_cond: bool | None = None) -> Tuple[Any, Any]:
-  """(params, opt_state) after the optimizer's step, or the state's own where `finite` is False.
+  """(params, opt_state) after the optimizer's step (given the gradients and their norm), or the
+  state's own where `finite` is False.
 
   `by_cond` (default: on CPU) branches with `lax.cond`; otherwise both are computed and selected.
   XLA:CPU has no multi-output fusion, so with selects each old first moment is read by two
@@ -182,7 +183,7 @@ def _update_if_finite(state: TrainState, grads: Any, finite: jax.Array,
   """
 
   def update(params, opt_state):
-    updates, opt_state = state.tx.update(grads, opt_state, params)
+    updates, opt_state = state.tx.update(grads, opt_state, params, global_norm=grad_norm)
     return optax.apply_updates(params, updates), opt_state
 
   if by_cond is None:
@@ -216,9 +217,9 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str
     return total, (per_stage, outputs[-1])
 
   (loss, (per_stage, restored)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  params, opt_state = _update_if_finite(state, grads, finite)
+  params, opt_state = _update_if_finite(state, grads, grad_norm, finite)
   streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
   new_state = state.replace(
       step=state.step + 1,
@@ -227,7 +228,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str
       nonfinite_streak=streak.astype(jnp.int32),
       skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)))
   measurements = dict(
-      loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(new_state.params),
+      loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
       psnr=jnp.mean(metrics_lib.psnr(jnp.clip(restored, 0.0, 1.0), batch['gt'], data_range=1.0)),
       lr=lr_fn(state.step), finite=finite.astype(jnp.float32),
       nonfinite_streak=new_state.nonfinite_streak, skipped_steps=new_state.skipped_steps)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
+import optax
 
 from configs import tiny as tiny_config
 from hinet_jax import datasets
@@ -95,9 +96,8 @@ class TrainStepTest(absltest.TestCase):
                          self.state0.params)
     for finite in (True, False):
       update = train_lib._update_if_finite  # pylint: disable=protected-access
-      by = {c: jax.jit(functools.partial(update, by_cond=c))(self.state0, grads,
-                                                             jnp.asarray(finite))
-            for c in (True, False)}
+      by = {c: jax.jit(functools.partial(update, by_cond=c))(
+          self.state0, grads, optax.tree.norm(grads), jnp.asarray(finite)) for c in (True, False)}
       jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-9),
                    by[True], by[False])
       if not finite:
