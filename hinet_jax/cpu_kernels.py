@@ -18,8 +18,10 @@ The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`c
 host CPU (`-march=native`) the first time a convolution needs it, into a cache directory
 (`$HINET_JAX_CACHE_DIR`, default `~/.cache/hinet_jax`) under a name that hashes the source, flags,
 compiler, jaxlib version and CPU features, so a home directory shared by different machines gets one
-build per kind of CPU. Without a compiler (or with `HINET_JAX_NATIVE_KERNELS=0`) `available()` is
-False, a warning says why, and callers use XLA's own kernels: slower, same results.
+build per kind of CPU. `$HINET_JAX_CPU_KERNEL_FLAGS` adds compiler flags (part of that name), e.g.
+`-mno-avx512f` to build the AVX2 kernels on an AVX-512 machine (the tests do, to check them).
+Without a compiler (or with `HINET_JAX_NATIVE_KERNELS=0`) `available()` is False, a warning says
+why, and callers use XLA's own kernels: slower, same results.
 """
 
 import ctypes
@@ -49,6 +51,11 @@ _TARGETS = {'hinet_conv': 'HinetConv', 'hinet_conv_bwd': 'HinetConvBwd', 'hinet_
 MAX_KERNEL_SIZE = 8  # kMaxTaps = 64 in the source
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 _ENV_SWITCH = 'HINET_JAX_NATIVE_KERNELS'
+_ENV_FLAGS = 'HINET_JAX_CPU_KERNEL_FLAGS'
+
+
+def _flags() -> list[str]:
+  return [*_FLAGS, *os.environ.get(_ENV_FLAGS, '').split()]
 
 _lock = threading.Lock()
 
@@ -81,7 +88,7 @@ def _build(compiler: str) -> pathlib.Path:
   version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
                            check=False).stdout
   key = hashlib.sha256('\0'.join([
-      _SOURCE.read_text(), ' '.join(_FLAGS), version, importlib.metadata.version('jaxlib'),
+      _SOURCE.read_text(), ' '.join(_flags()), version, importlib.metadata.version('jaxlib'),
       _cpu_features()
   ]).encode()).hexdigest()[:16]
   out = cache_dir() / f'conv_kernels-{key}.so'
@@ -92,7 +99,7 @@ def _build(compiler: str) -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
   os.close(fd)
   try:
-    cmd = [compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', str(_SOURCE), '-o', tmp]
+    cmd = [compiler, *_flags(), f'-I{jax.ffi.include_dir()}', str(_SOURCE), '-o', tmp]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
       raise RuntimeError(f'{" ".join(cmd)} failed:\n{result.stderr[-2000:]}')

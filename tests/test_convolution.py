@@ -508,14 +508,52 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
   assert not list(tmp_path.glob('*.so'))  # no half-built library left in the cache
 
 
-def test_cpu_kernels_build_once_into_the_cache(tmp_path):
-  code = "from hinet_jax import cpu_kernels; print(cpu_kernels.available())"
-  first = _run_python(code, HINET_JAX_CACHE_DIR=str(tmp_path))
+# Every product of the kernels against XLA's: direct convolutions (a stride, channels a multiple
+# of 256, outputs fewer than a vector) and both gradients, the transposed convolution, Winograd
+# F(2x2) and F(4x4) with their gradients (one chunk of tiles and per-thread ranges).
+_KERNELS_CHECK = """
+    import jax, jax.numpy as jnp, numpy as np
+    from hinet_jax import convolution, cpu_kernels
+    rng = np.random.default_rng(0)
+    r = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+    worst = 0.0
+    for shape, k, s, p, o in [((2, 9, 11, 13), 3, 1, 1, 40), ((1, 10, 8, 16), 4, 2, 1, 32),
+                              ((2, 5, 6, 256), 3, 1, 1, 48), ((2, 20, 16, 32), 3, 1, 1, 3)]:
+      x, w = r(*shape), r(k, k, shape[-1], o)
+      y, vjp = jax.vjp(lambda x, w: convolution.conv_xla(x, w, s, p), x, w)
+      g = r(*y.shape)
+      worst = max(worst, rel(cpu_kernels.conv_forward(x, w, s, p), y),
+                  *map(rel, cpu_kernels.conv_grads(x, g, w, s, p), vjp(g)))
+    x, w = r(2, 6, 5, 24), r(2, 2, 24, 40)
+    y, vjp = jax.vjp(convolution.matmul_upconv2x2, x, w)
+    g = r(*y.shape)
+    got, native_vjp = jax.vjp(lambda x, w: convolution.upconv2x2(x, w, 'native'), x, w)
+    worst = max(worst, rel(got, y), *map(rel, native_vjp(g), vjp(g)))
+    for shape, o in [((1, 7, 9, 32), 48), ((1, 41, 37, 32), 32)]:
+      x, w = r(*shape), r(3, 3, shape[-1], o)
+      y, vjp = jax.vjp(lambda x, w: convolution.conv_xla(x, w, 1, 1), x, w)
+      g = r(*y.shape)
+      for tile in (2, 4):
+        worst = max(worst, rel(cpu_kernels.winograd_conv(
+            x, cpu_kernels.pack_winograd(w, tile), o), y) / tile,
+            *[e / tile for e in map(rel, cpu_kernels.winograd_conv_grads(x, g, w, tile), vjp(g))])
+    print(cpu_kernels.available(), worst < 2e-6)
+"""
+
+
+def test_cpu_kernels_build_once_into_the_cache_and_avx2_ones_compute_the_same(tmp_path):
+  """The kernels are built once per source, flags and CPU into the cache; built here without
+  AVX-512 (`HINET_JAX_CPU_KERNEL_FLAGS`), as CPUs without it run them (8-float vectors, smaller
+  register blocks), they give XLA's results too. (Where the CPU has no AVX-512 this is the
+  default build.)"""
+  env = dict(HINET_JAX_CACHE_DIR=str(tmp_path), HINET_JAX_CPU_KERNEL_FLAGS='-mno-avx512f')
+  first = _run_python("from hinet_jax import cpu_kernels; print(cpu_kernels.available())", **env)
   assert first.stdout.strip() == 'True', first.stderr
   (library,) = tmp_path.glob('conv_kernels-*.so')
   built_at = library.stat().st_mtime_ns
-  second = _run_python(code, HINET_JAX_CACHE_DIR=str(tmp_path))
-  assert second.stdout.strip() == 'True', second.stderr
+  second = _run_python(_KERNELS_CHECK, **env)
+  assert second.stdout.strip() == 'True True', second.stderr
   assert library.stat().st_mtime_ns == built_at and len(list(tmp_path.iterdir())) == 1
 
 
