@@ -11,8 +11,9 @@ The elementwise product summed over input channels becomes 16 batched (pixels/4,
 matmuls (one `einsum`), 2.25x fewer multiplies than the direct conv. Transforms are adds/subs
 on strided slices in jnp. Used as a forward only (`convolution.winograd_conv` pairs it with the
 backward of the CPU kernels or of `lax.conv`: the autodiff of these slices is slow on XLA:CPU);
-its values are tested in tests/test_convolution.py. `kernel_transform` (also F(4x4, 3x3)'s)
-serves the CPU kernels' own Winograd too (`cpu_kernels.pack_winograd`).
+its values are tested in tests/test_convolution.py. `kernel_transform` (also F(4x4, 3x3)'s) is
+the reference the CPU kernels' own transform (`cpu_kernels.pack_winograd`, in C++) is tested
+against.
 Layout NHWC, kernel HWIO (3, 3, in, out), 'SAME' zero padding (PyTorch padding=1), any H, W.
 """
 
