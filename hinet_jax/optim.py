@@ -51,21 +51,25 @@ def create_learning_rate_fn(*, learning_rate: float, decay_steps: int, eta_min: 
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-  """`optax.clip_by_global_norm` (the same arithmetic and empty state) that takes the norm where
-  the caller has it already: `update(grads, state, params, global_norm=...)`.
+  """`optax.clip_by_global_norm` (its empty state) that takes the norm where the caller has it
+  already (`update(grads, state, params, global_norm=...)`) and scales by a coefficient.
 
   The train step computes the gradients' norm anyway (to skip non-finite steps) and applies the
   update inside a `lax.cond`, where XLA cannot merge the clip's own norm with it: on CPU a third
-  pass over every gradient (~35 ms of the 1x step; bench/README.md, levers log).
+  pass over every gradient (~35 ms of the 1x step; bench/README.md, levers log). The coefficient
+  `max_norm / norm` (torch's `clip_grad_norm_` form; optax divides each gradient by the norm,
+  within a rounding of this) is a multiply that XLA fuses into the moments' updates, where the
+  division, an op it does not duplicate into two consumers, was a pass of its own.
   """
 
   def update_fn(updates, state, params=None, *, global_norm=None, **extra_args):
     del params, extra_args
     g_norm = optax.tree.norm(updates) if global_norm is None else global_norm
     trigger = jnp.squeeze(g_norm < max_norm)
+    coefficient = max_norm / g_norm
 
     def clip_fn(t):
-      return jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm)
+      return jax.lax.select(trigger, t, t * coefficient.astype(t.dtype))
 
     return jax.tree.map(clip_fn, updates), state
 
