@@ -9,8 +9,9 @@ on those shapes:
   * 'native': the hand-written CPU kernels of `cpu_kernels` (XLA FFI custom calls): the forward
     (with the bias added inside), and both gradients in one backward call. They run every HINet
     conv (3x3, 1x1, the 4x4/stride-2 downsamples and the decoder's 2x2/stride-2 transposed convs,
-    `upconv2x2`) at 75-95% of the float32 matmul rate; the 3x3 ones from 32x32 pixels and 32 up
-    to 256 channels by their Winograd F(4x4, 3x3) forward and input gradient (`native_conv`).
+    `upconv2x2`) at 75-95% of the float32 matmul rate; the 3x3 ones from 16x16 pixels and 32
+    channels (`_native_winograd_tile`) by their Winograd F(4x4, 3x3) or F(2x2, 3x3), forward and
+    both gradients (`native_conv`).
   * 'matmul' (3x3): one matmul plus 9 shifted copies of whichever side has fewer channels: im2col
     (`patches3x3`) when C <= O, matmul-then-shifted-adds (`shift_sum3x3`) when C > O. Its
     backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
