@@ -66,6 +66,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -1257,8 +1258,8 @@ int64_t WinogradGradChunk(int64_t n_taps, int64_t c, int64_t o) {
 
 // du[xi][c][o] += sum over tiles i < nt of v[xi][i][c] * z[xi][i][o] (v, z: N^2 rows of ld tiles)
 // for input channels [c0, c1): the products of the Winograd kernel gradient.
-void WinogradGradProducts(int n_taps, const float* v, const float* z, int64_t ld, int64_t nt,
-                          int64_t c, int64_t o, int xi, int64_t c0, int64_t c1, float* du) {
+void WinogradGradProducts(const float* v, const float* z, int64_t ld, int64_t nt, int64_t c,
+                          int64_t o, int xi, int64_t c0, int64_t c1, float* du) {
   const Strides st{c, o, o};
   const Run run{v + xi * ld * c, z + xi * ld * o, nt};
   for (int64_t cb = c0; cb < c1; cb += kMaxNC) {
@@ -1303,7 +1304,7 @@ void WinogradKernelGrad(ffi::ThreadPool& pool, const float* x, const float* gy,
       const int xi = static_cast<int>(item / c_blocks);
       const int64_t c0 = item % c_blocks * kMaxNC, c1 = std::min(c, c0 + kMaxNC);
       std::fill(du.get() + (xi * c + c0) * o, du.get() + (xi * c + c1) * o, 0.f);
-      WinogradGradProducts(P, v.get(), z.get(), tiles, tiles, c, o, xi, c0, c1, du.get());
+      WinogradGradProducts(v.get(), z.get(), tiles, tiles, c, o, xi, c0, c1, du.get());
     });
   } else {
     const int64_t ranges = std::min(threads, CeilDiv(tiles, kGradTransformTiles));
@@ -1324,7 +1325,7 @@ void WinogradKernelGrad(ffi::ThreadPool& pool, const float* x, const float* gy,
         WinogradInput<M>(Input{x}, g, t0, nt, chunk, v.data());
         WinogradGradOutput<M>(gy, g, t0, nt, chunk, z.data());
         for (int xi = 0; xi < P; ++xi)
-          WinogradGradProducts(P, v.data(), z.data(), chunk, nt, c, o, xi, 0, c, sums);
+          WinogradGradProducts(v.data(), z.data(), chunk, nt, c, o, xi, 0, c, sums);
       }
     });
     ParallelFor(pool, CeilDiv(size, int64_t{4096}), [&](int64_t item) {
@@ -1348,6 +1349,22 @@ void WinogradKernelGrad(ffi::ThreadPool& pool, const float* x, const float* gy,
 //===----------------------------------------------------------------------===//
 // FFI handlers.
 //===----------------------------------------------------------------------===//
+
+// The Winograd handlers' tile attribute: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)), else an error.
+ffi::Error CheckTile(const char* op, int64_t tile) {
+  if (tile == 2 || tile == 4) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(op) +
+                                     ": the tile must be 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))");
+}
+
+// fn(std::integral_constant<int, M>{}) for the (checked) tile M: the templates' instantiation.
+template <typename Fn>
+void WithTile(int64_t tile, Fn fn) {
+  if (tile == 2)
+    fn(std::integral_constant<int, 2>{});
+  else
+    fn(std::integral_constant<int, 4>{});
+}
 
 // The bias argument: (O,) to add to every output pixel, or (0,) for none.
 ffi::Error BiasOf(const char* op, ffi::Buffer<ffi::F32>& bias, int64_t channels,
@@ -1517,8 +1534,7 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
                         ffi::Buffer<ffi::F32> residual, ffi::ResultBuffer<ffi::F32> out,
                         int64_t tile, int64_t relu, float relu_slope) {
   const auto a = in.dimensions(), d = out->dimensions();
-  if (tile != 2 && tile != 4)
-    return ffi::Error::InvalidArgument("winograd: the tile must be 2 (F(2x2, 3x3)) or 4");
+  if (auto e = CheckTile("winograd", tile); e.failure()) return e;
   if (a.size() != 4 || d.size() != 4 || d[0] != a[0] || d[1] != a[1] || d[2] != a[2])
     return ffi::Error::InvalidArgument(
         "winograd: the input must be (N, H, W, C) and the output (N, H, W, O)");
@@ -1541,10 +1557,9 @@ ffi::Error WinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buf
   Epilogue epi;
   if (auto e = EpilogueOf("winograd", relu, relu_slope, residual, d, &epi); e.failure()) return e;
   if (g.tiles() == 0 || g.o == 0) return ffi::Error::Success();
-  if (tile == 2)
-    WinogradForward<2>(pool, input, g, u, b, epi, out->typed_data());
-  else
-    WinogradForward<4>(pool, input, g, u, b, epi, out->typed_data());
+  WithTile(tile, [&](auto m) {
+    WinogradForward<decltype(m)::value>(pool, input, g, u, b, epi, out->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -1555,16 +1570,14 @@ ffi::Error PackWinogradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> w,
   const auto d = w.dimensions();
   if (d.size() != 4 || d[0] != 3 || d[1] != 3)
     return ffi::Error::InvalidArgument("pack_winograd: the kernel must be (3, 3, C, O)");
-  if (tile != 2 && tile != 4)
-    return ffi::Error::InvalidArgument("pack_winograd: the tile must be 2 (F(2x2, 3x3)) or 4");
+  if (auto e = CheckTile("pack_winograd", tile); e.failure()) return e;
   const int64_t c = d[2], o = d[3], n = tile + 2;
   const Packed u{nullptr, n * n, c, o};
   if (packed->element_count() < static_cast<size_t>(Packed::Size(u.n_taps, u.n_red, u.n_out)))
     return ffi::Error::InvalidArgument("pack_winograd: the packed output is too small");
-  if (tile == 2)
-    PackWinograd<2>(pool, w.typed_data(), c, o, false, u, packed->typed_data());
-  else
-    PackWinograd<4>(pool, w.typed_data(), c, o, false, u, packed->typed_data());
+  WithTile(tile, [&](auto m) {
+    PackWinograd<decltype(m)::value>(pool, w.typed_data(), c, o, false, u, packed->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -1579,8 +1592,7 @@ ffi::Error WinogradBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
                            ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> packed,
                            int64_t tile, int64_t input_grad) {
   const auto a = x.dimensions(), b = g.dimensions(), k = w.dimensions(), d = dw->dimensions();
-  if (tile != 2 && tile != 4)
-    return ffi::Error::InvalidArgument("winograd_bwd: the tile must be 2 (F(2x2, 3x3)) or 4");
+  if (auto e = CheckTile("winograd_bwd", tile); e.failure()) return e;
   if (a.size() != 4 || b.size() != 4 || k.size() != 4 || b[0] != a[0] || b[1] != a[1] ||
       b[2] != a[2] || k[0] != 3 || k[1] != 3 || k[2] != a[3] || k[3] != b[3] ||
       !std::equal(k.begin(), k.end(), d.begin(), d.end()))
@@ -1601,21 +1613,20 @@ ffi::Error WinogradBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::B
     // The input gradient is the Winograd convolution of g (O channels in, C out).
     const WinogradGeometry back{geo.n, geo.h, geo.w, geo.o, geo.c, tile};
     float* out = d_in->typed_data();
-    if (tile == 2) {
-      PackWinograd<2>(pool, w.typed_data(), geo.c, geo.o, true, u, packed->typed_data());
-      if (back.tiles()) WinogradForward<2>(pool, Input{g.typed_data()}, back, u, nullptr, {}, out);
-    } else {
-      PackWinograd<4>(pool, w.typed_data(), geo.c, geo.o, true, u, packed->typed_data());
-      if (back.tiles()) WinogradForward<4>(pool, Input{g.typed_data()}, back, u, nullptr, {}, out);
-    }
+    WithTile(tile, [&](auto m) {
+      constexpr int M = decltype(m)::value;
+      PackWinograd<M>(pool, w.typed_data(), geo.c, geo.o, true, u, packed->typed_data());
+      if (back.tiles()) WinogradForward<M>(pool, Input{g.typed_data()}, back, u, nullptr, {}, out);
+    });
   }
   float* kernel_grad = dw->typed_data();
   if (geo.tiles() == 0 || geo.c == 0 || geo.o == 0)
     std::fill(kernel_grad, kernel_grad + dw->element_count(), 0.f);
-  else if (tile == 2)
-    WinogradKernelGrad<2>(pool, x.typed_data(), g.typed_data(), geo, kernel_grad);
   else
-    WinogradKernelGrad<4>(pool, x.typed_data(), g.typed_data(), geo, kernel_grad);
+    WithTile(tile, [&](auto m) {
+      WinogradKernelGrad<decltype(m)::value>(pool, x.typed_data(), g.typed_data(), geo,
+                                             kernel_grad);
+    });
   return ffi::Error::Success();
 }
 
