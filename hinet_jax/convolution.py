@@ -33,7 +33,7 @@ For inference the CPU kernels can take each kernel packed beforehand (`pack_for_
 `pack_for_upconv`, and `conv(..., packed=)`): `models.pack_kernels` packs a model's once per set
 of weights instead of in every call. The 3x3 convolutions from 32 channels are then packed
 transformed and run as the CPU kernels' own Winograd F(4x4, 3x3) or F(2x2, 3x3)
-(`cpu_kernels.winograd_conv`, `PACKED_WINOGRAD_*` below): 1.3-2.3x faster than their direct
+(`cpu_kernels.winograd_conv`, `PACKED_WINOGRAD_*` below): 1.1-2.3x faster than their direct
 convolution, equal to float rounding. Such calls are not differentiable.
 
 Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
@@ -69,14 +69,19 @@ WINOGRAD_MAX_PIXELS = 64 * 64
 # At inference the kernels are packed once per set of weights (`pack_for_conv`), so the transform
 # is free, and the CPU kernels' own Winograd (`cpu_kernels.winograd_conv`: transforms in L2,
 # products on the direct micro-kernel) runs the 3x3/stride-1 convs from 32 channels faster than
-# their direct convolution: F(4x4, 3x3) 1.5-2.3x up to 256 -> 256 channels, F(2x2, 3x3) 1.3-1.5x
-# from there to 1024 -> 512 (where F(4x4)'s 36 transformed taps of a large kernel, streamed from
-# memory once per few tiles of a small image, cost more than they save); 1024 -> 1024 (1x
-# HINet's deepest level, 16x16 pixels) stays direct. Packing traces the model on a small input
+# their direct convolution: F(4x4, 3x3) up to 512 -> 512 channels, F(2x2, 3x3) beyond, up to
+# 1024 -> 1024 (1x HINet's deepest level, 16x16 pixels a 256x256 image), where F(4x4)'s 36
+# transformed taps of a large kernel, streamed from memory once per few tiles, cost about what
+# they save (ms, 2 threads, prepacked, batch 1 / 4, F(4x4) / F(2x2) / direct: 16x16x1024 -> 1024
+# 31.8 / 15.6 / 16.7 and 58.7 / 41.2 / 65.4; 32x32x512 -> 512 7.8 / 9.4 / 15.6 and 24.3 / 37.6 /
+# 62.0). The 1x forward, 4 x 256x256 tiles, in-process A/B: 2671 -> 2476 and 2673 -> 2506 ms
+# against session 9's F(2x2) from 256 -> 512 and direct 1024 -> 1024 (F(4x4) up to 1024 -> 512
+# too: 2471, for 168 MB more packed kernels); batch 1 and 0.5x within the noise. Packed kernels:
+# 1x 580 -> 848 MB, 0.5x 212 -> 296 MB. Packing traces the model on a small input
 # (`models.pack_kernels`), so this is decided by the channels.
 PACKED_WINOGRAD_MIN_CHANNELS = 32
-PACKED_WINOGRAD_MAX_KERNEL = 512 * 1024  # C * O
-PACKED_WINOGRAD_F4_MAX_KERNEL = 256 * 256
+PACKED_WINOGRAD_MAX_KERNEL = 1024 * 1024  # C * O
+PACKED_WINOGRAD_F4_MAX_KERNEL = 512 * 512
 # Without packing (training: the kernels change every step) the transforms are paid in every
 # call, in C++ (`pack_winograd`); with both gradients by Winograd too (`winograd_conv_grads`), a
 # layer's forward and backward (ms, 2 threads, direct -> F(4x4) / F(2x2)): from 32x32 pixels

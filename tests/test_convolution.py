@@ -339,10 +339,10 @@ def test_winograd_where_it_does_not_apply_and_bad_input():
                          ((1, 6, 6, 32), (3, 3, 32, 32), 2, 1),
                          ((1, 6, 6, 24), (3, 3, 24, 32), 1, 1)]:
     assert not cpu_kernels.winograd_applies(shape, k, s, p)
-  # The tile by channels: F(4x4) up to 256 -> 256, F(2x2) up to 1024 -> 512, then direct (0),
+  # The tile by channels: F(4x4) up to 512 -> 512, F(2x2) up to 1024 -> 1024, then direct (0),
   # as for fewer than 32.
-  for c, o, tile in ((32, 32, 4), (256, 256, 4), (512, 256, 2), (1024, 512, 2), (1024, 1024, 0),
-                     (16, 32, 0)):
+  for c, o, tile in ((32, 32, 4), (512, 256, 4), (512, 512, 4), (1024, 512, 2), (1024, 1024, 2),
+                     (2048, 1024, 0), (16, 32, 0)):
     assert convolution._packed_winograd_tile(  # pylint: disable=protected-access
         jax.ShapeDtypeStruct((1, 4, 4, c), jnp.float32), None,
         jax.ShapeDtypeStruct((3, 3, c, o), jnp.float32), 1, 1) == tile
