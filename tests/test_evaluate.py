@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+from unittest import mock
 
 from absl import flags
 from absl.testing import absltest
@@ -83,6 +84,33 @@ class EvaluateBatchesTest(absltest.TestCase):
     self.assertAlmostEqual(summary['psnr'], expected, places=3)
     self.assertAlmostEqual(summary['input_psnr'], expected, places=3)
     self.assertEqual([r['name'] for r in rows[:5]], ['a', 'b', 'c', 'd', 'e'])
+
+  def test_each_batch_waits_for_the_one_before_on_cpu(self):
+    """On CPU a batch is dispatched only once the previous one's step is done: XLA:CPU would run
+    them side by side, each with its own temporaries (`inference.calls_in_flight`)."""
+    rng = np.random.default_rng(2)
+    batches = [{'lq': rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32),
+                'gt': rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)} for _ in range(4)]
+    events, step, block = [], evaluate.eval_step, jax.block_until_ready
+
+    def recording_step(*args, **kwargs):
+      out = step(*args, **kwargs)
+      events.append(('dispatch', id(out[1])))
+      return out
+
+    def recording_block(x):
+      events.append(('wait', id(x)))
+      return block(x)
+
+    with mock.patch.object(evaluate, 'eval_step', recording_step), \
+        mock.patch.object(jax, 'block_until_ready', recording_block):
+      summary = evaluate.evaluate_batches(_IDENTITY, None, batches)
+    self.assertEqual(summary['num_images'], 8)
+    dispatched = [key for kind, key in events if kind == 'dispatch']
+    self.assertLen(dispatched, 4)
+    for before, after in zip(dispatched, dispatched[1:]):
+      between = events[events.index(('dispatch', before)) + 1:events.index(('dispatch', after))]
+      self.assertIn(('wait', before), between)
 
   def test_self_ensemble_of_identity_is_identity(self):
     gt = np.random.default_rng(1).uniform(0, 1, (2, 16, 12, 3)).astype(np.float32)

@@ -142,6 +142,38 @@ class RestoreTest(parameterized.TestCase):
                               self_ensemble=(h == 9))
     self.assertEqual(traces, [(4, 16, 16, 3)])
 
+  @parameterized.parameters(1, 2, 3)
+  def test_batches_in_flight_are_bounded(self, in_flight):
+    """At most `in_flight` calls are dispatched and not yet fetched when the next is dispatched
+    (XLA:CPU would run them side by side, each with its own temporaries), in order."""
+    unfetched, most = [0], [0]
+
+    class Result:
+
+      def __init__(self, x):
+        self.x = x
+
+      def __array__(self, dtype=None, copy=None):
+        unfetched[0] -= 1
+        return np.asarray(self.x, dtype)
+
+    def predict(p, x):
+      del p
+      most[0] = max(most[0], unfetched[0])
+      unfetched[0] += 1
+      return Result(x + 1.0)
+
+    images = np.arange(7 * 2 * 2 * 3, dtype=np.float32).reshape(7, 2, 2, 3)
+    out = inference.predict_batched(predict, None, images, batch_size=2, in_flight=in_flight)
+    np.testing.assert_array_equal(out, images + 1.0)
+    self.assertEqual(most[0], in_flight - 1)
+    self.assertEqual(unfetched[0], 0)
+
+  def test_calls_in_flight_by_backend(self):
+    self.assertEqual(inference.calls_in_flight('cpu'), 1)
+    self.assertEqual(inference.calls_in_flight('gpu'), 2)
+    self.assertEqual(inference.calls_in_flight('tpu'), 2)
+
   def test_predict_fn_packs_the_kernels_once_per_parameter_set(self):
     model = models.HINet(wf=8, depth=3, conv_impl='native')  # 'auto' with 8 devices: XLA's
     rng = np.random.default_rng(0)
