@@ -40,6 +40,7 @@ import numpy as np
 
 from hinet_jax import convolution
 from hinet_jax import datasets
+from hinet_jax import host_memory
 from hinet_jax import inference
 from hinet_jax import input_pipeline
 from hinet_jax import metrics
@@ -218,9 +219,9 @@ def evaluate_batches(predict_fn, params, batches: Iterable[dict], *,
   """
   totals = None
   # Waiting for older batches (once the next one is read) bounds the executions in flight, each
-  # holding its temporaries (`inference.calls_in_flight`: on CPU one; eight batches of 4 x 256x256
-  # through the 0.5x model peaked 857 MB above one batch when all were dispatched at once).
-  pending, in_flight = collections.deque(), inference.calls_in_flight()
+  # holding its temporaries (`host_memory.calls_in_flight`: on CPU one; eight batches of 4 x
+  # 256x256 through the 0.5x model peaked 857 MB above one batch when all were in flight).
+  pending, in_flight = collections.deque(), host_memory.calls_in_flight()
   for batch in batches:
     mask = np.asarray(batch.get('mask', np.ones(len(batch['lq']))), np.float32)
     _check_unpadded(batch, mask)

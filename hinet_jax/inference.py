@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from hinet_jax import convolution
+from hinet_jax import host_memory
 from hinet_jax import image_ops
 from hinet_jax import models
 
@@ -276,21 +277,6 @@ def pad_to_at_least(image: np.ndarray, size: int) -> np.ndarray:
   return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
-def calls_in_flight(backend: Optional[str] = None) -> int:
-  """How many independent calls a loop over batches keeps dispatched before it waits for one.
-
-  On CPU one: XLA:CPU runs independent executions side by side, each with its own temporaries
-  (520 MB for the 1x model on 4 tiles of 256x256), on the same cores, so a second one in flight
-  costs that memory and gains nothing (a 1x 720p frame: peak RSS 3149 -> 2621 MB, 9.8 -> 9.7 s
-  a frame; bench/README.md). On accelerators two: the next batch queued behind the running one,
-  so that fetching a result overlaps computing the next.
-
-  Args:
-    backend: JAX backend name; defaults to `jax.default_backend()`.
-  """
-  return 1 if (backend or jax.default_backend()) == 'cpu' else 2
-
-
 def predict_batched(predict_fn: PredictFn, params, images: np.ndarray, batch_size: int,
                     in_flight: Optional[int] = None) -> np.ndarray:
   """Runs `predict_fn` over equally-shaped images in fixed-size batches (one compile).
@@ -300,14 +286,15 @@ def predict_batched(predict_fn: PredictFn, params, images: np.ndarray, batch_siz
     params: model parameters.
     images: (T, H, W, C) float32.
     batch_size: images per call; the last batch is padded by repeating the last image.
-    in_flight: calls dispatched before the oldest one is fetched; None: `calls_in_flight()`.
+    in_flight: calls dispatched before the oldest one is fetched; None:
+      `host_memory.calls_in_flight()` (on CPU one).
 
   Returns:
     (T, H', W', C') float32 outputs.
   """
   n = len(images)
   batch_size = max(1, batch_size)
-  in_flight = max(1, in_flight or calls_in_flight())
+  in_flight = max(1, in_flight or host_memory.calls_in_flight())
   pad = (-n) % batch_size
   if pad:
     images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from hinet_jax import checkpointing
+from hinet_jax import host_memory
 from hinet_jax import losses
 from hinet_jax import metrics as metrics_lib
 from hinet_jax import models
@@ -526,8 +527,11 @@ def train_loop(run: Run, state: TrainState, start_step: int,
                stop: StopSignal) -> Tuple[TrainState, int]:
   """Steps from `start_step` to `config.num_train_steps`, or until SIGTERM.
 
-  The non-finite check reads the previous step's counter after dispatching the next step, so the
-  host does not wait for the device inside the loop (input, dispatch and compute overlap).
+  The next batch is read while the last step runs. On accelerators the next step is dispatched
+  before the last one's non-finite counter is read, so the host does not wait for the device
+  (input, dispatch and compute overlap); on CPU the loop waits for the last step first
+  (`host_memory.calls_in_flight`: XLA:CPU would allocate the next step's temporaries beside the
+  running step's).
 
   Args:
     run: the run's components.
@@ -541,9 +545,12 @@ def train_loop(run: Run, state: TrainState, start_step: int,
   cfg = run.config
   limit = cfg.train.max_consecutive_nonfinite
   history, pending = [], None
+  wait_first = host_memory.calls_in_flight() == 1  # On CPU (host_memory.calls_in_flight).
   t0, t0_step, step = time.time(), start_step, start_step
   while step < cfg.num_train_steps:
     batch = next(run.train_iter)
+    if wait_first and pending is not None:
+      jax.block_until_ready(pending)
     state, measurements = run.step_fn(state, batch)
     step += 1
     if pending is not None:

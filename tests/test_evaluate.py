@@ -87,7 +87,7 @@ class EvaluateBatchesTest(absltest.TestCase):
 
   def test_each_batch_waits_for_the_one_before_on_cpu(self):
     """On CPU a batch is dispatched only once the previous one's step is done: XLA:CPU would run
-    them side by side, each with its own temporaries (`inference.calls_in_flight`)."""
+    them side by side, each with its own temporaries (`host_memory.calls_in_flight`)."""
     rng = np.random.default_rng(2)
     batches = [{'lq': rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32),
                 'gt': rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)} for _ in range(4)]

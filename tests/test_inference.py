@@ -169,11 +169,6 @@ class RestoreTest(parameterized.TestCase):
     self.assertEqual(most[0], in_flight - 1)
     self.assertEqual(unfetched[0], 0)
 
-  def test_calls_in_flight_by_backend(self):
-    self.assertEqual(inference.calls_in_flight('cpu'), 1)
-    self.assertEqual(inference.calls_in_flight('gpu'), 2)
-    self.assertEqual(inference.calls_in_flight('tpu'), 2)
-
   def test_predict_fn_packs_the_kernels_once_per_parameter_set(self):
     model = models.HINet(wf=8, depth=3, conv_impl='native')  # 'auto' with 8 devices: XLA's
     rng = np.random.default_rng(0)

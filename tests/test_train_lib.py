@@ -152,6 +152,37 @@ class TrainStepTest(absltest.TestCase):
     with self.assertRaisesRegex(FloatingPointError, r'3 consecutive .* step 3'):
       train_lib.train_loop(run, state, 0, train_lib.StopSignal())
 
+  def test_cpu_loop_waits_for_each_step_before_dispatching_the_next(self):
+    """On CPU the next step is dispatched once the last one is done (its batch already read):
+    XLA:CPU would allocate its temporaries beside the running step's
+    (`host_memory.calls_in_flight`)."""
+    config = tiny_config.get_config()
+    config.num_train_steps, config.log_every_steps = 4, 100
+    batch = self._put(_batches(1)[0])
+    events, block = [], jax.block_until_ready
+
+    def step_fn(state, batch):
+      state, measurements = self.step_fn(state, batch)
+      events.append(('dispatch', id(measurements)))
+      return state, measurements
+
+    def recording_block(x):
+      events.append(('wait', id(x)))
+      return block(x)
+
+    run = train_lib.Run(config=config, workdir='/nonexistent', mngr=None, writer=_NullWriter(),
+                        train_iter=iter(lambda: batch, None), val_source=None, predict_fn=None,
+                        step_fn=step_fn, hooks=[])
+    state = jax.tree.map(jnp.copy, self.state0)
+    with mock.patch.object(jax, 'block_until_ready', recording_block):
+      _, step = train_lib.train_loop(run, state, 0, train_lib.StopSignal())
+    self.assertEqual(step, 4)
+    dispatched = [key for kind, key in events if kind == 'dispatch']
+    self.assertLen(dispatched, 4)
+    for before, after in zip(dispatched, dispatched[1:]):
+      between = events[events.index(('dispatch', before)) + 1:events.index(('dispatch', after))]
+      self.assertIn(('wait', before), between)
+
   def test_global_batch_must_divide_over_devices(self):
     with self.assertRaisesRegex(
         ValueError, r'config.batch_size=12 \(the global batch\) must be a positive multiple.*\(8\)'):
