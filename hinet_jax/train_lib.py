@@ -545,7 +545,7 @@ def train_loop(run: Run, state: TrainState, start_step: int,
   cfg = run.config
   limit = cfg.train.max_consecutive_nonfinite
   history, pending = [], None
-  wait_first = host_memory.calls_in_flight() == 1  # On CPU (host_memory.calls_in_flight).
+  wait_first = host_memory.calls_in_flight() == 1  # On CPU (see the docstring).
   t0, t0_step, step = time.time(), start_step, start_step
   while step < cfg.num_train_steps:
     batch = next(run.train_iter)
