@@ -22,11 +22,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from hinet_jax import evaluate
-from hinet_jax import host_memory
-from hinet_jax import image_ops
-from hinet_jax import inference
-from hinet_jax import pretrained
+from hinet_jax.evaluation import protocols as evaluate
+from hinet_jax.cpu import host_memory
+from hinet_jax.data import image_ops
+from hinet_jax.evaluation import inference
+from hinet_jax.models import pretrained
 
 RESTORE_TILE = 256
 RESTORE_OVERLAP = 32

@@ -1,7 +1,7 @@
 """Trains HINet: `python train.py --config=configs/sidd.py --workdir=DIR [--config.x=y ...]`.
 
 This file is intentionally kept short: it parses flags, sets up (multi-host) JAX and calls
-`hinet_jax.train_lib.train_and_evaluate`. Re-running the same command resumes from the workdir.
+`hinet_jax.train.train_lib.train_and_evaluate`. Re-running the same command resumes from the workdir.
 
 Multi-host: pass --jax_distributed (cluster auto-detection: SLURM, TPU pods, ...) or the explicit
 --coordinator_address/--num_processes/--process_id (or the JAX_COORDINATOR_ADDRESS,
@@ -17,7 +17,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from hinet_jax import host_memory
+from hinet_jax.cpu import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).',
                                           lock_config=True)
@@ -62,7 +62,7 @@ def main(argv):
   initialize_distributed()
   # orbax logs ~70 INFO lines per save/restore through absl (shared/API_NOTES.md, misc).
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  from hinet_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from hinet_jax.train import train_lib  # pylint: disable=g-import-not-at-top
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   overrides = config_flags.get_override_values(flags.FLAGS['config'])

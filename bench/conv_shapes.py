@@ -40,7 +40,7 @@ def model_convs(preset, batch, height, width):
   'conv' (`convolution.conv`) or 'up' (the decoder's 2x2 transposed convs, `upconv2x2`)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
+  from hinet_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
 
   seen = collections.Counter()
@@ -72,7 +72,7 @@ def _time_jax_form(kind, x, k, strides, padding, impl, train, reps, rng):
   """{fwd_ms[, bwd_ms]} of one conv form, or None where it cannot run the shape."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
+  from hinet_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
 
   def fn(x, k, packed=None):
     if kind == 'up':

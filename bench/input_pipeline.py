@@ -22,9 +22,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from hinet_jax import datasets
-from hinet_jax import image_ops
-from hinet_jax import input_pipeline
+from hinet_jax.data import datasets
+from hinet_jax.data import image_ops
+from hinet_jax.data import input_pipeline
 
 _NUM_PAIRS = flags.DEFINE_integer('num_pairs', 32, 'PNG pairs to write.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 512, 'Side of each PNG (SIDD crops: 512).')

@@ -29,11 +29,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hinet_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hinet_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hinet_jax.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hinet_jax.train import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Training config.',
                                           lock_config=False)

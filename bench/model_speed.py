@@ -132,7 +132,7 @@ def pin_threads(threads):
 def setup_malloc(spec):
   """`host_memory.keep_freed_memory()` for every framework when the spec asks (before any runs)."""
   if spec['keep_freed_memory']:
-    from hinet_jax import host_memory  # pylint: disable=g-import-not-at-top
+    from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top
     host_memory.keep_freed_memory(only_on_cpu=False)
 
 
@@ -186,8 +186,8 @@ class JaxRunner:
   def __init__(self, preset, case, params_np, dtype, inputs, conv_impl='auto', eigen_convs=None):
     import jax  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
-    from hinet_jax import convolution  # pylint: disable=g-import-not-at-top
-    from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+    from hinet_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
+    from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
     from hinet_jax import models  # pylint: disable=g-import-not-at-top
 
     self.jax = jax
@@ -223,7 +223,7 @@ class JaxRunner:
     self.y = jax.device_put(inputs['y'])
     tx = optax.adam(1e-4)
     try:  # The library's loss once it exists (the training loop is being written beside this).
-      from hinet_jax import losses  # pylint: disable=g-import-not-at-top
+      from hinet_jax.train import losses  # pylint: disable=g-import-not-at-top
       loss_of = lambda outs, y: losses.multi_stage_loss(outs, y, name='psnr', weight=0.5)[0]
     except (ImportError, AttributeError):
       loss_of = lambda outs, y: sum(psnr_loss_jax(o, y) for o in outs)
@@ -271,7 +271,7 @@ class TorchRunner:
                channels_last=False):
     import numpy as np  # pylint: disable=g-import-not-at-top
     import torch  # pylint: disable=g-import-not-at-top
-    from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+    from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
     self.torch = torch
     # channels_last: NHWC tensors, so cuDNN/oneDNN convolve without NCHW<->NHWC transposes.
@@ -371,7 +371,7 @@ def case_flops(preset, case):
   model = models.create_model(preset)
   with jax.default_device(jax.devices('cpu')[0]):
     if case == 'tiled720':
-      from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+      from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
       n_tiles = len(inference.tile_coords(FRAME_HW[0], FRAME_HW[1], TILE, 0))
       calls = -(-n_tiles // TILE_BATCH)
       return 2 * models.forward_macs(model, TILE, TILE, TILE_BATCH) * calls
@@ -426,7 +426,7 @@ def worker_timing(spec):
   sys.path.insert(0, os.path.join(_ROOT, 'tests'))
   import torch_reference  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
-  from hinet_jax import torch_port  # pylint: disable=g-import-not-at-top
+  from hinet_jax.interop import torch_port  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(spec['threads'])
   try:

@@ -4,7 +4,7 @@
   python bench/train_step.py --config=configs/sidd.py:0.5x --config.batch_size=4 \
       --config.data.crop_size=128 --steps=5 --json=/tmp/bench.json
 
-Times the compiled, sharded train step of `hinet_jax.train_lib` (the one training uses) over all
+Times the compiled, sharded train step of `hinet_jax.train.train_lib` (the one training uses) over all
 devices on synthetic device-resident batches, so it measures compute, not input. `--data` feeds
 the config's real grain pipeline instead (input + compute, as in training); give it
 `--warmup_steps` past the pipeline's one-time costs (the demo source degrades each photo once, in
@@ -24,10 +24,10 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hinet_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hinet_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hinet_jax.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from hinet_jax.train import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config (path[:arg]).',
                                           lock_config=True)

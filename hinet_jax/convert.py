@@ -1,82 +1,8 @@
-r"""Converts official HINet weights between PyTorch (.pth) and hinet-jax checkpoints.
-
-PyTorch -> JAX (writes a params-only orbax checkpoint plus model_config.json):
-
-  python -m hinet_jax.convert --torch_checkpoint=HINet-SIDD-1x.pth --output=ckpt/sidd-1x \
-      [--preset=sidd-1x]
-
-  The variant (width, HIN levels) is read off the tensors; --preset, if given, must match it.
-  Every tensor must be used exactly once with the expected shape, else the error lists the
-  missing, unexpected and mis-shaped names. The .pth is read with torch.load(weights_only=True),
-  so a malicious file cannot run code.
-
-JAX -> PyTorch (a state dict with the official names, loadable by the official code):
-
-  python -m hinet_jax.convert --checkpoint=ckpt/sidd-1x --output=HINet-mine.pth
-
-  --checkpoint may also be a training workdir (--which=latest|best).
-
-Needs torch (`pip install -r requirements-test.txt`).
-"""
-
-import os
+"""`python -m hinet_jax.convert`: kept as a short name for `python -m hinet_jax.interop.convert`."""
 
 from absl import app
-from absl import flags
-from absl import logging
 
-from hinet_jax import models
-from hinet_jax import pretrained
-from hinet_jax import torch_port
-
-_TORCH_CHECKPOINT = flags.DEFINE_string(
-    'torch_checkpoint', None, 'Official PyTorch checkpoint (.pth) to convert to JAX.')
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'hinet-jax checkpoint dir or training workdir to convert to PyTorch.')
-_OUTPUT = flags.DEFINE_string(
-    'output', None, 'Output: a directory (to JAX) or a .pth file (to PyTorch).', required=True)
-_PRESET = flags.DEFINE_enum(
-    'preset', None, sorted(models.PRESETS), 'Expected variant; checked against the tensors.')
-_PARAM_KEY = flags.DEFINE_string(
-    'param_key', None, "Key holding the state dict in the .pth ('params', 'params_ema'); "
-    'default: params, else params_ema, else the top level.')
-_WHICH = flags.DEFINE_enum('which', 'latest', ['latest', 'best'],
-                           'For a training workdir: which checkpoint to export.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing output.')
-
-
-def torch_to_jax(pth: str, output: str, preset, param_key, overwrite: bool) -> None:
-  model, params = torch_port.convert_torch_checkpoint(pth, preset=preset, param_key=param_key)
-  fits = torch_port.matching_presets(models.model_config(model))
-  path = pretrained.save_params(output, params, models.model_config(model), overwrite=overwrite)
-  logging.info('Converted %s (%s params, variant %s) -> %s', pth,
-               f'{models.count_params(params):,}', fits or models.model_config(model), path)
-  print(f'Wrote {path} ({models.count_params(params):,} params; matches presets: {fits}).')
-
-
-def jax_to_torch(checkpoint: str, output: str, which: str, overwrite: bool) -> None:
-  if os.path.exists(output) and not overwrite:
-    raise FileExistsError(f'{output} already exists; pass --overwrite to replace it.')
-  _, params = pretrained.load_pretrained(checkpoint, which=which)
-  state_dict = torch_port.flax_to_torch(params)
-  tmp = output + '.tmp-partial'
-  torch_port.save_torch_state_dict(state_dict, tmp)
-  os.replace(tmp, output)  # never leave a half-written .pth under the final name
-  print(f'Wrote {output} ({len(state_dict)} tensors, official names, wrapped as {{"params": ...}}).')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if bool(_TORCH_CHECKPOINT.value) == bool(_CHECKPOINT.value):
-    raise app.UsageError('Give exactly one of --torch_checkpoint (PyTorch -> JAX) or '
-                         '--checkpoint (JAX -> PyTorch).')
-  if _TORCH_CHECKPOINT.value:
-    torch_to_jax(_TORCH_CHECKPOINT.value, _OUTPUT.value, _PRESET.value, _PARAM_KEY.value,
-                 _OVERWRITE.value)
-  else:
-    jax_to_torch(_CHECKPOINT.value, _OUTPUT.value, _WHICH.value, _OVERWRITE.value)
-
+from hinet_jax.interop.convert import main
 
 if __name__ == '__main__':
   app.run(main)

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import optax
 
-from hinet_jax import checkpointing
+from hinet_jax.train import checkpointing
 from hinet_jax import models
-from hinet_jax import sharding
-from hinet_jax import train_lib
+from hinet_jax.train import sharding
+from hinet_jax.train import train_lib
 
 TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
 

@@ -12,7 +12,7 @@ torch = pytest.importorskip('torch')
 
 import hinet_jax  # pylint: disable=g-import-not-at-top
 from hinet_jax import models
-from hinet_jax import torch_port
+from hinet_jax.interop import torch_port
 import torch_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def test_unsafe_pickle_is_refused(tmp_path):
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, '-m', 'hinet_jax.convert', *args], cwd=ROOT,
+  return subprocess.run([sys.executable, '-m', 'hinet_jax.interop.convert', *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -135,7 +135,7 @@ def test_cli_help_explains_itself():
 
 
 def test_import_needs_neither_torch_nor_tensorflow():
-  code = ('import sys, hinet_jax, hinet_jax.models, hinet_jax.torch_port, hinet_jax.pretrained; '
+  code = ('import sys, hinet_jax, hinet_jax.models, hinet_jax.interop.torch_port, hinet_jax.models.pretrained; '
           'bad = [m for m in ("torch", "tensorflow") if m in sys.modules]; '
           'assert not bad, bad')
   res = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)

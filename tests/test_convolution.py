@@ -11,11 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from hinet_jax import convolution
-from hinet_jax import cpu_kernels
+from hinet_jax.cpu import convolution
+from hinet_jax.cpu import kernels as cpu_kernels
 from hinet_jax import models
-from hinet_jax import sharding
-from hinet_jax import winograd
+from hinet_jax.train import sharding
+from hinet_jax.cpu import winograd
 
 
 def _rel(a, b):
@@ -449,7 +449,7 @@ def test_auto_impl_policy():
 
 _AUTO_HLO = """
     import jax, jax.numpy as jnp
-    from hinet_jax import convolution
+    from hinet_jax.cpu import convolution
     x, k = jnp.ones((1, 16, 16, 16)), jnp.ones((3, 3, 16, 32))
     step = lambda x, k: jax.value_and_grad(
         lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'auto')))(k)
@@ -478,7 +478,8 @@ def _run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 _FALLBACK_CHECK = """
     import jax, jax.numpy as jnp, numpy as np
-    from hinet_jax import convolution, cpu_kernels
+    from hinet_jax.cpu import convolution
+    from hinet_jax.cpu import kernels as cpu_kernels
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 8, 8, 16)), jnp.float32)
     k = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 16, 16)), jnp.float32)
     grad = lambda impl: jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, impl) ** 2))(k)
@@ -489,7 +490,8 @@ _FALLBACK_CHECK = """
     except ValueError as e:
       print('native error:', e)
     # Nothing can run on the kernels: inference traces no packing pass.
-    from hinet_jax import inference, models
+    from hinet_jax.evaluation import inference
+    from hinet_jax import models
     model = models.HINet(wf=4, depth=2)
     predict = inference.make_predict_fn(model)
     predict(models.init_params(model, jax.random.key(0), 8), x[..., :3])
@@ -513,7 +515,8 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
 # F(2x2) and F(4x4) with their gradients (one chunk of tiles and per-thread ranges).
 _KERNELS_CHECK = """
     import jax, jax.numpy as jnp, numpy as np
-    from hinet_jax import convolution, cpu_kernels
+    from hinet_jax.cpu import convolution
+    from hinet_jax.cpu import kernels as cpu_kernels
     rng = np.random.default_rng(0)
     r = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
     rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))

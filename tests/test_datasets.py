@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from hinet_jax import datasets
-from hinet_jax import image_ops
-from hinet_jax import input_pipeline
-from hinet_jax import prepare_sidd
+from hinet_jax.data import datasets
+from hinet_jax.data import image_ops
+from hinet_jax.data import input_pipeline
+from hinet_jax.data import prepare_sidd
 
 import data_fixtures
 
@@ -297,7 +297,7 @@ def test_make_source_errors():
 
 
 def test_tfds_sidd_builder_roundtrip(tmp_path):
-  from hinet_jax import tfds_builders  # pylint: disable=g-import-not-at-top
+  from hinet_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   manual = tmp_path / 'manual'
   written = data_fixtures.write_pair_folder(manual / 'train', ['0001_SRGB_010_s001',
                                                                '0001_SRGB_010_s002'],
@@ -320,7 +320,7 @@ def test_tfds_sidd_builder_roundtrip(tmp_path):
 
 
 def test_tfds_builder_rejects_mismatched_pair(tmp_path):
-  from hinet_jax import tfds_builders  # pylint: disable=g-import-not-at-top
+  from hinet_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   manual = tmp_path / 'manual'
   data_fixtures.write_pair_folder(manual / 'test', ['a'])
   data_fixtures.write_rgb(str(manual / 'test' / 'target' / 'a.png'), np.zeros((5, 5, 3), np.uint8))

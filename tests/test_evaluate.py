@@ -1,4 +1,4 @@
-"""Tests for hinet_jax.evaluate and eval.py: each protocol end to end on small real-format files."""
+"""Tests for hinet_jax.evaluation.protocols and eval.py: each protocol end to end on small real-format files."""
 
 import csv
 import json
@@ -13,12 +13,12 @@ import numpy as np
 import scipy.io
 
 import eval as eval_script
-from hinet_jax import datasets
-from hinet_jax import evaluate
-from hinet_jax import image_ops
-from hinet_jax import inference
+from hinet_jax.data import datasets
+from hinet_jax.evaluation import protocols as evaluate
+from hinet_jax.data import image_ops
+from hinet_jax.evaluation import inference
 from hinet_jax import models
-from hinet_jax import pretrained
+from hinet_jax.models import pretrained
 
 
 def _pair(h, w, seed, noise=20, dtype=np.uint8):

@@ -1,4 +1,4 @@
-"""Tests for hinet_jax.export: the SavedModel restores sizes it has never seen, as JAX does."""
+"""Tests for hinet_jax.interop.export: the SavedModel restores sizes it has never seen, as JAX does."""
 
 import os
 import subprocess
@@ -9,16 +9,16 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from hinet_jax import export
+from hinet_jax.interop import export
 from hinet_jax import models
-from hinet_jax import pretrained
+from hinet_jax.models import pretrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run_export(*args):
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'hinet_jax.export', *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, '-m', 'hinet_jax.interop.export', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from hinet_jax import host_memory
+from hinet_jax.cpu import host_memory
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +16,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # to the OS. (Plain malloc as XLA uses it: numpy would madvise huge pages.)
 _PROBE = textwrap.dedent('''
     import ctypes, json, resource, sys, threading
-    from hinet_jax import host_memory
+    from hinet_jax.cpu import host_memory
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]

@@ -1,4 +1,4 @@
-"""Tests for hinet_jax.image_ops: geometry on content that reveals errors, and image I/O."""
+"""Tests for hinet_jax.data.image_ops: geometry on content that reveals errors, and image I/O."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from hinet_jax import image_ops
+from hinet_jax.data import image_ops
 
 import data_fixtures
 

@@ -1,4 +1,4 @@
-"""Tests for hinet_jax.inference: the official grid, tiling == whole-image inference, one trace."""
+"""Tests for hinet_jax.evaluation.inference: the official grid, tiling == whole-image inference, one trace."""
 
 import gc
 import math
@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax import convolution
-from hinet_jax import inference
+from hinet_jax.cpu import convolution
+from hinet_jax.evaluation import inference
 from hinet_jax import models
 
 

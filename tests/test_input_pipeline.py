@@ -1,4 +1,4 @@
-"""Tests for hinet_jax.input_pipeline: alignment, determinism, resume, sharding, eval batches."""
+"""Tests for hinet_jax.data.input_pipeline: alignment, determinism, resume, sharding, eval batches."""
 
 import time
 
@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from hinet_jax import datasets
-from hinet_jax import image_ops
-from hinet_jax import input_pipeline
+from hinet_jax.data import datasets
+from hinet_jax.data import image_ops
+from hinet_jax.data import input_pipeline
 
 import data_fixtures
 

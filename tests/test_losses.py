@@ -6,7 +6,7 @@ from absl.testing import absltest
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax import losses
+from hinet_jax.train import losses
 
 
 class LossesTest(absltest.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for hinet_jax.metrics against hand-computed values and independent implementations."""
+"""Tests for hinet_jax.evaluation.metrics against hand-computed values and independent implementations."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from hinet_jax import metrics
+from hinet_jax.evaluation import metrics
 
 
 def _rand(shape, seed=0):

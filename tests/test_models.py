@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hinet_jax import convolution
+from hinet_jax.cpu import convolution
 from hinet_jax import models
 
 LAYOUT = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference',
@@ -28,7 +28,7 @@ def test_param_names_and_shapes_match_official_layout():
   """Every official tensor maps to one Flax param of the right shape (and nothing else exists)."""
   if not os.path.exists(LAYOUT):
     pytest.skip('shared/reference is not beside the checkout')
-  from hinet_jax import torch_port  # numpy-only mapping; no torch needed
+  from hinet_jax.interop import torch_port  # numpy-only mapping; no torch needed
   layout = json.load(open(LAYOUT))
   for name, entry in layout.items():
     model = models.create_model(**entry['constructor'])

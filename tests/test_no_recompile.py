@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from hinet_jax import inference
+from hinet_jax.evaluation import inference
 from hinet_jax import models
 
 TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
@@ -75,8 +75,8 @@ def test_tiled_inference_compiles_once_for_all_image_sizes():
 
 
 def test_train_step_compiles_once():
-  train_lib = pytest.importorskip('hinet_jax.train_lib')
-  from hinet_jax import sharding  # pylint: disable=g-import-not-at-top
+  train_lib = pytest.importorskip('hinet_jax.train.train_lib')
+  from hinet_jax.train import sharding  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
 
   config = tiny.get_config()

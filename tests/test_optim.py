@@ -4,7 +4,7 @@ from absl.testing import absltest
 import numpy as np
 import optax
 
-from hinet_jax import optim
+from hinet_jax.train import optim
 
 
 class ScheduleTest(absltest.TestCase):

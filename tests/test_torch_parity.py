@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip('torch')
 
 from hinet_jax import models  # pylint: disable=g-import-not-at-top
-from hinet_jax import torch_port
+from hinet_jax.interop import torch_port
 import torch_reference
 
 

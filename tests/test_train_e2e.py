@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from hinet_jax import checkpointing
+from hinet_jax.train import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240

@@ -15,11 +15,11 @@ import numpy as np
 import optax
 
 from configs import tiny as tiny_config
-from hinet_jax import datasets
-from hinet_jax import input_pipeline
+from hinet_jax.data import datasets
+from hinet_jax.data import input_pipeline
 from hinet_jax import models
-from hinet_jax import sharding
-from hinet_jax import train_lib
+from hinet_jax.train import sharding
+from hinet_jax.train import train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

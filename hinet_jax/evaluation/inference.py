@@ -27,9 +27,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from hinet_jax import convolution
-from hinet_jax import host_memory
-from hinet_jax import image_ops
+from hinet_jax.cpu import convolution
+from hinet_jax.cpu import host_memory
+from hinet_jax.data import image_ops
 from hinet_jax import models
 
 Array = jax.Array

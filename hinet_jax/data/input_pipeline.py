@@ -24,7 +24,7 @@ import grain
 import jax
 import numpy as np
 
-from hinet_jax import image_ops
+from hinet_jax.data import image_ops
 
 AUGMENT_MODES = ('dihedral', 'dihedral_half', 'none')
 

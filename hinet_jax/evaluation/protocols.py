@@ -38,12 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax import convolution
-from hinet_jax import datasets
-from hinet_jax import host_memory
-from hinet_jax import inference
-from hinet_jax import input_pipeline
-from hinet_jax import metrics
+from hinet_jax.cpu import convolution
+from hinet_jax.data import datasets
+from hinet_jax.cpu import host_memory
+from hinet_jax.evaluation import inference
+from hinet_jax.data import input_pipeline
+from hinet_jax.evaluation import metrics
 
 METRIC_KEYS = ('psnr', 'ssim', 'input_psnr', 'input_ssim')
 SIDD_VAL_FILES = ('ValidationNoisyBlocksSrgb.mat', 'ValidationGtBlocksSrgb.mat')
@@ -52,7 +52,7 @@ DEFAULT_BATCH_SIZE = 8
 
 @dataclasses.dataclass(frozen=True)
 class MetricConfig:
-  """How PSNR/SSIM are measured (see `hinet_jax.metrics`). Images are floats in [0, 1].
+  """How PSNR/SSIM are measured (see `hinet_jax.evaluation.metrics`). Images are floats in [0, 1].
 
   Attributes:
     crop_border: pixels ignored at each edge.

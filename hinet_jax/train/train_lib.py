@@ -29,13 +29,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from hinet_jax import checkpointing
-from hinet_jax import host_memory
-from hinet_jax import losses
-from hinet_jax import metrics as metrics_lib
+from hinet_jax.train import checkpointing
+from hinet_jax.cpu import host_memory
+from hinet_jax.train import losses
+from hinet_jax.evaluation import metrics as metrics_lib
 from hinet_jax import models
-from hinet_jax import optim
-from hinet_jax import sharding
+from hinet_jax.train import optim
+from hinet_jax.train import sharding
 
 FINAL_METRICS_FILE = 'final_metrics.json'
 PANEL_FILE = 'panel_{name}.png'
@@ -263,13 +263,13 @@ def make_train_step(config: ml_collections.ConfigDict, lr_fn: Callable, sharding
 
 def create_sources(config: ml_collections.ConfigDict) -> Tuple[Any, Any]:
   """The train and validation sources of `config.data.train` / `config.data.val`."""
-  from hinet_jax import datasets  # pylint: disable=g-import-not-at-top
+  from hinet_jax.data import datasets  # pylint: disable=g-import-not-at-top
   return datasets.create_source(config.data.train), datasets.create_source(config.data.val)
 
 
 def create_train_iter(config: ml_collections.ConfigDict, source: Any, mesh: jax.sharding.Mesh):
   """The checkpointable grain iterator of globally sharded training batches."""
-  from hinet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from hinet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   return input_pipeline.create_train_iter(
       source, batch_size=config.batch_size, crop_size=d.crop_size, augment=d.augment,
@@ -284,7 +284,7 @@ def create_train_iter(config: ml_collections.ConfigDict, source: Any, mesh: jax.
 
 def eval_protocol(config: ml_collections.ConfigDict):
   """The `evaluate.Protocol` that `config.eval` describes (metric settings, batching, tiling)."""
-  from hinet_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from hinet_jax.evaluation import protocols as evaluate_lib  # pylint: disable=g-import-not-at-top
   e = config.eval
   return evaluate_lib.Protocol(
       name='validation', batched=e.batched, tile=e.tile or None,
@@ -308,7 +308,7 @@ def evaluate(predict_fn: Callable, params: Any, config: ml_collections.ConfigDic
   Returns:
     {'psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images'} as Python numbers.
   """
-  from hinet_jax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from hinet_jax.evaluation import protocols as evaluate_lib  # pylint: disable=g-import-not-at-top
   result = evaluate_lib.evaluate_source(predict_fn, params, source, eval_protocol(config),
                                         tile=config.eval.tile or None,
                                         batch_size=config.data.eval_batch_size)
@@ -328,7 +328,8 @@ def restore_items(predict_fn: Callable, params: Any, config: ml_collections.Conf
   Returns:
     float32 HWC restored images in [0, 1].
   """
-  from hinet_jax import image_ops, inference  # pylint: disable=g-import-not-at-top
+  from hinet_jax.data import image_ops  # pylint: disable=g-import-not-at-top
+  from hinet_jax.evaluation import inference
   lqs = [image_ops.to_float32(item['lq']) for item in items]
   if config.eval.batched and not config.eval.tile:
     rows = config.data.eval_batch_size  # Same shape as an eval batch: no extra compile.
@@ -351,7 +352,7 @@ def make_panels(predict_fn: Callable, params: Any, config: ml_collections.Config
   Returns:
     {'eval/panel_<i>': float32 (1, H, 3W, 3)} (one key each: validation images may differ in size).
   """
-  from hinet_jax import image_ops  # pylint: disable=g-import-not-at-top
+  from hinet_jax.data import image_ops  # pylint: disable=g-import-not-at-top
   items = [source[i] for i in range(min(config.eval.num_panels, len(source)))]
   restored = restore_items(predict_fn, params, config, items)
   return {f'eval/panel_{i}': np.concatenate(
@@ -603,7 +604,7 @@ def final_evaluation(run: Run, step: int, params: Any) -> Dict[str, Any]:
     run.writer.write_scalars(step, {'eval/nlm_psnr': result['nlm_psnr'],
                                     'eval/nlm_ssim': result['nlm_ssim']})
   result['step'] = int(step)
-  from hinet_jax import image_ops  # pylint: disable=g-import-not-at-top
+  from hinet_jax.data import image_ops  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     if run.config.eval.panel_image >= 0 and len(run.val_source):
       item = run.val_source[run.config.eval.panel_image % len(run.val_source)]
@@ -645,7 +646,7 @@ def initial_params(config: ml_collections.ConfigDict, model: models.HINet) -> An
   """Parameters from `config.init_from` (a converted/pretrained checkpoint), or None."""
   if not config.init_from:
     return None
-  from hinet_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from hinet_jax.models import pretrained  # pylint: disable=g-import-not-at-top
   pre_model, params = pretrained.load_pretrained(config.init_from)
   pre_cfg, cfg = models.model_config(pre_model), models.model_config(model)
   mismatch = {k: (pre_cfg[k], cfg[k]) for k in cfg
@@ -729,7 +730,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = create_writer(workdir)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
-  from hinet_jax import inference  # pylint: disable=g-import-not-at-top
+  from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   run = Run(config=config, workdir=workdir, mngr=mngr, writer=writer, train_iter=train_iter,
             val_source=val_source, predict_fn=inference.make_predict_fn(model),
             step_fn=make_train_step(config, lr_fn, shardings, mesh),

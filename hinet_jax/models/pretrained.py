@@ -84,7 +84,7 @@ def load_pretrained(directory: str, which: str = 'latest',
   """Loads `(model, params)` from a converted checkpoint or a training workdir.
 
   Args:
-    directory: a params-only checkpoint (from `python -m hinet_jax.convert`, `export`, or
+    directory: a params-only checkpoint (from `python -m hinet_jax.interop.convert`, `export`, or
       `save_params`), or a training workdir (its `latest` or `best` checkpoint).
     which: for a training workdir, 'latest' or 'best' (by validation PSNR).
     dtype: optional compute dtype override (e.g. 'bfloat16').
@@ -104,11 +104,11 @@ def load_pretrained(directory: str, which: str = 'latest',
     return model, load_params(directory, model)
   if os.path.isfile(os.path.join(directory, MODEL_CONFIG_FILE)):
     # A training workdir also keeps model_config.json, beside its orbax checkpoints.
-    from hinet_jax import checkpointing  # pylint: disable=g-import-not-at-top  # training deps
+    from hinet_jax.train import checkpointing  # pylint: disable=g-import-not-at-top  # training deps
 
     config, params = checkpointing.load_params_from_workdir(directory, which=which)
     return models.create_model(**{**config, **overrides}), params
   raise ValueError(
       f'{directory} is neither a converted checkpoint (it needs {MODEL_CONFIG_FILE} and '
       f'{PARAMS_DIR}/) nor a training workdir with checkpoints. Convert official weights with '
-      '`python -m hinet_jax.convert --torch_checkpoint=F.pth --output=DIR`.')
+      '`python -m hinet_jax.interop.convert --torch_checkpoint=F.pth --output=DIR`.')

@@ -2,7 +2,7 @@
 
 The wiring follows `shared/reference/ARCHITECTURE.md` tensor for tensor; module names mirror the
 official PyTorch names (`down_path_1.0.conv_1` -> `down_path_1_0/conv_1`) so that weight conversion
-(`hinet_jax.torch_port`) is a renaming plus a transpose. Layout is NHWC.
+(`hinet_jax.interop.torch_port`) is a renaming plus a transpose. Layout is NHWC.
 
 Differences from the official code, all additive:
   * any input size works: the image is reflect-padded to a multiple of 2^(depth-1) and the outputs
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax import convolution
+from hinet_jax.cpu import convolution
 
 Array = jax.Array
 Dtype = Any
@@ -119,9 +119,9 @@ class Conv(nn.Module):
     dtype: compute dtype.
     param_dtype: parameter dtype.
     conv_impl: how the conv runs: 'xla' (lax.conv), 'native' (the hand-written CPU kernels of
-      `hinet_jax.cpu_kernels`; CPU, float32), 'winograd' (3x3: F(2x2, 3x3) forward), 'matmul'
+      `hinet_jax.cpu.kernels`; CPU, float32), 'winograd' (3x3: F(2x2, 3x3) forward), 'matmul'
       (3x3: im2col) or 'auto' (the fastest measured form for each shape on CPU; always lax.conv
-      on GPU/TPU and with several devices). See `hinet_jax.convolution`.
+      on GPU/TPU and with several devices). See `hinet_jax.cpu.convolution`.
   """
 
   features: int
@@ -338,7 +338,7 @@ class HINet(nn.Module):
     dtype: compute dtype (float32, or bfloat16 on TPU/GPU). Norm statistics stay float32.
     param_dtype: parameter dtype.
     conv_impl: convolution forms, 'auto' | 'xla' | 'native' | 'winograd' | 'matmul' (see `Conv`
-      and `hinet_jax.convolution`). Numerics only (no parameter change): every form agrees with
+      and `hinet_jax.cpu.convolution`). Numerics only (no parameter change): every form agrees with
       lax.conv to ~1e-7 relative in float32. 'auto' is lax.conv on GPU/TPU.
 
   Call with `x`, float NHWC images in [0, 1] of any height and width. Returns the tuple

@@ -10,7 +10,7 @@ those are memory-mapped, so a training crop reads only its window.
 Layouts, as the official HINet/NAFNet preparation leaves them:
   * folders: `<root>/input/*` + `<root>/target/*`, matched by file stem.
   * SIDD-Medium: `<root>/Data/<scene>/<id>_NOISY_SRGB_<n>.PNG` + `..._GT_SRGB_...`.
-    Cropped set: `<root>/train/input_crops` + `gt_crops` (`python -m hinet_jax.prepare_sidd`).
+    Cropped set: `<root>/train/input_crops` + `gt_crops` (`python -m hinet_jax.data.prepare_sidd`).
   * SIDD validation: ValidationNoisyBlocksSrgb.mat + ValidationGtBlocksSrgb.mat.
   * GoPro: `<root>/{train,test}/{input,target}` (or the raw `<seq>/{blur,sharp}`).
   * REDS: `<root>/train/{train_blur_jpeg,train_sharp}/<seq>/<frame>`,
@@ -30,7 +30,7 @@ import os
 from absl import logging
 import numpy as np
 
-from hinet_jax import image_ops
+from hinet_jax.data import image_ops
 
 # The five deraining test sets of MPRNet/HINet, by their folder names.
 RAIN13K_TEST_SETS = ('Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200')
@@ -676,7 +676,7 @@ class TfdsSource:
       self.source = tfds.builder_from_directory(os.fspath(name)).as_data_source(split=split)
     else:
       # Registers the hinet_* builders; any builder with lq/gt/name features works.
-      from hinet_jax import tfds_builders  # pylint: disable=g-import-not-at-top,unused-import
+      from hinet_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top,unused-import
       self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
   def __len__(self):

@@ -5,7 +5,7 @@ manual dir laid out as `datasets.py` describes and writes ArrayRecord shards
 that `tfds.data_source` (or `datasets.make_source('tfds', ...)`) reads back as
 a random-access grain source, e.g. from a bucket at scale:
 
-  from hinet_jax import tfds_builders
+  from hinet_jax.data import tfds_builders
   tfds_builders.prepare('hinet_gopro', data_dir='gs://bucket/tfds', manual_dir='/data/GoPro')
   src = datasets.make_source('tfds', name='hinet_gopro', split='train', data_dir='gs://bucket/tfds')
 
@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from hinet_jax import datasets
-from hinet_jax import image_ops
+from hinet_jax.data import datasets
+from hinet_jax.data import image_ops
 
 _VERSION = tfds.core.Version('1.0.0')
 
@@ -103,7 +103,7 @@ class HinetSidd(_PairedBuilder):
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Place in the manual dir: train/input_crops and train/gt_crops (made by `python -m '
-      'hinet_jax.prepare_sidd`) and/or ValidationNoisyBlocksSrgb.mat + '
+      'hinet_jax.data.prepare_sidd`) and/or ValidationNoisyBlocksSrgb.mat + '
       'ValidationGtBlocksSrgb.mat (in the manual dir or its val/ sub-folder).')
 
   def _split_pairs(self, root):

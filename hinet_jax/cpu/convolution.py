@@ -45,8 +45,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from hinet_jax import cpu_kernels
-from hinet_jax.winograd import winograd_conv3x3
+from hinet_jax.cpu import kernels as cpu_kernels
+from hinet_jax.cpu.winograd import winograd_conv3x3
 
 Array = jax.Array
 
