@@ -1,9 +1,10 @@
-r"""In-process A/B of the model's `conv_impl` choices: whole-model forward and train step.
+r"""In-process A/B of the CPU backend's convolution forms: whole-model forward and train step.
 
   python bench/conv_impl_ab.py --variants=0.5x,1x --impls=xla,auto --reps=7
   python bench/conv_impl_ab.py --impls=auto,auto+eigen,auto+ynn --ab_cases=fwd256,fwd_b4_256
 
-An impl is a `conv_impl` value, optionally with '+eigen' (every executable compiled with
+An impl is 'xla' (the plain model, XLA's backend) or a form of the CPU backend's layers
+(`hinet_jax.cpu.convolution.CONV_IMPLS`, all its convolutions in that form), optionally with '+eigen' (every executable compiled with
 `convolution.inference_compiler_options()`: XLA's own convolutions) or '+ynn' (none: YNNPACK's);
 without a suffix it runs as the library does (the forward through `inference.make_predict_fn`,
 kernels packed once; with a suffix, the forward packs them in every call). Each (variant, case) runs
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model_speed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # --variants, --threads, --reps and --worker are model_speed.py's flags (imported above).
-_IMPLS = flags.DEFINE_list('impls', ['xla', 'auto'], 'conv_impl values, optionally +eigen/+ynn.')
+_IMPLS = flags.DEFINE_list('impls', ['xla', 'auto'], 'xla, or CPU-layer forms (auto, native, matmul, winograd), optionally +eigen/+ynn.')
 _AB_CASES = flags.DEFINE_list('ab_cases', ['fwd256', 'train_b2_128'],
                               'Non-tiled model_speed.py cases: fwd256, fwd_b4_256, train_b2_128.')
 _EIGEN_SUFFIX = {'': None, 'eigen': True, 'ynn': False}
@@ -35,16 +36,18 @@ def worker(spec):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
+  from hinet_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
 
   preset = model_speed.VARIANT_PRESETS[spec['variant']]
   inputs = model_speed.make_inputs(spec['case'])
-  params = jax.tree.map(np.asarray, models.init_params(models.create_model(preset),
-                                                       jax.random.key(0)))
+  params = jax.tree.map(np.asarray, models.init_params(models.create_model(preset), 0))
   runners = {}
   for impl in spec['impls']:
     conv_impl, _, suffix = impl.partition('+')
+    backend, layers = ('xla', None) if conv_impl == 'xla' else ('auto', cpu_layers.layers(conv_impl))
     runners[impl] = model_speed.JaxRunner(preset, spec['case'], params, 'float32', inputs,
-                                          conv_impl=conv_impl, eigen_convs=_EIGEN_SUFFIX[suffix])
+                                          backend=backend, layers=layers,
+                                          eigen_convs=_EIGEN_SUFFIX[suffix])
   times = model_speed.time_interleaved(runners, spec['reps'])
   ref = np.asarray(runners[spec['impls'][0]].out)
   rows = []
@@ -71,7 +74,7 @@ def main(argv):
       rows = model_speed.spawn(
           dict(variant=variant, case=case, impls=_IMPLS.value,
                threads=model_speed._THREADS.value,  # pylint: disable=protected-access
-               reps=model_speed._REPS.value), script=__file__)  # pylint: disable=protected-access
+               reps=model_speed._REPS.value), os.path.dirname(os.path.dirname(os.path.abspath(__file__))), script=__file__)  # pylint: disable=protected-access
       if 'error' in rows[0]:
         sys.exit(f'worker failed for {variant}/{case}.')
       first = rows[0]['median_ms']

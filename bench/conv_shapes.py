@@ -57,7 +57,8 @@ def model_convs(preset, batch, height, width):
     seen[('up', tuple(x.shape), tuple(kernel.shape), 2, 0)] += 1
     return upconv(x, kernel, *args, **kwargs)
 
-  model = models.create_model(preset)
+  from hinet_jax import cpu  # pylint: disable=g-import-not-at-top
+  model = models.create_model(preset).clone(layers=cpu.LAYERS)
   params = models.abstract_params(model)
   convolution.conv, convolution.upconv2x2 = conv_hook, upconv_hook
   try:
@@ -86,7 +87,7 @@ def _time_jax_form(kind, x, k, strides, padding, impl, train, reps, rng):
 
   try:
     # Forward-only cases time the forward as inference runs it: the kernel packed beforehand
-    # (`models.pack_kernels`) where the CPU kernels run it.
+    # (`cpu.prepare_inference`) where the CPU kernels run it.
     packed = None if train else jax.jit(pack)(x, k)
     fwd = jax.jit(fn)
     y = fwd(x, k, packed).block_until_ready()

@@ -3,11 +3,11 @@ r"""Mixed precision check: one training run per compute dtype, same start, same 
   python bench/mixed_precision.py --config=configs/demo.py --json=/tmp/mp.json --plot=/tmp/mp.png
   python bench/mixed_precision.py --config=configs/demo.py --config.num_train_steps=100  # quick
 
-Trains the config with the library's own pieces (`train_lib`: input pipeline, schedule, optimizer,
-the compiled train step) once for each of --dtypes (`config.model.dtype`; parameters, optimizer
-state, instance-norm statistics and the loss stay float32), from the same initial parameters over
-the same batches, then runs the config's validation on the result. No checkpoints, no TensorBoard:
-it needs neither TensorFlow nor clu.
+Trains the config with the library's own pieces (`hinet_jax.train`: input pipeline, schedule,
+optimizer, the compiled train step) once for each of --dtypes (`config.model.dtype`; parameters,
+optimizer state, instance-norm statistics and the loss stay float32), from the same initial
+parameters over the same batches, then runs the config's validation on the result. No checkpoints,
+no TensorBoard: it needs no TensorFlow.
 
 Reports, per dtype: the loss of every step, steps/s after compilation, final validation PSNR/SSIM;
 and between the first dtype and each other one: the mean and largest |difference| of the 50-step
@@ -29,11 +29,15 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax.train import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position  (after the path insert)
+from hinet_jax import backends
+from hinet_jax.cpu import host_memory
+from hinet_jax.evaluation import inference
+from hinet_jax import models
+from hinet_jax.train import loop
+from hinet_jax.train import sharding
+from hinet_jax.train import step as step_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Training config.',
                                           lock_config=False)
@@ -48,16 +52,18 @@ def train_run(config, dtype):
   """Trains `config` with compute `dtype`; returns its per-step measurements and validation."""
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
-  train_lib.validate_config(config)
+  loop.validate_config(config)
   mesh = sharding.create_mesh()
-  model = models.create_model(**config.model)
-  lr_fn = train_lib.create_learning_rate_fn(config)
-  tx = train_lib.create_optimizer(config, lr_fn)
-  state, _, shardings = train_lib.init_state(model, tx, mesh, config.seed,
-                                             train_lib.initial_params(config, model))
-  step_fn = train_lib.make_train_step(config, lr_fn, shardings, mesh)
-  train_source, val_source = train_lib.create_sources(config)
-  train_iter = train_lib.create_train_iter(config, train_source, mesh)
+  backend = backends.resolve(config.backend)
+  model = backend.build(models.create_model(**config.model))
+  lr_fn = step_lib.create_learning_rate_fn(config)
+  tx = step_lib.create_optimizer(config, lr_fn)
+  state, _, shardings = step_lib.init_state(model, tx, mesh, config.seed,
+                                            loop.initial_params(config, model))
+  step_fn = step_lib.make_train_step(config, lr_fn, shardings, mesh,
+                                     skip_by_cond=backend.skip_step_by_cond)
+  train_source, val_source = loop.create_sources(config)
+  train_iter = loop.create_train_iter(config, train_source, mesh)
   history = []
   try:
     t0 = time.perf_counter()
@@ -72,11 +78,11 @@ def train_run(config, dtype):
   finally:
     if hasattr(train_iter, 'close'):
       train_iter.close()
-  history = jax.device_get(history)
-  val = train_lib.evaluate(inference.make_predict_fn(model), state.params, config, val_source)
+  history = [step_lib.compute_metrics(m) for m in jax.device_get(history)]
+  val = loop.evaluate(inference.make_predict_fn(model, backend), state.params, config, val_source)
   return dict(
       dtype=dtype, steps=config.num_train_steps, compile_s=compile_s, steps_per_s=steps_per_s,
-      loss=[float(m['loss']) for m in history], train_psnr=[float(m['psnr']) for m in history],
+      loss=[m['loss'] for m in history], train_psnr=[m['psnr'] for m in history],
       skipped_steps=int(history[-1]['skipped_steps']), val=val)
 
 

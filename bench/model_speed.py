@@ -89,6 +89,9 @@ _PROFILE_DIR = flags.DEFINE_string(
     'profile_dir', None, 'After timing, profile two more runs of every runner into this folder: '
     'JAX as a profiler trace (jax.profiler, perfetto JSON), PyTorch as torch.profiler\'s '
     'per-op table (text).')
+_BASELINE = flags.DEFINE_string(
+    'baseline', None, 'A checkout of another commit (e.g. `git worktree add /tmp/base REV`): its '
+    'own bench/model_speed.py also times JAX there, as framework `jax@base`, in the same run.')
 _WORKER = flags.DEFINE_string('worker', None, 'Internal: run one job (JSON spec) and print it.')
 
 ALL_CASES = ('fwd256', 'tiled720', 'train_b2_128', 'train_b8_256')
@@ -158,7 +161,7 @@ PSNR_SCALE = 10.0 / 2.302585092994046  # 10 / ln(10)
 
 
 def psnr_loss_jax(pred, target, weight=0.5):
-  """The official PSNR loss (shared/reference/ARCHITECTURE.md) in jnp, NHWC.
+  """The official PSNR loss (BasicSR's PSNRLoss) in jnp, NHWC.
 
   weight * 10/ln(10) * mean_n(ln(mean_hwc((pred - target)^2) + 1e-8)).
   """
@@ -176,22 +179,25 @@ def psnr_loss_torch(pred, target, weight=0.5):
 class JaxRunner:
   """Compiled JAX callables for one case; `run()` executes once and blocks.
 
-  `conv_impl` is the model's; `eigen_convs` None runs as the library does (the forward through
-  `inference.make_predict_fn`: `convolution.inference_compiler_options()`, kernels packed once
-  per parameter set; the train step without options), True or False forces XLA's own /
-  YNNPACK's convolutions on every executable, with kernels packed in every call
-  (bench/conv_impl_ab.py).
+  The model runs on `backend` ('auto': as the library picks); `layers` replaces its layers
+  (bench/conv_impl_ab.py). `eigen_convs` None runs as the library does (the forward through
+  `inference.make_predict_fn`: the backend's compiler options, and what it prepares once per
+  parameter set; the train step without options), True or False forces XLA's own / YNNPACK's
+  convolutions on every executable, nothing prepared.
   """
 
-  def __init__(self, preset, case, params_np, dtype, inputs, conv_impl='auto', eigen_convs=None):
+  def __init__(self, preset, case, params_np, dtype, inputs, backend='auto', layers=None,
+               eigen_convs=None):
     import jax  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
+    import hinet_jax  # pylint: disable=g-import-not-at-top
     from hinet_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
     from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
-    from hinet_jax import models  # pylint: disable=g-import-not-at-top
 
     self.jax = jax
-    self.model = models.create_model(preset, dtype=dtype, conv_impl=conv_impl)
+    self.model = hinet_jax.create_model(preset, dtype=dtype, backend=backend)
+    if layers is not None:
+      self.model = self.model.clone(layers=layers)
     if eigen_convs is None:
       fwd_options, train_options = convolution.inference_compiler_options(), None
     else:
@@ -202,7 +208,7 @@ class JaxRunner:
     self.out = None
     self.lower = None  # () -> jax.stages.Lowered of the timed executable (device memory).
     if case == 'tiled720':
-      self.predict = inference.make_predict_fn(self.model)  # Always the library's options.
+      self.predict = inference.make_predict_fn(self.model, backend)  # As the library runs.
       self.frame = inputs['frame']
       self.run = lambda: self._set(inference.restore_image(
           self.predict, self.params, self.frame, tile=TILE, batch_size=TILE_BATCH))
@@ -213,7 +219,7 @@ class JaxRunner:
       fwd = jax.jit(lambda p, x: self.model.apply({'params': p}, x)[1],
                     compiler_options=fwd_options)
       if eigen_convs is None:  # The library's inference path, kernels packed once.
-        predict = inference.make_predict_fn(self.model)
+        predict = inference.make_predict_fn(self.model, backend)
         self.run = lambda: self._set(predict(self.params, self.x).block_until_ready())
       else:
         self.run = lambda: self._set(fwd(self.params, self.x).block_until_ready())
@@ -546,8 +552,7 @@ def worker_memory(spec):
     import jax  # pylint: disable=g-import-not-at-top
     from hinet_jax import models  # pylint: disable=g-import-not-at-top
     dtype = 'bfloat16' if fw == 'jax_bf16' else 'float32'
-    params = jax.tree.map(np.asarray, models.init_params(models.create_model(preset),
-                                                         jax.random.key(0), 16))
+    params = jax.tree.map(np.asarray, models.init_params(models.create_model(preset), 0))
     runner = JaxRunner(preset, case, params, dtype, inputs)
   base = rss_mb()
   runner.run()
@@ -624,11 +629,13 @@ def run_worker(spec_json):
 # Driver side.
 
 
-def spawn(spec, script=__file__):
-  """Runs one job of `script` (its --worker) in a fresh subprocess; returns its rows or an error."""
+def spawn(spec, root=_ROOT, script='model_speed.py'):
+  """Runs one job of `root`'s bench/`script` (its --worker) in a fresh subprocess; returns its
+  rows or an error."""
   spec = dict(spec, keep_freed_memory=spec.get('keep_freed_memory', _KEEP_FREED_MEMORY.value))
-  cmd = [sys.executable, os.path.abspath(script), '--worker=' + json.dumps(spec)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_ROOT, check=False)
+  cmd = [sys.executable, os.path.join(root, 'bench', os.path.basename(script)),
+         '--worker=' + json.dumps(spec)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
   for line in proc.stdout.splitlines():
     if line.startswith(RESULT_PREFIX):
       return json.loads(line[len(RESULT_PREFIX):])
@@ -706,14 +713,23 @@ def main(argv):
         parity = lambda fw: fw == 'jax' and 'torch' in frameworks and not case.startswith('train')
         jobs = [dict(job, frameworks=[fw, 'torch'] if parity(fw) else [fw], timed=[fw])
                 for fw in frameworks]
+      roots = [(_ROOT, '')]
+      if _BASELINE.value:
+        roots.append((os.path.abspath(_BASELINE.value), '@base'))
+        jobs.append(dict(job, frameworks=['jax'], timed=['jax'], root_tag='@base'))
       for timing_job in jobs:  # Each job's rows printed as they come (a time limit keeps them).
-        got = spawn(timing_job)
+        tag = timing_job.pop('root_tag', '')
+        root = dict((t, r) for r, t in roots)[tag]
+        got = spawn(timing_job, root)
         if _MEMORY.value:
           for r in got:
             if 'framework' in r and 'error' not in r:
               mem = spawn(dict(kind='memory', variant=variant, case=case,
-                               framework=r['framework'], threads=threads))[0]
+                               framework=r['framework'], threads=threads), root)[0]
               r.update({k: v for k, v in mem.items() if k.endswith('_mb')})
+        for r in got:
+          if 'framework' in r:
+            r['framework'] += tag
         for r in got:
           print(json.dumps({k: v for k, v in r.items() if k != 'times_s'}), flush=True)
         rows.extend(got)

@@ -4,7 +4,7 @@
   python bench/train_step.py --config=configs/sidd.py:0.5x --config.batch_size=4 \
       --config.data.crop_size=128 --steps=5 --json=/tmp/bench.json
 
-Times the compiled, sharded train step of `hinet_jax.train.train_lib` (the one training uses) over all
+Times the compiled, sharded train step of `hinet_jax.train.step` (the one training uses) over all
 devices on synthetic device-resident batches, so it measures compute, not input. `--data` feeds
 the config's real grain pipeline instead (input + compute, as in training); give it
 `--warmup_steps` past the pipeline's one-time costs (the demo source degrades each photo once, in
@@ -24,10 +24,14 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax.train import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from hinet_jax.train import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position  (after the path insert)
+from hinet_jax import backends
+from hinet_jax.cpu import host_memory
+from hinet_jax import models
+from hinet_jax.train import loop
+from hinet_jax.train import sharding
+from hinet_jax.train import step as step_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config (path[:arg]).',
                                           lock_config=True)
@@ -61,14 +65,16 @@ def benchmark(config, steps, use_data=False, warmup_steps=1):
     dict of the measured figures.
   """
   mesh = sharding.create_mesh()
-  model = models.create_model(**config.model)
-  lr_fn = train_lib.create_learning_rate_fn(config)
-  tx = train_lib.create_optimizer(config, lr_fn)
-  state, _, shardings = train_lib.init_state(model, tx, mesh, config.seed)
-  step_fn = train_lib.make_train_step(config, lr_fn, shardings, mesh)
+  backend = backends.resolve(config.backend)
+  model = backend.build(models.create_model(**config.model))
+  lr_fn = step_lib.create_learning_rate_fn(config)
+  tx = step_lib.create_optimizer(config, lr_fn)
+  state, _, shardings = step_lib.init_state(model, tx, mesh, config.seed)
+  step_fn = step_lib.make_train_step(config, lr_fn, shardings, mesh,
+                                     skip_by_cond=backend.skip_step_by_cond)
   if use_data:
-    source, _ = train_lib.create_sources(config)
-    it = train_lib.create_train_iter(config, source, mesh)
+    source, _ = loop.create_sources(config)
+    it = loop.create_train_iter(config, source, mesh)
     next_batch = lambda: next(it)
   else:
     batch = synthetic_batch(config, mesh)
@@ -88,7 +94,7 @@ def benchmark(config, steps, use_data=False, warmup_steps=1):
   if use_data and hasattr(it, 'close'):
     it.close()
   return dict(
-      wf=model.wf, depth=model.depth, dtype=config.model.dtype,
+      wf=model.wf, depth=model.depth, dtype=config.model.dtype, backend=backend.name,
       params_m=models.count_params(state.params) / 1e6, batch=config.batch_size,
       crop=config.data.crop_size, devices=jax.device_count(), warmup_steps=warmup_steps,
       platform=jax.devices()[0].device_kind, input='grain' if use_data else 'synthetic',

@@ -6,7 +6,9 @@ Importing this package needs neither TensorFlow nor PyTorch.
   stage1, stage2 = model.apply({'params': params}, x)   # x: float32 NHWC in [0, 1]
 """
 
-from hinet_jax.models.hinet import HINet, PRESETS, create_model, count_params, forward_macs
-from hinet_jax.models.pretrained import load_pretrained, save_params
+from hinet_jax.api import create_model, load_pretrained
+from hinet_jax.evaluation import metrics
+from hinet_jax.models import HINet, PRESETS, count_params, forward_macs, model_config
+from hinet_jax.models.pretrained import save_params
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'

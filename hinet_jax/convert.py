@@ -1,8 +1,6 @@
-"""`python -m hinet_jax.convert`: kept as a short name for `python -m hinet_jax.interop.convert`."""
+"""`python -m hinet_jax.convert`: the short name of `python -m hinet_jax.interop.convert` (same flags)."""
 
-from absl import app
-
-from hinet_jax.interop.convert import main
+from hinet_jax import cli
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.convert()

@@ -1,9 +1,6 @@
-"""`python -m hinet_jax.export`: kept as a short name for `python -m hinet_jax.interop.export`."""
+"""`python -m hinet_jax.export`: the short name of `python -m hinet_jax.interop.export` (same flags)."""
 
-from absl import app
-
-from hinet_jax.interop.export import define_flags, main
+from hinet_jax import cli
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.export()

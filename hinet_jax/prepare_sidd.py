@@ -1,9 +1,6 @@
-"""`python -m hinet_jax.prepare_sidd`: kept as a short name for `python -m hinet_jax.data.prepare_sidd`."""
+"""`python -m hinet_jax.prepare_sidd`: the short name of `python -m hinet_jax.data.prepare_sidd` (same flags)."""
 
-from absl import app
-
-from hinet_jax.data.prepare_sidd import _define_flags, main
+from hinet_jax import cli
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  cli.prepare_sidd()

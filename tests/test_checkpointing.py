@@ -1,5 +1,7 @@
-"""Checkpoint round trips, retention (latest N + best), interrupted saves, params-only loading."""
+"""Checkpoint round trips, retention (latest N + best), interrupted saves, params-only loading,
+and workdirs written by earlier versions."""
 
+import json
 import os
 import tempfile
 import time
@@ -10,10 +12,13 @@ import jax
 import numpy as np
 import optax
 
-from hinet_jax.train import checkpointing
+from hinet_jax import api
 from hinet_jax import models
+from hinet_jax.configs import tiny as tiny_config
+from hinet_jax.train import checkpointing
+from hinet_jax.train import loop
 from hinet_jax.train import sharding
-from hinet_jax.train import train_lib
+from hinet_jax.train import step as step_lib
 
 TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
 
@@ -21,7 +26,7 @@ TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
 def _tiny_state(seed=0):
   model = models.create_model(**TINY)
   mesh = sharding.create_mesh()
-  state, abstract, _ = train_lib.init_state(model, optax.adam(1e-3), mesh, seed)
+  state, abstract, _ = step_lib.init_state(model, optax.adam(1e-3), mesh, seed)
   return model, state, abstract
 
 
@@ -126,6 +131,48 @@ class CheckpointingTest(absltest.TestCase):
     checkpointing.write_model_config(workdir, models.model_config(self.model))
     with self.assertRaisesRegex(FileNotFoundError, 'No complete checkpoint'):
       checkpointing.load_params_from_workdir(workdir)
+
+
+class OlderWorkdirTest(absltest.TestCase):
+  """A workdir written before the backend became a run-time choice: its model_config.json and
+  the config in its checkpoints carry `conv_impl`."""
+
+  def test_resumes_and_loads(self):
+    tmp = tempfile.TemporaryDirectory()
+    self.addCleanup(tmp.cleanup)
+    workdir = tmp.name
+    config = tiny_config.get_config()
+    model = models.create_model(**config.model)
+    lr_fn = step_lib.create_learning_rate_fn(config)
+    tx = step_lib.create_optimizer(config, lr_fn)
+    mesh = sharding.create_mesh()
+    state, _, _ = step_lib.init_state(model, tx, mesh, seed=3)
+    with open(os.path.join(workdir, checkpointing.MODEL_CONFIG_FILE), 'w') as f:
+      json.dump(dict(models.model_config(model), conv_impl='auto'), f)
+    old_config = config.to_dict()
+    del old_config['backend']
+    old_config['model']['conv_impl'] = 'native'
+    mngr = checkpointing.create_manager(workdir)
+    checkpointing.save(mngr, 5, state, meta={'config': old_config})
+    mngr.wait_until_finished()
+
+    resumed, _, start = loop.restore_or_init(config, model, tx, mesh, mngr, None)
+    self.assertEqual(start, 5)
+    _assert_trees_equal(resumed.params, state.params)
+    _assert_trees_equal(resumed.opt_state, state.opt_state)
+    # Another architecture is refused, naming the field.
+    wider = models.create_model(**dict(config.model, wf=16))
+    with self.assertRaisesRegex(ValueError, r"different model: \{'wf': \(8, 16\)\}"):
+      loop.restore_or_init(config, wider, tx, mesh, mngr, None)
+    mngr.close()
+
+    model_cfg, params = checkpointing.load_params_from_workdir(workdir)
+    _assert_trees_equal(params, state.params)
+    self.assertEqual(models.model_config(models.create_model(**model_cfg)),
+                     models.model_config(model))
+    loaded, params = api.load_pretrained(workdir, backend='xla')
+    self.assertEqual(models.model_config(loaded), models.model_config(model))
+    _assert_trees_equal(params, state.params)
 
 
 if __name__ == '__main__':

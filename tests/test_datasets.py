@@ -46,7 +46,9 @@ def test_unmatched_names_are_listed(tmp_path):
   data_fixtures.write_pair_folder(tmp_path, ['a', 'b'])
   data_fixtures.write_rgb(str(tmp_path / 'input' / 'extra1.png'), np.zeros((4, 4, 3), np.uint8))
   data_fixtures.write_rgb(str(tmp_path / 'target' / 'lonely.png'), np.zeros((4, 4, 3), np.uint8))
-  with pytest.raises(ValueError, match=r'1 only in .*input: extra1\. 1 only in .*target: lonely'):
+  # File names with extensions, each under the folder that lacks its partner.
+  with pytest.raises(ValueError, match=r'In .*input but missing from .*target: extra1\.png\.\n.*'
+                     r'In .*target but missing from .*input: lonely\.png\.'):
     datasets.PairedFolderSource(tmp_path)
 
 

@@ -1,6 +1,7 @@
 """Tests for hinet_jax.evaluation.protocols and eval.py: each protocol end to end on small real-format files."""
 
 import csv
+import dataclasses
 import json
 import os
 from unittest import mock
@@ -8,11 +9,14 @@ from unittest import mock
 from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.io
 
-import eval as eval_script
+from hinet_jax.cli import eval as eval_script
+from hinet_jax import backends
 from hinet_jax.data import datasets
 from hinet_jax.evaluation import protocols as evaluate
 from hinet_jax.data import image_ops
@@ -53,6 +57,15 @@ def _y(x):
   return (16 + x.astype(np.float64) @ np.array([65.481, 128.553, 24.966])) / 255
 
 
+class _Biased(nn.Module):
+  """x + 2 * bias; `2 * bias` from the 'prepared' collection (it fails without it)."""
+
+  @nn.compact
+  def __call__(self, x):
+    self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+    return x + self.get_variable('prepared', 'double')
+
+
 _IDENTITY = jax.jit(lambda p, x: x)
 _HALF_WAY = jax.jit(lambda p, x: x * 0.5 + 0.25)
 
@@ -85,32 +98,55 @@ class EvaluateBatchesTest(absltest.TestCase):
     self.assertAlmostEqual(summary['input_psnr'], expected, places=3)
     self.assertEqual([r['name'] for r in rows[:5]], ['a', 'b', 'c', 'd', 'e'])
 
-  def test_each_batch_waits_for_the_one_before_on_cpu(self):
-    """On CPU a batch is dispatched only once the previous one's step is done: XLA:CPU would run
-    them side by side, each with its own temporaries (`host_memory.calls_in_flight`)."""
+  def test_batches_in_flight_are_bounded(self):
+    """A batch is dispatched only once all but `in_flight - 1` earlier ones are done: XLA:CPU
+    would run them side by side, each with its own temporaries. By default the predict
+    function's backend decides (on CPU one)."""
     rng = np.random.default_rng(2)
     batches = [{'lq': rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32),
-                'gt': rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)} for _ in range(4)]
-    events, step, block = [], evaluate.eval_step, jax.block_until_ready
+                'gt': rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)} for _ in range(5)]
+    self.assertEqual(inference.calls_in_flight(_IDENTITY), 1)  # The tests run on CPU.
+    for in_flight in (None, 1, 2, 3):
+      events, outs, step, block = [], [], evaluate.eval_step, jax.block_until_ready
 
-    def recording_step(*args, **kwargs):
-      out = step(*args, **kwargs)
-      events.append(('dispatch', id(out[1])))
-      return out
+      def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)  # pylint: disable=cell-var-from-loop
+        outs.append(out)  # pylint: disable=cell-var-from-loop  (alive: ids stay unique)
+        events.append(('dispatch', id(out[1])))  # pylint: disable=cell-var-from-loop
+        return out
 
-    def recording_block(x):
-      events.append(('wait', id(x)))
-      return block(x)
+      def recording_block(x):
+        events.append(('wait', id(x)))  # pylint: disable=cell-var-from-loop
+        return block(x)  # pylint: disable=cell-var-from-loop
 
-    with mock.patch.object(evaluate, 'eval_step', recording_step), \
-        mock.patch.object(jax, 'block_until_ready', recording_block):
-      summary = evaluate.evaluate_batches(_IDENTITY, None, batches)
-    self.assertEqual(summary['num_images'], 8)
-    dispatched = [key for kind, key in events if kind == 'dispatch']
-    self.assertLen(dispatched, 4)
-    for before, after in zip(dispatched, dispatched[1:]):
-      between = events[events.index(('dispatch', before)) + 1:events.index(('dispatch', after))]
-      self.assertIn(('wait', before), between)
+      with mock.patch.object(evaluate, 'eval_step', recording_step), \
+          mock.patch.object(jax, 'block_until_ready', recording_block):
+        summary = evaluate.evaluate_batches(_IDENTITY, None, batches, in_flight=in_flight)
+      self.assertEqual(summary['num_images'], 10)
+      dispatched = [key for kind, key in events if kind == 'dispatch']
+      self.assertLen(dispatched, 5)
+      for i, key in enumerate(dispatched):
+        waited = {k for kind, k in events[:events.index(('dispatch', key))] if kind == 'wait'}
+        unwaited = [k for k in dispatched[:i] if k not in waited]
+        self.assertLessEqual(len(unwaited), (in_flight or 1) - 1, (in_flight, i))
+
+  def test_predict_fn_runs_as_made_prepared_once(self):
+    """A `make_predict_fn` predict runs in the eval step with its backend's prepared variables,
+    prepared once for all batches and evaluations."""
+    backend = dataclasses.replace(
+        backends.resolve('xla'),
+        prepare_inference=lambda model, p: {'prepared': {'double': 2 * p['bias']}})
+    predict = inference.make_predict_fn(_Biased(), backend)
+    params = {'bias': jnp.asarray([0.01, -0.02, 0.03], jnp.float32)}
+    rng = np.random.default_rng(3)
+    batches = [{'lq': rng.uniform(0, 1, (2, 12, 12, 3)).astype(np.float32),
+                'gt': rng.uniform(0, 1, (2, 12, 12, 3)).astype(np.float32)} for _ in range(3)]
+    plain = jax.jit(lambda p, x: x + 2 * p['bias'])
+    want = evaluate.evaluate_batches(plain, params, batches)
+    for _ in range(2):
+      got = evaluate.evaluate_batches(predict, params, batches)
+      self.assertAlmostEqual(got['psnr'], want['psnr'], places=4)
+    self.assertEqual(predict.prepared_variables.prepares, 1)
 
   def test_self_ensemble_of_identity_is_identity(self):
     gt = np.random.default_rng(1).uniform(0, 1, (2, 16, 12, 3)).astype(np.float32)

@@ -65,10 +65,3 @@ def test_accelerator_runs_are_left_alone(monkeypatch):
   monkeypatch.setattr(host_memory, 'will_run_on_cpu', lambda: False)
   monkeypatch.setattr(host_memory, '_applied', False)
   assert host_memory.keep_freed_memory() is False
-
-
-def test_one_call_in_flight_on_cpu_two_on_accelerators():
-  assert host_memory.calls_in_flight('cpu') == 1
-  assert host_memory.calls_in_flight('gpu') == 2
-  assert host_memory.calls_in_flight('tpu') == 2
-  assert host_memory.calls_in_flight() == 1  # The tests run on CPU.

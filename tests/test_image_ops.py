@@ -118,12 +118,52 @@ def test_write_read_roundtrip_8_and_16_bit(tmp_path):
   x8 = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
   image_ops.write_image(tmp_path / 'a.png', x8)
   np.testing.assert_array_equal(image_ops.read_image(tmp_path / 'a.png'), x8)
+  with Image.open(tmp_path / 'a.png') as im:  # Another decoder reads the same pixels.
+    np.testing.assert_array_equal(np.asarray(im), x8)
   x16 = rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16)
   image_ops.write_image(tmp_path / 'b.png', x16)
   y16 = image_ops.read_image(tmp_path / 'b.png')
   assert y16.dtype == np.uint16
   np.testing.assert_array_equal(y16, x16)  # Pillow alone would truncate to 8 bits.
   assert sorted(os.listdir(tmp_path)) == ['a.png', 'b.png']  # No temp files left behind.
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.uint16])
+def test_grayscale_written_and_read_as_rgb(tmp_path, dtype):
+  gray = np.random.default_rng(2).integers(0, np.iinfo(dtype).max + 1, (6, 7), dtype=dtype)
+  image_ops.write_image(tmp_path / 'g.png', gray)
+  with Image.open(tmp_path / 'g.png') as im:  # Stored as one channel, Pillow reads it back.
+    np.testing.assert_array_equal(np.asarray(im), gray)
+  y = image_ops.read_image(tmp_path / 'g.png')
+  assert y.dtype == dtype
+  np.testing.assert_array_equal(y, np.repeat(gray[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize('channels', [2, 4])
+def test_png16_alpha_is_dropped(tmp_path, channels):
+  import imagecodecs  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(3).integers(0, 65536, (5, 4, channels), dtype=np.uint16)
+  (tmp_path / 'a.png').write_bytes(imagecodecs.png_encode(x))
+  y = image_ops.read_image(tmp_path / 'a.png')
+  expected = x[..., :1].repeat(3, -1) if channels == 2 else x[..., :3]
+  assert y.dtype == np.uint16
+  np.testing.assert_array_equal(y, expected)
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+  old = np.full((4, 4, 3), 9, np.uint8)
+  image_ops.write_image(tmp_path / 'a.png', old)
+
+  def broken_encoder(*args, **kwargs):
+    raise RuntimeError('disk full')
+
+  monkeypatch.setattr(image_ops, 'encode_png', broken_encoder)
+  with pytest.raises(RuntimeError, match='disk full'):
+    image_ops.write_image(tmp_path / 'a.png', np.zeros((4, 4, 3), np.uint8))
+  np.testing.assert_array_equal(image_ops.read_image(tmp_path / 'a.png'), old)
+  assert os.listdir(tmp_path) == ['a.png']
+  with pytest.raises(ValueError, match=r'x\.gif.*unknown image extension'):
+    image_ops.write_image(tmp_path / 'x.gif2', old)
 
 
 def test_write_float_rounds(tmp_path):
@@ -143,6 +183,10 @@ def test_png16_decoder_handles_every_filter(tmp_path, filters):
 
 
 def test_gray_alpha_palette_rule(tmp_path):
+  # Files from another encoder (Pillow).
+  rgb = np.random.default_rng(4).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(tmp_path / 'rgb.png')
+  np.testing.assert_array_equal(image_ops.read_image(tmp_path / 'rgb.png'), rgb)
   gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
   Image.fromarray(gray).save(tmp_path / 'g.png')
   np.testing.assert_array_equal(image_ops.read_image(tmp_path / 'g.png'),

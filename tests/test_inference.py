@@ -1,5 +1,7 @@
-"""Tests for hinet_jax.evaluation.inference: the official grid, tiling == whole-image inference, one trace."""
+"""Tests for hinet_jax.evaluation.inference: the official grid, tiling == whole-image inference,
+one trace, bounded calls in flight, variables prepared once per parameter set."""
 
+import dataclasses
 import gc
 import math
 
@@ -10,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax.cpu import convolution
-from hinet_jax.evaluation import inference
+from hinet_jax import backends
 from hinet_jax import models
+from hinet_jax.evaluation import inference
 
 
 class TwoConvs(nn.Module):
@@ -29,6 +31,27 @@ def _two_convs():
   model = TwoConvs()
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))['params']
   return model, params
+
+
+class Biased(nn.Module):
+  """x + 2 * bias, where `2 * bias` comes from the 'prepared' collection when it is given."""
+
+  @nn.compact
+  def __call__(self, x):
+    bias = self.param('bias', nn.initializers.normal(1.0), (x.shape[-1],))
+    if self.has_variable('prepared', 'double'):
+      return x + self.get_variable('prepared', 'double')
+    return x + 2 * bias
+
+
+def _prepare_biased(model, params):
+  del model
+  return {'prepared': {'double': 2 * params['bias']}}
+
+
+def _fake_backend(**changes):
+  """XLA's backend on this platform with `changes` (e.g. a `prepare_inference`)."""
+  return dataclasses.replace(backends.resolve('xla'), name='test', **changes)
 
 
 def _image(h, w, seed=0):
@@ -169,36 +192,38 @@ class RestoreTest(parameterized.TestCase):
     self.assertEqual(most[0], in_flight - 1)
     self.assertEqual(unfetched[0], 0)
 
-  def test_predict_fn_packs_the_kernels_once_per_parameter_set(self):
-    model = models.HINet(wf=8, depth=3, conv_impl='native')  # 'auto' with 8 devices: XLA's
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.1, a.shape), jnp.float32),
-                          models.abstract_params(model))
-    predict = inference.make_predict_fn(model)
-    x = _image(20, 12)[None]
+  def test_predict_fn_prepares_the_variables_once_per_parameter_set(self):
+    model = Biased()
+    params = {'bias': jnp.asarray([0.1, 0.2, 0.3], jnp.float32)}
+    predict = inference.make_predict_fn(model, _fake_backend(prepare_inference=_prepare_biased))
+    cache = predict.prepared_variables
+    x = _image(4, 5)[None]
     first = np.asarray(predict(params, x))
+    np.testing.assert_allclose(first, x + 2 * np.asarray(params['bias']), rtol=1e-6)
     np.testing.assert_array_equal(predict(params, x), first)
-    self.assertEqual(predict.packed_kernels.packs, 1)
-    # New weights (other arrays) are packed anew and give their own output.
+    self.assertEqual(cache.prepares, 1)
+    # New weights (other arrays) are prepared anew and give their own output.
     other = jax.tree.map(lambda a: a * 1.5, params)
     self.assertGreater(np.abs(np.asarray(predict(other, x)) - first).max(), 1e-3)
-    self.assertEqual(predict.packed_kernels.packs, 2)
-    # Mutable (numpy) weights are never trusted to be unchanged: packed on every call.
+    self.assertEqual(cache.prepares, 2)
+    # Mutable (numpy) weights are never trusted to be unchanged: prepared on every call.
     host = jax.tree.map(np.array, params)
     before = np.asarray(predict(host, x))
-    host['conv_01']['kernel'] *= 2  # in place: the same objects, other weights
+    host['bias'] *= 2  # in place: the same objects, other weights
     self.assertGreater(np.abs(np.asarray(predict(host, x)) - before).max(), 1e-3)
-    self.assertEqual(predict.packed_kernels.packs, 4)
-    # The packed kernels live no longer than the weights they were packed from.
-    self.assertTrue(predict.packed_kernels.holds_packed)
+    self.assertEqual(cache.prepares, 4)
+    # The prepared variables live no longer than the weights they were prepared from.
+    self.assertTrue(cache.holds_variables)
     del other
     gc.collect()
-    self.assertFalse(predict.packed_kernels.holds_packed)
-    # The same values as the model without packed kernels, under the same compiler options, to
-    # float rounding (its 32-channel level runs as Winograd when packed: tests/test_models.py).
-    ref = jax.jit(lambda p, x: model.apply({'params': p}, x)[1],
-                  compiler_options=convolution.inference_compiler_options())(params, x)
-    np.testing.assert_allclose(first, ref, rtol=1e-5, atol=1e-5)
+    self.assertFalse(cache.holds_variables)
+
+  def test_predict_fn_follows_its_backend(self):
+    predict = inference.make_predict_fn(_two_convs()[0], _fake_backend(calls_in_flight=3))
+    self.assertEqual(inference.calls_in_flight(predict), 3)
+    self.assertIsNone(predict.prepared_variables)  # XLA's backend prepares nothing.
+    self.assertEqual(inference.calls_in_flight(jax.jit(lambda p, x: x)),
+                     backends.resolve('xla').calls_in_flight)
 
   def test_hinet_predict_fn_returns_stage2(self):
     model = models.HINet(wf=8, depth=3)
@@ -206,7 +231,9 @@ class RestoreTest(parameterized.TestCase):
     params = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
                           models.abstract_params(model))
     x = _image(20, 12)
-    out = np.asarray(inference.make_predict_fn(model)(params, x[None]))
+    predict = inference.make_predict_fn(model)
+    self.assertEqual(predict.backend, backends.resolve('auto'))
+    out = np.asarray(predict(params, x[None]))
     ref = np.asarray(jax.jit(model.apply)({'params': params}, x[None])[1])
     np.testing.assert_allclose(out, ref, atol=1e-5)
 

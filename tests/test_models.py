@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hinet_jax.cpu import convolution
+import hinet_jax
 from hinet_jax import models
 
-LAYOUT = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference',
-                      'official_checkpoint_layout.json')
+# Tensor names and shapes of the published checkpoints (the file's "about" says where from).
+LAYOUT = os.path.join(os.path.dirname(__file__), 'data', 'official_checkpoint_layout.json')
 
 TINY = dict(wf=8, depth=3)
 
@@ -26,10 +26,9 @@ def test_param_counts_match_published(preset, expected):
 
 def test_param_names_and_shapes_match_official_layout():
   """Every official tensor maps to one Flax param of the right shape (and nothing else exists)."""
-  if not os.path.exists(LAYOUT):
-    pytest.skip('shared/reference is not beside the checkout')
   from hinet_jax.interop import torch_port  # numpy-only mapping; no torch needed
-  layout = json.load(open(LAYOUT))
+  with open(LAYOUT) as f:
+    layout = json.load(f)['checkpoints']
   for name, entry in layout.items():
     model = models.create_model(**entry['constructor'])
     flat = jax.tree_util.tree_flatten_with_path(models.abstract_params(model))[0]
@@ -45,7 +44,7 @@ def test_param_names_and_shapes_match_official_layout():
 
 def test_outputs_are_two_stages_at_input_size_for_odd_sizes():
   model = models.HINet(**TINY)
-  params = models.init_params(model, jax.random.key(0), 16)
+  params = models.init_params(model, 0)
   apply = jax.jit(model.apply)
   for h, w in [(13, 21), (4, 4), (1, 7)]:
     x = jax.random.uniform(jax.random.key(1), (2, h, w, 3))
@@ -59,7 +58,7 @@ def test_padding_only_extends_the_image():
   """On a size that needs no padding, the padded path is the identity; on odd sizes the crop of
   the output equals the output of the padded input, cropped."""
   model = models.HINet(**TINY)
-  params = models.init_params(model, jax.random.key(0), 16)
+  params = models.init_params(model, 0)
   x = jax.random.uniform(jax.random.key(2), (1, 10, 12, 3))
   padded = models.pad_to_multiple(x, 4)
   assert padded.shape == (1, 12, 12, 3)
@@ -71,7 +70,7 @@ def test_padding_only_extends_the_image():
 
 
 def test_half_instance_norm_touches_only_first_half():
-  norm = models.InstanceNorm(num_normalized=4)
+  norm = models.HalfInstanceNorm()
   x = jax.random.normal(jax.random.key(0), (2, 5, 6, 8)) * 3 + 1
   variables = norm.init(jax.random.key(1), x)
   assert variables['params']['scale'].shape == (4,)  # as the official checkpoints' norm weights
@@ -97,7 +96,7 @@ def test_hin_levels_follow_positions():
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
   model = models.HINet(**TINY, dtype=jnp.bfloat16)
-  params = models.init_params(model, jax.random.key(0), 16)
+  params = models.init_params(model, 0)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   x = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3))
   s1, s2 = model.apply({'params': params}, x)
@@ -105,42 +104,6 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   assert s2.dtype == jnp.float32
   # bf16 has ~3 significant digits: close to the float32 result, but not equal to it.
   assert 0 < float(jnp.max(jnp.abs(s2 - ref))) < 0.1
-
-
-def _random_params(model, seed=0):
-  rng = np.random.default_rng(seed)  # init_params compiles for ~20 s on CPU; values suffice.
-  return jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.1, a.shape), jnp.float32),
-                      models.abstract_params(model))
-
-
-def test_packed_kernels_give_the_same_outputs(monkeypatch):
-  """`pack_kernels` packs every kernel the CPU kernels run. Applying the model with them changes
-  only float rounding where Winograd runs (this model's 32-channel level: one packed for it),
-  and no bit of either stage with every convolution direct. ('native': with the tests' 8 host
-  devices 'auto' keeps XLA's convolutions, and there is nothing to pack.)"""
-  model = models.HINet(**TINY, conv_impl='native')
-  params = _random_params(model)
-  kernels = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-             if path[-1].key == 'kernel']
-  assert not jax.tree.leaves(models.pack_kernels(model.clone(conv_impl='auto'), params))
-  x = jax.random.uniform(jax.random.key(1), (2, 20, 12, 3))
-  plain = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, x)
-
-  def packed_outputs():  # A new trace each call: it sees the policy as it is now.
-    packed = jax.jit(lambda p: models.pack_kernels(model, p))(params)
-    assert len(jax.tree.leaves(packed)) == len(kernels)
-    apply = jax.jit(lambda p, k, x: model.apply({'params': p, models.PACKED: k}, x))
-    return packed, apply(params, packed, x)
-
-  packed, fast = packed_outputs()
-  assert any(k.size == 36 * 32 * 32 for k in jax.tree.leaves(packed))  # a 3x3 32 -> 32, F(4x4)
-  for a, b in zip(plain, fast):
-    assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
-  monkeypatch.setattr(convolution, 'PACKED_WINOGRAD_MIN_CHANNELS', 10**6)
-  for a, b in zip(plain, packed_outputs()[1]):
-    np.testing.assert_array_equal(a, b)
-  with pytest.raises(ValueError, match='cannot be differentiated'):
-    jax.grad(lambda p: jnp.sum(model.apply({'params': p, models.PACKED: packed}, x)[1]))(params)
 
 
 def test_create_model_presets_and_errors():
@@ -157,3 +120,38 @@ def test_forward_macs_from_xla_cost_analysis():
   assert tiny > 0
   # Doubling both sides quadruples the work of a fully convolutional net.
   assert models.forward_macs(models.HINet(**TINY), 64, 64) == pytest.approx(4 * tiny, rel=0.05)
+
+
+def test_torch_default_init_distributions():
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with PyTorch's fan-in (a transposed conv's from its
+  outputs); the same seed gives the same parameters."""
+  model = models.HINet(**TINY)
+  params = models.init_params(model, 0)
+  bound = lambda fan_in: fan_in**-0.5
+  checks = [(params['conv_01']['kernel'], bound(3 * 9)), (params['conv_01']['bias'], bound(3 * 9)),
+            (params['up_path_1_0']['up']['kernel'], bound(16 * 4)),
+            (params['down_path_1_2']['conv_1']['kernel'], bound(16 * 9))]
+  for value, b in checks:
+    value = np.asarray(value)
+    assert value.max() <= b and value.min() >= -b
+    if value.size >= 100:  # spread over the whole interval
+      assert value.max() > 0.8 * b and value.min() < -0.8 * b
+  again = models.init_params(model, 0)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(params['conv_01']['kernel'], models.init_params(model, 1)['conv_01']['kernel'])
+
+
+def test_model_config_is_architecture_only_and_old_configs_load(tmp_path):
+  """`model_config.json` holds the architecture; one written by earlier versions, with a
+  `conv_impl`, still loads."""
+  model = models.HINet(**TINY)
+  config = models.model_config(model)
+  assert 'conv_impl' not in config and 'layers' not in config
+  params = models.init_params(model, 0)
+  hinet_jax.save_params(str(tmp_path / 'old'), params, {**config, 'conv_impl': 'native'})
+  loaded, loaded_params = hinet_jax.load_pretrained(str(tmp_path / 'old'), backend='xla')
+  assert models.model_config(loaded) == config
+  x = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3))
+  np.testing.assert_array_equal(model.apply({'params': params}, x)[1],
+                                loaded.apply({'params': loaded_params}, x)[1])

@@ -9,10 +9,13 @@ import contextlib
 
 import jax
 import numpy as np
-import pytest
 
-from hinet_jax.evaluation import inference
+from hinet_jax import backends
 from hinet_jax import models
+from hinet_jax.configs import tiny
+from hinet_jax.evaluation import inference
+from hinet_jax.train import sharding
+from hinet_jax.train import step as step_lib
 
 TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
@@ -33,6 +36,11 @@ class CountingModel:
     return getattr(self.model, name)
 
 
+def _counting_tiny_model():
+  """The tiny HINet on this platform's default backend, its apply counted."""
+  return CountingModel(backends.build(models.HINet(**TINY)))
+
+
 @contextlib.contextmanager
 def count_compiles():
   """Yields a one-element list holding the number of XLA compilations inside the block."""
@@ -51,9 +59,8 @@ def count_compiles():
 
 
 def test_tiled_inference_compiles_once_for_all_image_sizes():
-  model = models.HINet(**TINY)
-  params = models.init_params(model, jax.random.key(0), 16)
-  counting = CountingModel(model)
+  counting = _counting_tiny_model()
+  params = models.init_params(counting.model, 0)
   predict = inference.make_predict_fn(counting)
   rng = np.random.default_rng(0)
   tile = 32
@@ -64,29 +71,28 @@ def test_tiled_inference_compiles_once_for_all_image_sizes():
   first_shape, first_kwargs = calls[0]
   inference.restore_image(predict, params, rng.random(first_shape + (3,), np.float32), tile=tile,
                           batch_size=3, **first_kwargs)
-  assert counting.traces == 2  # the forward, and the pass that packs the kernels once
+  traces = counting.traces  # The forward, and any pass that prepares variables once.
+  assert traces >= 1
   with count_compiles() as compiles:
     for shape, kwargs in calls[1:]:
       out = inference.restore_image(predict, params, rng.random(shape + (3,), np.float32),
                                     tile=tile, batch_size=3, **kwargs)
       assert out.shape == shape + (3,)
-  assert counting.traces == 2, 'tiled inference retraced the model for a new image size'
+  assert counting.traces == traces, 'tiled inference retraced the model for a new image size'
   assert compiles[0] == 0, f'tiled inference recompiled {compiles[0]} times after the first call'
 
 
 def test_train_step_compiles_once():
-  train_lib = pytest.importorskip('hinet_jax.train.train_lib')
-  from hinet_jax.train import sharding  # pylint: disable=g-import-not-at-top
-  from configs import tiny  # pylint: disable=g-import-not-at-top
-
   config = tiny.get_config()
-  model = models.create_model(**config.model)
-  lr_fn = train_lib.create_learning_rate_fn(config)
-  tx = train_lib.create_optimizer(config, lr_fn)
+  backend = backends.resolve(config.backend)
+  model = backend.build(models.create_model(**config.model))
+  lr_fn = step_lib.create_learning_rate_fn(config)
+  tx = step_lib.create_optimizer(config, lr_fn)
   mesh = sharding.create_mesh()
   counting = CountingModel(model)  # The state's apply_fn is then the counting one.
-  state, _, shardings = train_lib.init_state(counting, tx, mesh, config.seed)
-  step_fn = train_lib.make_train_step(config, lr_fn, shardings, mesh)
+  state, _, shardings = step_lib.init_state(counting, tx, mesh, config.seed)
+  step_fn = step_lib.make_train_step(config, lr_fn, shardings, mesh,
+                                     skip_by_cond=backend.skip_step_by_cond)
   rng = np.random.default_rng(0)
   shape = (config.batch_size, config.data.crop_size, config.data.crop_size, config.model.in_chn)
 
@@ -101,6 +107,6 @@ def test_train_step_compiles_once():
   with count_compiles() as compiles:
     for _ in range(3):
       state, m = step_fn(state, batch())
-      float(m['loss'])  # Fetch a metric each step, as the training loop's logging does.
+      step_lib.compute_metrics(m)  # Fetch the metrics each step, as the training loop does.
   assert counting.traces == 1, 'the train step retraced after the first step'
   assert compiles[0] == 0, f'the train step recompiled {compiles[0]} times after the first step'

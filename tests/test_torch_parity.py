@@ -3,10 +3,9 @@
 import jax
 import numpy as np
 import pytest
+import torch  # the `test` extra installs it: parity is a guarantee, never skipped
 
-torch = pytest.importorskip('torch')
-
-from hinet_jax import models  # pylint: disable=g-import-not-at-top
+from hinet_jax import models
 from hinet_jax.interop import torch_port
 import torch_reference
 

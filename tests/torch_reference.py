@@ -1,8 +1,10 @@
-"""A PyTorch reference of HINet, written from shared/reference/ARCHITECTURE.md.
+"""A PyTorch reference of HINet, written from the published network's wiring.
 
-It names its tensors exactly as the official checkpoints do (official_checkpoint_layout.json), so a
-state dict of this module has the layout of HINet-*.pth. Used by the parity tests and by
-bench/model_speed.py as the PyTorch baseline. Requires torch (a test extra).
+The wiring is that of the official code (megvii-model/HINet, `basicsr/models/archs/hinet_arch.py`):
+HIN encoder blocks, CSFF between the stages, SAM. It names its tensors exactly as the official
+checkpoints do (`tests/data/official_checkpoint_layout.json`), so a state dict of this module has the
+layout of HINet-*.pth. Used by the parity tests and by bench/model_speed.py as the PyTorch baseline.
+Requires torch (the `test` extra).
 """
 
 import torch

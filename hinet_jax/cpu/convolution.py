@@ -102,7 +102,7 @@ def _on_cpu(backend: str | None = None) -> bool:
 
 def _check_impl(impl: str) -> None:
   if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}.')
+    raise ValueError(f'impl must be one of {CONV_IMPLS}, got {impl!r}.')
 
 
 def conv_xla(x: Array, kernel: Array, strides: int = 1, padding: int = 1) -> Array:
@@ -388,10 +388,9 @@ def native_applies(x: Array, kernel: Array) -> bool:
 
 
 def _auto_native(x: Array, kernel: Array) -> bool:
-  """Whether 'auto' may use `cpu_kernels`: where they apply, with one device. XLA's partitioner
-  cannot split their custom calls (it would gather a batch-sharded input onto every device), so
-  with several devices 'auto' keeps the convolutions it can shard."""
-  return jax.device_count() == 1 and native_applies(x, kernel)
+  """Whether 'auto' uses `cpu_kernels`: wherever they apply. (The backend runs these layers on one
+  device only: XLA's partitioner cannot split the kernels' custom calls.)"""
+  return native_applies(x, kernel)
 
 
 def _runs_native(x: Array, kernel: Array, strides: int, padding: int, impl: str) -> bool:
@@ -453,10 +452,10 @@ def _require_packed_native(runs_native: bool) -> None:
 def _require_native(x: Array, kernel: Array) -> None:
   if not native_applies(x, kernel):
     raise ValueError(
-        "conv_impl='native' needs the CPU backend, float32, a square kernel up to 8x8, static "
+        "impl='native' needs the CPU backend, float32, a square kernel up to 8x8, static "
         f'shapes and the hinet_jax CPU kernels built (backend {jax.default_backend()}, '
         f'{x.dtype} x {kernel.dtype}, kernel {kernel.shape}, kernels built: '
-        f"{cpu_kernels.available()}). Use conv_impl='auto', which picks a form that runs here.")
+        f"{cpu_kernels.available()}). Use impl='auto', which picks a form that runs here.")
 
 
 def auto_impl(shape: tuple, features: int, backend: str | None = None,

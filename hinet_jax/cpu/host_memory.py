@@ -75,25 +75,6 @@ def keep_freed_memory(only_on_cpu: bool = True) -> bool:
   return True
 
 
-def calls_in_flight(backend: str | None = None) -> int:
-  """How many calls a loop keeps dispatched before it waits for the oldest one.
-
-  On CPU one. XLA:CPU runs independent executions side by side, each with its temporaries from
-  this heap: a second call in flight holds a second set (520 MB for the 1x model on 4 tiles of
-  256x256) and gains nothing on the same cores (a 1x 720p frame: peak RSS 3149 -> 2621 MB, the
-  same 9.8 s). Train steps dispatched before the last one was done, each waiting for its state,
-  still grew the heap by a set a step for several steps, faulting it in as they went (1x,
-  2x128x128: 2.4 -> 5.2 GB, those steps 2.6 s instead of 1.5). So loops read their next batch,
-  wait for the previous call, then dispatch. On accelerators two: the next call queued behind the running one,
-  so that the host's work overlaps the device's (bench/README.md, levers log).
-
-  Args:
-    backend: JAX backend name; defaults to `jax.default_backend()`.
-  """
-  import jax  # pylint: disable=g-import-not-at-top  (this module is imported before JAX runs)
-  return 1 if (backend or jax.default_backend()) == 'cpu' else 2
-
-
 def will_run_on_cpu() -> bool:
   """Whether JAX will run on the CPU: JAX_PLATFORMS says cpu, or no GPU/TPU backend is installed.
 

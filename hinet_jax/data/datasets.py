@@ -17,8 +17,9 @@ Layouts, as the official HINet/NAFNet preparation leaves them:
     `<root>/val/{val_blur_jpeg,val_sharp}/<seq>/<frame>` (or flattened `<seq>_<frame>`).
   * Rain13k: `<root>/train/{input,target}`, `<root>/test/<Test100|Rain100H|...>/{input,target}`.
 
-Bad input fails with a message naming the file and the fix; `on_error='skip'`
-turns per-pair read errors (unreadable file, size mismatch) into a logged,
+Bad input fails with a message naming the file and the fix (a `hinet_jax.errors.UserError`, also a
+ValueError or FileNotFoundError, which the command-line programs print without a traceback);
+`on_error='skip'` turns per-pair read errors (unreadable file, size mismatch) into a logged,
 counted skip (`__getitem__` returns None, which grain drops).
 """
 
@@ -30,6 +31,7 @@ import os
 from absl import logging
 import numpy as np
 
+from hinet_jax import errors
 from hinet_jax.data import image_ops
 
 # The five deraining test sets of MPRNet/HINet, by their folder names.
@@ -66,13 +68,14 @@ def list_images(folder, recursive=False):
     dict key -> absolute path, in sorted key order.
 
   Raises:
-    FileNotFoundError: the folder does not exist.
-    ValueError: the folder holds no image, or two files share a key.
+    errors.MissingPathError: the folder does not exist.
+    errors.InvalidInputError: the folder holds no image, or two files share a key.
   """
   folder = os.path.abspath(os.fspath(folder))
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f'Image folder {folder} does not exist: check the dataset root '
-                            'and the layout described in hinet_jax/datasets.py')
+    raise errors.MissingPathError(
+        f'Image folder {folder} does not exist: check the dataset root '
+        'and the layout described in hinet_jax/data/datasets.py')
   found = {}
   for dirpath, dirnames, filenames in os.walk(folder):
     dirnames.sort()
@@ -84,13 +87,15 @@ def list_images(folder, recursive=False):
       rel = os.path.relpath(os.path.join(dirpath, fname), folder)
       key = os.path.splitext(rel)[0].replace(os.sep, '/')
       if key in found:
-        raise ValueError(f'Two images share the name {key!r} in {folder} '
-                         f'({os.path.basename(found[key])}, {fname}): keep one of them')
+        raise errors.InvalidInputError(
+            f'Two images share the name {key!r} in {folder} '
+            f'({os.path.basename(found[key])}, {fname}): keep one of them')
       found[key] = os.path.join(dirpath, fname)
   if not found:
-    raise ValueError(f'Image folder {folder} contains no images with extensions '
-                     f'{", ".join(image_ops.IMAGE_EXTENSIONS)}: check the path, or extract '
-                     'the dataset there')
+    raise errors.InvalidInputError(
+        f'Image folder {folder} contains no images with extensions '
+        f'{", ".join(image_ops.IMAGE_EXTENSIONS)}: check the path, or extract '
+        'the dataset there')
   return dict(sorted(found.items()))
 
 
@@ -100,26 +105,36 @@ def match_pairs(lq_files, gt_files, lq_dir='input', gt_dir='target'):
   Args:
     lq_files: dict key -> degraded image path.
     gt_files: dict key -> clean image path.
-    lq_dir: folder name used in the error message.
-    gt_dir: folder name used in the error message.
+    lq_dir: folder (or a label for it) named in the error message.
+    gt_dir: folder (or a label for it) named in the error message.
 
   Returns:
     list of (lq_path, gt_path, name) sorted by name.
 
   Raises:
-    ValueError: the key sets differ; the message lists the unmatched names.
+    errors.InvalidInputError: the key sets differ; the message lists the unmatched files (names
+      with extensions) under the folder that lacks their partner.
   """
   only_lq = lq_files.keys() - gt_files.keys()
   only_gt = gt_files.keys() - lq_files.keys()
   if only_lq or only_gt:
-    msg = [f'The image names in {lq_dir} and {gt_dir} differ, so pairs cannot be matched.']
+    msg = [f'The images in {lq_dir} and {gt_dir} do not pair up by name (a pair is two files '
+           'with the same name; the extensions may differ).']
     if only_lq:
-      msg.append(f'{len(only_lq)} only in {lq_dir}: {_short_list(only_lq)}.')
+      names = [_shown_name(lq_files[k], lq_dir) for k in only_lq]
+      msg.append(f'In {lq_dir} but missing from {gt_dir}: {_short_list(names)}.')
     if only_gt:
-      msg.append(f'{len(only_gt)} only in {gt_dir}: {_short_list(only_gt)}.')
-    msg.append('Fix: remove or add the listed files so both folders hold the same names.')
-    raise ValueError(' '.join(msg))
+      names = [_shown_name(gt_files[k], gt_dir) for k in only_gt]
+      msg.append(f'In {gt_dir} but missing from {lq_dir}: {_short_list(names)}.')
+    msg.append('Fix: add the missing files, or remove the unpaired ones.')
+    raise errors.InvalidInputError('\n  '.join(msg))
   return [(lq_files[k], gt_files[k], k) for k in sorted(lq_files)]
+
+
+def _shown_name(path, folder):
+  """A file's name for a message: its path inside `folder` (extension kept), else its base name."""
+  rel = os.path.relpath(path, folder) if os.path.isdir(folder) else os.path.basename(path)
+  return os.path.basename(path) if rel.startswith('..') else rel
 
 
 def _find_dir(root, candidates, what):
@@ -128,8 +143,9 @@ def _find_dir(root, candidates, what):
   for path in tried:
     if os.path.isdir(path):
       return path
-  raise FileNotFoundError(f'{what}: none of these folders exists: {", ".join(tried)}. '
-                          'Check the dataset root and layout (see hinet_jax/datasets.py).')
+  raise errors.MissingPathError(
+      f'{what}: none of these folders exists: {", ".join(tried)}. '
+      'Check the dataset root and layout (see hinet_jax/data/datasets.py).')
 
 
 # ----------------------------------------------------------------------------
@@ -147,9 +163,9 @@ class PairedFileSource:
 
   def __init__(self, pairs, on_error='raise'):
     if on_error not in ('raise', 'skip'):
-      raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+      raise errors.InvalidInputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if not pairs:
-      raise ValueError('No image pairs found: check the dataset root and split')
+      raise errors.InvalidInputError('No image pairs found: check the dataset root and split')
     self.pairs = list(pairs)
     self.on_error = on_error
     self.num_skipped = 0
@@ -186,13 +202,14 @@ def read_pair(lq_path, gt_path, name):
 
   Raises:
     image_ops.ImageReadError: a file is unreadable (named in the message).
-    ValueError: the two images differ in size (both files named).
+    errors.InvalidInputError: the two images differ in size (both files named).
   """
   lq = image_ops.read_image(lq_path)
   gt = image_ops.read_image(gt_path)
   if lq.shape != gt.shape or lq.dtype != gt.dtype:
-    raise ValueError(f'Pair {name!r} does not match: {lq_path} is {lq.shape} {lq.dtype} but '
-                     f'{gt_path} is {gt.shape} {gt.dtype}. Fix or remove the pair.')
+    raise errors.InvalidInputError(
+        f'Pair {name!r} does not match: {lq_path} is {lq.shape} {lq.dtype} but '
+        f'{gt_path} is {gt.shape} {gt.dtype}. Fix or remove the pair.')
   return {'lq': lq, 'gt': gt, 'name': name}
 
 
@@ -258,8 +275,9 @@ def list_sidd_medium_pairs(root):
     elif '_GT_SRGB_' in stem:
       gt[stem.replace('_GT', '')] = path
   if not noisy and not gt:
-    raise ValueError(f'No *_NOISY_SRGB_* / *_GT_SRGB_* images under {data}: point root at '
-                     'SIDD_Medium_Srgb (the folder holding Data/<scene>/)')
+    raise errors.InvalidInputError(
+        f'No *_NOISY_SRGB_* / *_GT_SRGB_* images under {data}: point root at '
+        'SIDD_Medium_Srgb (the folder holding Data/<scene>/)')
   return match_pairs(noisy, gt, f'{data} (*_NOISY_SRGB_*)', f'{data} (*_GT_SRGB_*)')
 
 
@@ -281,7 +299,7 @@ def gopro_source(root, split='train', on_error='raise', crops=False):
     A PairedFileSource.
   """
   if split not in ('train', 'test'):
-    raise ValueError(f"GoPro split must be 'train' or 'test', got {split!r}")
+    raise errors.InvalidInputError(f"GoPro split must be 'train' or 'test', got {split!r}")
   base = os.path.join(os.fspath(root), split)
   if crops:
     return PairedFolderSource(base, 'blur_crops', 'sharp_crops', on_error)
@@ -298,8 +316,9 @@ def gopro_source(root, split='train', on_error='raise', crops=False):
                                      os.path.join(seq_dir, 'sharp')):
       pairs.append((lq, gt, f'{seq}_{frame}'))
   if not pairs:
-    raise FileNotFoundError(f'GoPro: {base} holds neither input/target nor <seq>/blur,sharp '
-                            'folders: check the root or prepare the dataset')
+    raise errors.MissingPathError(
+        f'GoPro: {base} holds neither input/target nor <seq>/blur,sharp '
+        'folders: check the root or prepare the dataset')
   return PairedFileSource(pairs, on_error)
 
 
@@ -352,7 +371,7 @@ def reds_source(root, split='train', on_error='raise'):
       if split == 'val_300':
         pairs = [p for p in pairs if p[2].endswith('9')]
   else:
-    raise ValueError(f"REDS split must be 'train', 'val' or 'val_300', got {split!r}")
+    raise errors.InvalidInputError(f"REDS split must be 'train', 'val' or 'val_300', got {split!r}")
   return PairedFileSource(pairs, on_error)
 
 
@@ -372,8 +391,9 @@ def rain13k_source(root, split='train', on_error='raise'):
     return PairedFolderSource(os.path.join(root, 'train'), on_error=on_error)
   by_lower = {s.lower(): s for s in RAIN13K_TEST_SETS}
   if split.lower() not in by_lower:
-    raise ValueError(f'Unknown Rain13k split {split!r}: use train or one of '
-                     f'{", ".join(RAIN13K_TEST_SETS)}')
+    raise errors.InvalidInputError(
+        f'Unknown Rain13k split {split!r}: use train or one of '
+        f'{", ".join(RAIN13K_TEST_SETS)}')
   name = by_lower[split.lower()]
   base = _find_dir(root, [os.path.join('test', name), name], f'Rain13k test set {name}')
   return PairedFolderSource(base, on_error=on_error)
@@ -387,21 +407,25 @@ def _mat_shape(path, key):
   """Returns (shape, dtype_name, is_hdf5) of one .mat variable without loading it."""
   import scipy.io  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'SIDD validation file {path} does not exist: download '
-                            f'{os.path.basename(path)} from the SIDD website')
+    raise errors.MissingPathError(
+        f'SIDD validation file {path} does not exist: download '
+        f'{os.path.basename(path)} from the SIDD website')
   try:
     info = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(path)}
   except NotImplementedError:  # MATLAB v7.3 = HDF5.
     with _open_h5(path) as f:
       if key not in f:
-        raise ValueError(f'{path} has no variable {key!r} (found {sorted(f.keys())}): '
-                         'is this the right SIDD file?') from None
+        raise errors.InvalidInputError(
+            f'{path} has no variable {key!r} (found {sorted(f.keys())}): '
+            'is this the right SIDD file?') from None
       return tuple(reversed(f[key].shape)), str(f[key].dtype), True
   except (ValueError, OSError) as e:
-    raise ValueError(f'Cannot read {path} as a .mat file ({e}): re-download it') from e
+    raise errors.InvalidInputError(
+        f'Cannot read {path} as a .mat file ({e}): re-download it') from e
   if key not in info:
-    raise ValueError(f'{path} has no variable {key!r} (found {sorted(info)}): is this the '
-                     'right SIDD file?')
+    raise errors.InvalidInputError(
+        f'{path} has no variable {key!r} (found {sorted(info)}): is this the '
+        'right SIDD file?')
   return info[key][0], info[key][1], False
 
 
@@ -410,8 +434,9 @@ def _open_h5(path):
   try:
     import h5py  # pylint: disable=g-import-not-at-top
   except ImportError:
-    raise ValueError(f'{path} is a MATLAB v7.3 (HDF5) file: pip install h5py to read it, '
-                     'or re-save it in MATLAB with -v7') from None
+    raise errors.InvalidInputError(
+        f'{path} is a MATLAB v7.3 (HDF5) file: pip install h5py to read it, '
+        'or re-save it in MATLAB with -v7') from None
   return h5py.File(path, 'r')
 
 
@@ -459,13 +484,15 @@ class SiddValidationSource:
       ok = (len(shape) == 5 and shape[-1] == 3 and dtype == 'uint8' and
             (expected_shape is None or tuple(shape) == tuple(expected_shape)))
       if not ok:
-        raise ValueError(f'{path}: variable {key!r} is {tuple(shape)} {dtype}, expected '
-                         f'{tuple(expected)} uint8 (SIDD sRGB validation blocks). Use the '
-                         'official ValidationNoisyBlocksSrgb.mat / ValidationGtBlocksSrgb.mat.')
+        raise errors.InvalidInputError(
+            f'{path}: variable {key!r} is {tuple(shape)} {dtype}, expected '
+            f'{tuple(expected)} uint8 (SIDD sRGB validation blocks). Use the '
+            'official ValidationNoisyBlocksSrgb.mat / ValidationGtBlocksSrgb.mat.')
       shapes.append(tuple(shape))
     if shapes[0] != shapes[1]:
-      raise ValueError(f'{self.noisy_mat} is {shapes[0]} but {self.gt_mat} is {shapes[1]}: '
-                       'use the matching noisy/GT validation files')
+      raise errors.InvalidInputError(
+          f'{self.noisy_mat} is {shapes[0]} but {self.gt_mat} is {shapes[1]}: '
+          'use the matching noisy/GT validation files')
     self.shape = shapes[0]
     self._arrays = None
 
@@ -562,7 +589,8 @@ def degrade(clean, rng, degradation='noise', sigma=25.0, blur_length=15, jpeg_qu
     buf = io.BytesIO()
     Image.fromarray(clean).save(buf, format='JPEG', quality=int(jpeg_quality))
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB'))
-  raise ValueError(f"degradation must be 'noise', 'blur' or 'jpeg', got {degradation!r}")
+  raise errors.InvalidInputError(
+      f"degradation must be 'noise', 'blur' or 'jpeg', got {degradation!r}")
 
 
 class DemoSource:
@@ -597,7 +625,7 @@ class DemoSource:
       images: override the photo names for this split.
     """
     if split not in ('train', 'val'):
-      raise ValueError(f"DemoSource split must be 'train' or 'val', got {split!r}")
+      raise errors.InvalidInputError(f"DemoSource split must be 'train' or 'val', got {split!r}")
     degrade(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0), degradation)  # Validates.
     self.split, self.seed = split, int(seed)
     self.images = tuple(images or (DEMO_TRAIN_IMAGES if split == 'train' else DEMO_VAL_IMAGES))
@@ -716,20 +744,23 @@ def make_source(kind, **kwargs):
     ValueError: unknown kind or arguments; the message lists what is accepted.
   """
   if kind not in _KINDS:
-    raise ValueError(f'Unknown data source kind {kind!r}: use one of {", ".join(_KINDS)}')
+    raise errors.InvalidInputError(
+        f'Unknown data source kind {kind!r}: use one of {", ".join(_KINDS)}')
   fn = _KINDS[kind]
   signature = inspect.signature(fn)
   try:
     signature.bind(**kwargs)
   except TypeError as e:
-    raise ValueError(f'Bad arguments for source kind {kind!r}: {e}. Accepted: '
-                     f'{signature}') from None
+    raise errors.InvalidInputError(
+        f'Bad arguments for source kind {kind!r}: {e}. Accepted: '
+        f'{signature}') from None
   # An unset config placeholder arrives as None; name it instead of failing in os.fspath.
   unset = [name for name, p in signature.parameters.items()
            if p.default is inspect.Parameter.empty and kwargs.get(name) is None]
   if unset:
-    raise ValueError(f'Source kind {kind!r} needs {", ".join(unset)} (got None): set it in '
-                     'the data config, e.g. --config.data.train.root=/path/to/data')
+    raise errors.InvalidInputError(
+        f'Source kind {kind!r} needs {", ".join(unset)} (got None): set it in '
+        'the data config, e.g. --config.data.train.root=/path/to/data')
   return fn(**kwargs)
 
 

@@ -18,6 +18,9 @@ pair whose crops all exist is skipped, so an interrupted run can be resumed.
 crop then costs a copy of its window, not the decoding of two 512x512 PNGs
 (~17 ms a pair per core), which a GPU training at full speed would otherwise
 wait for (bench/README.md, input pipeline).
+
+A mistake in the flags, a path or the data prints one message naming the option or file and exits
+with status 2; --traceback shows the Python traceback as well.
 """
 
 import functools
@@ -30,6 +33,7 @@ from absl import logging
 import numpy as np
 import tqdm
 
+from hinet_jax import errors
 from hinet_jax.data import datasets
 from hinet_jax.data import image_ops
 
@@ -108,7 +112,7 @@ def crop_pair(pair, output_dir, crop_size=CROP_SIZE, step=STEP, thresh_size=THRE
   try:
     boxes = crop_boxes(h, w, crop_size, step, thresh_size)
   except ValueError as e:
-    raise ValueError(f'{noisy_path}: {e}; lower --crop_size') from None
+    raise errors.InvalidInputError(f'{noisy_path}: {e}; lower --crop_size') from None
   names = [f'{name}_s{i:03d}{ext}' for i in range(1, len(boxes) + 1)]
   if all(os.path.exists(os.path.join(out[k], n)) for k in out for n in names):
     return 0
@@ -163,8 +167,8 @@ def _tick(bar, n):
   return n
 
 
-def _define_flags():
-  """Defines the CLI flags (only when run as a script, so importing adds none)."""
+def define_flags():
+  """Defines the CLI flags (only when run as a program, so importing adds none)."""
   flags.DEFINE_string('input_dir', None, 'SIDD_Medium_Srgb folder (holding Data/).')
   flags.DEFINE_string('output_dir', None, 'Output folder; gets input_crops/ and gt_crops/.')
   flags.DEFINE_integer('num_workers', None, 'Processes (default: all cores).')
@@ -179,13 +183,20 @@ def _define_flags():
 
 
 def main(argv):
+  """Crops --input_dir into --output_dir (the flags `define_flags` adds)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  if not os.path.isdir(f.input_dir):
+    raise errors.MissingPathError(f'--input_dir={f.input_dir} does not exist or is not a folder: '
+                                  'pass the SIDD_Medium_Srgb folder (holding Data/).')
+  if os.path.exists(f.output_dir) and not os.path.isdir(f.output_dir):
+    raise errors.OutputExistsError(f'--output_dir={f.output_dir} is a file; pass a folder.')
   prepare(f.input_dir, f.output_dir, f.num_workers, f.crop_size, f.step, f.thresh_size,
           f['format'].value)
 
 
 if __name__ == '__main__':
-  _define_flags()
-  app.run(main)
+  from hinet_jax.cli import runner  # pylint: disable=g-import-not-at-top
+  define_flags()
+  runner.run(main)

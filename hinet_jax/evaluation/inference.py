@@ -21,16 +21,15 @@ import math
 import os
 import threading
 import weakref
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import jax
 import numpy as np
 
-from hinet_jax.cpu import convolution
-from hinet_jax.cpu import host_memory
-from hinet_jax.data import image_ops
+from hinet_jax import backends
 from hinet_jax import models
+from hinet_jax.data import image_ops
 
 Array = jax.Array
 PredictFn = Callable[[object, Array], Array]
@@ -40,88 +39,118 @@ BLENDS = ('average', 'smooth')
 NUM_DIHEDRAL = 8
 
 
-class _PackedKernelsCache:
-  """The kernels of the last parameter set seen, packed for the CPU kernels (`models.PACKED`).
+class _PreparedVariables:
+  """The variables the backend prepared for the last parameter set seen (`Backend.
+  inference_variables`; the CPU backend packs its kernels there).
 
   Keyed by the identity of the parameter arrays, held by weak references: `jax.Array`s are
-  immutable, so the same objects hold the same weights. The packed kernels (as much memory again
-  as the convolution kernels) are freed as soon as those arrays are (e.g. a training step donated
-  them). Parameters with other (mutable) leaves, e.g. numpy arrays, or traced ones are packed
-  again on every call.
+  immutable, so the same objects hold the same weights. The prepared variables are freed as soon
+  as those arrays are (e.g. a training step donated them). Parameters with other (mutable) leaves,
+  e.g. numpy arrays, or traced ones are prepared again on every call.
   """
 
-  def __init__(self, model):
-    self._pack = jax.jit(functools.partial(models.pack_kernels, model), static_argnums=1)
+  def __init__(self, backend: backends.Backend, model):
+
+    def extra_variables(params):
+      return {k: v for k, v in backend.inference_variables(model, params).items()
+              if k != 'params'}
+
+    # Only what the backend adds comes out of the jit: an output that is an input is a copy.
+    self._prepare = jax.jit(extra_variables)
     self._lock = threading.Lock()
-    self._refs, self._packed = [], None
-    self.packs = 0  # how many times a parameter set was packed (tests)
+    self._refs, self._variables = [], None
+    self.prepares = 0  # How many times a parameter set was prepared.
 
   @property
-  def holds_packed(self) -> bool:
-    """Whether packed kernels of a live parameter set are held."""
-    return self._packed is not None
+  def holds_variables(self) -> bool:
+    """Whether prepared variables of a live parameter set are held."""
+    return self._variables is not None
 
   def _forget(self, refs):
     with self._lock:
       if self._refs is refs:
-        self._refs, self._packed = [], None
+        self._refs, self._variables = [], None
 
-  def get(self, params, in_chn: int):
-    if not convolution.kernels_may_run():  # GPU, TPU, no compiler: no trace, no transfers
-      return {}
+  def get(self, params) -> dict:
+    """`{'params': params, **prepared}` for these parameters (prepared once per set)."""
     leaves = jax.tree.leaves(params)
     cacheable = bool(leaves) and all(
         isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) for a in leaves)
     with self._lock:
       if cacheable and len(leaves) == len(self._refs) and all(
           r() is a for r, a in zip(self._refs, leaves)):
-        return self._packed
-    packed = self._pack(params, in_chn)
+        return {'params': params, **self._variables}
+    extra = self._prepare(params)
     with self._lock:
-      self.packs += 1
-      if cacheable:
+      self.prepares += 1
+      if cacheable:  # Only the extra variables are held: the parameters stay the caller's.
         refs = [weakref.ref(a) for a in leaves]
-        self._refs, self._packed = refs, packed
+        self._refs, self._variables = refs, extra
         weakref.finalize(leaves[0], self._forget, refs)
-    return packed
+    return {'params': params, **extra}
 
 
-def make_predict_fn(model) -> PredictFn:
-  """`predict(params, x) -> restored x` for a HINet-like Flax module, compiled.
+def _restored(out):
+  """The restored image of a model's output: the last stage's, or the output itself."""
+  return out[-1] if isinstance(out, (tuple, list)) else out
+
+
+def make_predict_fn(model, backend: Union[str, backends.Backend] = 'auto') -> PredictFn:
+  """`predict(params, x) -> restored x` for a HINet-like Flax module, compiled for `backend`.
 
   Args:
     model: a linen module whose `apply({'params': p}, x)` returns the restored image or a tuple of
-      stage outputs (HINet's `(stage1, stage2)`; the last one is the restored image).
+      stage outputs (HINet's `(stage1, stage2)`; the last one is the restored image). A `HINet`
+      gets the backend's layers.
+    backend: 'auto', 'xla' or 'cpu' (`hinet_jax.backends.resolve`), or a resolved `Backend`.
 
   Returns:
     `predict(params, x)`: float32 NHWC in [0, 1] -> float32 NHWC, raw (not clipped). It compiles
-    once per input shape, with `convolution.inference_compiler_options()` (on CPU: XLA's own
-    convolution kernels, faster than YNNPACK's for the forward pass). Where convolutions run on
-    the CPU kernels, their kernels are packed once per parameter set (`models.pack_kernels`,
-    the last set is kept) instead of in every call, the 3x3 ones from 32 channels transformed for
-    Winograd F(4x4, 3x3) or F(2x2, 3x3) (equal to float rounding). `predict.__wrapped__` is the
-    same function unjitted and without that cache, to trace inside another jitted function
-    (`evaluate`).
+    once per input shape, with the backend's inference compiler options, and applies the variables
+    the backend prepares for a parameter set, once per set (the last set is kept). Attributes:
+    `backend` (the `Backend`, whose `calls_in_flight` the batched loops follow); `prepare(params)`
+    (those variables) and `apply_variables(variables, x)` (unjitted), to trace the prediction
+    inside another jitted function (`protocols.evaluate_batches`); `prepared_variables`, their
+    cache (None where the backend prepares nothing); `__wrapped__`, the same function unjitted
+    and without prepared variables.
   """
-
-  def restored(out):
-    return out[-1] if isinstance(out, (tuple, list)) else out
+  backend = backends.resolve(backend) if isinstance(backend, str) else backend
+  if isinstance(model, models.HINet):
+    model = backend.build(model)
 
   def traceable_predict(params, x):
-    return restored(model.apply({'params': params}, x))
+    return _restored(model.apply({'params': params}, x))
 
-  forward = jax.jit(lambda variables, x: restored(model.apply(variables, x)),
-                    compiler_options=convolution.inference_compiler_options())
-  cache = _PackedKernelsCache(model)
+  def apply_variables(variables, x):
+    return _restored(model.apply(variables, x))
+
+  forward = jax.jit(apply_variables, compiler_options=backend.inference_compiler_options)
+  cache = None if backend.prepare_inference is None else _PreparedVariables(backend, model)
+  prepare = (lambda params: {'params': params}) if cache is None else cache.get
 
   @functools.wraps(traceable_predict)
   def predict(params, x):
-    packed = cache.get(params, x.shape[-1])
-    variables = {'params': params, models.PACKED: packed} if packed else {'params': params}
-    return forward(variables, x)
+    return forward(prepare(params), x)
 
-  predict.packed_kernels = cache
+  predict.backend = backend
+  predict.prepare = prepare
+  predict.apply_variables = apply_variables
+  predict.prepared_variables = cache
   return predict
+
+
+def calls_in_flight(predict_fn: Callable) -> int:
+  """How many calls of `predict_fn` loops keep dispatched before fetching the oldest.
+
+  Args:
+    predict_fn: from `make_predict_fn` (its backend decides), or any other function (run as XLA's
+      own on this platform).
+
+  Returns:
+    The backend's `calls_in_flight`.
+  """
+  backend = getattr(predict_fn, 'backend', None) or backends.resolve('xla')
+  return backend.calls_in_flight
 
 
 def _axis_starts(size: int, tile: int, overlap: int) -> List[int]:
@@ -286,15 +315,15 @@ def predict_batched(predict_fn: PredictFn, params, images: np.ndarray, batch_siz
     params: model parameters.
     images: (T, H, W, C) float32.
     batch_size: images per call; the last batch is padded by repeating the last image.
-    in_flight: calls dispatched before the oldest one is fetched; None:
-      `host_memory.calls_in_flight()` (on CPU one).
+    in_flight: calls dispatched before the oldest one is fetched; None: the backend's
+      (`calls_in_flight(predict_fn)`).
 
   Returns:
     (T, H', W', C') float32 outputs.
   """
   n = len(images)
   batch_size = max(1, batch_size)
-  in_flight = max(1, in_flight or host_memory.calls_in_flight())
+  in_flight = max(1, in_flight or calls_in_flight(predict_fn))
   pad = (-n) % batch_size
   if pad:
     images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])

@@ -38,11 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hinet_jax.cpu import convolution
+from hinet_jax import backends
 from hinet_jax.data import datasets
-from hinet_jax.cpu import host_memory
-from hinet_jax.evaluation import inference
 from hinet_jax.data import input_pipeline
+from hinet_jax.evaluation import inference
 from hinet_jax.evaluation import metrics
 
 METRIC_KEYS = ('psnr', 'ssim', 'input_psnr', 'input_ssim')
@@ -147,7 +146,9 @@ def eval_step(params, lq, gt, mask, *, predict_fn, config: MetricConfig,
     lq: float32 (B, H, W, C) degraded images in [0, 1].
     gt: targets, same shape.
     mask: float32 (B,), 1 for real images, 0 for batch padding.
-    predict_fn: `predict(params, x)`; static, so pass the same object every call.
+    predict_fn: `predict(params, x)`; static, so pass the same object every call. One from
+      `inference.make_predict_fn` runs as it does: its backend's compiler options and prepared
+      variables.
     config: metric settings (static).
     self_ensemble: average over the 8 flips/rotations (static).
 
@@ -155,23 +156,25 @@ def eval_step(params, lq, gt, mask, *, predict_fn, config: MetricConfig,
     (per_image, sums, restored): per-image metric dict of (B,) arrays, the mask-weighted sums of
     each metric (padding contributes exactly 0, even where its PSNR is inf), and the restored batch.
   """
-  return _jitted_eval_step()(params, lq, gt, mask, predict_fn=predict_fn, config=config,
-                             self_ensemble=self_ensemble)
+  backend = getattr(predict_fn, 'backend', None) or backends.resolve('xla')
+  if hasattr(predict_fn, 'apply_variables'):
+    # Its jitted form carries compiler options, which JAX takes on the outermost jit only: trace
+    # the function it wraps, on the variables it would apply.
+    params, predict_fn = predict_fn.prepare(params), predict_fn.apply_variables
+  options = backend.inference_compiler_options
+  step = _jitted_eval_step(tuple(sorted(options.items())) if options else ())
+  return step(params, lq, gt, mask, predict_fn=predict_fn, config=config,
+              self_ensemble=self_ensemble)
 
 
 @functools.cache
-def _jitted_eval_step():
-  # Built on first use, not at import: the compiler options depend on the backend, and importing
-  # this module must not initialise one.
+def _jitted_eval_step(compiler_options: Tuple[Tuple[str, object], ...]):
   return jax.jit(_eval_step, static_argnames=('predict_fn', 'config', 'self_ensemble'),
-                 compiler_options=convolution.inference_compiler_options())
+                 compiler_options=dict(compiler_options) or None)
 
 
 def _eval_step(params, lq, gt, mask, *, predict_fn, config, self_ensemble):
   """`eval_step`'s body (traced inside `_jitted_eval_step`)."""
-  # A jitted predict_fn (`make_predict_fn`) carries compiler options, which JAX accepts on the
-  # outermost jit only: trace the function it wraps instead.
-  predict_fn = getattr(predict_fn, '__wrapped__', predict_fn)
   if self_ensemble:
     pred = _self_ensemble_jnp(predict_fn, params, lq)
   else:
@@ -194,7 +197,8 @@ def summarize(sums: Dict[str, float]) -> Dict[str, float]:
 def evaluate_batches(predict_fn, params, batches: Iterable[dict], *,
                      metric_config: MetricConfig = MetricConfig(), self_ensemble: bool = False,
                      rows: Optional[List[dict]] = None,
-                     save_fn: Optional[Callable[[str, np.ndarray], None]] = None) -> dict:
+                     save_fn: Optional[Callable[[str, np.ndarray], None]] = None,
+                     in_flight: Optional[int] = None) -> dict:
   """Mean metrics over fixed-shape batches (the trainer's periodic validation).
 
   Jit-friendly: every batch has the same shape (`input_pipeline.create_eval_batches` pads the last
@@ -211,6 +215,8 @@ def evaluate_batches(predict_fn, params, batches: Iterable[dict], *,
     self_ensemble: x8 dihedral self-ensemble.
     rows: if given, one dict per real image ({'name', *METRIC_KEYS}) is appended.
     save_fn: if given, called as save_fn(name, restored HWC float32) for each real image.
+    in_flight: batches dispatched before the oldest one is waited for; None: the backend's
+      (`inference.calls_in_flight(predict_fn)`). Each holds its temporaries while it runs.
 
   Returns:
     {'psnr', 'ssim', 'input_psnr', 'input_ssim': means over real images, 'num_images': int}.
@@ -218,10 +224,9 @@ def evaluate_batches(predict_fn, params, batches: Iterable[dict], *,
     per-process host batches each process gets its own slice's means.
   """
   totals = None
-  # Waiting for older batches (once the next one is read) bounds the executions in flight, each
-  # holding its temporaries (`host_memory.calls_in_flight`: on CPU one; eight batches of 4 x
-  # 256x256 through the 0.5x model peaked 857 MB above one batch when all were in flight).
-  pending, in_flight = collections.deque(), host_memory.calls_in_flight()
+  # Waiting for older batches once the next one is read bounds the executions in flight.
+  pending = collections.deque()
+  in_flight = max(1, in_flight or inference.calls_in_flight(predict_fn))
   for batch in batches:
     mask = np.asarray(batch.get('mask', np.ones(len(batch['lq']))), np.float32)
     _check_unpadded(batch, mask)

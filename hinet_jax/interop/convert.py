@@ -16,7 +16,10 @@ JAX -> PyTorch (a state dict with the official names, loadable by the official c
 
   --checkpoint may also be a training workdir (--which=latest|best).
 
-Needs torch (`pip install -r requirements-test.txt`).
+Needs torch (the `convert` extra: `pip install .[convert]`).
+
+A mistake in the flags or a path prints one message naming the option or file and exits with
+status 2; --traceback shows the Python traceback as well.
 """
 
 import os
@@ -25,9 +28,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from hinet_jax import api
+from hinet_jax import errors
 from hinet_jax import models
-from hinet_jax.models import pretrained
 from hinet_jax.interop import torch_port
+from hinet_jax.models import pretrained
 
 _TORCH_CHECKPOINT = flags.DEFINE_string(
     'torch_checkpoint', None, 'Official PyTorch checkpoint (.pth) to convert to JAX.')
@@ -45,7 +50,18 @@ _WHICH = flags.DEFINE_enum('which', 'latest', ['latest', 'best'],
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing output.')
 
 
+def _check_paths(source: str, source_flag: str, output: str, overwrite: bool) -> None:
+  """Checks that the input exists and the output may be written, before anything is converted."""
+  if not os.path.exists(source):
+    raise errors.MissingPathError(f'--{source_flag}={source} does not exist.')
+  if os.path.exists(output) and not overwrite:
+    raise errors.OutputExistsError(f'--output={output} already exists; pass --overwrite to '
+                                   'replace it, or choose another --output.')
+
+
 def torch_to_jax(pth: str, output: str, preset, param_key, overwrite: bool) -> None:
+  """Converts an official .pth to a params-only checkpoint directory at `output`."""
+  _check_paths(pth, 'torch_checkpoint', output, overwrite)
   model, params = torch_port.convert_torch_checkpoint(pth, preset=preset, param_key=param_key)
   fits = torch_port.matching_presets(models.model_config(model))
   path = pretrained.save_params(output, params, models.model_config(model), overwrite=overwrite)
@@ -55,9 +71,9 @@ def torch_to_jax(pth: str, output: str, preset, param_key, overwrite: bool) -> N
 
 
 def jax_to_torch(checkpoint: str, output: str, which: str, overwrite: bool) -> None:
-  if os.path.exists(output) and not overwrite:
-    raise FileExistsError(f'{output} already exists; pass --overwrite to replace it.')
-  _, params = pretrained.load_pretrained(checkpoint, which=which)
+  """Writes the params of a checkpoint (or training workdir) as an official-names .pth file."""
+  _check_paths(checkpoint, 'checkpoint', output, overwrite)
+  _, params = api.load_pretrained(checkpoint, which=which, backend='xla')
   state_dict = torch_port.flax_to_torch(params)
   tmp = output + '.tmp-partial'
   torch_port.save_torch_state_dict(state_dict, tmp)
@@ -66,6 +82,7 @@ def jax_to_torch(checkpoint: str, output: str, which: str, overwrite: bool) -> N
 
 
 def main(argv):
+  """Converts in the direction the flags give."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if bool(_TORCH_CHECKPOINT.value) == bool(_CHECKPOINT.value):
@@ -79,4 +96,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from hinet_jax.cli import runner  # pylint: disable=g-import-not-at-top
+  runner.run(main)

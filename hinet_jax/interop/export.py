@@ -7,8 +7,7 @@ height and width, and returns `{'restored': ...}` of the same shape (the raw net
 to [0, 1] when saving).
 
 Why the padding lives in TF: jax2tf cannot prove the U-Net's skip shapes equal for a free
-"b, h, w, 3" input (stride-2 down then x2 up gives 2*floor(h/2), see shared/API_NOTES.md section
-4), so the JAX function is exported for "b, M*h, M*w, 3" with M = 2^(depth-1), and the serving
+"b, h, w, 3" input (stride-2 down then x2 up gives 2*floor(h/2)), so the JAX function is exported for "b, M*h, M*w, 3" with M = 2^(depth-1), and the serving
 function pads to a multiple of M and crops back in TF. It pads exactly as `models.pad_to_multiple`
 (bottom/right; reflect, or symmetric when a pad is not smaller than its side), so the model's own
 padding is a no-op and the SavedModel output equals `model.apply` on the unpadded image.
@@ -23,6 +22,8 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+
+from hinet_jax import backends
 
 SIGNATURE_KEY = 'serving_default'
 INPUT_NAME = 'image'
@@ -104,10 +105,8 @@ def export_saved_model(model, params: Any, output_dir: str, *, overwrite: bool =
                           '--overwrite to replace it.')
   multiple = 2**(model.depth - 1)
   channels = model.in_chn
-  # TensorFlow runs the SavedModel with its own kernels: plain convolutions are the portable
-  # form (the 'auto' forms are tuned for XLA:CPU and need concrete shapes to choose).
-  if getattr(model, 'conv_impl', 'xla') != 'xla':
-    model = model.clone(conv_impl='xla')
+  # TensorFlow runs the SavedModel with its own kernels: XLA's layers are the portable form.
+  model = backends.resolve('xla').build(model)
   jax_module = oex.JaxModule(params, make_apply_fn(model),
                          input_polymorphic_shape=f'b, {multiple}*h, {multiple}*w, {channels}')
   core = jax_module.methods[constants.DEFAULT_METHOD_KEY]
@@ -153,16 +152,19 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from hinet_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+  from hinet_jax import api  # pylint: disable=g-import-not-at-top
   cfg = flags.FLAGS
+  if not os.path.isdir(cfg.checkpoint):
+    raise app.UsageError(f'--checkpoint={cfg.checkpoint} does not exist or is not a folder.')
   if os.path.exists(cfg.output) and not cfg.overwrite:
     raise app.UsageError(f'--output={cfg.output} already exists; pass --overwrite to replace it.')
-  model, params = pretrained.load_pretrained(cfg.checkpoint, which=cfg.which)
+  model, params = api.load_pretrained(cfg.checkpoint, which=cfg.which, backend='xla')
   path = export_saved_model(model, params, cfg.output, overwrite=cfg.overwrite)
   print(f'Exported {cfg.checkpoint} to {path}: '
         f'tf.saved_model.load(path).signatures[{SIGNATURE_KEY!r}]({INPUT_NAME}=x)[{OUTPUT_NAME!r}]')
 
 
 if __name__ == '__main__':
+  from hinet_jax.cli import runner  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  runner.run(main)

@@ -1,4 +1,8 @@
-"""HINet as the paper draws it, its presets, and params-only checkpoints."""
+"""HINet as the paper draws it: the network, its layers, the published presets, and params-only
+checkpoints. Imports nothing from the other parts of the package."""
 
-from hinet_jax.models.hinet import *  # noqa: F401,F403
-from hinet_jax.models.hinet import PACKED, pack_kernels, torch_kernel_init, torch_bias_init  # noqa: F401
+from hinet_jax.models.hinet import ConvBlock, HINet, Layers, SAM, UpBlock, XLA_LAYERS, pad_to_multiple
+from hinet_jax.models.layers import Conv, HalfInstanceNorm, UpConv2x2, instance_norm
+from hinet_jax.models.presets import (LEGACY_KEYS, PRESET_CHECKPOINTS, PRESETS, abstract_params,
+                                      count_params, create_model, forward_macs, init_params,
+                                      model_config)

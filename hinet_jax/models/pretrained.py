@@ -3,19 +3,20 @@
 A checkpoint directory holds
   `params/`            an orbax StandardCheckpointer checkpoint of the Flax params, and
   `model_config.json`  the `HINet` constructor arguments,
-so it describes itself: `load_pretrained(dir)` needs nothing else.
+so it describes itself: `hinet_jax.load_pretrained(dir)` needs nothing else.
 """
 
 import json
 import os
 import shutil
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hinet_jax import models
+from hinet_jax.models import hinet
+from hinet_jax.models import presets
 
 MODEL_CONFIG_FILE = 'model_config.json'
 PARAMS_DIR = 'params'
@@ -69,46 +70,11 @@ def read_model_config(directory: str) -> dict:
     return json.load(f)
 
 
-def load_params(directory: str, model: models.HINet) -> Any:
+def load_params(directory: str, model: hinet.HINet) -> Any:
   """Restores the params of a params-only checkpoint, checked against `model`'s shapes."""
-  abstract = models.abstract_params(model)
+  abstract = presets.abstract_params(model)
   ckptr = ocp.StandardCheckpointer()
   try:
     return ckptr.restore(os.path.abspath(os.path.join(directory, PARAMS_DIR)), abstract)
   finally:
     ckptr.close()
-
-
-def load_pretrained(directory: str, which: str = 'latest',
-                    dtype: Optional[Any] = None) -> Tuple[models.HINet, Any]:
-  """Loads `(model, params)` from a converted checkpoint or a training workdir.
-
-  Args:
-    directory: a params-only checkpoint (from `python -m hinet_jax.interop.convert`, `export`, or
-      `save_params`), or a training workdir (its `latest` or `best` checkpoint).
-    which: for a training workdir, 'latest' or 'best' (by validation PSNR).
-    dtype: optional compute dtype override (e.g. 'bfloat16').
-
-  Returns:
-    `(model, params)`; `model.apply({'params': params}, x)` returns `(stage1, stage2)`.
-  """
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoint directory at {directory}.')
-  # The stored conv_impl says how the writer computed (e.g. 'xla' before 'auto' existed); every
-  # form gives the same numbers, so the reader uses this machine's fastest: the default.
-  overrides = {'conv_impl': models.HINet.conv_impl}
-  if dtype is not None:
-    overrides['dtype'] = dtype
-  if is_params_checkpoint(directory):
-    model = models.create_model(**{**read_model_config(directory), **overrides})
-    return model, load_params(directory, model)
-  if os.path.isfile(os.path.join(directory, MODEL_CONFIG_FILE)):
-    # A training workdir also keeps model_config.json, beside its orbax checkpoints.
-    from hinet_jax.train import checkpointing  # pylint: disable=g-import-not-at-top  # training deps
-
-    config, params = checkpointing.load_params_from_workdir(directory, which=which)
-    return models.create_model(**{**config, **overrides}), params
-  raise ValueError(
-      f'{directory} is neither a converted checkpoint (it needs {MODEL_CONFIG_FILE} and '
-      f'{PARAMS_DIR}/) nor a training workdir with checkpoints. Convert official weights with '
-      '`python -m hinet_jax.interop.convert --torch_checkpoint=F.pth --output=DIR`.')

@@ -8,8 +8,7 @@ Layout of a training workdir:
   WORKDIR/checkpoints/<step>/metrics  validation metrics (steps that were evaluated)
 
 Retention is `LatestN` (for resuming) OR `BestN` by validation PSNR (for the best model); the legacy
-`max_to_keep` + `best_fn` keeps only the best and can delete the newest checkpoint
-(shared/API_NOTES.md section 3). Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames
+`max_to_keep` + `best_fn` keeps only the best and can delete the newest checkpoint. Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames
 it when complete, so a run killed mid-save leaves the previous step as the latest complete one; the
 manager deletes such leftovers at start-up (`cleanup_tmp_directories`).
 """
@@ -119,6 +118,11 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, *, data_iter: Any 
     items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   return restored['state'], restored['meta']
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
+  """The JSON meta of checkpoint `step` ({'step', 'config'}), without reading the state."""
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
 def write_model_config(workdir: str, model_cfg: Dict[str, Any]) -> None:

@@ -51,15 +51,17 @@ def create_learning_rate_fn(*, learning_rate: float, decay_steps: int, eta_min: 
 
 
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-  """`optax.clip_by_global_norm` (its empty state) that takes the norm where the caller has it
-  already (`update(grads, state, params, global_norm=...)`) and scales by a coefficient.
+  """Global-norm clipping as the official code does it: torch's `clip_grad_norm_` scales every
+  gradient by `max_norm / norm` when the norm exceeds `max_norm`.
 
-  The train step computes the gradients' norm anyway (to skip non-finite steps) and applies the
-  update inside a `lax.cond`, where XLA cannot merge the clip's own norm with it: on CPU a third
-  pass over every gradient (~35 ms of the 1x step; bench/README.md, levers log). The coefficient
-  `max_norm / norm` (torch's `clip_grad_norm_` form; optax divides each gradient by the norm,
-  within a rounding of this) is a multiply that XLA fuses into the moments' updates, where the
-  division, an op it does not duplicate into two consumers, was a pass of its own.
+  The state is `optax.clip_by_global_norm`'s (empty), so checkpoints keep their tree. `update`
+  takes the gradients' norm as `global_norm=` where the caller has it (the train step does).
+
+  Args:
+    max_norm: the largest global norm left unscaled.
+
+  Returns:
+    The transformation.
   """
 
   def update_fn(updates, state, params=None, *, global_norm=None, **extra_args):
@@ -88,7 +90,7 @@ def create_optimizer(learning_rate_fn: Callable, *, b1: float = 0.9, b2: float =
     eps: Adam epsilon (torch default 1e-8, added to sqrt(v_hat) as in torch and optax).
     weight_decay: torch Adam's L2 term (added to the gradient, not decoupled); 0 upstream.
     grad_clip_norm: max global gradient norm; 0 or less disables clipping. torch's
-      `clip_grad_norm_` divides by `norm + 1e-6`, optax by `norm`: a 1e-6 relative difference.
+      `clip_grad_norm_` divides by `norm + 1e-6`, this by `norm`: a 1e-6 relative difference.
 
   Returns:
     The optax transformation; its `update` takes `global_norm=` (the gradients' norm, if known).

@@ -1,7 +1,7 @@
 """Data-parallel sharding: one mesh axis 'data' over every device of every host.
 
 Batches are split over 'data'; parameters and optimizer state are replicated. The jitted train step
-takes these shardings explicitly (`train_lib`).
+takes these shardings explicitly (`hinet_jax.train.step`).
 """
 
 from typing import Any, Optional, Sequence

@@ -1,5 +1,6 @@
 """The train step and loop in-process on 8 simulated CPU devices (tests/conftest.py)."""
 
+import dataclasses
 import functools
 import os
 import re
@@ -8,30 +9,37 @@ from unittest import mock
 
 from absl import flags
 from absl.testing import absltest
+from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 import optax
 
-from configs import tiny as tiny_config
+from hinet_jax import backends
+from hinet_jax import models
+from hinet_jax.configs import tiny as tiny_config
 from hinet_jax.data import datasets
 from hinet_jax.data import input_pipeline
-from hinet_jax import models
+from hinet_jax.train import loop
 from hinet_jax.train import sharding
-from hinet_jax.train import train_lib
+from hinet_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _setup(devices, config):
-  """Mesh, state and compiled step over `devices` for `config`."""
+def _setup(devices, config, skip_by_cond=None):
+  """Mesh, state and compiled step over `devices` for `config`, on the config's backend."""
   mesh = sharding.create_mesh(devices)
-  model = models.create_model(**config.model)
-  lr_fn = train_lib.create_learning_rate_fn(config)
-  tx = train_lib.create_optimizer(config, lr_fn)
-  state, _, shardings = train_lib.init_state(model, tx, mesh, config.seed)
-  return mesh, state, train_lib.make_train_step(config, lr_fn, shardings, mesh)
+  backend = backends.resolve(config.backend)
+  model = backend.build(models.create_model(**config.model))
+  lr_fn = step_lib.create_learning_rate_fn(config)
+  tx = step_lib.create_optimizer(config, lr_fn)
+  state, _, shardings = step_lib.init_state(model, tx, mesh, config.seed)
+  if skip_by_cond is None:
+    skip_by_cond = backend.skip_step_by_cond
+  return mesh, state, step_lib.make_train_step(config, lr_fn, shardings, mesh,
+                                               skip_by_cond=skip_by_cond)
 
 
 def _batches(n, batch_size=8, size=32, seed=0):
@@ -44,7 +52,15 @@ def _batches(n, batch_size=8, size=32, seed=0):
   return out
 
 
-class TrainStepTest(absltest.TestCase):
+def _run(config, step_fn, train_iter, in_flight=1):
+  """A `loop.Run` without checkpoints, writer output or validation."""
+  backend = dataclasses.replace(backends.resolve('xla'), calls_in_flight=in_flight)
+  return loop.Run(config=config, workdir='/nonexistent', backend=backend, mngr=None,
+                  writer=_NullWriter(), train_iter=train_iter, val_source=None, predict_fn=None,
+                  step_fn=step_fn, hooks=[])
+
+
+class TrainStepTest(parameterized.TestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -66,27 +82,34 @@ class TrainStepTest(absltest.TestCase):
       losses[n] = []
       for b in batches:
         state, m = step_fn(state, self._put(b, mesh))
-        losses[n].append(float(m['loss']))
+        losses[n].append(step_lib.compute_metrics(m)['loss'])
     np.testing.assert_allclose(losses[1], losses[8], rtol=2e-5)
     self.assertLess(losses[8][-1], losses[8][0])
 
-  def test_nonfinite_step_is_skipped_and_counted(self):
+  def test_nonfinite_step_is_skipped_counted_and_left_out_of_the_averages(self):
     state = jax.tree.map(jnp.copy, self.state0)  # The step donates its input.
     good, = _batches(1)
-    state, _ = self.step_fn(state, self._put(good))
+    state, first = self.step_fn(state, self._put(good))
     before = jax.device_get((state.params, state.opt_state))
     bad = dict(good, lq=np.full_like(good['lq'], np.nan))
+    period = first
     for i in range(2):
       state, m = self.step_fn(state, self._put(bad))
-      self.assertEqual(int(m['nonfinite_streak']), i + 1)
-      self.assertEqual(float(m['finite']), 0.0)
+      self.assertEqual(step_lib.compute_metrics(m)['nonfinite_streak'], i + 1)
+      period = period.merge(m)
     after = jax.device_get((state.params, state.opt_state))
     jax.tree.map(np.testing.assert_array_equal, before, after)
     self.assertEqual(int(state.step), 3)
-    state, m = self.step_fn(state, self._put(good))
-    self.assertEqual(int(m['nonfinite_streak']), 0)
-    self.assertEqual(int(m['skipped_steps']), 2)
-    self.assertTrue(np.isfinite(float(m['loss'])))
+    state, last = self.step_fn(state, self._put(good))
+    period = step_lib.compute_metrics(period.merge(last))
+    last, first = step_lib.compute_metrics(last), step_lib.compute_metrics(first)
+    self.assertEqual(last['nonfinite_streak'], 0)
+    self.assertEqual(last['skipped_steps'], 2)
+    self.assertTrue(np.isfinite(last['loss']))
+    # The period's means are over the two applied steps; the counters and lr are the last step's.
+    self.assertAlmostEqual(period['loss'], (first['loss'] + last['loss']) / 2, places=5)
+    self.assertEqual(period['skipped_steps'], 2)
+    self.assertEqual(period['lr'], last['lr'])
 
   def test_skipping_by_cond_or_by_select_gives_the_same_state(self):
     """The two forms of skipping a non-finite step (`_update_if_finite`): the update where the
@@ -94,8 +117,8 @@ class TrainStepTest(absltest.TestCase):
     rng = np.random.default_rng(0)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1e-3, p.shape), p.dtype),
                          self.state0.params)
+    update = step_lib._update_if_finite  # pylint: disable=protected-access
     for finite in (True, False):
-      update = train_lib._update_if_finite  # pylint: disable=protected-access
       by = {c: jax.jit(functools.partial(update, by_cond=c))(
           self.state0, grads, optax.tree.norm(grads), jnp.asarray(finite)) for c in (True, False)}
       jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-9),
@@ -104,9 +127,10 @@ class TrainStepTest(absltest.TestCase):
         jax.tree.map(np.testing.assert_array_equal, by[True],
                      (self.state0.params, self.state0.opt_state))
 
-  def test_cpu_step_updates_the_optimizer_state_in_place(self):
-    """On CPU the step skips by `lax.cond`: with selects, XLA:CPU copied every optimizer moment
-    at the start of each step (709 MB for the 1x model; bench/README.md, levers log)."""
+  def test_skip_by_cond_updates_the_optimizer_state_in_place_on_cpu(self):
+    """What `Backend.skip_step_by_cond` is for: with selects, XLA:CPU copies every optimizer
+    moment at the start of each step (bench/README.md)."""
+    self.assertTrue(backends.resolve('xla').skip_step_by_cond)  # The tests run on CPU.
     batch = self._put(_batches(1)[0])
 
     def state_copies(step_fn, state):
@@ -115,11 +139,8 @@ class TrainStepTest(absltest.TestCase):
       return re.findall(r'\n  %copy\S* = f32\[\d[\d,]*\]\S* copy\(%(?:param\.|state_)', hlo)
 
     self.assertEqual(state_copies(self.step_fn, self.state0), [])
-    by_select = functools.partial(
-        train_lib._update_if_finite, by_cond=False)  # pylint: disable=protected-access
-    with mock.patch.object(train_lib, '_update_if_finite', by_select):  # Traced in here.
-      _, state, select_step = _setup(jax.devices(), self.config)
-      self.assertNotEqual(state_copies(select_step, state), [])  # What the check would catch.
+    _, state, select_step = _setup(jax.devices(), self.config, skip_by_cond=False)
+    self.assertNotEqual(state_copies(select_step, state), [])  # What the check would catch.
 
   def test_step_compiles_once(self):
     state = jax.tree.map(jnp.copy, self.state0)
@@ -136,7 +157,7 @@ class TrainStepTest(absltest.TestCase):
     losses = []
     for _ in range(24):
       state, m = self.step_fn(state, next(it))
-      losses.append(float(m['loss']))
+      losses.append(step_lib.compute_metrics(m)['loss'])
     it.close()
     self.assertLess(np.mean(losses[-4:]), np.mean(losses[:4]) - 1.0)  # > 1 dB better (PSNR loss).
 
@@ -145,43 +166,46 @@ class TrainStepTest(absltest.TestCase):
     config.train.max_consecutive_nonfinite = 3
     bad = dict(_batches(1)[0])
     bad['lq'] = np.full_like(bad['lq'], np.inf)
-    run = train_lib.Run(config=config, workdir='/nonexistent', mngr=None, writer=_NullWriter(),
-                        train_iter=iter(lambda: self._put(bad), None), val_source=None,
-                        predict_fn=None, step_fn=self.step_fn, hooks=[])
+    run = _run(config, self.step_fn, iter(lambda: self._put(bad), None))
     state = jax.tree.map(jnp.copy, self.state0)
     with self.assertRaisesRegex(FloatingPointError, r'3 consecutive .* step 3'):
-      train_lib.train_loop(run, state, 0, train_lib.StopSignal())
+      loop.train_loop(run, state, 0, loop.StopSignal())
 
-  def test_cpu_loop_waits_for_each_step_before_dispatching_the_next(self):
-    """On CPU the next step is dispatched once the last one is done (its batch already read):
-    XLA:CPU would allocate its temporaries beside the running step's
-    (`host_memory.calls_in_flight`)."""
+  @parameterized.parameters(1, 2, 3)
+  def test_loop_keeps_the_backends_steps_in_flight(self, in_flight):
+    """When a step is dispatched, at most `calls_in_flight - 1` earlier ones are not fetched (on
+    CPU none: XLA:CPU would allocate its temporaries beside the running step's), in order."""
     config = tiny_config.get_config()
-    config.num_train_steps, config.log_every_steps = 4, 100
-    batch = self._put(_batches(1)[0])
-    events, block = [], jax.block_until_ready
+    config.num_train_steps, config.log_every_steps = 7, 100
+    state = jax.tree.map(jnp.copy, self.state0)
+    _, metrics = self.step_fn(state, self._put(_batches(1)[0]))
+    metrics = jax.device_get(metrics)
+    unfetched, most, dispatched, fetched = [0], [0], [0], []
+
+    class Streak:  # A step's streak: counts when the loop fetches it (`jax.device_get`).
+
+      def __init__(self, step):
+        self.step = step
+
+      def __array__(self, dtype=None, copy=None):
+        unfetched[0] -= 1
+        fetched.append(self.step)
+        return np.zeros((), dtype or np.int32)
 
     def step_fn(state, batch):
-      state, measurements = self.step_fn(state, batch)
-      events.append(('dispatch', id(measurements)))
-      return state, measurements
+      del batch
+      most[0] = max(most[0], unfetched[0])
+      unfetched[0] += 1
+      dispatched[0] += 1
+      streak = metrics.nonfinite_streak.replace(total=Streak(dispatched[0]))
+      return state, metrics.replace(nonfinite_streak=streak)
 
-    def recording_block(x):
-      events.append(('wait', id(x)))
-      return block(x)
-
-    run = train_lib.Run(config=config, workdir='/nonexistent', mngr=None, writer=_NullWriter(),
-                        train_iter=iter(lambda: batch, None), val_source=None, predict_fn=None,
-                        step_fn=step_fn, hooks=[])
-    state = jax.tree.map(jnp.copy, self.state0)
-    with mock.patch.object(jax, 'block_until_ready', recording_block):
-      _, step = train_lib.train_loop(run, state, 0, train_lib.StopSignal())
-    self.assertEqual(step, 4)
-    dispatched = [key for kind, key in events if kind == 'dispatch']
-    self.assertLen(dispatched, 4)
-    for before, after in zip(dispatched, dispatched[1:]):
-      between = events[events.index(('dispatch', before)) + 1:events.index(('dispatch', after))]
-      self.assertIn(('wait', before), between)
+    run = _run(config, step_fn, iter(lambda: None, 0), in_flight)
+    _, step = loop.train_loop(run, None, 0, loop.StopSignal())
+    self.assertEqual(step, 7)
+    self.assertEqual(most[0], in_flight - 1)
+    self.assertEqual(unfetched[0], 0)
+    self.assertEqual(fetched, list(range(1, 8)))
 
   def test_global_batch_must_divide_over_devices(self):
     with self.assertRaisesRegex(
@@ -210,16 +234,19 @@ class ConfigTest(absltest.TestCase):
                  'demo.py', 'tiny.py'):
       config = self._parse(f'--config={REPO}/configs/{name}')
       self.assertEqual(config.batch_size % 8, 0, name)
+      self.assertEqual(config.backend, 'auto', name)
+      self.assertNotIn('conv_impl', config.model, name)
     self.assertEqual(self._parse(f'--config={REPO}/configs/sidd.py:0.5x').model.wf, 32)
     self.assertEqual(self._parse(f'--config={REPO}/configs/sidd.py').model.wf, 64)
 
   def test_overrides_work_and_typos_fail(self):
     config = self._parse(f'--config={REPO}/configs/custom.py', '--config.batch_size=16',
                          '--config.optim.learning_rate=1e-3', '--config.model.dtype=bfloat16',
-                         '--config.data.train_dir=/data/train')
+                         '--config.data.train_dir=/data/train', '--config.backend=xla')
     self.assertEqual(config.batch_size, 16)
     self.assertEqual(config.optim.learning_rate, 1e-3)
     self.assertEqual(config.data.train.root, '/data/train')  # Linked to data.train_dir.
+    self.assertEqual(config.backend, 'xla')
     self.assertEqual(models.create_model(**config.model).dtype, jnp.bfloat16)
     with self.assertRaises(Exception):
       self._parse(f'--config={REPO}/configs/demo.py', '--config.bach_size=16')
@@ -228,10 +255,13 @@ class ConfigTest(absltest.TestCase):
     with self.assertRaisesRegex(Exception, 'Unknown SIDD variant'):
       self._parse(f'--config={REPO}/configs/sidd.py:2x')
 
-  def test_unset_data_paths_are_named(self):
+  def test_unset_data_paths_and_unknown_backends_are_named(self):
     config = self._parse(f'--config={REPO}/configs/custom.py')
     with self.assertRaisesRegex(ValueError, r'config.data.train.root .* --config.data.train_dir'):
-      train_lib.validate_config(config)
+      loop.validate_config(config)
+    config = self._parse(f'--config={REPO}/configs/tiny.py', '--config.backend=gpu')
+    with self.assertRaisesRegex(ValueError, r"config.backend='gpu': choose one of auto, xla, cpu"):
+      loop.validate_config(config)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ Adam lr 2e-4 betas (0.9, 0.99), TrueCosineAnnealingLR T_max 400k eta_min 1e-7, n
 0.01 (default on), manual_seed 10, 256 crops with flips/rotations, val every 50k.
 """
 
-from configs import default as default_lib
+from hinet_jax.configs import default as default_lib
 
 
 def get_config():

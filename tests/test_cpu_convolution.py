@@ -13,6 +13,7 @@ import pytest
 
 from hinet_jax.cpu import convolution
 from hinet_jax.cpu import kernels as cpu_kernels
+from hinet_jax.cpu import layers as cpu_layers
 from hinet_jax import models
 from hinet_jax.train import sharding
 from hinet_jax.cpu import winograd
@@ -377,28 +378,6 @@ def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():
   assert 'input_grad = 1' in grad_x.lower(x).compile().as_text()
 
 
-def test_donated_train_step_does_not_copy_the_kernels():
-  """The optimizer updates each donated kernel in place. With the input and kernel gradients in
-  separate calls, XLA could not order the input gradient's read of a kernel before its update,
-  and copied every kernel at the start of each step (bench/README.md, levers log). So too for the
-  layers trained by Winograd (level 0 here: 32x32 pixels, 32 channels)."""
-  model = models.HINet(wf=32, depth=2, conv_impl='native')
-  params = models.init_params(model, jax.random.key(0), image_size=32)
-  tx = optax.adam(1e-3)
-  x = _random((1, 32, 32, 3), 0)
-
-  def step(params, opt_state):
-    grads = jax.grad(lambda p: sum(jnp.sum(o**2) for o in model.apply({'params': p}, x)))(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-  hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params)).compile().as_text()
-  assert 'hinet_winograd_bwd' in hlo and 'hinet_conv_bwd' in hlo
-  # (Biases and norm scales, a few floats each, are still copied: nothing to save there.)
-  copied = [line for line in hlo.splitlines() if ' copy(' in line and 'kernel' in line]
-  assert not copied, copied[:3]
-
-
 def test_cpu_kernel_gradient_is_reproducible():
   """Threads split the kernel gradient's sum: the result must not depend on which ran what."""
   x, ct, k = _random((2, 48, 40, 32), 0), _random((2, 48, 40, 32), 1), _random((3, 3, 32, 32), 2)
@@ -447,26 +426,23 @@ def test_auto_impl_policy():
   assert convolution.auto_impl((2, 8, 8, 512), 512, backend='tpu') == 'xla'
 
 
-_AUTO_HLO = """
-    import jax, jax.numpy as jnp
-    from hinet_jax.cpu import convolution
-    x, k = jnp.ones((1, 16, 16, 16)), jnp.ones((3, 3, 16, 32))
-    step = lambda x, k: jax.value_and_grad(
-        lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'auto')))(k)
-    print(jax.device_count(), 'devices:', jax.jit(step).lower(x, k).as_text().count('hinet_conv'))
+_AUTO_BACKEND = """
+    import jax
+    from hinet_jax import backends
+    print(jax.device_count(), 'devices:', backends.resolve('auto').name)
 """
 
 
-def test_auto_uses_the_cpu_kernels_on_one_device_only():
-  one = _run_python(_AUTO_HLO, XLA_FLAGS='')
-  assert one.stdout.strip() == '1 devices: 2', one.stderr  # forward and backward
-  eight = _run_python(_AUTO_HLO)  # conftest's XLA_FLAGS: 8 devices
-  assert eight.stdout.strip() == '8 devices: 0', eight.stderr
+def test_auto_is_the_cpu_backend_on_one_device_only():
+  one = _run_python(_AUTO_BACKEND, XLA_FLAGS='')
+  assert one.stdout.strip() == '1 devices: cpu', one.stderr
+  eight = _run_python(_AUTO_BACKEND)  # conftest's XLA_FLAGS: 8 devices
+  assert eight.stdout.strip() == '8 devices: xla', eight.stderr
 
 
 def test_native_is_a_clear_error_where_it_cannot_run():
   x, k = _random((1, 16, 16, 16), 0), _random((3, 3, 16, 32), 1)
-  with pytest.raises(ValueError, match="conv_impl='native' needs the CPU backend, float32"):
+  with pytest.raises(ValueError, match="impl='native' needs the CPU backend, float32"):
     convolution.conv(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), 1, 1, 'native')
 
 
@@ -489,13 +465,8 @@ _FALLBACK_CHECK = """
       grad('native')
     except ValueError as e:
       print('native error:', e)
-    # Nothing can run on the kernels: inference traces no packing pass.
-    from hinet_jax.evaluation import inference
-    from hinet_jax import models
-    model = models.HINet(wf=4, depth=2)
-    predict = inference.make_predict_fn(model)
-    predict(models.init_params(model, jax.random.key(0), 8), x[..., :3])
-    print('packs', predict.packed_kernels.packs)
+    from hinet_jax import backends
+    print('auto backend', backends.resolve('auto').name)
 """
 
 
@@ -504,8 +475,8 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
                        HINET_JAX_CACHE_DIR=str(tmp_path))
   assert result.returncode == 0, result.stderr
   assert 'available False' in result.stdout and 'auto==xla True' in result.stdout
-  assert "native error: conv_impl='native' needs" in result.stdout
-  assert 'packs 0' in result.stdout
+  assert "native error: impl='native' needs" in result.stdout
+  assert 'auto backend xla' in result.stdout
   assert 'conv_kernels.cc failed' in result.stderr  # the warning names the source that failed
   assert not list(tmp_path.glob('*.so'))  # no half-built library left in the cache
 
@@ -551,7 +522,7 @@ def test_cpu_kernels_build_once_into_the_cache_and_avx2_ones_compute_the_same(tm
   register blocks), they give XLA's results too. (Where the CPU has no AVX-512 this is the
   default build.)"""
   env = dict(HINET_JAX_CACHE_DIR=str(tmp_path), HINET_JAX_CPU_KERNEL_FLAGS='-mno-avx512f')
-  first = _run_python("from hinet_jax import cpu_kernels; print(cpu_kernels.available())", **env)
+  first = _run_python("from hinet_jax.cpu import kernels; print(kernels.available())", **env)
   assert first.stdout.strip() == 'True', first.stderr
   (library,) = tmp_path.glob('conv_kernels-*.so')
   built_at = library.stat().st_mtime_ns
@@ -562,24 +533,22 @@ def test_cpu_kernels_build_once_into_the_cache_and_avx2_ones_compute_the_same(tm
 
 def test_unknown_impl_is_a_clear_error():
   x, k = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
-  with pytest.raises(ValueError, match="conv_impl must be one of.*'fft'"):
+  with pytest.raises(ValueError, match="impl must be one of.*'fft'"):
     convolution.conv(x, k, 1, 1, impl='fft')
-  with pytest.raises(ValueError, match='conv_impl must be one of'):
-    models.HINet(wf=4, depth=2, conv_impl='fft').init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
 
 
 @pytest.mark.parametrize('impl', ['matmul', 'winograd', 'native', 'auto'])
 def test_hinet_forms_match_xla(impl):
   """Both stages and the parameter gradient of a whole (small) HINet."""
   x = jnp.asarray(np.random.default_rng(2).random((2, 10, 9, 3)), jnp.float32)
-  ref = models.HINet(wf=4, depth=2, conv_impl='xla')
-  params = models.init_params(ref, jax.random.key(0), image_size=8)
+  ref = models.HINet(wf=4, depth=2)
+  params = models.init_params(ref, 0)
 
   def run(model):
     loss = lambda p: sum(jnp.sum(o**2) for o in model.apply({'params': p}, x))
     return jax.jit(lambda p: (model.apply({'params': p}, x), jax.grad(loss)(p)))(params)
 
-  (outs, grads), (outs_ref, grads_ref) = run(ref.clone(conv_impl=impl)), run(ref)
+  (outs, grads), (outs_ref, grads_ref) = run(ref.clone(layers=cpu_layers.layers(impl))), run(ref)
   for a, b in zip(outs, outs_ref):
     assert _rel(a, b) < 1e-5
   # All parameter gradients as one vector: single near-zero entries (instance-norm biases whose

@@ -1,20 +1,20 @@
 """HINet training: sharded, resumable, observable. `train_and_evaluate(config, workdir)` is the job.
 
 Data flow: config -> mesh over all devices -> grain pipeline (batches split over 'data') -> model
-and optimizer -> restore the latest checkpoint of the workdir (or init / `config.init_from`) ->
-loop of one compiled, donated train step -> clu scalars/images, validation, orbax checkpoints ->
-WORKDIR/final_metrics.json.
+on the chosen backend and optimizer -> restore the latest checkpoint of the workdir (or init /
+`config.init_from`) -> loop of one compiled, donated train step (`hinet_jax.train.step`) -> clu
+scalars/images, validation, orbax checkpoints -> WORKDIR/final_metrics.json.
 
 Robustness:
   * a step whose loss or gradient norm is not finite leaves params and optimizer state unchanged
-    (selected inside the jitted step) and is counted; after `config.train.max_consecutive_nonfinite`
-    such steps in a row the run stops with `FloatingPointError`, its checkpoints untouched;
+    and is counted; after `config.train.max_consecutive_nonfinite` such steps in a row the run
+    stops with `FloatingPointError`, its checkpoints untouched;
   * SIGTERM (preemption, scheduler) saves a checkpoint at the step reached and returns cleanly;
   * re-running the same command resumes from the last complete checkpoint, data position included.
 """
 
+import collections
 import dataclasses
-import functools
 import json
 import os
 import signal
@@ -22,35 +22,23 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import logging
-from flax.training import train_state
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from hinet_jax.train import checkpointing
-from hinet_jax.cpu import host_memory
-from hinet_jax.train import losses
-from hinet_jax.evaluation import metrics as metrics_lib
+from hinet_jax import backends
 from hinet_jax import models
-from hinet_jax.train import optim
+from hinet_jax.evaluation import metrics as metrics_lib
+from hinet_jax.train import checkpointing
+from hinet_jax.train import losses
 from hinet_jax.train import sharding
+from hinet_jax.train import step as step_lib
 
 FINAL_METRICS_FILE = 'final_metrics.json'
 PANEL_FILE = 'panel_{name}.png'
-
-
-class TrainState(train_state.TrainState):
-  """Flax TrainState plus the non-finite step counters (both int32 scalars).
-
-  Attributes:
-    nonfinite_streak: how many steps in a row were skipped for a non-finite loss or gradient.
-    skipped_steps: how many steps were skipped in total.
-  """
-
-  nonfinite_streak: jax.Array = None
-  skipped_steps: jax.Array = None
+# Model fields that may differ between a checkpoint and the config that resumes or fine-tunes
+# from it: the compute and parameter dtypes (parameters are cast on restore).
+_NON_ARCHITECTURE = ('dtype', 'param_dtype')
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +56,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
     if config[name] <= 0:
       raise ValueError(f'config.{name} must be positive, got {config[name]}.')
+  if config.backend not in backends.BACKENDS:
+    raise ValueError(f'config.backend={config.backend!r}: choose one of '
+                     f'{", ".join(backends.BACKENDS)}.')
   if config.data.crop_size % 2**(config.model.depth - 1):
     raise ValueError(f'config.data.crop_size={config.data.crop_size} must be a multiple of '
                      f'2^(depth-1) = {2**(config.model.depth - 1)}.')
@@ -78,183 +69,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f'{split}_dir' in config.data else '')
         raise ValueError(f'config.data.{split}.{key} is not set{hint}.')
   losses.get_loss_fn(config.loss.name)
-
-
-# --------------------------------------------------------------------------------------------
-# Model, optimizer, state.
-
-
-def create_learning_rate_fn(config: ml_collections.ConfigDict) -> Callable:
-  """The schedule of `config.optim` (decay over num_train_steps unless optim.decay_steps > 0)."""
-  o = config.optim
-  decay = o.decay_steps if o.decay_steps > 0 else config.num_train_steps
-  return optim.create_learning_rate_fn(learning_rate=o.learning_rate, decay_steps=decay,
-                                       eta_min=o.eta_min, warmup_steps=o.warmup_steps)
-
-
-def create_optimizer(config: ml_collections.ConfigDict, lr_fn: Callable):
-  """The optax transformation of `config.optim`."""
-  o = config.optim
-  return optim.create_optimizer(lr_fn, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                                grad_clip_norm=o.grad_clip_norm)
-
-
-def create_train_state(model: models.HINet, tx, rng: jax.Array, params: Any = None) -> TrainState:
-  """A fresh TrainState (step 0). Pure: jit it with out_shardings to create it in place.
-
-  Args:
-    model: the HINet.
-    tx: the optax transformation.
-    rng: init key (ignored when `params` is given).
-    params: initial parameters (e.g. a pretrained checkpoint), or None to initialise.
-
-  Returns:
-    The state.
-  """
-  if params is None:
-    size = 2**(model.depth - 1)
-    x = jnp.zeros((1, size, size, model.in_chn), jnp.float32)
-    params = model.init(rng, x)['params']
-  zero = jnp.zeros((), jnp.int32)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, nonfinite_streak=zero,
-                           skipped_steps=zero)
-
-
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Every leaf of the state replicated over the mesh (pure data parallelism)."""
-  repl = sharding.replicated(mesh)
-  return jax.tree.map(lambda _: repl, abstract_state)
-
-
-def abstract_state(model: models.HINet, tx, mesh: jax.sharding.Mesh,
-                   params: Any = None) -> Tuple[Any, Any]:
-  """Shapes, dtypes and shardings of the TrainState, without computing it.
-
-  Returns:
-    `(abstract, shardings)`: ShapeDtypeStructs carrying their shardings (the orbax restore target)
-    and the sharding tree (the jit in/out shardings).
-  """
-  create = functools.partial(create_train_state, model, tx)
-  abstract = jax.eval_shape(create, jax.random.key(0), params)
-  shardings = state_shardings(abstract, mesh)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-  return abstract, shardings
-
-
-def init_state(model: models.HINet, tx, mesh: jax.sharding.Mesh, seed: int,
-               params: Any = None) -> Tuple[TrainState, Any, Any]:
-  """Creates the state directly with its shardings (no host copy, no resharding).
-
-  Args:
-    model: the HINet.
-    tx: the optax transformation.
-    mesh: the data mesh.
-    seed: init seed.
-    params: optional initial parameters.
-
-  Returns:
-    `(state, abstract_state, shardings)` (see `abstract_state`).
-  """
-  abstract, shardings = abstract_state(model, tx, mesh, params)
-  create = functools.partial(create_train_state, model, tx)
-  state = jax.jit(create, out_shardings=shardings)(jax.random.key(seed), params)
-  return state, abstract, shardings
-
-
-# --------------------------------------------------------------------------------------------
-# The step.
-
-
-def _select(pred: jax.Array, new: Any, old: Any) -> Any:
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
-
-
-def _update_if_finite(state: TrainState, grads: Any, grad_norm: jax.Array, finite: jax.Array,
-                      by_cond: bool | None = None) -> Tuple[Any, Any]:
-  """(params, opt_state) after the optimizer's step (given the gradients and their norm), or the
-  state's own where `finite` is False.
-
-  `by_cond` (default: on CPU) branches with `lax.cond`; otherwise both are computed and selected.
-  XLA:CPU has no multi-output fusion, so with selects each old first moment is read by two
-  fusions (its own update and its parameter's), and to update the donated moments in place it
-  copied all of them, and the second moments, at the start of every step: 709 MB for the 1x model,
-  5% of its CPU step (bench/README.md, levers log). On GPUs and TPUs the selects stay (the form
-  their measurements were taken with).
-  """
-
-  def update(params, opt_state):
-    updates, opt_state = state.tx.update(grads, opt_state, params, global_norm=grad_norm)
-    return optax.apply_updates(params, updates), opt_state
-
-  if by_cond is None:
-    by_cond = jax.default_backend() == 'cpu'
-  if by_cond:
-    return jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
-  params, opt_state = update(state.params, state.opt_state)
-  return _select(finite, params, state.params), _select(finite, opt_state, state.opt_state)
-
-
-def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str,
-               loss_weight: float, lr_fn: Callable) -> Tuple[TrainState, Dict[str, jax.Array]]:
-  """One optimizer step on a global batch; skips it (state unchanged) if anything is non-finite.
-
-  Args:
-    state: the TrainState.
-    batch: {'lq', 'gt'} float32 NHWC in [0, 1].
-    loss_name: 'psnr' or 'l1'.
-    loss_weight: per-stage loss weight.
-    lr_fn: the schedule (for logging only; the optimizer holds its own copy).
-
-  Returns:
-    `(new_state, measurements)`: scalars loss, loss_stage{1,2}, psnr (stage 2 vs gt), grad_norm,
-    param_norm, lr, finite (0/1), nonfinite_streak, skipped_steps.
-  """
-
-  def loss_fn(params):
-    outputs = state.apply_fn({'params': params}, batch['lq'])
-    total, per_stage = losses.multi_stage_loss(outputs, batch['gt'], name=loss_name,
-                                               weight=loss_weight)
-    return total, (per_stage, outputs[-1])
-
-  (loss, (per_stage, restored)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  params, opt_state = _update_if_finite(state, grads, grad_norm, finite)
-  streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
-  new_state = state.replace(
-      step=state.step + 1,
-      params=params,
-      opt_state=opt_state,
-      nonfinite_streak=streak.astype(jnp.int32),
-      skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)))
-  measurements = dict(
-      loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_state.params),
-      psnr=jnp.mean(metrics_lib.psnr(jnp.clip(restored, 0.0, 1.0), batch['gt'], data_range=1.0)),
-      lr=lr_fn(state.step), finite=finite.astype(jnp.float32),
-      nonfinite_streak=new_state.nonfinite_streak, skipped_steps=new_state.skipped_steps)
-  for i, value in enumerate(per_stage):
-    measurements[f'loss_stage{i + 1}'] = value
-  return new_state, measurements
-
-
-def make_train_step(config: ml_collections.ConfigDict, lr_fn: Callable, shardings: Any,
-                    mesh: jax.sharding.Mesh) -> Callable:
-  """`train_step` jitted with explicit shardings; the state argument is donated.
-
-  Args:
-    config: the training config (`config.loss`).
-    lr_fn: the schedule.
-    shardings: the state shardings (`init_state`).
-    mesh: the data mesh.
-
-  Returns:
-    `step_fn(state, batch) -> (state, measurements)`, compiled once for the run.
-  """
-  fn = functools.partial(train_step, loss_name=config.loss.name, loss_weight=config.loss.weight,
-                         lr_fn=lr_fn)
-  return jax.jit(fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,13 +97,13 @@ def create_train_iter(config: ml_collections.ConfigDict, source: Any, mesh: jax.
 
 
 def eval_protocol(config: ml_collections.ConfigDict):
-  """The `evaluate.Protocol` that `config.eval` describes (metric settings, batching, tiling)."""
-  from hinet_jax.evaluation import protocols as evaluate_lib  # pylint: disable=g-import-not-at-top
+  """The `protocols.Protocol` that `config.eval` describes (metric settings, batching, tiling)."""
+  from hinet_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
   e = config.eval
-  return evaluate_lib.Protocol(
+  return protocols.Protocol(
       name='validation', batched=e.batched, tile=e.tile or None,
-      metrics=evaluate_lib.MetricConfig(crop_border=e.crop_border, y_channel=e.y_channel,
-                                        quantize=e.quantize))
+      metrics=protocols.MetricConfig(crop_border=e.crop_border, y_channel=e.y_channel,
+                                     quantize=e.quantize))
 
 
 def evaluate(predict_fn: Callable, params: Any, config: ml_collections.ConfigDict,
@@ -297,7 +111,7 @@ def evaluate(predict_fn: Callable, params: Any, config: ml_collections.ConfigDic
   """Validation PSNR/SSIM of the restored and of the degraded images, averaged over images.
 
   Equal-sized images (`config.eval.batched`) go through fixed-shape, mask-padded batches (one
-  compile); others one by one, whole or in `config.eval.tile` tiles (`evaluate.evaluate_source`).
+  compile); others one by one, whole or in `config.eval.tile` tiles (`protocols.evaluate_source`).
 
   Args:
     predict_fn: jitted `(params, lq) -> restored` (the same object every call: no recompiles).
@@ -308,10 +122,10 @@ def evaluate(predict_fn: Callable, params: Any, config: ml_collections.ConfigDic
   Returns:
     {'psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images'} as Python numbers.
   """
-  from hinet_jax.evaluation import protocols as evaluate_lib  # pylint: disable=g-import-not-at-top
-  result = evaluate_lib.evaluate_source(predict_fn, params, source, eval_protocol(config),
-                                        tile=config.eval.tile or None,
-                                        batch_size=config.data.eval_batch_size)
+  from hinet_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
+  result = protocols.evaluate_source(predict_fn, params, source, eval_protocol(config),
+                                     tile=config.eval.tile or None,
+                                     batch_size=config.data.eval_batch_size)
   return {k: (int(v) if k == 'num_images' else float(v)) for k, v in result.items()}
 
 
@@ -448,24 +262,15 @@ class StopSignal:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
-def summarize(history: List[Dict[str, jax.Array]]) -> Dict[str, float]:
-  """Means of the per-step measurements since the last log (one device->host transfer)."""
-  host = jax.device_get(history)
-  keys = [k for k in host[0] if k not in ('nonfinite_streak', 'skipped_steps', 'finite')]
-  out = {k: float(np.mean([h[k] for h in host if h['finite'] > 0] or [np.nan])) for k in keys}
-  out['skipped_steps'] = float(host[-1]['skipped_steps'])
-  return out
-
-
-def check_nonfinite(measurements: Dict[str, jax.Array], step: int, limit: int) -> None:
+def check_nonfinite(metrics: step_lib.TrainMetrics, step: int, limit: int) -> None:
   """Raises once `limit` steps in a row were skipped for non-finite values.
 
   Args:
-    measurements: the step's measurements (blocks until that step is done).
+    metrics: the step's metrics, fetched to the host.
     step: the step number they belong to.
     limit: `config.train.max_consecutive_nonfinite`.
   """
-  streak = int(measurements['nonfinite_streak'])
+  streak = int(metrics.nonfinite_streak.compute())
   if streak and streak % 10 == 1:
     logging.warning('Step %d: non-finite loss or gradient; step skipped (%d in a row).', step,
                     streak)
@@ -477,12 +282,47 @@ def check_nonfinite(measurements: Dict[str, jax.Array], step: int, limit: int) -
         '--config.optim.learning_rate, check the data, or try float32 (--config.model.dtype).')
 
 
+class DispatchedSteps:
+  """Train steps dispatched and not yet fetched, oldest first.
+
+  Fetching a step (one small device-to-host copy) checks its non-finite streak and merges its
+  metrics into those of the current log period.
+  """
+
+  def __init__(self, limit: int):
+    self._limit = limit
+    self._queue = collections.deque()
+    self._period = None
+
+  def __len__(self) -> int:
+    return len(self._queue)
+
+  def add(self, step: int, metrics: step_lib.TrainMetrics) -> None:
+    """Records the metrics (device arrays) of step `step`, just dispatched."""
+    self._queue.append((step, metrics))
+
+  def fetch(self, keep: int = 0) -> None:
+    """Waits for and fetches the oldest steps until at most `keep` are left in flight."""
+    while len(self._queue) > keep:
+      step, metrics = self._queue.popleft()
+      metrics = jax.device_get(metrics)
+      check_nonfinite(metrics, step, self._limit)
+      self._period = metrics if self._period is None else self._period.merge(metrics)
+
+  def take_period(self) -> step_lib.TrainMetrics:
+    """Every step's metrics since the last call, merged (fetches the steps still in flight)."""
+    self.fetch()
+    period, self._period = self._period, None
+    return period
+
+
 @dataclasses.dataclass
 class Run:
   """What the loop needs besides the state: built once by `train_and_evaluate`."""
 
   config: ml_collections.ConfigDict
   workdir: str
+  backend: backends.Backend
   mngr: Any
   writer: Any
   train_iter: Any
@@ -492,7 +332,7 @@ class Run:
   hooks: List[Callable]
 
 
-def save_checkpoint(run: Run, step: int, state: TrainState,
+def save_checkpoint(run: Run, step: int, state: step_lib.TrainState,
                     val_metrics: Optional[Dict[str, float]] = None) -> None:
   """Checkpoints state + data position + config (+ validation metrics for BestN)."""
   checkpointing.save(run.mngr, step, state, data_iter=run.train_iter,
@@ -512,9 +352,9 @@ def run_eval(run: Run, step: int, params: Any) -> Dict[str, float]:
   return result
 
 
-def log_train(run: Run, step: int, history: List[Dict], t0: float, steps: int) -> None:
-  """Writes averaged train scalars plus throughput since the last log."""
-  scalars = {f'train/{k}': v for k, v in summarize(history).items()}
+def log_train(run: Run, step: int, period: step_lib.TrainMetrics, t0: float, steps: int) -> None:
+  """Writes the log period's train metrics plus throughput since the last log."""
+  scalars = {f'train/{k}': v for k, v in step_lib.compute_metrics(period).items()}
   elapsed = max(time.time() - t0, 1e-9)
   scalars['train/steps_per_sec'] = steps / elapsed
   scalars['train/images_per_sec'] = steps * run.config.batch_size / elapsed
@@ -524,15 +364,14 @@ def log_train(run: Run, step: int, history: List[Dict], t0: float, steps: int) -
                scalars['train/grad_norm'], scalars['train/steps_per_sec'])
 
 
-def train_loop(run: Run, state: TrainState, start_step: int,
-               stop: StopSignal) -> Tuple[TrainState, int]:
+def train_loop(run: Run, state: step_lib.TrainState, start_step: int,
+               stop: StopSignal) -> Tuple[step_lib.TrainState, int]:
   """Steps from `start_step` to `config.num_train_steps`, or until SIGTERM.
 
-  The next batch is read while the last step runs. On accelerators the next step is dispatched
-  before the last one's non-finite counter is read, so the host does not wait for the device
-  (input, dispatch and compute overlap); on CPU the loop waits for the last step first
-  (`host_memory.calls_in_flight`: XLA:CPU would allocate the next step's temporaries beside the
-  running step's).
+  The next batch is read while the last step runs; then the oldest steps are fetched until fewer
+  than the backend's `calls_in_flight` are, and the next step is dispatched. So on accelerators
+  the host reads and dispatches ahead of the device, while on CPU a step's temporaries are not
+  allocated beside the running one's.
 
   Args:
     run: the run's components.
@@ -544,43 +383,35 @@ def train_loop(run: Run, state: TrainState, start_step: int,
     `(state, step)`: the last state and its step (< num_train_steps after SIGTERM).
   """
   cfg = run.config
-  limit = cfg.train.max_consecutive_nonfinite
-  history, pending = [], None
-  wait_first = host_memory.calls_in_flight() == 1  # On CPU (see the docstring).
+  dispatched = DispatchedSteps(cfg.train.max_consecutive_nonfinite)
   t0, t0_step, step = time.time(), start_step, start_step
   while step < cfg.num_train_steps:
     batch = next(run.train_iter)
-    if wait_first and pending is not None:
-      jax.block_until_ready(pending)
-    state, measurements = run.step_fn(state, batch)
+    dispatched.fetch(keep=run.backend.calls_in_flight - 1)
+    state, metrics = run.step_fn(state, batch)
     step += 1
-    if pending is not None:
-      check_nonfinite(pending, step - 1, limit)
-    pending = measurements
-    history.append(measurements)
+    dispatched.add(step, metrics)
     for hook in run.hooks:
       hook(step)
     if step % cfg.log_every_steps == 0 or step == cfg.num_train_steps:
-      check_nonfinite(pending, step, limit)
-      log_train(run, step, history, t0, step - t0_step)
-      history, t0, t0_step = [], time.time(), step
+      log_train(run, step, dispatched.take_period(), t0, step - t0_step)
+      t0, t0_step = time.time(), step
     if step == cfg.num_train_steps:
       break  # The final evaluation and checkpoint follow in train_and_evaluate.
     val_metrics = None
     if step % cfg.eval_every_steps == 0:
       val_metrics = run_eval(run, step, state.params)
     if step % cfg.checkpoint_every_steps == 0 or val_metrics is not None:
-      check_nonfinite(pending, step, limit)
+      dispatched.fetch()  # No checkpoint past a run that must stop.
       save_checkpoint(run, step, state, val_metrics)
     # Multi-process runs agree on stopping at log steps only (it is a collective).
     if (jax.process_count() == 1 or step % cfg.log_every_steps == 0) and stop.agreed():
-      check_nonfinite(pending, step, limit)
+      dispatched.fetch()
       save_checkpoint(run, step, state)
       logging.warning('Stopped by SIGTERM at step %d; checkpoint saved in %s. Run the same '
                       'command again to resume.', step, run.workdir)
       return state, step
-  if pending is not None:
-    check_nonfinite(pending, step, limit)
+  dispatched.fetch()
   return state, step
 
 
@@ -642,15 +473,29 @@ def create_hooks(config: ml_collections.ConfigDict, workdir: str, writer) -> Lis
   return hooks
 
 
+def architecture_mismatch(saved: Dict[str, Any], model: models.HINet) -> Dict[str, Tuple]:
+  """The architecture fields in which a stored model config differs from `model`.
+
+  Args:
+    saved: `create_model` keyword arguments as a checkpoint stored them (configs written by
+      earlier versions may carry keys that are no longer architecture; `create_model` drops them).
+    model: the model of the current config.
+
+  Returns:
+    {field: (stored, current)}; empty if they match.
+  """
+  stored, current = models.model_config(models.create_model(**saved)), models.model_config(model)
+  return {k: (stored.get(k), v) for k, v in current.items()
+          if k not in _NON_ARCHITECTURE and stored.get(k) != v}
+
+
 def initial_params(config: ml_collections.ConfigDict, model: models.HINet) -> Any:
   """Parameters from `config.init_from` (a converted/pretrained checkpoint), or None."""
   if not config.init_from:
     return None
-  from hinet_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-  pre_model, params = pretrained.load_pretrained(config.init_from)
-  pre_cfg, cfg = models.model_config(pre_model), models.model_config(model)
-  mismatch = {k: (pre_cfg[k], cfg[k]) for k in cfg
-              if k not in ('dtype', 'param_dtype', 'conv_impl') and pre_cfg.get(k) != cfg[k]}
+  from hinet_jax import api  # pylint: disable=g-import-not-at-top
+  pre_model, params = api.load_pretrained(config.init_from, backend='xla')
+  mismatch = architecture_mismatch(models.model_config(pre_model), model)
   if mismatch:
     raise ValueError(f'config.init_from={config.init_from} holds a different model: '
                      f'{mismatch} (checkpoint, config); set config.model.* to match.')
@@ -658,7 +503,8 @@ def initial_params(config: ml_collections.ConfigDict, model: models.HINet) -> An
   return params
 
 
-def restore_or_init(config, model, tx, mesh, mngr, train_iter) -> Tuple[TrainState, Any, int]:
+def restore_or_init(config, model, tx, mesh, mngr,
+                    train_iter) -> Tuple[step_lib.TrainState, Any, int]:
   """The latest checkpoint of the workdir (state and data position) or a fresh state.
 
   Args:
@@ -674,9 +520,16 @@ def restore_or_init(config, model, tx, mesh, mngr, train_iter) -> Tuple[TrainSta
   """
   latest = mngr.latest_step()
   if latest is None:
-    state, _, shardings = init_state(model, tx, mesh, config.seed, initial_params(config, model))
+    state, _, shardings = step_lib.init_state(model, tx, mesh, config.seed,
+                                              initial_params(config, model))
     return state, shardings, 0
-  abstract, shardings = abstract_state(model, tx, mesh)
+  saved = checkpointing.read_meta(mngr, latest).get('config', {}).get('model')
+  mismatch = architecture_mismatch(saved, model) if saved else {}
+  if mismatch:
+    raise ValueError(f'{mngr.directory} holds checkpoints of a different model: {mismatch} '
+                     '(checkpoint, config). Resume with the config.model.* it was trained with, '
+                     'or use a new --workdir.')
+  abstract, shardings = step_lib.abstract_state(model, tx, mesh)
   state, _ = checkpointing.restore(mngr, abstract, data_iter=train_iter, step=latest)
   logging.info('Resumed from step %d in %s (%d steps skipped so far).', latest, mngr.directory,
                int(state.skipped_steps))
@@ -696,7 +549,7 @@ def read_final_metrics(workdir: str) -> Optional[Dict[str, Any]]:
 # The job.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step_lib.TrainState:
   """Trains HINet as `config` says, resuming from `workdir` if it holds checkpoints.
 
   Args:
@@ -711,14 +564,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.create_mesh()
   per_process = sharding.per_process_batch_size(config.batch_size, mesh)
-  logging.info('%d process(es), %d device(s) (%s); global batch %d, %d per process.',
-               jax.process_count(), jax.device_count(), jax.devices()[0].platform,
+  backend = backends.resolve(config.backend)
+  logging.info('%d process(es), %d device(s) (%s), backend %s; global batch %d, %d per process.',
+               jax.process_count(), jax.device_count(), jax.devices()[0].platform, backend.name,
                config.batch_size, per_process)
 
-  model = models.create_model(**config.model)
+  model = backend.build(models.create_model(**config.model))
   checkpointing.write_model_config(workdir, models.model_config(model))
-  lr_fn = create_learning_rate_fn(config)
-  tx = create_optimizer(config, lr_fn)
+  lr_fn = step_lib.create_learning_rate_fn(config)
+  tx = step_lib.create_optimizer(config, lr_fn)
   train_source, val_source = create_sources(config)
   logging.info('Train source: %d items; validation: %d items.', len(train_source), len(val_source))
   train_iter = create_train_iter(config, train_source, mesh)
@@ -731,9 +585,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
-  run = Run(config=config, workdir=workdir, mngr=mngr, writer=writer, train_iter=train_iter,
-            val_source=val_source, predict_fn=inference.make_predict_fn(model),
-            step_fn=make_train_step(config, lr_fn, shardings, mesh),
+  run = Run(config=config, workdir=workdir, backend=backend, mngr=mngr, writer=writer,
+            train_iter=train_iter, val_source=val_source,
+            predict_fn=inference.make_predict_fn(model, backend),
+            step_fn=step_lib.make_train_step(config, lr_fn, shardings, mesh,
+                                             skip_by_cond=backend.skip_step_by_cond),
             hooks=create_hooks(config, workdir, writer))
   try:
     if start_step >= config.num_train_steps:

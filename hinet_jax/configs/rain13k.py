@@ -13,7 +13,7 @@ betas (0.9, 0.99), TrueCosineAnnealingLR T_max 400k eta_min 1e-7, linear warm-up
 grad clip 0.01 (default on), manual_seed 10, 256 crops, val every 20k.
 """
 
-from configs import default as default_lib
+from hinet_jax.configs import default as default_lib
 
 
 def get_config():

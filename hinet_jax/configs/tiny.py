@@ -8,7 +8,7 @@ photo. It only proves that the pipeline runs; expect a small PSNR gain over the 
 
 import ml_collections
 
-from configs import default as default_lib
+from hinet_jax.configs import default as default_lib
 
 
 def get_config():

@@ -20,7 +20,7 @@ lr 2e-4 betas (0.9, 0.999), TrueCosineAnnealingLR T_max 400k eta_min 1e-6, no wa
 
 import ml_collections
 
-from configs import default as default_lib
+from hinet_jax.configs import default as default_lib
 
 VARIANTS = {'1x': 64, '0.5x': 32}  # Base width wf per variant.
 

@@ -17,7 +17,7 @@ non-local means 29.01 dB / 0.719, this model 29.90 dB / 0.746 (+0.89 dB over NLM
 
 import ml_collections
 
-from configs import default as default_lib
+from hinet_jax.configs import default as default_lib
 
 
 def get_config():

@@ -12,7 +12,7 @@ fine-tune a published model add --config.init_from=/path/to/converted_checkpoint
 
 import ml_collections
 
-from configs import default as default_lib
+from hinet_jax.configs import default as default_lib
 
 
 def get_config():

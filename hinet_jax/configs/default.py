@@ -79,11 +79,10 @@ def get_config():
       hin_position_right=4,  # Last level with half instance norm (inclusive).
       in_chn=3,  # Image channels.
       dtype='float32',  # Compute dtype: 'bfloat16' for mixed precision (losses stay float32).
-      param_dtype='float32',  # Parameter (and optimizer state) dtype.
-      # Convolution forms: 'auto' (the fastest measured per shape on CPU, incl. the hand-written
-      # CPU kernels; lax.conv on GPU/TPU), 'xla' (lax.conv everywhere), 'native', 'winograd' or
-      # 'matmul' (hinet_jax/convolution.py).
-      conv_impl='auto'))
+      param_dtype='float32'))  # Parameter (and optimizer state) dtype.
+  # How the convolutions run, a run-time choice never stored with checkpoints: 'auto' | 'xla' |
+  # 'cpu' (see README "Backends"; 'auto' is 'cpu' on one CPU device, 'xla' elsewhere).
+  config.backend = 'auto'
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = 'psnr'  # 'psnr' (PSNRLoss) or 'l1'; applied to both stages and summed.

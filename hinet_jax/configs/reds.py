@@ -12,7 +12,7 @@ Recipe (options/train/REDS/HINet.yml): HIN at levels 3..4, PSNR loss weight 0.5,
 manual_seed 100, 256 crops, val every 40k on 256 tiles (`grids`).
 """
 
-from configs import default as default_lib
+from hinet_jax.configs import default as default_lib
 
 
 def get_config():

@@ -1,0 +1,124 @@
+"""How HINet's convolutions run here: the one place that asks which platform and backend this is.
+
+A backend is a run-time choice, never a property of a checkpoint (`model_config.json` holds the
+architecture only):
+
+  * 'xla': the model as `hinet_jax.models` writes it (`lax.conv`), on any platform and any number
+    of devices. What GPUs, TPUs and multi-device runs use.
+  * 'cpu': the hand-written C++ kernels of `hinet_jax.cpu` (fused blocks, Winograd, kernels packed
+    once per set of weights at inference), with the same parameter tree. One CPU device, float32.
+  * 'auto' (the default): 'cpu' on a single CPU device where the kernels build, else 'xla'.
+
+Everything else that differs by platform is a field of `Backend`, so generic code (the train loop,
+inference, evaluation) asks it here instead of testing for a CPU itself.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+
+
+from hinet_jax import models
+
+BACKENDS = ('auto', 'xla', 'cpu')
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+  """What the chosen backend and this platform decide.
+
+  Attributes:
+    name: 'xla' or 'cpu' (never 'auto': `resolve` decides).
+    layers: the convolution layers and blocks the model is built with (`models.Layers`).
+    calls_in_flight: how many calls loops keep dispatched before waiting for the oldest. One on
+      CPU, where XLA runs independent executions side by side, each with its own temporaries, on
+      the same cores; two on accelerators, so that the host's work overlaps the device's.
+    skip_step_by_cond: whether a non-finite train step is skipped by `lax.cond` (CPU: with
+      selects XLA:CPU copies every optimizer moment to update it in place) or by selects.
+    inference_compiler_options: `jax.jit(compiler_options=...)` for forward-only executables.
+    prepare_inference: `(model, params) -> variables` for `model.apply` at inference (the CPU
+      backend packs its kernels there); not differentiable.
+  """
+
+  name: str
+  layers: models.Layers
+  calls_in_flight: int
+  skip_step_by_cond: bool
+  inference_compiler_options: Optional[dict] = None
+  prepare_inference: Optional[Callable[[Any, Any], Any]] = None
+
+  def build(self, model: models.HINet) -> models.HINet:
+    """`model` with this backend's layers (same parameters, same outputs to float rounding)."""
+    return model.clone(layers=self.layers)
+
+  def inference_variables(self, model: models.HINet, params: Any) -> dict:
+    """The variables `model.apply` takes at inference: `{'params': params}` plus what the backend
+    prepared for those weights (`prepare_inference`, under jit)."""
+    if self.prepare_inference is None:
+      return {'params': params}
+    return {'params': params, **self.prepare_inference(model, params)}
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == 'cpu'
+
+
+def _xla() -> Backend:
+  on_cpu = _on_cpu()
+  return Backend(name='xla', layers=models.XLA_LAYERS, calls_in_flight=1 if on_cpu else 2,
+                 skip_step_by_cond=on_cpu)
+
+
+def _cpu() -> Backend:
+  from hinet_jax import cpu  # pylint: disable=g-import-not-at-top  (only where it runs)
+
+  return Backend(name='cpu', layers=cpu.LAYERS, calls_in_flight=1, skip_step_by_cond=True,
+                 inference_compiler_options=cpu.inference_compiler_options(),
+                 prepare_inference=cpu.prepare_inference)
+
+
+def cpu_backend_applies() -> tuple[bool, str]:
+  """Whether the 'cpu' backend can run here, and if not, why not."""
+  if not _on_cpu():
+    return False, f'JAX runs on {jax.default_backend()}, not the CPU'
+  if jax.device_count() != 1:
+    # XLA's partitioner cannot split the kernels' custom calls (it would gather a batch-sharded
+    # input onto every device), so several devices keep XLA's convolutions.
+    return False, f'{jax.device_count()} devices (the C++ kernels run on one)'
+  from hinet_jax.cpu import kernels  # pylint: disable=g-import-not-at-top
+
+  if not kernels.available():
+    return False, 'the C++ kernels could not be built (see the warning above)'
+  return True, ''
+
+
+@functools.lru_cache(maxsize=None)
+def resolve(name: str = 'auto') -> Backend:
+  """The backend called `name` ('auto', 'xla' or 'cpu') on this platform.
+
+  Raises:
+    ValueError: for an unknown name, or 'cpu' where it cannot run (the message says why and what
+      to use instead).
+  """
+  if name not in BACKENDS:
+    raise ValueError(f'Unknown backend {name!r}: choose one of {", ".join(BACKENDS)} '
+                     "('auto' picks 'cpu' on one CPU device, 'xla' elsewhere).")
+  if name == 'xla':
+    return _xla()
+  applies, why_not = cpu_backend_applies()
+  if name == 'cpu' and not applies:
+    raise ValueError(f"backend='cpu' cannot run here: {why_not}. Use backend='auto' or 'xla'.")
+  if applies:
+    return _cpu()
+  logging.info('Backend auto: xla (%s).', why_not)
+  return _xla()
+
+
+def build(model: models.HINet, backend: str = 'auto') -> models.HINet:
+  """`model` with the layers of `backend` (see `resolve`)."""
+  return resolve(backend).build(model)
+
+

@@ -1,0 +1,234 @@
+r"""Evaluate a HINet checkpoint with a published protocol, or restore your own images.
+
+Evaluate (NAME: sidd_val, gopro, reds, rain13k or folder); prints a table, writes per-image metrics
+(CSV/JSON) and a summary JSON:
+  python eval.py --checkpoint=DIR [--which=latest|best] --protocol=NAME \
+      --data_dir=PATH [--metrics_json=PATH] [--per_image=PATH.csv|.json] [--save_images=DIR] \
+      [--tile=N --tile_overlap=N --blend=average|smooth] [--self_ensemble]
+
+Restore images of any size (no targets; PNG out with the input's bit depth):
+  python eval.py --checkpoint=DIR --input=FILE_OR_DIR --output=DIR [--overwrite] [--panels] \
+      [--tile=256 --tile_overlap=32] [--self_ensemble]
+
+DIR is a converted checkpoint (model_config.json + params/) or a training workdir. This is the
+program behind the top-level `eval.py` and the installed `hinet-eval` command.
+
+A mistake in the flags, a path or the data prints one message naming the option or file and exits
+with status 2 (checked before the model loads where possible); --traceback shows the Python
+traceback as well.
+"""
+
+import csv
+import json
+import os
+import tempfile
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from hinet_jax import api
+from hinet_jax import errors
+from hinet_jax.cli import runner
+from hinet_jax.cpu import host_memory
+from hinet_jax.data import image_ops
+from hinet_jax.evaluation import inference
+from hinet_jax.evaluation import protocols as evaluate
+
+RESTORE_TILE = 256
+RESTORE_OVERLAP = 32
+
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None,
+    'Converted checkpoint dir (model_config.json + params/) or training workdir.')
+_WHICH = flags.DEFINE_enum('which', 'latest', ['latest', 'best'],
+                           'For a training workdir: its latest or best (by PSNR) checkpoint.')
+_PROTOCOL = flags.DEFINE_enum('protocol', None, list(evaluate.PROTOCOLS), 'Evaluation protocol.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset folder of the protocol (see '
+                                'hinet_jax/evaluate.py protocol_sources).')
+_SUBSETS = flags.DEFINE_list('subsets', None, 'rain13k: evaluate only these test sets.')
+_METRICS_JSON = flags.DEFINE_string('metrics_json', None, 'Write the summary as JSON here.')
+_PER_IMAGE = flags.DEFINE_string(
+    'per_image', None, 'Write per-image metrics here (.csv or .json); default: beside '
+    '--metrics_json as <name>_per_image.csv.')
+_SAVE_IMAGES = flags.DEFINE_string('save_images', None, 'Save the restored images (8-bit PNG).')
+_INPUT = flags.DEFINE_string('input', None, 'Restore mode: an image file or a folder of images.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Restore mode: output folder.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
+_PANELS = flags.DEFINE_bool('panels', False, 'Restore mode: also write <name>_panel.png, the '
+                            'input and the restored image side by side.')
+_TILE = flags.DEFINE_integer('tile', None, 'Tile side (0: whole images). Default: the protocol\'s '
+                             f'(256 grid for gopro/reds/rain13k), {RESTORE_TILE} in restore mode.')
+_TILE_OVERLAP = flags.DEFINE_integer('tile_overlap', None, 'Minimum tile overlap. Default: 0 '
+                                     f'(official grid) for protocols, {RESTORE_OVERLAP} in '
+                                     'restore mode.')
+_BLEND = flags.DEFINE_enum('blend', 'average', list(inference.BLENDS),
+                           'How overlapping tiles are merged.')
+_SELF_ENSEMBLE = flags.DEFINE_bool('self_ensemble', False, 'Average over the 8 flips/rotations.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images (sidd_val) or tiles per call.')
+
+
+def write_json(path, obj):
+  """Writes JSON atomically (temp file + rename)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.json')
+  with os.fdopen(fd, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def write_per_image(path, rows):
+  """Writes per-image metric rows as CSV (by default) or JSON (a .json path)."""
+  if path.endswith('.json'):
+    write_json(path, rows)
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fields = ['subset', 'name', *evaluate.METRIC_KEYS]
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.csv')
+  with os.fdopen(fd, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)
+
+
+def per_image_path(per_image, metrics_json):
+  """The per-image output path: --per_image, else derived from --metrics_json, else None."""
+  if per_image:
+    return per_image
+  if metrics_json:
+    return os.path.splitext(metrics_json)[0] + '_per_image.csv'
+  return None
+
+
+def make_save_fn(save_dir):
+  """save_fn(subset, name, restored) writing <save_dir>/<subset>/<name>.png (8-bit)."""
+  def save(subset, name, restored):
+    image_ops.write_image(os.path.join(save_dir, subset, name + '.png'), restored, bit_depth=8)
+
+  return save
+
+
+def _check_output_dir(path, flag):
+  """Refuses to write into a non-empty output folder unless --overwrite."""
+  if path and os.path.exists(path) and not os.path.isdir(path):
+    raise errors.OutputExistsError(f'--{flag}={path} is a file; pass a folder.')
+  if path and os.path.isdir(path) and os.listdir(path) and not _OVERWRITE.value:
+    raise errors.OutputExistsError(f'--{flag}={path} is not empty; pass --overwrite to write '
+                                   'into it, or choose another folder.')
+
+
+def check_protocol_flags():
+  """Evaluate mode: checks --data_dir and the outputs, and lists the data, before the model loads.
+
+  A bad layout or mismatched names then fail in seconds (the protocol lists the data again).
+  """
+  if not _DATA_DIR.value:
+    raise app.UsageError('--protocol needs --data_dir (the dataset folder).')
+  if not os.path.isdir(_DATA_DIR.value):
+    raise errors.MissingPathError(
+        f'--data_dir={_DATA_DIR.value} does not exist or is not a folder: pass the '
+        f'{_PROTOCOL.value} dataset folder (see `protocol_sources` in '
+        'hinet_jax/evaluation/protocols.py for the layout).')
+  _check_output_dir(_SAVE_IMAGES.value, 'save_images')
+  evaluate.protocol_sources(evaluate.get_protocol(_PROTOCOL.value), _DATA_DIR.value,
+                           _SUBSETS.value)
+
+
+def check_restore_flags():
+  """Restore mode: checks --input and --output before any model loads.
+
+  Returns:
+    The image files to restore.
+  """
+  if not _OUTPUT.value:
+    raise app.UsageError('--input needs --output (the folder to write restored images to).')
+  if not os.path.exists(_INPUT.value):
+    raise errors.MissingPathError(f'--input={_INPUT.value} does not exist: pass an image file or '
+                                  'a folder of images.')
+  if os.path.exists(_OUTPUT.value) and not os.path.isdir(_OUTPUT.value):
+    raise errors.OutputExistsError(f'--output={_OUTPUT.value} is a file; pass a folder.')
+  images, skipped = inference.list_input_images(_INPUT.value)
+  for path in skipped:
+    logging.warning('Skipping %s: not an image (extensions %s).', path,
+                    ', '.join(image_ops.IMAGE_EXTENSIONS))
+  extensions = ', '.join(image_ops.IMAGE_EXTENSIONS)
+  if not images and os.path.isfile(_INPUT.value):
+    raise errors.InvalidInputError(f'--input={_INPUT.value} is not an image file (extensions: '
+                                   f'{extensions}).')
+  if not images:
+    raise errors.InvalidInputError(f'--input={_INPUT.value} holds no image files (extensions: '
+                                   f'{extensions}).')
+  return images, skipped
+
+
+def run_protocol(predict_fn, params):
+  """Evaluate mode: runs --protocol on --data_dir and writes the requested outputs."""
+  rows = []
+  save_fn = make_save_fn(_SAVE_IMAGES.value) if _SAVE_IMAGES.value else None
+  kwargs = {} if _TILE.value is None else {'tile': _TILE.value}
+  summary = evaluate.evaluate_protocol(
+      predict_fn, params, _PROTOCOL.value, _DATA_DIR.value, overlap=_TILE_OVERLAP.value,
+      blend=_BLEND.value, self_ensemble=_SELF_ENSEMBLE.value, batch_size=_BATCH_SIZE.value,
+      subsets=_SUBSETS.value, rows=rows, save_fn=save_fn, **kwargs)
+  summary['checkpoint'] = os.path.abspath(_CHECKPOINT.value)
+  summary['which'] = _WHICH.value
+  print(evaluate.format_table(summary))
+  if _METRICS_JSON.value:
+    write_json(_METRICS_JSON.value, summary)
+    logging.info('Wrote the summary to %s.', _METRICS_JSON.value)
+  rows_path = per_image_path(_PER_IMAGE.value, _METRICS_JSON.value)
+  if rows_path:
+    write_per_image(rows_path, rows)
+    logging.info('Wrote %d per-image rows to %s.', len(rows), rows_path)
+  return summary
+
+
+def run_restore(predict_fn, params, images, skipped):
+  """Restore mode: restores `images` (from --input) into --output."""
+  tile = RESTORE_TILE if _TILE.value is None else (_TILE.value or None)
+  overlap = RESTORE_OVERLAP if _TILE_OVERLAP.value is None else _TILE_OVERLAP.value
+  result = inference.restore_files(
+      predict_fn, params, images, _OUTPUT.value, overwrite=_OVERWRITE.value, panels=_PANELS.value,
+      tile=tile, overlap=overlap if tile else 0, blend=_BLEND.value,
+      self_ensemble=_SELF_ENSEMBLE.value, batch_size=_BATCH_SIZE.value)
+  print(f'Restored {len(result["written"])} image(s) into {_OUTPUT.value}; '
+        f'{len(result["existing"])} existing output(s) kept, {len(skipped)} non-image file(s) '
+        'skipped.')
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not _CHECKPOINT.value:
+    raise app.UsageError('--checkpoint is required.')
+  if bool(_PROTOCOL.value) == bool(_INPUT.value):
+    raise app.UsageError('Pass either --protocol (evaluate) or --input/--output (restore).')
+  if not os.path.isdir(_CHECKPOINT.value):
+    raise errors.MissingPathError(
+        f'--checkpoint={_CHECKPOINT.value} does not exist or is not a folder: pass a converted '
+        'checkpoint (python -m hinet_jax.convert) or a training workdir.')
+  # Paths and data are checked before the model loads, so a mistake costs seconds.
+  if _PROTOCOL.value:
+    check_protocol_flags()
+  else:
+    images, skipped = check_restore_flags()
+  host_memory.keep_freed_memory()  # before JAX runs anything (hinet_jax/host_memory.py)
+  model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value)
+  predict_fn = inference.make_predict_fn(model)
+  if _PROTOCOL.value:
+    run_protocol(predict_fn, params)
+  else:
+    run_restore(predict_fn, params, images, skipped)
+
+
+def run():
+  """`hinet-eval` and `python eval.py`."""
+  runner.run(main)
+
+
+if __name__ == '__main__':
+  run()

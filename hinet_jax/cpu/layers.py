@@ -1,0 +1,184 @@
+"""HINet's layers for the CPU backend: the same parameter tree as `hinet_jax.models`, run on the
+C++ kernels (`convolution`), with the blocks' element-wise work fused into the convolutions.
+
+  * `Conv` / `UpConv2x2` take optional fusions: LeakyReLU and a residual add in the convolution's
+    own pass over its output, and a second input read in place of a concatenation (`x2`).
+  * `FusedConvBlock` / `FusedUpBlock` are `models.ConvBlock` / `models.UpBlock` wired with them,
+    and half instance norm as one per-channel affine map over all channels.
+  * At inference `prepare_inference` packs every kernel once per set of weights (the 3x3 ones
+    transformed for Winograd) into the `PACKED` collection, which the layers read.
+
+tests/test_cpu_backend.py checks the outputs and gradients against the plain model.
+"""
+
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hinet_jax import models
+from hinet_jax.cpu import convolution
+from hinet_jax.models.layers import INSTANCE_NORM_EPS, torch_bias_init, torch_kernel_init
+from hinet_jax.models.layers import torch_transposed_kernel_init
+
+Array = jax.Array
+Dtype = Any
+
+# The variable collection of kernels packed for inference (`prepare_inference`).
+PACKED = 'packed'
+
+
+def _packed_kernel(module: nn.Module, pack) -> Optional[Array]:
+  """The module's kernel from the `PACKED` collection, if given. While that collection is
+  mutable (`prepare_inference`) it is first filled with `pack()` (None: nothing to pack here)."""
+  if module.is_mutable_collection(PACKED):
+    packed = pack()
+    if packed is not None:
+      module.put_variable(PACKED, 'kernel', packed)
+  return module.get_variable(PACKED, 'kernel')
+
+
+class Conv(nn.Module):
+  """`models.Conv` with fusions, on the C++ kernels where they apply (`convolution.conv`).
+
+  Attributes:
+    features, kernel_size, strides, padding, use_bias, dtype, param_dtype: as `models.Conv`.
+    impl: the convolution form (`convolution.CONV_IMPLS`); 'auto' picks per shape. For benchmarks.
+  """
+
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: Array, relu_slope: Optional[float] = None,
+               residual: Optional[Array] = None, x2: Optional[Array] = None) -> Array:
+    """conv(x) + bias, or conv of `x` and `x2` concatenated along the channels; then LeakyReLU
+    with `relu_slope` and + `residual` where given."""
+    k = self.kernel_size
+    in_features = x.shape[-1] + (0 if x2 is None else x2.shape[-1])
+    kernel = self.param('kernel', torch_kernel_init, (k, k, in_features, self.features),
+                        self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param('bias', torch_bias_init(in_features * k * k), (self.features,),
+                        self.param_dtype).astype(self.dtype)
+    cast = lambda a: None if a is None else a.astype(self.dtype)
+    x, kernel, residual, x2 = cast(x), cast(kernel), cast(residual), cast(x2)
+    packed = _packed_kernel(self, lambda: convolution.pack_for_conv(
+        x, kernel, self.strides, self.padding, self.impl, x2))
+    return convolution.conv(x, kernel, self.strides, self.padding, self.impl, bias, relu_slope,
+                            residual, packed, x2)
+
+
+class UpConv2x2(nn.Module):
+  """`models.UpConv2x2` on the C++ kernels where they apply (`convolution.upconv2x2`)."""
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', torch_transposed_kernel_init, (2, 2, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', torch_bias_init(self.features * 4), (self.features,),
+                      self.param_dtype)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    packed = _packed_kernel(self, lambda: convolution.pack_for_upconv(x, kernel, self.impl))
+    return convolution.upconv2x2(x, kernel, self.impl, bias.astype(self.dtype), packed)
+
+
+class HalfInstanceNorm(nn.Module):
+  """`models.HalfInstanceNorm` as one per-channel map (x - m) * a + b over all channels (m = 0,
+  a = 1, b = 0 on the second half): XLA:CPU ran the split, two reductions and the concatenation
+  as separate passes (bench/README.md)."""
+
+  epsilon: float = INSTANCE_NORM_EPS
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1] // 2
+    scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normalized = x32[..., :c]
+    mean = jnp.mean(normalized, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(normalized - mean), axis=(1, 2), keepdims=True)
+    gain = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+    shift = jnp.broadcast_to(bias.astype(jnp.float32), gain.shape)
+    rest = x.shape[-1] - c
+    pad = lambda t, value: jnp.pad(t, ((0, 0),) * 3 + ((0, rest),), constant_values=value)
+    mean, gain, shift = pad(mean, 0.0), pad(gain, 1.0), pad(shift, 0.0)
+    return ((x32 - mean) * gain + shift).astype(x.dtype)
+
+
+class FusedConvBlock(models.ConvBlock):
+  """`models.ConvBlock` with its LeakyReLUs and adds in the convolutions' passes, and the
+  decoder's concatenation read in place (`x2`)."""
+
+  @nn.compact
+  def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None,
+               x2: Optional[Array] = None):
+    conv = functools.partial(self.conv, self.features, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    if self.use_hin:
+      out = conv(3, padding=1, name='conv_1')(x, x2=x2)
+      out = HalfInstanceNorm(param_dtype=self.param_dtype, name='norm')(out)
+      out = nn.leaky_relu(out, self.relu_slope)
+    else:
+      out = conv(3, padding=1, name='conv_1')(x, relu_slope=self.relu_slope, x2=x2)
+    identity = conv(1, name='identity')(x, x2=x2)
+    out = conv(3, padding=1, name='conv_2')(out, relu_slope=self.relu_slope, residual=identity)
+    if self.use_csff:
+      if enc is None or dec is None:
+        raise ValueError('A CSFF block needs both the stage-1 encoder and decoder features.')
+      out = conv(3, padding=1, name='csff_enc')(enc, residual=out)
+      out = conv(3, padding=1, name='csff_dec')(dec, residual=out)
+    if not self.downsample:
+      return out
+    return conv(4, strides=2, padding=1, use_bias=False, name='downsample')(out), out
+
+
+class FusedUpBlock(models.UpBlock):
+  """`models.UpBlock` whose body (a `FusedConvBlock`) reads the upsampled features and the skip
+  where they are."""
+
+  @nn.compact
+  def __call__(self, x: Array, skip: Array) -> Array:
+    up = self.up_conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='up')(x)
+    return self.block(self.features, relu_slope=self.relu_slope, dtype=self.dtype,
+                      param_dtype=self.param_dtype, conv=self.conv, name='conv_block')(up, x2=skip)
+
+
+def layers(impl: str = 'auto') -> models.Layers:
+  """The CPU backend's layers, every convolution in the form `impl` (benchmarks and tests)."""
+  return models.Layers(conv=functools.partial(Conv, impl=impl),
+                       up_conv=functools.partial(UpConv2x2, impl=impl), block=FusedConvBlock,
+                       up_block=FusedUpBlock)
+
+
+LAYERS = models.Layers(conv=Conv, up_conv=UpConv2x2, block=FusedConvBlock, up_block=FusedUpBlock)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def prepare_inference(model: nn.Module, params: Any) -> dict:
+  """`{PACKED: kernels}` for `model.apply({'params': params, **this}, x)` at inference: every
+  kernel the C++ kernels run, packed as they read it, once per set of weights; the 3x3 ones from
+  32 channels transformed for Winograd F(4x4, 3x3) or F(2x2, 3x3) (equal to float rounding). Not
+  differentiable. Empty where nothing runs on the C++ kernels. Jitted: the convolutions of
+  the small forward pass it traces are dead code."""
+  side = 2**(getattr(model, 'depth', 1) - 1)
+  x = jnp.zeros((1, side, side, getattr(model, 'in_chn', 3)), jnp.float32)
+  _, variables = model.apply({'params': params}, x, mutable=PACKED)
+  packed = variables.get(PACKED, {})
+  return {PACKED: packed} if packed else {}

@@ -1,0 +1,94 @@
+"""The CPU backend computes the plain model: same parameters, same outputs and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hinet_jax import backends
+from hinet_jax import cpu
+from hinet_jax import models
+from hinet_jax.cpu import convolution
+from hinet_jax.cpu import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason='no C++ compiler for the kernels')
+
+# Widths from 16 to 64 channels: the 3x3 convolutions from 32 channels run as Winograd once packed.
+TINY = dict(wf=16, depth=3, hin_position_left=0, hin_position_right=1)
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.fixture(scope='module')
+def setup():
+  plain = models.create_model(**TINY)
+  fused = plain.clone(layers=cpu.LAYERS)
+  params = models.init_params(plain, 0)
+  x = jax.random.uniform(jax.random.key(1), (2, 32, 40, 3))
+  return plain, fused, params, x
+
+
+def test_same_parameter_tree(setup):
+  plain, fused, params, _ = setup
+  shapes = lambda m: jax.tree.map(lambda a: a.shape, models.abstract_params(m))
+  assert shapes(fused) == shapes(plain)
+
+
+def test_outputs_and_gradients_match_the_plain_model(setup):
+  plain, fused, params, x = setup
+
+  def loss(model, p):
+    s1, s2 = model.apply({'params': p}, x)
+    return jnp.sum(s1 * s1) + jnp.sum(jnp.abs(s2 - 0.5))
+
+  outs = [jax.jit(lambda p, m=m: m.apply({'params': p}, x))(params) for m in (plain, fused)]
+  for a, b in zip(*outs):
+    assert _rel(b, a) < 1e-5
+  g_plain, g_fused = [jax.jit(jax.grad(lambda p, m=m: loss(m, p)))(params) for m in (plain, fused)]
+  for path, a in jax.tree_util.tree_leaves_with_path(g_plain):
+    b = g_fused
+    for k in path:
+      b = b[k.key]
+    assert _rel(b, a) < 1e-5, jax.tree_util.keystr(path)
+
+
+def test_prepared_inference_matches_the_plain_model(setup):
+  """Kernels packed once (Winograd-transformed from 32 channels) give the plain model's output."""
+  plain, fused, params, x = setup
+  prepared = cpu.prepare_inference(fused, params)
+  assert jax.tree.leaves(prepared), 'nothing was packed'
+  want = jax.jit(lambda p: plain.apply({'params': p}, x)[1])(params)
+  got = jax.jit(lambda v: fused.apply(v, x)[1])({'params': params, **prepared})
+  assert _rel(got, want) < 1e-5
+
+
+def test_direct_packed_kernels_are_bit_exact_and_not_differentiable(setup, monkeypatch):
+  """Without Winograd, kernels packed once give every bit of the unpacked layers' output; packed
+  layers are for inference only."""
+  _, fused, params, x = setup
+  monkeypatch.setattr(convolution, 'PACKED_WINOGRAD_MIN_CHANNELS', 10**6)
+  # A new trace (jit caches traces by function), which sees the patched policy.
+  prepared = jax.jit(lambda p: cpu.prepare_inference.__wrapped__(fused, p))(params)
+  kernels_count = sum(1 for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+                      if path[-1].key == 'kernel')
+  # All but the two convolutions to the image (SAM's conv2, `last`), which run as matmuls.
+  assert len(jax.tree.leaves(prepared)) == kernels_count - 2
+  unpacked = jax.jit(lambda p: fused.apply({'params': p}, x))(params)
+  packed = jax.jit(lambda v: fused.apply(v, x))({'params': params, **prepared})
+  for a, b in zip(unpacked, packed):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='cannot be differentiated'):
+    jax.grad(lambda p: jnp.sum(fused.apply({'params': p, **prepared}, x)[1]))(params)
+
+
+def test_backend_names():
+  assert backends.resolve('xla').layers == models.XLA_LAYERS
+  with pytest.raises(ValueError, match='auto'):
+    backends.resolve('gpu')
+  # The test session has 8 host devices: the C++ kernels run on one, so 'auto' is XLA's.
+  assert backends.resolve('auto').name == 'xla'
+  with pytest.raises(ValueError, match='8 devices'):
+    backends.resolve('cpu')
