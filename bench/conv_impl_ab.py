@@ -21,8 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import model_speed  # pylint: disable=g-import-not-at-top,wrong-import-position
+import model_speed  # beside this script: bench/ is sys.path[0] when it runs
 
 # --variants, --threads, --reps and --worker are model_speed.py's flags (imported above).
 _IMPLS = flags.DEFINE_list('impls', ['xla', 'auto'], 'xla, or CPU-layer forms (auto, native, matmul, winograd), optionally +eigen/+ynn.')

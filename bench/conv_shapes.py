@@ -19,14 +19,12 @@ Numbers and their use are in bench/README.md (levers log).
 import collections
 import functools
 import json
-import os
 import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import model_speed  # pylint: disable=g-import-not-at-top,wrong-import-position
+import model_speed  # beside this script: bench/ is sys.path[0] when it runs
 
 # --variants, --threads, --reps and --worker are model_speed.py's flags (imported above).
 _CASE = flags.DEFINE_string('case', 'train_b2_128', 'A non-tiled model_speed.py case.')
@@ -165,7 +163,6 @@ def main(argv):
   if model_speed.serve_as_worker(
       lambda spec: (worker_torch if spec['framework'] == 'torch' else worker_jax)(spec)):
     return
-  sys.path.insert(0, model_speed._ROOT)  # pylint: disable=protected-access
   batch, height, width, train = model_speed.case_shape(_CASE.value)
   threads = model_speed._THREADS.value  # pylint: disable=protected-access
   reps = model_speed._REPS.value  # pylint: disable=protected-access

@@ -36,9 +36,11 @@ mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 PY=${PY:-python3}
+# This checkout's hinet_jax, installed or not (the lent machine's image has no package index).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! $PY -c 'import grain, ml_collections' 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 if [ -n "${QUICK:-}" ]; then  # Rehearsal: smallest sizes, every code path.
   BIG=0.5x; SMALL=0.5x; TRAIN_CASE=train_b2_128; REPS=1; DEMO_STEPS=20; SIDD_BATCH=1

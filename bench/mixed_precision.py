@@ -27,9 +27,6 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position  (after the path insert)
 from hinet_jax import backends
 from hinet_jax.cpu import host_memory
 from hinet_jax.evaluation import inference

@@ -48,6 +48,7 @@ Results, the machine and the levers log are in bench/README.md.
 """
 
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -148,6 +149,15 @@ def rss_mb():
 def peak_rss_mb():
   """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_torch_reference():
+  """The PyTorch HINet of the parity tests (`tests/torch_reference.py`), loaded from its file."""
+  spec = importlib.util.spec_from_file_location(
+      'torch_reference', os.path.join(_ROOT, 'tests', 'torch_reference.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def case_shape(case):
@@ -429,10 +439,9 @@ def worker_timing(spec):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(_ROOT, 'tests'))
-  import torch_reference  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
   from hinet_jax.interop import torch_port  # pylint: disable=g-import-not-at-top
+  torch_reference = load_torch_reference()
 
   torch.set_num_threads(spec['threads'])
   try:
@@ -541,9 +550,8 @@ def worker_memory(spec):
   inputs = make_inputs(case)
   if fw.startswith('torch'):
     import torch  # pylint: disable=g-import-not-at-top
-    sys.path.insert(0, os.path.join(_ROOT, 'tests'))
-    import torch_reference  # pylint: disable=g-import-not-at-top
     from hinet_jax import models  # pylint: disable=g-import-not-at-top
+    torch_reference = load_torch_reference()
     torch.set_num_threads(spec['threads'])
     net, _ = torch_reference.random_state_dict(0, **models.PRESETS[preset])
     runner = TorchRunner(net, case, inputs, 'cuda' if torch.cuda.is_available() else 'cpu',
@@ -609,7 +617,6 @@ def serve_as_worker(worker_fn):
     return False
   spec = json.loads(_WORKER.value)
   pin_threads(spec['threads'])
-  sys.path.insert(0, _ROOT)
   setup_malloc(spec)
   print(RESULT_PREFIX + json.dumps(worker_fn(spec)), flush=True)
   return True
@@ -618,7 +625,6 @@ def serve_as_worker(worker_fn):
 def run_worker(spec_json):
   spec = json.loads(spec_json)
   pin_threads(spec['threads'])
-  sys.path.insert(0, _ROOT)
   setup_malloc(spec)
   kind = spec['kind']
   rows = {'timing': worker_timing, 'memory': worker_memory, 'ceiling': worker_ceiling}[kind](spec)
@@ -631,11 +637,13 @@ def run_worker(spec_json):
 
 def spawn(spec, root=_ROOT, script='model_speed.py'):
   """Runs one job of `root`'s bench/`script` (its --worker) in a fresh subprocess; returns its
-  rows or an error."""
+  rows or an error. The worker imports `root`'s hinet_jax, whichever copy is installed."""
   spec = dict(spec, keep_freed_memory=spec.get('keep_freed_memory', _KEEP_FREED_MEMORY.value))
   cmd = [sys.executable, os.path.join(root, 'bench', os.path.basename(script)),
          '--worker=' + json.dumps(spec)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=False)
+  pythonpath = os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root,
+                        env=dict(os.environ, PYTHONPATH=pythonpath), check=False)
   for line in proc.stdout.splitlines():
     if line.startswith(RESULT_PREFIX):
       return json.loads(line[len(RESULT_PREFIX):])

@@ -5,6 +5,7 @@ import os
 from typing import Any, Optional, Tuple
 
 from hinet_jax import backends
+from hinet_jax import errors
 from hinet_jax import models
 from hinet_jax.models import pretrained
 
@@ -35,7 +36,7 @@ def load_pretrained(directory: str, which: str = 'latest', dtype: Optional[Any] 
     `(model, params)`; `model.apply({'params': params}, x)` returns `(stage1, stage2)`.
   """
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoint directory at {directory}.')
+    raise errors.MissingPathError(f'No checkpoint directory at {directory}.')
   overrides = {} if dtype is None else {'dtype': dtype}
   if pretrained.is_params_checkpoint(directory):
     model = models.create_model(**{**pretrained.read_model_config(directory), **overrides})
@@ -47,7 +48,7 @@ def load_pretrained(directory: str, which: str = 'latest', dtype: Optional[Any] 
     config, params = checkpointing.load_params_from_workdir(directory, which=which)
     model = models.create_model(**{**config, **overrides})
   else:
-    raise FileNotFoundError(
+    raise errors.MissingPathError(
         f'{directory} is neither a converted checkpoint (it needs {pretrained.MODEL_CONFIG_FILE} '
         f'and {pretrained.PARAMS_DIR}/) nor a training workdir with checkpoints. Convert official '
         'weights with `python -m hinet_jax.convert --torch_checkpoint=F.pth --output=DIR`.')

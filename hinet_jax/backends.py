@@ -62,6 +62,14 @@ class Backend:
     return {'params': params, **self.prepare_inference(model, params)}
 
 
+def prepare_process() -> None:
+  """Process-wide settings for the backends: on CPU, glibc malloc keeps what XLA frees for its
+  next execution (`cpu.host_memory`). Entry points call it first, before JAX runs anything."""
+  from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top
+
+  host_memory.keep_freed_memory()
+
+
 def _on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 

@@ -1,4 +1,4 @@
-"""`python -m hinet_jax.convert`: the short name of `python -m hinet_jax.interop.convert` (same flags)."""
+"""`python -m hinet_jax.convert`: runs the `hinet-convert` program (`hinet_jax.cli`)."""
 
 from hinet_jax import cli
 

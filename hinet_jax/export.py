@@ -1,4 +1,4 @@
-"""`python -m hinet_jax.export`: the short name of `python -m hinet_jax.interop.export` (same flags)."""
+"""`python -m hinet_jax.export`: runs the `hinet-export` program (`hinet_jax.cli`)."""
 
 from hinet_jax import cli
 

@@ -1,4 +1,4 @@
-"""`python -m hinet_jax.prepare_sidd`: the short name of `python -m hinet_jax.data.prepare_sidd` (same flags)."""
+"""`python -m hinet_jax.prepare_sidd`: runs the `hinet-prepare-sidd` program (`hinet_jax.cli`)."""
 
 from hinet_jax import cli
 

@@ -26,8 +26,7 @@ DEMO = '--config=configs/demo.py'
 
 def run_program(cmd, cwd):
   """Runs `cmd` in `cwd` on CPU; returns the CompletedProcess (text stdout/stderr)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get('PYTHONPATH')])))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')  # the installed package
   return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
                         check=False)
 

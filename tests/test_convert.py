@@ -93,7 +93,7 @@ def test_unsafe_pickle_is_refused(tmp_path):
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, '-m', 'hinet_jax.interop.convert', *args], cwd=ROOT,
+  return subprocess.run([sys.executable, '-m', 'hinet_jax.convert', *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
 
 

@@ -1,4 +1,5 @@
-"""Tests for hinet_jax.evaluation.protocols and eval.py: each protocol end to end on small real-format files."""
+"""Tests for hinet_jax.evaluation.protocols and eval.py: each protocol end to end on small
+real-format files."""
 
 import csv
 import dataclasses

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_export(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'hinet_jax.interop.export', *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, '-m', 'hinet_jax.export', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 
 

@@ -58,14 +58,16 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
 _PANELS = flags.DEFINE_bool('panels', False, 'Restore mode: also write <name>_panel.png, the '
                             'input and the restored image side by side.')
 _TILE = flags.DEFINE_integer('tile', None, 'Tile side (0: whole images). Default: the protocol\'s '
-                             f'(256 grid for gopro/reds/rain13k), {RESTORE_TILE} in restore mode.')
+                             f'(256 grid for gopro/reds/rain13k), {RESTORE_TILE} in restore mode.',
+                             lower_bound=0)
 _TILE_OVERLAP = flags.DEFINE_integer('tile_overlap', None, 'Minimum tile overlap. Default: 0 '
                                      f'(official grid) for protocols, {RESTORE_OVERLAP} in '
-                                     'restore mode.')
+                                     'restore mode.', lower_bound=0)
 _BLEND = flags.DEFINE_enum('blend', 'average', list(inference.BLENDS),
                            'How overlapping tiles are merged.')
 _SELF_ENSEMBLE = flags.DEFINE_bool('self_ensemble', False, 'Average over the 8 flips/rotations.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images (sidd_val) or tiles per call.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images (sidd_val) or tiles per call.',
+                                   lower_bound=1)
 
 
 def write_json(path, obj):
@@ -118,6 +120,21 @@ def _check_output_dir(path, flag):
   if path and os.path.isdir(path) and os.listdir(path) and not _OVERWRITE.value:
     raise errors.OutputExistsError(f'--{flag}={path} is not empty; pass --overwrite to write '
                                    'into it, or choose another folder.')
+
+
+def check_tile_flags():
+  """--tile_overlap must be smaller than the tile (given, or the mode's default)."""
+  if _TILE_OVERLAP.value is None:
+    return
+  if _TILE.value is not None:
+    tile = _TILE.value
+  elif _PROTOCOL.value:
+    tile = evaluate.get_protocol(_PROTOCOL.value).tile
+  else:
+    tile = RESTORE_TILE
+  if tile and _TILE_OVERLAP.value >= tile:
+    raise app.UsageError(f'--tile_overlap={_TILE_OVERLAP.value} must be smaller than the tile '
+                         f'({tile}); lower it or pass a larger --tile.')
 
 
 def check_protocol_flags():
@@ -212,6 +229,7 @@ def main(argv):
         f'--checkpoint={_CHECKPOINT.value} does not exist or is not a folder: pass a converted '
         'checkpoint (python -m hinet_jax.convert) or a training workdir.')
   # Paths and data are checked before the model loads, so a mistake costs seconds.
+  check_tile_flags()
   if _PROTOCOL.value:
     check_protocol_flags()
   else:

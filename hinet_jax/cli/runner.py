@@ -123,10 +123,10 @@ def parse_flags(argv: Sequence[str]) -> List[str]:
 def _config_unreadable() -> bool:
   """Whether a parsed config flag holds ml_collections' placeholder for a config that failed."""
   for flag in _config_file_flags():
-      try:
-        getattr(flag.value, 'keys', None)  # The placeholder raises IOError on any attribute.
-      except OSError:
-        return True
+    try:
+      getattr(flag.value, 'keys', None)  # The placeholder raises IOError on any attribute.
+    except OSError:
+      return True
   return False
 
 

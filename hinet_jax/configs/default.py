@@ -52,7 +52,7 @@ def get_config():
   config.log_every_steps = 100  # Train scalars, progress/ETA line.
   config.eval_every_steps = 10_000  # Validation PSNR/SSIM + image panels (+ a checkpoint).
   config.checkpoint_every_steps = 5_000  # Resumable checkpoints (state + data position + config).
-  # A converted/pretrained checkpoint dir (hinet_jax.interop.convert or pretrained.save_params) or another
+  # A converted/pretrained checkpoint dir (python -m hinet_jax.convert or pretrained.save_params) or another
   # training workdir to fine-tune from; used only when the workdir has no checkpoint yet.
   config.init_from = config_dict.placeholder(str)
 

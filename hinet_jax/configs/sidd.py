@@ -1,7 +1,7 @@
 """HINet on SIDD (real camera noise): the 1x model (default) or 0.5x (`configs/sidd.py:0.5x`).
 
 Prepare the data (see hinet_jax/datasets.py): SIDD-Medium sRGB cropped to 512x512 patches
-(`python -m hinet_jax.data.prepare_sidd`) and the validation .mat blocks. Then:
+(`python -m hinet_jax.prepare_sidd`) and the validation .mat blocks. Then:
 
   python train.py --config=configs/sidd.py --workdir=/tmp/hinet_sidd_1x \
       --config.data.train.root=/data/SIDD/train --config.data.val.noisy_mat=/data/SIDD/\

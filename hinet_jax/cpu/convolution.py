@@ -1,17 +1,15 @@
-"""How each HINet convolution runs: the forms that are fastest for each shape on XLA:CPU.
+"""How each HINet convolution runs on CPU: the forms, and the per-shape policy that picks one.
 
-XLA:CPU lowers `lax.conv` to YNNPACK direct convolutions. Those run at 60-90% of the float32
-matmul rate where images are large and channels few, but at 35-55% where the image is small and
-the channels many (the deep U-Net levels: 8x8 to 32x32 pixels, 256-1024 channels), 2-4x below a
-matmul for 1x1 convs, and their kernel gradients at 35-50%. Other forms of the same linear map win
-on those shapes:
+XLA:CPU lowers `lax.conv` to YNNPACK direct convolutions, which are slow on some of HINet's
+shapes: small images with many channels (the deep U-Net levels), 1x1 convs, and kernel
+gradients. Other forms of the same linear map win there (bench/README.md):
 
-  * 'native': the hand-written CPU kernels of `cpu_kernels` (XLA FFI custom calls): the forward
-    (with the bias added inside), and both gradients in one backward call. They run every HINet
-    conv (3x3, 1x1, the 4x4/stride-2 downsamples and the decoder's 2x2/stride-2 transposed convs,
-    `upconv2x2`) at 75-95% of the float32 matmul rate; the 3x3 ones from 16x16 pixels and 32
-    channels (`_native_winograd_tile`) by their Winograd F(4x4, 3x3) or F(2x2, 3x3), forward and
-    both gradients (`native_conv`).
+  * 'native': the hand-written CPU kernels of `kernels` (imported as `cpu_kernels`; XLA FFI
+    custom calls): the forward (with the bias added inside), and both gradients in one backward
+    call. They run every HINet conv (3x3, 1x1, the 4x4/stride-2 downsamples and the decoder's
+    2x2/stride-2 transposed convs, `upconv2x2`); the 3x3 ones from 16x16 pixels and 32 channels
+    (`_native_winograd_tile`) by their Winograd F(4x4, 3x3) or F(2x2, 3x3), forward and both
+    gradients (`native_conv`).
   * 'matmul' (3x3): one matmul plus 9 shifted copies of whichever side has fewer channels: im2col
     (`patches3x3`) when C <= O, matmul-then-shifted-adds (`shift_sum3x3`) when C > O. Its
     backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
@@ -24,17 +22,17 @@ on those shapes:
 
 'auto' (`auto_impl`) uses 'native' for every conv where the kernels apply (one device, float32,
 built: `native_applies`) but the convs to an image (3 outputs), which run as matmuls. Without the
-kernels (no C++ compiler, several devices) it picks among the XLA forms per shape, from
-measurements on 2 Zen 4 cores (bench/README.md, levers log). On GPU and TPU, 'auto' is always
-`lax.conv` (cuDNN and the TPU convolution units need no help). Every form agrees with `lax.conv`
-to float32 rounding (tests/test_convolution.py).
+kernels (no C++ compiler, several devices) it picks among the XLA forms per shape, as measured
+(bench/README.md, Levers log). On GPU and TPU, 'auto' is always `lax.conv` (cuDNN and the TPU
+convolution units need no help). Every form agrees with `lax.conv` to float32 rounding
+(tests/test_cpu_convolution.py).
 
 For inference the CPU kernels can take each kernel packed beforehand (`pack_for_conv`,
-`pack_for_upconv`, and `conv(..., packed=)`): `models.pack_kernels` packs a model's once per set
-of weights instead of in every call. The 3x3 convolutions from 32 channels are then packed
-transformed and run as the CPU kernels' own Winograd F(4x4, 3x3) or F(2x2, 3x3)
-(`cpu_kernels.winograd_conv`, `PACKED_WINOGRAD_*` below): 1.1-2.3x faster than their direct
-convolution, equal to float rounding. Such calls are not differentiable.
+`pack_for_upconv`, and `conv(..., packed=)`): `hinet_jax.cpu.prepare_inference` packs a model's
+once per set of weights instead of in every call. The 3x3 convolutions from 32 channels are then
+packed transformed and run as the CPU kernels' own Winograd F(4x4, 3x3) or F(2x2, 3x3)
+(`cpu_kernels.winograd_conv`, `PACKED_WINOGRAD_*` below), faster than their direct convolution
+and equal to it up to float rounding. Such calls are not differentiable.
 
 Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
 YNNPACK to XLA's own kernels, which run the XLA forms of the HINet forward faster on CPU.
@@ -52,44 +50,30 @@ Array = jax.Array
 
 CONV_IMPLS = ('xla', 'winograd', 'matmul', 'native', 'auto')
 
-# 'auto' thresholds (bench/README.md, levers log; per-conv forward and forward+backward A/B).
-# im2col matmuls beat YNNPACK by 1.3-2x (forward and backward) while the image is this small.
+# 'auto' thresholds of the XLA forms, from per-conv timings (bench/README.md, Levers log).
+# im2col matmuls beat YNNPACK, forward and backward, while the image is this small.
 MATMUL_MAX_PIXELS = 512
-# Convs to a few channels (the image heads) as matmul + shifted adds: 3-5x faster backward
-# (YNNPACK's kernel gradient with 3 outputs is slow), forward on par or better.
+# Convs to a few channels (the image heads) as matmul + shifted adds: YNNPACK's kernel gradient
+# with 3 outputs is slow.
 MATMUL_MAX_OUT_CHANNELS = 8
-# Winograd's forward beats YNNPACK by 1.2-2x from 128 channels on images up to 64x64 pixels; at
-# 128x128 and beyond its transforms (memory bound) cost more than the multiplies they save.
+# The jnp Winograd forward beats YNNPACK from 128 channels on images up to 64x64 pixels; on
+# larger images its memory-bound transforms cost more than the multiplies they save.
 WINOGRAD_MIN_CHANNELS = 128
 WINOGRAD_MAX_PIXELS = 64 * 64
-# With the `cpu_kernels` convolutions ('native') 'auto' uses them for every conv but those to an
-# image (above): on every other HINet shape they matched or beat the matmul and Winograd forms
-# in the train step (bench/README.md, levers log), and Winograd's kernel transform, paid on every
-# call, cost more than its fewer multiplies saved.
-# At inference the kernels are packed once per set of weights (`pack_for_conv`), so the transform
-# is free, and the CPU kernels' own Winograd (`cpu_kernels.winograd_conv`: transforms in L2,
-# products on the direct micro-kernel) runs the 3x3/stride-1 convs from 32 channels faster than
-# their direct convolution: F(4x4, 3x3) up to 512 -> 512 channels, F(2x2, 3x3) beyond, up to
-# 1024 -> 1024 (1x HINet's deepest level, 16x16 pixels a 256x256 image), where F(4x4)'s 36
-# transformed taps of a large kernel, streamed from memory once per few tiles, cost about what
-# they save (ms, 2 threads, prepacked, batch 1 / 4, F(4x4) / F(2x2) / direct: 16x16x1024 -> 1024
-# 31.8 / 15.6 / 16.7 and 58.7 / 41.2 / 65.4; 32x32x512 -> 512 7.8 / 9.4 / 15.6 and 24.3 / 37.6 /
-# 62.0). The 1x forward, 4 x 256x256 tiles, in-process A/B: 2671 -> 2476 and 2673 -> 2506 ms
-# against session 9's F(2x2) from 256 -> 512 and direct 1024 -> 1024 (F(4x4) up to 1024 -> 512
-# too: 2471, for 168 MB more packed kernels); batch 1 and 0.5x within the noise. Packed kernels:
-# 1x 580 -> 848 MB, 0.5x 212 -> 296 MB. Packing traces the model on a small input
-# (`models.pack_kernels`), so this is decided by the channels.
+# With the CPU kernels ('native') 'auto' uses them for every conv but those to an image (above):
+# on every other HINet shape they matched or beat the other forms in the train step.
+# Inference (kernels packed once per set of weights, so the Winograd kernel transform is free):
+# the 3x3/stride-1 convs from 32 channels run by the CPU kernels' Winograd, F(4x4, 3x3) up to
+# 512 -> 512 channels and F(2x2, 3x3) beyond up to 1024 -> 1024, where F(4x4)'s larger
+# transformed kernel, streamed from memory, costs about what it saves. Decided by the channels
+# alone: packing traces the model on a small input (`prepare_inference`). Timings and the packed
+# kernels' memory: bench/README.md.
 PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 1024 * 1024  # C * O
 PACKED_WINOGRAD_F4_MAX_KERNEL = 512 * 512
-# Without packing (training: the kernels change every step) the transforms are paid in every
-# call, in C++ (`pack_winograd`); with both gradients by Winograd too (`winograd_conv_grads`), a
-# layer's forward and backward (ms, 2 threads, direct -> F(4x4) / F(2x2)): from 32x32 pixels
-# F(4x4) wins by 1.6-1.9x at every width (2x128x128x64 -> 64 24.4 -> 14.4, 2x32x32x256 -> 256
-# 24.1 -> 14.0, 2x32x32x512 -> 512 106 -> 59, 2x32x32x1024 -> 512 244 -> 128); on 16x16 images
-# F(2x2) by 1.1-1.3x from 128 -> 256 channels (2x16x16x512 -> 512 28.3 -> 23.1, 2x16x16x1024
-# -> 512 65 -> 52; F(4x4) 25.5, 72), neither below (2x16x16x128 -> 128 1.74 / 1.66) nor on 8x8
-# (2x8x8x512 -> 512 9.3 -> 10.5).
+# Training (the kernels change every step, so the transform is paid in every call, in C++; both
+# gradients by Winograd too): F(4x4) from 32x32 pixels at every width, F(2x2) on 16x16 images
+# from 128 -> 256 channels, direct below and on 8x8 images (bench/README.md).
 NATIVE_WINOGRAD_MIN_PIXELS = 32 * 32  # F(4x4) from here
 NATIVE_WINOGRAD_F2_MIN_PIXELS = 16 * 16  # F(2x2) from here, for kernels of at least
 NATIVE_WINOGRAD_F2_MIN_KERNEL = 128 * 256  # C * O
@@ -330,7 +314,7 @@ def _native(x: Array, kernel: Array, strides: int, padding: int, bias: Array | N
 
 
 _PACKED_IS_FOR_INFERENCE = (
-    'A convolution was given its kernel prepacked (`models.pack_kernels`, the inference '
+    'A convolution was given its kernel prepacked (`cpu.prepare_inference`, the inference '
     "variables' 'packed' collection), which cannot be differentiated: apply the model with its "
     "'params' alone to train or take gradients.")
 
@@ -445,7 +429,7 @@ def _require_packed_native(runs_native: bool) -> None:
   if not runs_native:
     raise ValueError('A kernel was given prepacked for a convolution that does not run on the '
                      'CPU kernels here (other backend, dtype or device count than when it was '
-                     'packed): pack again (`models.pack_kernels`) where it runs, or apply the '
+                     'packed): prepare again (`cpu.prepare_inference`) where it runs, or apply the '
                      "model with its 'params' alone.")
 
 
@@ -531,8 +515,7 @@ def matmul_upconv2x2(x: Array, kernel: Array) -> Array:
 
   One matmul per output row parity a: (n, h, w, b, o) is already (n, h, 2w, o) in memory, so only
   the final interleave of the two row sets moves data, and XLA fuses it with what follows. The
-  single einsum 'nhwc,abco->nhawbo' needed a separate transpose copy: this measured 3% faster on
-  the 0.5x forward (bench/README.md).
+  single einsum 'nhwc,abco->nhawbo' needed a separate transpose copy (bench/README.md).
   """
   n, h, w, _ = x.shape
   o = kernel.shape[-1]
@@ -594,9 +577,8 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
 
   3x3/stride-1/padding-1 convs go through `conv3x3`. Others (1x1, the 4x4/stride-2 downsamples)
   run on the CPU kernels under 'native', and under 'auto' where they apply; else, on CPU under
-  any `impl` but 'xla', 1x1 convs run as one matmul (`pointwise_conv`: YNNPACK's 1x1
-  convolution measured 2-4x slower forward and 1.2-3x slower backward than the matmul), and
-  everything else is `lax.conv`.
+  any `impl` but 'xla', 1x1 convs run as one matmul (`pointwise_conv`, faster than YNNPACK's 1x1
+  convolution both ways: bench/README.md), and everything else is `lax.conv`.
 
   Args:
     x: (N, H, W, C) input.
@@ -670,10 +652,9 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = Non
   return _epilogue(y, relu_slope, residual)
 
 
-# XLA:CPU compiles convolutions to YNNPACK by default. Leaving them to XLA's own (Eigen) kernels
-# made the HINet forward 10-20% faster on 2 Zen 4 cores (bench/README.md), but the training step
-# slower (XLA's own kernel-gradient convolutions are 2-3x slower than YNNPACK's): so this is for
-# executables that only run the model forward. Dots stay on YNNPACK.
+# XLA:CPU compiles convolutions to YNNPACK by default. XLA's own (Eigen) kernels run the HINet
+# forward faster but its kernel gradients slower (bench/README.md): so this is for executables
+# that only run the model forward. Dots stay on YNNPACK.
 _EIGEN_CONVOLUTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 

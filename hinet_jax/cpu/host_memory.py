@@ -3,16 +3,15 @@
 XLA:CPU allocates the buffers of every execution anew with malloc and frees them after it. With
 glibc's defaults each large buffer, and every buffer a thread outside the main malloc arena asks
 for (XLA runs on its own threads, and their arenas can't hold chunks over 64 MiB), is a fresh
-`mmap` that the kernel zero-fills page by page on first touch, then `munmap`ed again: 20,000
-page faults (80 MB) per 0.5x forward at 256x256, ~9% of the forward and of the train step on
-the 2-core VM of bench/README.md (levers log), more in VMs whose host backs pages lazily.
-`keep_freed_memory()` tells glibc to serve them all from the main heap and keep it: no faults
-after the first step. The price is that the process keeps its peak heap (freed memory is reused
-by later allocations but not returned to the OS), which is what a training or inference process
-wants anyway.
+`mmap` that the kernel zero-fills page by page on first touch, then `munmap`ed again: page faults
+in every execution, a few percent of each forward and train step (bench/README.md), more in VMs
+whose host backs pages lazily. `keep_freed_memory()` tells glibc to serve them all from the main
+heap and keep it: no faults after the first step. The price is that the process keeps its peak
+heap (freed memory is reused by later allocations but not returned to the OS), which is what a
+training or inference process wants anyway.
 
 It must run before JAX executes anything (threads keep the arena they first allocated from), so
-the entry points call it first thing in `main`. Opt out with HINET_JAX_KEEP_FREED_MEMORY=0.
+the entry points call it first thing. Opt out with HINET_JAX_KEEP_FREED_MEMORY=0.
 Other C libraries, or a preloaded allocator (tcmalloc, jemalloc), are left alone.
 """
 
@@ -36,14 +35,16 @@ def keep_freed_memory(only_on_cpu: bool = True) -> bool:
   """Makes glibc malloc keep freed memory for reuse: one arena, no mmap, no trimming.
 
   No mmap at all rather than a high mmap threshold: mallopt's threshold is an int (2 GiB at most),
-  and XLA's temporaries for the 1x train step at batch 8 of 256x256 are 6.6 GiB.
+  and XLA's temporaries can be larger (6.6 GiB for the 1x train step at batch 8 of 256x256).
+  Idempotent.
 
   Args:
     only_on_cpu: skip it where JAX will run on a GPU/TPU (`will_run_on_cpu`): there the
       activations live in device memory, and host threads had better keep their own arenas.
 
-  Idempotent. Returns True if the settings are in effect, False where they don't apply (not
-  glibc, an accelerator, opted out, or mallopt refused), with a log line saying which.
+  Returns:
+    True if the settings are in effect, False where they don't apply (not glibc, an
+    accelerator, opted out, or mallopt refused), with a log line saying which.
   """
   global _applied
   if _applied:

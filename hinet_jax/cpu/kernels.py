@@ -1,18 +1,18 @@
 """Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has five FFI handlers: a convolution-like product (`conv_forward`, bias
+`csrc/conv_kernels.cc` has six FFI handlers: a convolution-like product (`conv_forward`, bias
 added inside, and its input gradient `conv_input_grad`, which is also the transposed
 convolution), both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`),
 the kernel packed for the products (`pack_kernel`: each product packs its kernel per call unless
-given one packed beforehand, which inference does once per set of weights), and the 3x3
+given one packed beforehand, which inference does once per set of weights), the 3x3
 convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3) (`winograd_conv`) on a kernel that the fifth
-transforms and packs (`pack_winograd`). The products take square kernels up to 8x8, any
-stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. XLA:CPU's convolutions
-(YNNPACK or Eigen) run HINet's shapes at 35-90% of the float32 matmul rate, its kernel gradients
-and strided input gradients lower still; these run at 75-95% of it, and the Winograd forms past
-it in direct-convolution flops (bench/README.md, levers log; `bench/conv_shapes.py` measures
-every shape of the model). The C++ source's header says how. CPU-only: GPUs and TPUs keep XLA's
-convolutions.
+transforms and packs (`pack_winograd`), and both gradients of that convolution by Winograd
+(`winograd_conv_grads`). The products take square kernels up to 8x8, any
+stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. They exist because
+XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes, and above all their kernel and
+strided input gradients, well below the float32 matmul rate, and these near it (bench/README.md;
+`bench/conv_shapes.py` measures every shape of the model). The C++ source's header says how.
+CPU-only: GPUs and TPUs keep XLA's convolutions.
 
 The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`) for the
 host CPU (`-march=native`) the first time a convolution needs it, into a cache directory
@@ -139,7 +139,7 @@ def available() -> bool:
 def _check(*arrays: Array) -> None:
   if not available():
     raise RuntimeError(f'hinet_jax CPU kernels are not available ({_SOURCE} did not build; '
-                       'see the warning above). Use conv_impl="xla".')
+                       'see the warning above). Use backend="xla".')
   if any(a.dtype != jnp.float32 for a in arrays):
     raise TypeError(f'hinet_jax CPU kernels take float32, got {[str(a.dtype) for a in arrays]}.')
 
@@ -286,9 +286,8 @@ def pack_kernel(kernel: Array, kernel_layout: str = 'HWIO', transposed: bool = F
   """`kernel` packed as the CPU kernels' products read it, for `conv_forward(..., packed=)`
   (`transposed=False`) or `conv_input_grad(..., packed=)` (`transposed=True`).
 
-  Every product packs its kernel in the call otherwise: one pass over the kernel (30 ms, 2.5%, of
-  the 1x HINet forward on 2 cores; packing once made that forward ~1% faster, bench/README.md).
-  Inference packs once per set of weights (`models.pack_kernels`).
+  Every product packs its kernel in the call otherwise: one pass over the kernel. Inference packs
+  once per set of weights instead (`hinet_jax.cpu.prepare_inference`; bench/README.md).
 
   Args:
     kernel: (k, k, C, O) float32, or (k, k, O, C) with `kernel_layout='HWOI'`, k <= 8.
@@ -325,7 +324,7 @@ def pack_winograd(kernel: Array, tile: int = 2) -> Array:
   """The (3, 3, C, O) `kernel` transformed for Winograd F(tile x tile, 3x3), tile 2 or 4 (G g G^T:
   (tile + 2)^2 taps of (C, O), as `winograd.kernel_transform`), and packed as the CPU kernels read
   it, for `winograd_conv`: once per set of weights at inference, in every step in training (in
-  C++: transforming in XLA cost the train step ~7%, bench/README.md).
+  C++ because XLA's transform was slower: bench/README.md).
   """
   _check(kernel)
   if tile not in WINOGRAD_TILES:

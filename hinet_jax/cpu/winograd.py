@@ -11,8 +11,8 @@ The elementwise product summed over input channels becomes 16 batched (pixels/4,
 matmuls (one `einsum`), 2.25x fewer multiplies than the direct conv. Transforms are adds/subs
 on strided slices in jnp. Used as a forward only (`convolution.winograd_conv` pairs it with the
 backward of the CPU kernels or of `lax.conv`: the autodiff of these slices is slow on XLA:CPU);
-its values are tested in tests/test_convolution.py. `kernel_transform` (also F(4x4, 3x3)'s) is
-the reference the CPU kernels' own transform (`cpu_kernels.pack_winograd`, in C++) is tested
+its values are tested in tests/test_cpu_convolution.py. `kernel_transform` (also F(4x4, 3x3)'s)
+is the reference the CPU kernels' own transform (`kernels.pack_winograd`, in C++) is tested
 against.
 Layout NHWC, kernel HWIO (3, 3, in, out), 'SAME' zero padding (PyTorch padding=1), any H, W.
 """
@@ -40,7 +40,7 @@ def _g_rows(k0, k1, k2, tile):
 
 def kernel_transform(kernel: jax.Array, tile: int = 2) -> jax.Array:
   """G g G^T of F(tile x tile, 3x3), tile 2 or 4, for a (3, 3, C, O) kernel, as elementwise adds
-  (an einsum with G is ~10-100x slower on XLA:CPU): (tile + 2, tile + 2, C, O)."""
+  (an einsum with G is far slower on XLA:CPU: bench/README.md): (tile + 2, tile + 2, C, O)."""
   rows = _g_rows(kernel[0], kernel[1], kernel[2], tile)  # each (3, C, O)
   return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2], tile), 0) for r in rows], 0)
 

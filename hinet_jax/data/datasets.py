@@ -10,7 +10,7 @@ those are memory-mapped, so a training crop reads only its window.
 Layouts, as the official HINet/NAFNet preparation leaves them:
   * folders: `<root>/input/*` + `<root>/target/*`, matched by file stem.
   * SIDD-Medium: `<root>/Data/<scene>/<id>_NOISY_SRGB_<n>.PNG` + `..._GT_SRGB_...`.
-    Cropped set: `<root>/train/input_crops` + `gt_crops` (`python -m hinet_jax.data.prepare_sidd`).
+    Cropped set: `<root>/train/input_crops` + `gt_crops` (`python -m hinet_jax.prepare_sidd`).
   * SIDD validation: ValidationNoisyBlocksSrgb.mat + ValidationGtBlocksSrgb.mat.
   * GoPro: `<root>/{train,test}/{input,target}` (or the raw `<seq>/{blur,sharp}`).
   * REDS: `<root>/train/{train_blur_jpeg,train_sharp}/<seq>/<frame>`,

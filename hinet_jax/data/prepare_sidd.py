@@ -1,6 +1,6 @@
 r"""Cuts SIDD-Medium sRGB scenes into the official 512x512 training crops (step 384).
 
-  python -m hinet_jax.data.prepare_sidd --input_dir=/data/SIDD_Medium_Srgb \
+  python -m hinet_jax.prepare_sidd --input_dir=/data/SIDD_Medium_Srgb \
       --output_dir=/data/SIDD/train --num_workers=8
 
 writes `<output_dir>/input_crops/<name>_s<idx:03d>.PNG` and the same names in
@@ -194,9 +194,3 @@ def main(argv):
     raise errors.OutputExistsError(f'--output_dir={f.output_dir} is a file; pass a folder.')
   prepare(f.input_dir, f.output_dir, f.num_workers, f.crop_size, f.step, f.thresh_size,
           f['format'].value)
-
-
-if __name__ == '__main__':
-  from hinet_jax.cli import runner  # pylint: disable=g-import-not-at-top
-  define_flags()
-  runner.run(main)

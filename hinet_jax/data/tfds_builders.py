@@ -103,7 +103,7 @@ class HinetSidd(_PairedBuilder):
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Place in the manual dir: train/input_crops and train/gt_crops (made by `python -m '
-      'hinet_jax.data.prepare_sidd`) and/or ValidationNoisyBlocksSrgb.mat + '
+      'hinet_jax.prepare_sidd`) and/or ValidationNoisyBlocksSrgb.mat + '
       'ValidationGtBlocksSrgb.mat (in the manual dir or its val/ sub-folder).')
 
   def _split_pairs(self, root):

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from hinet_jax import backends
+from hinet_jax import errors
 from hinet_jax import models
 from hinet_jax.data import image_ops
 
@@ -413,14 +414,15 @@ def list_input_images(path: str) -> Tuple[List[str], List[str]]:
     files = sorted(os.path.join(path, f) for f in os.listdir(path)
                    if os.path.isfile(os.path.join(path, f)))
   else:
-    raise FileNotFoundError(f'--input {path} does not exist.')
+    raise errors.MissingPathError(f'--input {path} does not exist.')
   images = [f for f in files if image_ops.is_image_file(f)]
   skipped = [f for f in files if not image_ops.is_image_file(f)]
   stems = {}
   for f in images:
     stem = os.path.splitext(os.path.basename(f))[0]
     if stem in stems:
-      raise ValueError(f'{stems[stem]} and {f} would both be written as {stem}.png; rename one.')
+      raise errors.InvalidInputError(
+          f'{stems[stem]} and {f} would both be written as {stem}.png; rename one.')
     stems[stem] = f
   return images, skipped
 

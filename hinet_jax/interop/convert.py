@@ -2,7 +2,7 @@ r"""Converts official HINet weights between PyTorch (.pth) and hinet-jax checkpo
 
 PyTorch -> JAX (writes a params-only orbax checkpoint plus model_config.json):
 
-  python -m hinet_jax.interop.convert --torch_checkpoint=HINet-SIDD-1x.pth --output=ckpt/sidd-1x \
+  python -m hinet_jax.convert --torch_checkpoint=HINet-SIDD-1x.pth --output=ckpt/sidd-1x \
       [--preset=sidd-1x]
 
   The variant (width, HIN levels) is read off the tensors; --preset, if given, must match it.
@@ -12,7 +12,7 @@ PyTorch -> JAX (writes a params-only orbax checkpoint plus model_config.json):
 
 JAX -> PyTorch (a state dict with the official names, loadable by the official code):
 
-  python -m hinet_jax.interop.convert --checkpoint=ckpt/sidd-1x --output=HINet-mine.pth
+  python -m hinet_jax.convert --checkpoint=ckpt/sidd-1x --output=HINet-mine.pth
 
   --checkpoint may also be a training workdir (--which=latest|best).
 
@@ -93,8 +93,3 @@ def main(argv):
                  _OVERWRITE.value)
   else:
     jax_to_torch(_CHECKPOINT.value, _OUTPUT.value, _WHICH.value, _OVERWRITE.value)
-
-
-if __name__ == '__main__':
-  from hinet_jax.cli import runner  # pylint: disable=g-import-not-at-top
-  runner.run(main)

@@ -1,16 +1,17 @@
 """Export a checkpoint as a TF SavedModel (orbax-export / jax2tf) that restores any image size.
 
-  python -m hinet_jax.interop.export --checkpoint=DIR --output=DIR [--which=best] [--overwrite]
+  python -m hinet_jax.export --checkpoint=DIR --output=DIR [--which=best] [--overwrite]
 
 The SavedModel's `serving_default` signature takes `image`: float32 NHWC in [0, 1] of any batch,
 height and width, and returns `{'restored': ...}` of the same shape (the raw network output; clip
 to [0, 1] when saving).
 
 Why the padding lives in TF: jax2tf cannot prove the U-Net's skip shapes equal for a free
-"b, h, w, 3" input (stride-2 down then x2 up gives 2*floor(h/2)), so the JAX function is exported for "b, M*h, M*w, 3" with M = 2^(depth-1), and the serving
-function pads to a multiple of M and crops back in TF. It pads exactly as `models.pad_to_multiple`
-(bottom/right; reflect, or symmetric when a pad is not smaller than its side), so the model's own
-padding is a no-op and the SavedModel output equals `model.apply` on the unpadded image.
+"b, h, w, 3" input (stride-2 down then x2 up gives 2*floor(h/2)), so the JAX function is exported
+for "b, M*h, M*w, 3" with M = 2^(depth-1), and the serving function pads to a multiple of M and
+crops back in TF. It pads exactly as `models.pad_to_multiple` (bottom/right; reflect, or symmetric
+when a pad is not smaller than its side), so the model's own padding is a no-op and the SavedModel
+output equals `model.apply` on the unpadded image.
 
 TensorFlow and orbax-export are imported inside the functions that need them only.
 """
@@ -162,9 +163,3 @@ def main(argv):
   path = export_saved_model(model, params, cfg.output, overwrite=cfg.overwrite)
   print(f'Exported {cfg.checkpoint} to {path}: '
         f'tf.saved_model.load(path).signatures[{SIGNATURE_KEY!r}]({INPUT_NAME}=x)[{OUTPUT_NAME!r}]')
-
-
-if __name__ == '__main__':
-  from hinet_jax.cli import runner  # pylint: disable=g-import-not-at-top
-  define_flags()
-  runner.run(main)

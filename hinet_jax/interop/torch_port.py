@@ -19,14 +19,15 @@ import flax
 import jax
 import numpy as np
 
+from hinet_jax import errors
 from hinet_jax import models
 
 _LIST_MODULE = re.compile(r'^(down_path_[12]|up_path_[12]|skip_conv_[12])_(\d+)$')
 _WRAPPER_KEYS = ('params', 'params_ema', 'state_dict')
 
 
-class ConversionError(ValueError):
-  """A checkpoint does not match the HINet layout it is converted to."""
+class ConversionError(errors.InvalidInputError):
+  """A checkpoint does not match the HINet layout it is converted to (a ValueError)."""
 
 
 def _torch_module_name(flax_name: str) -> str:

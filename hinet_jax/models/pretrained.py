@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hinet_jax import errors
 from hinet_jax.models import hinet
 from hinet_jax.models import presets
 
@@ -46,8 +47,8 @@ def save_params(directory: str, params: Any, model_config: Mapping[str, Any],
   """
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not overwrite:
-    raise FileExistsError(f'{directory} already exists; choose another --output or pass '
-                          '--overwrite to replace it.')
+    raise errors.OutputExistsError(f'{directory} already exists; choose another --output or '
+                                   'pass --overwrite to replace it.')
   tmp = directory + '.tmp-partial'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)

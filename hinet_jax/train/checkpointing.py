@@ -8,9 +8,10 @@ Layout of a training workdir:
   WORKDIR/checkpoints/<step>/metrics  validation metrics (steps that were evaluated)
 
 Retention is `LatestN` (for resuming) OR `BestN` by validation PSNR (for the best model); the legacy
-`max_to_keep` + `best_fn` keeps only the best and can delete the newest checkpoint. Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames
-it when complete, so a run killed mid-save leaves the previous step as the latest complete one; the
-manager deletes such leftovers at start-up (`cleanup_tmp_directories`).
+`max_to_keep` + `best_fn` keeps only the best and can delete the newest checkpoint. Orbax writes a
+step into `<step>.orbax-checkpoint-tmp` and renames it when complete, so a run killed mid-save
+leaves the previous step as the latest complete one; the manager deletes such leftovers at start-up
+(`cleanup_tmp_directories`).
 """
 
 import json
@@ -21,6 +22,8 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from hinet_jax import errors
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 MODEL_CONFIG_FILE = 'model_config.json'
@@ -153,8 +156,8 @@ def read_model_config(workdir: str) -> Dict[str, Any]:
   """
   path = os.path.join(workdir, MODEL_CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: {workdir} is not a hinet-jax training workdir '
-                            '(train.py writes model_config.json there).')
+    raise errors.MissingPathError(f'{path} not found: {workdir} is not a hinet-jax training '
+                                  'workdir (train.py writes model_config.json there).')
   with open(path) as f:
     return json.load(f)
 
@@ -173,7 +176,7 @@ def select_step(workdir: str, which: str = 'latest') -> int:
   try:
     steps = mngr.all_steps()
     if not steps:
-      raise FileNotFoundError(f'No complete checkpoint in {checkpoint_dir(workdir)}.')
+      raise errors.MissingPathError(f'No complete checkpoint in {checkpoint_dir(workdir)}.')
     if which == 'latest':
       return mngr.latest_step()
     if which == 'best':

@@ -1,5 +1,5 @@
 // CPU convolution kernels for HINet, as XLA FFI custom calls (built and registered by
-// hinet_jax/cpu_kernels.py). Square kernels up to 8x8, NHWC, kernels (k, k, C, O) or, with
+// hinet_jax/cpu/kernels.py). Square kernels up to 8x8, NHWC, kernels (k, k, C, O) or, with
 // kernel_hwoi, (k, k, O, C); symmetric zero padding; float32.
 //
 // HinetConv, the convolution (+ bias; optionally then LeakyReLU and + a residual, in the same
@@ -21,7 +21,7 @@
 // Winograd (training: the input gradient a Winograd convolution, the kernel gradient summed
 // over tiles in the transformed domain).
 //
-// Why they exist: XLA:CPU's convolutions (YNNPACK or Eigen) ran HINet's shapes at 35-90% of the
+// Why they exist: XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes well below the
 // float32 matmul rate, its kernel gradients (a convolution over the whole image with C as the
 // batch, after transposing x and g) and strided input gradients lower still (bench/README.md).
 // These run every HINet shape as register-blocked matmuls with no layout changes in XLA.
@@ -102,10 +102,10 @@ inline Vec LoadVec(const float* p) {
 inline void StoreVec(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 
 // Every lane = *p, as one broadcast load. `Vec{} + s` would not do: without -ffast-math the
-// compiler must keep the `+ 0.0f` (it turns -0 into +0), so it emitted a scalar add and a
-// register-to-register broadcast per use, which compete with the FMAs for the vector ports and
-// held the kernels at half the FMA rate on CPUs with two 512-bit FMA units. `s - 0.0f` == s for
-// every s, so the subtraction folds away and the broadcast reads memory directly.
+// compiler must keep the `+ 0.0f` (it turns -0 into +0), so it emits a scalar add and a
+// register-to-register broadcast per use, which compete with the FMAs for the vector ports (half
+// the FMA rate on CPUs with two 512-bit FMA units: bench/README.md). `s - 0.0f` == s for every
+// s, so the subtraction folds away and the broadcast reads memory directly.
 inline Vec Broadcast(const float* p) { return *p - Vec{}; }
 
 // Floor division for a possibly negative numerator (C++ `/` truncates toward zero).
@@ -200,8 +200,8 @@ struct Epilogue {
 // added here rather than in a pass of its own), else 0. `panel` is one block of NV*kVec output
 // channels of the packed weights. `epi`, if not null, is applied before the store; its residual
 // is offset as `out`. The sums stay in registers over the whole reduction and the panel streams
-// from L2: reduction chunks whose weights stayed in L1 (the sums loaded and stored in `out` at
-// every chunk) ran 5-10% slower at every depth (bench/README.md).
+// from L2: faster than reduction chunks whose weights stay in L1 but whose sums are loaded and
+// stored in `out` at every chunk (bench/README.md).
 template <int MR, int NV>
 void DirectKernel(const float* const* in, const PixelBlock& pix, const TapList& taps,
                   const float* panel, const float* bias, const Epilogue* epi, float* out) {
@@ -255,7 +255,7 @@ const auto kDirect1 = DirectTable<1>(std::make_integer_sequence<int, kMaxMR>{});
 // x reduction rows x block width, contiguous. The block at output channel o0 starts at
 // o0 * n_taps * n_red. Packing costs one pass over W and makes every weight load of the
 // micro-kernel sequential: with W rows O floats apart, the deep levels (W megabytes, one row a
-// few cache lines of a 4 KiB page) ran at half the rate.
+// few cache lines of a 4 KiB page) would miss the TLB and caches on every load (bench/README.md).
 struct Packed {
   const float* data;
   int64_t n_taps, n_red, n_out;
@@ -275,7 +275,7 @@ struct Packed {
 // Packs a kernel stored as n_taps taps of (n_red, n_out) (`rows_are_reduction`) or of
 // (n_out, n_red) (not). Either way it reads the source in its own order, a tile at a time, so
 // that it streams sequentially (reading it in the packed order, a 128-byte piece of each 4 KiB
-// row, took 28 ms for a 1024x1024 kernel: TLB and cache misses).
+// row, is slow: TLB and cache misses).
 void PackWeights(ffi::ThreadPool& pool, const float* w, bool rows_are_reduction,
                  const Packed& packed, float* packed_data) {
   constexpr int64_t kRows = 64;  // source rows (of one tap) a work item
@@ -608,9 +608,9 @@ std::vector<TapSpan> TapSpans(int64_t n_out, int64_t size, int64_t k, int64_t s,
 
 // Forward read from the input in place, with no band copy: the pixels whose window crosses the
 // border form classes of their own that meet only the taps inside the image (one row or column
-// of the band each; the rest of the band is one class). The copy with its zero border cost 4-10%
-// of the shallow levels' convolutions (bench/README.md), whose products are short next to the
-// rows they copy. A join of two arrays (`in.x2`) needs equal halves (one pixel offset for both):
+// of the band each; the rest of the band is one class). The copy with its zero border is costly
+// on the shallow levels, whose products are short next to the rows they copy (bench/README.md).
+// A join of two arrays (`in.x2`) needs equal halves (one pixel offset for both):
 // each tap reads its first C/2 rows from x and the rest from x2, the order of the joined array.
 void ForwardInPlace(ffi::ThreadPool& pool, const Geometry& geo, const Input& in,
                     const Packed& packed, const float* bias, const Epilogue& epi, float* y) {
@@ -913,9 +913,9 @@ void KernelGrad(ffi::ThreadPool& pool, const Geometry& geo, const float* x, cons
   std::fill(dw, dw + size, 0.f);
   if (p.n * p.ho * p.wo == 0 || p.c == 0 || p.o == 0) return;
   // dW's columns narrower than a vector (the network's last convolutions, 64 -> 3 channels):
-  // the tail kernel's scalar products took 30 ms of such a kernel gradient where the forward
-  // took 2.6. Their rows are vectors wide, so the product is run with the roles swapped (dW
-  // stored the other way round) into a buffer, and transposed into dw.
+  // the tail kernel's scalar products took over ten times the forward's time (bench/README.md).
+  // Their rows are vectors wide, so the product is run with the roles swapped (dW stored the
+  // other way round) into a buffer, and transposed into dw.
   const int64_t rows = p.rows(), cols = p.cols();
   if (cols >= kVec || rows < kVec) return SumWeightGrad(pool, p, dw);
   std::vector<float> swapped(size, 0.f);
@@ -1048,8 +1048,8 @@ struct Winograd<4> {
 // WinogradForward reads it: for the convolution (transposed = false: reduction C, outputs O), or
 // for its input gradient (transposed = true), the convolution of the output cotangent with W
 // flipped and transposed (tap (i, j) of (O, C) is W's tap (2 - i, 2 - j) transposed; reduction
-// O, outputs C). Training transforms every kernel twice a step: in JAX (XLA's fusions, then
-// HinetPack) that took 2.3 ms for a 256 x 256 kernel and 7.7 ms flipped and transposed.
+// O, outputs C). Training transforms every kernel twice a step, hence one C++ pass rather than
+// XLA's fusions followed by HinetPack (bench/README.md).
 // A work item is one block of outputs x a chunk of reduction rows: their 9 taps are copied
 // into a buffer as the product reads them (the transposed ones one float at a time), then
 // transformed a vector of outputs at a time and stored to the N^2 taps' panel rows.
@@ -1280,7 +1280,7 @@ void WinogradGradProducts(const float* v, const float* z, int64_t ld, int64_t nt
 // sums its own dU (range 0 into `du`), then the ranges are added in order (reproducible). Where
 // V and Z are smaller than those dUs (the deep levels: few tiles, dU megabytes) all tiles are
 // transformed at once, in parallel, and the products split by (xi, block of input channels)
-// instead: no partial dUs (2x16x16x512 -> 512 by F(4x4): 13.9 -> 7.8 ms).
+// instead: no partial dUs.
 template <int M>
 void WinogradKernelGrad(ffi::ThreadPool& pool, const float* x, const float* gy,
                         const WinogradGeometry& g, float* dw) {
