@@ -28,7 +28,6 @@ import numpy as np
 from ml_collections import config_flags
 
 from hinet_jax import backends
-from hinet_jax.cpu import host_memory
 from hinet_jax.evaluation import inference
 from hinet_jax import models
 from hinet_jax.train import loop
@@ -129,7 +128,7 @@ def plot(runs, window, path):
 
 def main(argv):
   del argv
-  host_memory.keep_freed_memory()  # as train.py does, before JAX runs anything
+  backends.prepare_process()  # as train.py does, before JAX runs anything
   config = _CONFIG.value
   for path in (_JSON.value, _PLOT.value):
     if path and os.path.exists(path):

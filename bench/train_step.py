@@ -21,7 +21,6 @@ import numpy as np
 from ml_collections import config_flags
 
 from hinet_jax import backends
-from hinet_jax.cpu import host_memory
 from hinet_jax import models
 from hinet_jax.train import loop
 from hinet_jax.train import sharding
@@ -109,7 +108,7 @@ def format_table(result):
 def main(argv):
   del argv
   flags.FLAGS.mark_as_parsed()
-  host_memory.keep_freed_memory()  # as train.py does, before JAX runs anything
+  backends.prepare_process()  # as train.py does, before JAX runs anything
   result = benchmark(_CONFIG.value, _STEPS.value, _DATA.value, _WARMUP.value)
   result['config'] = config_flags.get_config_filename(flags.FLAGS['config'])
   print(format_table(result))

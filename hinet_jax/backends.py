@@ -70,6 +70,14 @@ def prepare_process() -> None:
   host_memory.keep_freed_memory()
 
 
+def prepare_distributed() -> None:
+  """Before `jax.distributed.initialize`: CPU devices of several processes talk through gloo."""
+  from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top
+
+  if host_memory.will_run_on_cpu():
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+
+
 def _on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 

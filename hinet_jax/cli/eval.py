@@ -30,7 +30,7 @@ from absl import logging
 from hinet_jax import api
 from hinet_jax import errors
 from hinet_jax.cli import runner
-from hinet_jax.cpu import host_memory
+from hinet_jax import backends
 from hinet_jax.data import image_ops
 from hinet_jax.evaluation import inference
 from hinet_jax.evaluation import protocols as evaluate
@@ -55,6 +55,9 @@ _SAVE_IMAGES = flags.DEFINE_string('save_images', None, 'Save the restored image
 _INPUT = flags.DEFINE_string('input', None, 'Restore mode: an image file or a folder of images.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Restore mode: output folder.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
+_BACKEND = flags.DEFINE_enum('backend', 'auto', list(backends.BACKENDS),
+                             "How convolutions run: 'auto' (the C++ kernels on one CPU device, XLA's "
+                             'elsewhere), xla or cpu (README, Backends).')
 _PANELS = flags.DEFINE_bool('panels', False, 'Restore mode: also write <name>_panel.png, the '
                             'input and the restored image side by side.')
 _TILE = flags.DEFINE_integer('tile', None, 'Tile side (0: whole images). Default: the protocol\'s '
@@ -234,9 +237,9 @@ def main(argv):
     check_protocol_flags()
   else:
     images, skipped = check_restore_flags()
-  host_memory.keep_freed_memory()  # before JAX runs anything (hinet_jax/host_memory.py)
-  model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value)
-  predict_fn = inference.make_predict_fn(model)
+  backends.prepare_process()  # before JAX runs anything
+  model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value, backend=_BACKEND.value)
+  predict_fn = inference.make_predict_fn(model, _BACKEND.value)
   if _PROTOCOL.value:
     run_protocol(predict_fn, params)
   else:

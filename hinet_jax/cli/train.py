@@ -27,7 +27,7 @@ from ml_collections import config_flags
 
 from hinet_jax import configs
 from hinet_jax.cli import runner
-from hinet_jax.cpu import host_memory
+from hinet_jax import backends
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).',
                                           lock_config=True)
@@ -51,8 +51,7 @@ def initialize_distributed() -> None:
   """jax.distributed.initialize when asked; gloo collectives when the devices are CPUs."""
   if not (_DISTRIBUTED.value or _COORDINATOR.value):
     return
-  if host_memory.will_run_on_cpu():
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  backends.prepare_distributed()
   jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                              num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
 
@@ -67,8 +66,7 @@ class _QuietOrbax(std_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Before JAX runs anything: XLA's threads keep the malloc arena they first allocate from.
-  host_memory.keep_freed_memory()
+  backends.prepare_process()  # before JAX runs anything
   initialize_distributed()
   # orbax logs ~70 INFO lines per save/restore through absl.
   logging.get_absl_handler().addFilter(_QuietOrbax())
