@@ -9,6 +9,8 @@ import importlib.metadata
 import importlib.resources
 import importlib.util
 import os
+import pathlib
+import re
 
 from hinet_jax import configs
 
@@ -57,3 +59,13 @@ def test_console_scripts_name_existing_functions():
     with open(importlib.util.find_spec(module).origin) as f:
       tree = ast.parse(f.read())
     assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, entry
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+  """CI runs exactly what the README's quick start tells users to run for the tests."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  readme = (root / 'README.md').read_text()
+  blocks = re.findall(r'```bash\n(.*?)\n```', readme, flags=re.S)
+  (test_command,) = [b for b in blocks if 'pytest' in b]
+  ci_lines = (root / '.ci' / 'run').read_text().splitlines()
+  assert test_command.strip() in [line.strip() for line in ci_lines]
