@@ -39,8 +39,8 @@ class Backend:
     skip_step_by_cond: whether a non-finite train step is skipped by `lax.cond` (CPU: with
       selects XLA:CPU copies every optimizer moment to update it in place) or by selects.
     inference_compiler_options: `jax.jit(compiler_options=...)` for forward-only executables.
-    prepare_inference: `(model, params) -> variables` for `model.apply` at inference (the CPU
-      backend packs its kernels there); not differentiable.
+    prepare_inference: `(model, params) -> extra variables` for `model.apply` at inference, once
+      per set of weights (the CPU backend packs its kernels there; jitted, not differentiable).
   """
 
   name: str
@@ -53,13 +53,6 @@ class Backend:
   def build(self, model: models.HINet) -> models.HINet:
     """`model` with this backend's layers (same parameters, same outputs to float rounding)."""
     return model.clone(layers=self.layers)
-
-  def inference_variables(self, model: models.HINet, params: Any) -> dict:
-    """The variables `model.apply` takes at inference: `{'params': params}` plus what the backend
-    prepared for those weights (`prepare_inference`, under jit)."""
-    if self.prepare_inference is None:
-      return {'params': params}
-    return {'params': params, **self.prepare_inference(model, params)}
 
 
 def prepare_process() -> None:

@@ -41,8 +41,8 @@ NUM_DIHEDRAL = 8
 
 
 class _PreparedVariables:
-  """The variables the backend prepared for the last parameter set seen (`Backend.
-  inference_variables`; the CPU backend packs its kernels there).
+  """The variables the backend prepared for the last parameter set seen
+  (`Backend.prepare_inference`; the CPU backend packs its kernels there).
 
   Keyed by the identity of the parameter arrays, held by weak references: `jax.Array`s are
   immutable, so the same objects hold the same weights. The prepared variables are freed as soon
@@ -51,13 +51,7 @@ class _PreparedVariables:
   """
 
   def __init__(self, backend: backends.Backend, model):
-
-    def extra_variables(params):
-      return {k: v for k, v in backend.inference_variables(model, params).items()
-              if k != 'params'}
-
-    # Only what the backend adds comes out of the jit: an output that is an input is a copy.
-    self._prepare = jax.jit(extra_variables)
+    self._prepare = functools.partial(backend.prepare_inference, model)
     self._lock = threading.Lock()
     self._refs, self._variables = [], None
     self.prepares = 0  # How many times a parameter set was prepared.
