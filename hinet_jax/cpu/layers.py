@@ -20,11 +20,10 @@ import jax.numpy as jnp
 
 from hinet_jax import models
 from hinet_jax.cpu import convolution
-from hinet_jax.models.layers import INSTANCE_NORM_EPS, torch_bias_init, torch_kernel_init
+from hinet_jax.models.layers import torch_bias_init, torch_kernel_init
 from hinet_jax.models.layers import torch_transposed_kernel_init
 
 Array = jax.Array
-Dtype = Any
 
 # The variable collection of kernels packed for inference (`prepare_inference`).
 PACKED = 'packed'
@@ -40,21 +39,13 @@ def _packed_kernel(module: nn.Module, pack) -> Optional[Array]:
   return module.get_variable(PACKED, 'kernel')
 
 
-class Conv(nn.Module):
+class Conv(models.Conv):
   """`models.Conv` with fusions, on the C++ kernels where they apply (`convolution.conv`).
 
   Attributes:
-    features, kernel_size, strides, padding, use_bias, dtype, param_dtype: as `models.Conv`.
     impl: the convolution form (`convolution.CONV_IMPLS`); 'auto' picks per shape. For benchmarks.
   """
 
-  features: int
-  kernel_size: int
-  strides: int = 1
-  padding: int = 0
-  use_bias: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
   impl: str = 'auto'
 
   @nn.compact
@@ -78,12 +69,9 @@ class Conv(nn.Module):
                             residual, packed, x2)
 
 
-class UpConv2x2(nn.Module):
+class UpConv2x2(models.UpConv2x2):
   """`models.UpConv2x2` on the C++ kernels where they apply (`convolution.upconv2x2`)."""
 
-  features: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
   impl: str = 'auto'
 
   @nn.compact
@@ -97,13 +85,10 @@ class UpConv2x2(nn.Module):
     return convolution.upconv2x2(x, kernel, self.impl, bias.astype(self.dtype), packed)
 
 
-class HalfInstanceNorm(nn.Module):
+class HalfInstanceNorm(models.HalfInstanceNorm):
   """`models.HalfInstanceNorm` as one per-channel map (x - m) * a + b over all channels (m = 0,
   a = 1, b = 0 on the second half): XLA:CPU ran the split, two reductions and the concatenation
   as separate passes (bench/README.md)."""
-
-  epsilon: float = INSTANCE_NORM_EPS
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
