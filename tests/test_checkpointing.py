@@ -13,6 +13,8 @@ import numpy as np
 import optax
 
 from hinet_jax import api
+from hinet_jax import errors
+from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.configs import tiny as tiny_config
 from hinet_jax.train import checkpointing
@@ -133,6 +135,75 @@ class CheckpointingTest(absltest.TestCase):
       checkpointing.load_params_from_workdir(workdir)
 
 
+class InitAndResumeTest(absltest.TestCase):
+  """What a fresh or resumed run starts from: `config.init_from`, the data position."""
+
+  def _tmpdir(self):
+    d = tempfile.TemporaryDirectory()
+    self.addCleanup(d.cleanup)
+    return d.name
+
+  def test_init_from_a_training_workdir_on_eight_devices(self):
+    self.assertEqual(jax.device_count(), 8)
+    config = tiny_config.get_config()
+    model = models.create_model(**config.model)
+    tx = step_lib.create_optimizer(config, step_lib.create_learning_rate_fn(config))
+    mesh = sharding.create_mesh()
+    trained, _, _ = step_lib.init_state(model, tx, mesh, seed=7)
+    source = self._tmpdir()
+    checkpointing.write_model_config(source, models.model_config(model))
+    mngr = checkpointing.create_manager(source)
+    checkpointing.save(mngr, 4, trained)
+    mngr.wait_until_finished()
+    mngr.close()
+
+    config.init_from = source
+    mngr = checkpointing.create_manager(self._tmpdir())
+    start = loop.restore_or_init(config, model, tx, mesh, mngr)
+    mngr.close()
+    self.assertEqual(start.step, 0)
+    _assert_trees_equal(start.state.params, trained.params)
+    kernel = start.state.params['conv_01']['kernel']
+    self.assertEqual(kernel.sharding, sharding.replicated(mesh))
+    self.assertLen(kernel.sharding.device_set, 8)
+
+  def test_init_from_a_missing_path_is_named(self):
+    config = tiny_config.get_config()
+    config.init_from = os.path.join(self._tmpdir(), 'no_such_run')
+    model = models.create_model(**config.model)
+    with self.assertRaisesRegex(errors.MissingPathError, 'config.init_from=.*no_such_run'):
+      loop.initial_params(config, model)
+
+  def test_data_position_resumes_only_with_the_same_layout(self):
+    config = tiny_config.get_config()
+    layout = loop.data_layout(config)
+    self.assertEqual(loop.plan_data_resume(config, {'data_layout': layout, 'data_stream': 3}, 9),
+                     (3, True))
+    self.assertEqual(loop.plan_data_resume(config, {}, 9), (0, True))  # Older checkpoints.
+    for changed in ({'process_count': 2}, {'num_workers': 4}):
+      meta = {'data_layout': dict(layout, **changed), 'data_stream': 3}
+      self.assertEqual(loop.plan_data_resume(config, meta, 9), (9, False))
+
+  def test_best_step_counts_the_final_evaluation(self):
+    workdir = self._tmpdir()
+    _, state, _ = _tiny_state()
+    mngr = checkpointing.create_manager(workdir)
+    checkpointing.save(mngr, 2, state, metrics={'psnr': 30.0})
+    checkpointing.save(mngr, 4, state)  # The final state, saved before its evaluation.
+    mngr.wait_until_finished()
+    mngr.close()
+    self.assertEqual(checkpointing.select_step(workdir, 'best'), 2)
+    files.write_text(os.path.join(workdir, checkpointing.FINAL_METRICS_FILE),
+                     json.dumps({'step': 4, 'psnr': 31.0}))
+    self.assertEqual(checkpointing.select_step(workdir, 'best'), 4)
+
+  def test_several_validation_sets_average_into_the_headline(self):
+    results = {'a': {'psnr': 30.0, 'ssim': 0.8, 'num_images': 10},
+               'b': {'psnr': 20.0, 'ssim': 0.6, 'num_images': 2, 'extra': 1.0}}
+    self.assertEqual(loop.mean_over_sets(results),
+                     {'psnr': 25.0, 'ssim': 0.7, 'num_images': 12})
+
+
 class OlderWorkdirTest(absltest.TestCase):
   """A workdir written before the backend became a run-time choice: its model_config.json and
   the config in its checkpoints carry `conv_impl`."""
@@ -156,14 +227,14 @@ class OlderWorkdirTest(absltest.TestCase):
     checkpointing.save(mngr, 5, state, meta={'config': old_config})
     mngr.wait_until_finished()
 
-    resumed, _, start = loop.restore_or_init(config, model, tx, mesh, mngr, None)
-    self.assertEqual(start, 5)
-    _assert_trees_equal(resumed.params, state.params)
-    _assert_trees_equal(resumed.opt_state, state.opt_state)
+    start = loop.restore_or_init(config, model, tx, mesh, mngr)
+    self.assertEqual(start.step, 5)
+    _assert_trees_equal(start.state.params, state.params)
+    _assert_trees_equal(start.state.opt_state, state.opt_state)
     # Another architecture is refused, naming the field.
     wider = models.create_model(**dict(config.model, wf=16))
     with self.assertRaisesRegex(ValueError, r"different model: \{'wf': \(8, 16\)\}"):
-      loop.restore_or_init(config, wider, tx, mesh, mngr, None)
+      loop.restore_or_init(config, wider, tx, mesh, mngr)
     mngr.close()
 
     model_cfg, params = checkpointing.load_params_from_workdir(workdir)

@@ -1,13 +1,21 @@
-"""Tests for datasets, prepare_sidd and tfds_builders on tiny files in the real formats."""
+"""Tests for datasets, the crop preparation and tfds_builders on tiny files in the real formats."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from hinet_jax import errors
+from hinet_jax.configs import gopro as gopro_config
+from hinet_jax.configs import rain13k as rain13k_config
+from hinet_jax.configs import sidd as sidd_config
 from hinet_jax.data import datasets
 from hinet_jax.data import image_ops
 from hinet_jax.data import input_pipeline
+from hinet_jax.data import prepare
+from hinet_jax.data import prepare_gopro
 from hinet_jax.data import prepare_sidd
 
 import data_fixtures
@@ -145,6 +153,66 @@ def test_prepare_sidd_npy_crops_train_like_png_crops(tmp_path):
     prepare_sidd.prepare(str(tmp_path / 'in'), str(tmp_path / 'x'), num_workers=0, fmt='jpg')
 
 
+def test_prepare_stops_rather_than_mixing_crops(tmp_path):
+  _write_sidd_medium(tmp_path / 'in')
+  out = tmp_path / 'out'
+  prepare_sidd.prepare(str(tmp_path / 'in'), str(out), num_workers=0, crop_size=8, step=6)
+  with pytest.raises(errors.OutputExistsError, match=r"crop_settings.json.*'step': 6.*another "
+                     r'--output_dir'):
+    prepare_sidd.prepare(str(tmp_path / 'in'), str(out), num_workers=0, crop_size=8, step=4)
+  (out / 'crop_settings.json').unlink()  # Crops whose settings nobody recorded.
+  with pytest.raises(errors.OutputExistsError, match='already holds files'):
+    prepare_sidd.prepare(str(tmp_path / 'in'), str(out), num_workers=0, crop_size=8, step=6)
+
+
+def test_gopro_crop_positions_follow_the_official_script():
+  # A 1280x720 frame, 512 crops, step 256: the last row is flush with the bottom border.
+  assert prepare.crop_boxes(720, 1280, prepare_gopro.CROP_SIZE, prepare_gopro.STEP) == [
+      (0, 0), (0, 256), (0, 512), (0, 768), (208, 0), (208, 256), (208, 512), (208, 768)]
+  # The same frame scaled down 16x (45x80, crop 32, step 16).
+  assert prepare.crop_boxes(45, 80, 32, 16) == [
+      (0, 0), (0, 16), (0, 32), (0, 48), (13, 0), (13, 16), (13, 32), (13, 48)]
+
+
+@pytest.mark.parametrize('layout', ['prepared', 'raw'])
+def test_prepare_gopro_crops_are_what_configs_gopro_trains_on(tmp_path, layout):
+  if layout == 'prepared':
+    written = data_fixtures.write_pair_folder(tmp_path / 'train', ['GOPR0372_07_00-000047'],
+                                              size=(45, 80))
+    (lq, gt), = written.values()
+    name = 'GOPR0372_07_00-000047'
+  else:
+    written = data_fixtures.write_pair_folder(tmp_path / 'train' / 'GOPR0372_07_00', ['000047'],
+                                              'blur', 'sharp', size=(45, 80))
+    lq, gt = written['000047']
+    name = 'GOPR0372_07_00_000047'
+  assert prepare_gopro.prepare(str(tmp_path), num_workers=0, crop_size=32, step=16) == 8
+  spec = gopro_config.get_config().data.train.to_dict()
+  src = datasets.create_source({**spec, 'root': str(tmp_path)})
+  assert [src[i]['name'] for i in range(len(src))] == [f'{name}_s{i:03d}' for i in range(1, 9)]
+  item = src[6]  # s007: second row (top 13), third column (left 32).
+  np.testing.assert_array_equal(item['lq'], lq[13:45, 32:64])
+  np.testing.assert_array_equal(item['gt'], gt[13:45, 32:64])
+  assert prepare_gopro.prepare(str(tmp_path), num_workers=0, crop_size=32, step=16) == 0
+  with pytest.raises(errors.OutputExistsError, match="'step': 16"):
+    prepare_gopro.prepare(str(tmp_path), num_workers=0, crop_size=32, step=8)
+
+
+def test_prepare_gopro_program(tmp_path):
+  data_fixtures.write_pair_folder(tmp_path / 'GoPro' / 'train', ['a'], size=(40, 40))
+  run = lambda *args: subprocess.run(
+      [sys.executable, '-m', 'hinet_jax.prepare_gopro', *args], capture_output=True, text=True,
+      timeout=120, check=False)
+  missing = run(f'--input_dir={tmp_path / "nope"}')
+  assert missing.returncode == 2 and 'Traceback' not in missing.stderr
+  assert f'--input_dir={tmp_path / "nope"} does not exist' in missing.stderr
+  ok = run(f'--input_dir={tmp_path / "GoPro"}', f'--output_dir={tmp_path / "out"}',
+           '--crop_size=32', '--step=16', '--num_workers=0', '--format=npy')
+  assert ok.returncode == 0, ok.stderr
+  assert sorted(os.listdir(tmp_path / 'out' / 'train' / 'sharp_crops')) == [
+      'a_s001.npy', 'a_s002.npy', 'a_s003.npy', 'a_s004.npy']
+
+
 def test_sidd_validation_blocks(tmp_path):
   noisy_path, gt_path, noisy, gt = data_fixtures.write_sidd_mats(tmp_path, (2, 3, 8, 8, 3))
   src = datasets.make_source('sidd_val', noisy_mat=noisy_path, gt_mat=gt_path,
@@ -236,6 +304,34 @@ def test_rain13k_splits_by_name(tmp_path):
     datasets.rain13k_source(tmp_path, 'Test1200')
   with pytest.raises(ValueError, match='Unknown Rain13k split .*Rain100L'):
     datasets.rain13k_source(tmp_path, 'Rain200')
+
+
+def test_rain13k_config_validates_on_the_five_test_sets(tmp_path):
+  for i, name in enumerate(datasets.RAIN13K_TEST_SETS):
+    data_fixtures.write_pair_folder(tmp_path / 'test' / name, [f'{j}' for j in range(i + 1)],
+                                    lq_ext='.jpg', gt_ext='.jpg', size=(8, 8))
+  config = rain13k_config.get_config().data.val
+  assert tuple(config.sets) == datasets.RAIN13K_TEST_SETS
+  config.root = str(tmp_path)
+  sources = datasets.create_val_sources(config)
+  assert list(sources) == ['Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200']
+  assert [len(s) for s in sources.values()] == [1, 2, 3, 4, 5]
+  assert sources['Test2800'].pairs[0][0].startswith(str(tmp_path / 'test' / 'Test2800'))
+  # A mapping of sets: each set's fields override the shared ones.
+  test1200 = str(tmp_path / 'test' / 'Test1200')
+  sources = datasets.create_val_sources({'kind': 'rain13k', 'root': str(tmp_path), 'sets': {
+      'b': {'split': 'Rain100L'}, 'a': {'kind': 'folder', 'root': test1200}}})
+  assert list(sources) == ['b', 'a'] and [len(s) for s in sources.values()] == [3, 5]
+  with pytest.raises(ValueError, match='sets is empty'):
+    datasets.create_val_sources({'kind': 'rain13k', 'root': str(tmp_path), 'sets': ()})
+
+
+def test_single_validation_source_is_named_val(tmp_path):
+  data_fixtures.write_pair_folder(tmp_path, ['a', 'b'])
+  config = sidd_config.get_config().data.val
+  assert 'sets' not in config
+  sources = datasets.create_val_sources({'kind': 'folder', 'root': str(tmp_path)})
+  assert list(sources) == ['val'] and len(sources['val']) == 2
 
 
 def test_gopro_prepared_and_raw_layouts(tmp_path):

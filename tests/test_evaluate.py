@@ -5,6 +5,10 @@ import csv
 import dataclasses
 import json
 import os
+import socket
+import subprocess
+import sys
+import textwrap
 from unittest import mock
 
 from absl import flags
@@ -23,7 +27,9 @@ from hinet_jax.evaluation import protocols as evaluate
 from hinet_jax.data import image_ops
 from hinet_jax.evaluation import inference
 from hinet_jax import models
+from hinet_jax.evaluation import metrics
 from hinet_jax.models import pretrained
+import data_fixtures
 
 
 def _pair(h, w, seed, noise=20, dtype=np.uint8):
@@ -233,6 +239,145 @@ class ProtocolTest(absltest.TestCase):
     self.assertEqual(list(only['subsets']), ['Rain100H'])
 
 
+def _sidd_overshoot_dir(d):
+  """SIDD .mat blocks (2x3 of 24x24) whose noisy block 4 alone reaches 255: scaled by 1.5 (see
+  _TIMES_1_5) only it overshoots 1.0."""
+  rng = np.random.default_rng(5)
+  noisy = rng.integers(0, 160, (2, 3, 24, 24, 3), dtype=np.uint8)
+  noisy[1, 1, 7, 9, 2] = 255
+  clean = np.clip(noisy.astype(np.int32) * 3 // 2 + rng.integers(-9, 9, noisy.shape), 0,
+                  255).astype(np.uint8)
+  scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[0]),
+                   {datasets.SIDD_VAL_KEYS['noisy']: noisy})
+  scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[1]),
+                   {datasets.SIDD_VAL_KEYS['gt']: clean})
+  return noisy.reshape(6, 24, 24, 3), clean.reshape(6, 24, 24, 3)
+
+
+_TIMES_1_5 = jax.jit(lambda p, x: x * 1.5)
+
+
+class OfficialMetricsTest(absltest.TestCase):
+  """Every protocol reports the official-convention metrics beside the project's."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    flags.FLAGS.mark_as_parsed()
+
+  def test_sidd_val_counts_the_overshooting_block(self):
+    d = self.create_tempdir().full_path
+    noisy, clean = _sidd_overshoot_dir(d)
+    rows = []
+    summary = evaluate.evaluate_protocol(_TIMES_1_5, None, 'sidd_val', d, batch_size=4, rows=rows)
+    self.assertEqual(summary['official_peak_flips'], 1)
+    self.assertEqual([r['official_peak_flips'] for r in rows], [0, 0, 0, 0, 1, 0])
+    pred = noisy.astype(np.float32) / 255 * 1.5
+    gt = clean.astype(np.float32) / 255
+    official = [metrics.psnr_as_official(pred[i], gt[i]) for i in range(6)]
+    self.assertAlmostEqual(summary['psnr_official'], np.mean(official), places=3)
+    self.assertAlmostEqual(summary['ssim_official'],
+                           np.mean([metrics.ssim_as_official(pred[i], gt[i]) for i in range(6)]),
+                           places=5)
+    # The flipped block scores about 20 log10(255) = 48 dB over the fixed-peak PSNR.
+    self.assertAlmostEqual(rows[4]['psnr_official'] - rows[4]['psnr'], 20 * np.log10(255),
+                           places=3)
+    self.assertAlmostEqual(rows[0]['psnr_official'], rows[0]['psnr'], places=3)
+
+  def test_8bit_and_y_protocols_report_official_metrics(self):
+    root = self.create_tempdir().full_path
+    pairs = {}
+    for k, name in enumerate(datasets.RAIN13K_TEST_SETS[:2]):
+      pairs[name] = _write_folder(os.path.join(root, 'test', name), [(24, 20 + k)], seed=10 * k)
+    summary = evaluate.evaluate_protocol(_HALF_WAY, None, 'rain13k', root,
+                                         subsets=list(pairs), tile=16)
+    for name, set_pairs in pairs.items():
+      (lq, gt), = set_pairs.values()
+      out8 = np.round((lq / 255 * 0.5 + 0.25) * 255).astype(np.uint8)
+      sub = summary['subsets'][name]
+      self.assertAlmostEqual(sub['psnr_official'],
+                             metrics.psnr_as_official(out8, gt, y_channel=True), places=3)
+      self.assertAlmostEqual(sub['ssim_official'],
+                             metrics.ssim_as_official(out8, gt, y_channel=True), places=5)
+      self.assertEqual(sub['official_peak_flips'], 0)
+    self.assertIn('PSNR*', evaluate.format_table(summary))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _split_source(n=7):
+  """n (lq, gt) 16x16 uint8 pairs: a source for the split tests (odd n: uneven shares)."""
+  rng = np.random.default_rng(11)
+  return data_fixtures.ArraySource(
+      {'lq': rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+       'gt': rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), 'name': f'{i:02d}'}
+      for i in range(n))
+
+
+# One process of the 2-process split test: 4 CPU devices each, the same source and predict
+# function as `_split_source` / `_TIMES_1_5`; prints both protocols' summaries and the names of
+# the images it scored as JSON.
+_WORKER = textwrap.dedent('''
+    import json, sys
+    import jax
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                               process_id=int(sys.argv[2]))
+    sys.path.insert(0, sys.argv[3])
+    import test_evaluate as t
+    from hinet_jax.evaluation import protocols
+    source, out = t._split_source(), {}
+    for name, batched in (('batched', True), ('pairs', False)):
+      protocol = protocols.Protocol(name, protocols.MetricConfig(), batched=batched)
+      rows = []
+      out[name] = protocols.evaluate_source(t._TIMES_1_5, None, source, protocol, batch_size=4,
+                                            rows=rows)
+      out[name]['scored'] = [r['name'] for r in rows]
+    print('RESULT ' + json.dumps(out))
+    ''')
+
+
+class SplitEvaluationTest(absltest.TestCase):
+  """Validation split over devices and processes gives the single-device figures."""
+
+  def test_batches_split_over_local_devices(self):
+    source = _split_source()
+    protocol = evaluate.Protocol('x', evaluate.MetricConfig(), batched=True)
+    self.assertEqual(jax.local_device_count(), 8)
+    split = evaluate.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=8)
+    whole = evaluate.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=3)
+    self.assertEqual(split['num_images'], 7)
+    for key in evaluate.ROW_KEYS:
+      self.assertAlmostEqual(split[key], whole[key], places=4, msg=key)
+
+  def test_two_processes_match_one(self):
+    source = _split_source()
+    want = {}
+    for name, batched in (('batched', True), ('pairs', False)):
+      protocol = evaluate.Protocol(name, evaluate.MetricConfig(), batched=batched)
+      want[name] = evaluate.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=4)
+    env = dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=4')
+    address = f'localhost:{_free_port()}'
+    here = os.path.dirname(os.path.abspath(__file__))
+    procs = [subprocess.Popen([sys.executable, '-c', _WORKER, address, str(i), here], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for i, proc in enumerate(procs):
+      out, err = proc.communicate(timeout=240)
+      self.assertEqual(proc.returncode, 0, f'process {i}:\n{err[-3000:]}')
+      got = json.loads(out.split('RESULT ', 1)[1])
+      for name in want:
+        self.assertEqual(got[name]['scored'], [f'{k:02d}' for k in range(i, 7, 2)])
+        self.assertEqual(got[name]['num_images'], 7)
+        for key in evaluate.ROW_KEYS:
+          self.assertAlmostEqual(got[name][key], want[name][key], places=4, msg=(i, name, key))
+
+
 class EvalScriptTest(absltest.TestCase):
   """eval.py end to end with a tiny HINet saved as a converted checkpoint."""
 
@@ -258,12 +403,17 @@ class EvalScriptTest(absltest.TestCase):
                              tile=16, tile_overlap=4):
       eval_script.main(['eval.py'])
     summary = json.load(open(metrics_json))
-    for key in ('psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images'):
+    for key in ('psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images', 'psnr_official',
+                'ssim_official', 'official_peak_flips'):
       self.assertIn(key, summary)
     self.assertEqual(summary['num_images'], 2)
+    self.assertEqual(summary['settings']['precision'], 'highest')
     with open(os.path.join(out, 'm_per_image.csv')) as f:
       rows = list(csv.DictReader(f))
     self.assertEqual([r['name'] for r in rows], ['img00', 'img01'])
+    self.assertAlmostEqual(np.mean([float(r['psnr_official']) for r in rows]),
+                           summary['psnr_official'], places=4)
+    self.assertIn('official_peak_flips', rows[0])
     saved = image_ops.read_image(os.path.join(out, 'img', 'img01.png'))
     self.assertEqual(saved.shape, (17, 33, 3))
     # The saved image is the tiled prediction, rounded.

@@ -256,3 +256,16 @@ def test_npy_images_are_memory_mapped_and_checked(tmp_path):
   with pytest.raises(image_ops.ImageReadError, match='junk.npy.*numpy.save'):
     image_ops.read_image(tmp_path / 'junk.npy')
   assert image_ops.is_image_file('crop_s001.npy')
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o027])
+def test_written_images_get_the_umask_permissions(tmp_path, umask):
+  # Issue 21: restored images were 0600 (mkstemp) while the rest of a workdir follows the umask.
+  old_umask = os.umask(umask)
+  try:
+    for name in ('a.png', 'b.npy', 'c.jpg'):
+      image_ops.write_image(tmp_path / name, np.zeros((4, 4, 3), np.uint8))
+  finally:
+    os.umask(old_umask)
+  for name in ('a.png', 'b.npy', 'c.jpg'):
+    assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name

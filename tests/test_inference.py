@@ -238,5 +238,28 @@ class RestoreTest(parameterized.TestCase):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+class PrecisionTest(absltest.TestCase):
+  """Convolutions are traced at the requested precision (float32 'highest' by default)."""
+
+  def test_convolutions_follow_the_precision_argument(self):
+    model, params = _two_convs()
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    counts = {}
+    for precision in ('highest', 'default'):
+      predict = inference.make_predict_fn(model, 'xla', precision=precision)
+      self.assertEqual(predict.precision, precision)
+      jaxpr = str(jax.make_jaxpr(predict.apply_variables)({'params': params}, x))
+      counts[precision] = (jaxpr.count('conv_general_dilated'), jaxpr.count('HIGHEST'))
+    self.assertEqual(inference.make_predict_fn(model, 'xla').precision, 'highest')
+    self.assertGreater(counts['highest'][0], 0)
+    # A conv's precision prints once per operand: precision=(HIGHEST, HIGHEST).
+    self.assertEqual(counts['highest'][1], 2 * counts['highest'][0])
+    self.assertEqual(counts['default'][1], 0)
+
+  def test_unknown_precision_is_refused(self):
+    with self.assertRaisesRegex(ValueError, "precision 'fast'.*highest"):
+      inference.make_predict_fn(TwoConvs(), 'xla', precision='fast')
+
+
 if __name__ == '__main__':
   absltest.main()

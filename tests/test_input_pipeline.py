@@ -133,6 +133,88 @@ def test_orbax_checkpoint_roundtrip_of_the_iterator(tmp_path):
   _assert_batches_equal(_take(fresh, 2), full[3:])
 
 
+def test_single_process_stream_0_draws_the_batches_it_always_did():
+  # Pinned from the pipeline before per-process streams existed: (row, col, item) at the top-left
+  # corner and (row, col) at the bottom-right of each crop (the order, windows and transforms).
+  expected = [[[[1, 23, 104], [6, 18]], [[3, 9, 101], [8, 4]]],
+              [[[14, 13, 100], [19, 8]], [[16, 11, 102], [11, 16]]],
+              [[[11, 23, 105], [16, 18]], [[18, 15, 103], [13, 10]]],
+              [[[14, 10, 102], [9, 5]], [[13, 11, 101], [18, 6]]]]
+  for kwargs in ({}, {'process_index': 0, 'process_count': 1, 'stream': 0}):
+    it = input_pipeline.create_train_iter(_coord_source(), batch_size=2, crop_size=6, seed=3,
+                                          **kwargs)
+    got = []
+    for batch in _take(it, 4):
+      lq = np.rint(batch['lq'] * 65535).astype(int)
+      got.append([[x[0, 0].tolist(), x[-1, -1, :2].tolist()] for x in lq])
+    assert got == expected
+
+
+def _corners(batches):
+  """(row, col, item) of every crop's top-left pixel, per batch."""
+  return [np.rint(b['lq'][:, 0, 0] * 65535).astype(int).tolist() for b in batches]
+
+
+def test_each_process_and_stream_draws_its_own_crops():
+  src = _coord_source(n=8, h=40, w=48)
+  make = lambda pi, shard, stream=0: input_pipeline.create_train_iter(
+      src, batch_size=8, crop_size=6, seed=0, process_index=pi, process_count=2,
+      shard_by_process=shard, stream=stream)
+  # Not sharded: the two processes read the same source but not the same batches.
+  assert _corners(_take(make(0, False), 3)) != _corners(_take(make(1, False), 3))
+  # Sharded: each position of a step is cut at a different place on each process.
+  windows = [[[c[:2] for c in b] for b in _corners(_take(make(pi, True), 3))] for pi in (0, 1)]
+  assert windows[0] != windows[1]
+  # A new stream is a different, reproducible stream on every process.
+  for pi in (0, 1):
+    fresh = _corners(_take(make(pi, True, stream=7), 3))
+    assert fresh == _corners(_take(make(pi, True, stream=7), 3))
+    assert fresh != _corners(_take(make(pi, True), 3))
+  assert input_pipeline.stream_seed(5) == 5
+  assert len({input_pipeline.stream_seed(5, pi, s) for pi in range(3) for s in range(3)}) == 9
+  with pytest.raises(ValueError, match='stream'):
+    input_pipeline.stream_seed(5, 0, -1)
+
+
+def _cv2_border_reflect(p, n):
+  """Source index of padded position p for cv2.BORDER_REFLECT (OpenCV `borderInterpolate`)."""
+  if n == 1:
+    return 0
+  while not 0 <= p < n:
+    p = -p - 1 if p < 0 else 2 * n - 1 - p
+  return p
+
+
+def _basicsr_padding(lq, gt, gt_size):
+  """HINet basicsr/utils/img_util.py `padding`: copyMakeBorder(0, h_pad, 0, w_pad, REFLECT)."""
+  h, w = lq.shape[:2]
+  rows = [_cv2_border_reflect(r, h) for r in range(h + max(0, gt_size - h))]
+  cols = [_cv2_border_reflect(c, w) for c in range(w + max(0, gt_size - w))]
+  return lq[rows][:, cols], gt[rows][:, cols]
+
+
+@pytest.mark.parametrize('h, w, size', [(3, 5, 8), (5, 9, 8), (1, 2, 7), (4, 4, 13)])
+def test_small_pairs_are_padded_as_basicsr(h, w, size):
+  lq = data_fixtures.coord_image(h, w, base=1)
+  gt = lq + 7
+  got = input_pipeline.pad_pair_to_crop(lq, gt, size)
+  want = _basicsr_padding(lq, gt, size)
+  for x, y in zip(got, want):
+    assert x.shape == (max(h, size), max(w, size), 3)
+    np.testing.assert_array_equal(x, y)
+  assert input_pipeline.pad_pair_to_crop(lq, gt, (h, w))[0] is lq  # Large enough: untouched.
+
+
+def test_pipeline_crops_small_pairs_from_their_padded_image():
+  lq = data_fixtures.coord_image(5, 3, base=9)
+  src = data_fixtures.ArraySource([{'lq': lq, 'gt': lq + 1, 'name': 'tiny'}])
+  padded, _ = _basicsr_padding(lq, lq + 1, 8)
+  it = input_pipeline.create_train_iter(src, batch_size=1, crop_size=8, augment='none', seed=0)
+  for batch in _take(it, 3):
+    np.testing.assert_array_equal(np.rint(batch['lq'][0] * 65535).astype(int), padded)
+    np.testing.assert_allclose(batch['gt'] - batch['lq'], 1 / 65535, rtol=1e-3)
+
+
 def test_process_shards_are_disjoint_and_cover():
   src = data_fixtures.constant_source(10)
   seen = []
@@ -187,12 +269,12 @@ def test_resume_through_device_prefetch_replays_the_same_batches():
   _assert_batches_equal(_take(resumed, 3), full[3:])
 
 
-def test_bad_crop_and_skipped_files_in_the_pipeline(tmp_path):
-  data_fixtures.write_pair_folder(tmp_path, ['small'], size=(12, 16))
-  it = input_pipeline.create_train_iter(datasets.PairedFolderSource(tmp_path), batch_size=1,
-                                        crop_size=32, seed=0)
-  with pytest.raises(ValueError, match=r"'small'.*crop 32x32 is larger than the image"):
-    next(it)
+def test_misaligned_pair_and_skipped_files_in_the_pipeline(tmp_path):
+  lq = np.zeros((12, 16, 3), np.uint8)
+  src = data_fixtures.ArraySource([{'lq': lq, 'gt': lq[:10], 'name': 'cut'}])
+  it = input_pipeline.create_train_iter(src, batch_size=1, crop_size=32, seed=0)
+  with pytest.raises(ValueError, match=r"'cut'.*lq is 12x16 but gt is 10x16"):
+    next(it)  # Checked before any padding: a size mismatch is never padded away.
   data_fixtures.write_pair_folder(tmp_path, ['a', 'b', 'c'], size=(12, 16))
   (tmp_path / 'input' / 'b.png').write_bytes(b'\x89PNG broken')
   src = datasets.PairedFolderSource(tmp_path, on_error='skip')

@@ -213,6 +213,87 @@ class TrainStepTest(parameterized.TestCase):
       sharding.per_process_batch_size(12, self.mesh)
 
 
+class GradAccumTest(parameterized.TestCase):
+  """`config.grad_accum_steps`: k micro-batches of B / k make the update of one batch of B."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    devices = jax.devices()[:2]  # 2 devices: batch 8 is 4 rows each, 4 micro-batches of 1 each.
+    cls.configs, cls.setups = {}, {}
+    for k in (1, 4):
+      config = tiny_config.get_config()
+      config.grad_accum_steps = k
+      # Adam's first update is lr * g / (|g| + eps): with the default eps it is lr * sign(g), and
+      # gradients that vanish in exact arithmetic (biases before instance norm) are rounding noise
+      # whose sign differs between any two summation orders. A large eps keeps the update
+      # proportional to the gradient, so the comparison sees the accumulation, not that noise.
+      config.optim.eps = 1.0
+      cls.configs[k] = config
+      cls.setups[k] = _setup(devices, config)
+    cls.batch = _batches(1)[0]
+
+  def _put(self, batch, k):
+    return sharding.put_batch(batch, sharding.batch_sharding(self.setups[k][0]))
+
+  def test_split_keeps_every_micro_batch_on_all_devices(self):
+    rows = np.arange(8)
+    split = step_lib.split_micro_batches({'x': rows}, num_micro=2, num_shards=2)['x']
+    np.testing.assert_array_equal(split, [[0, 1, 4, 5], [2, 3, 6, 7]])
+    one_shard = step_lib.split_micro_batches({'x': rows}, num_micro=4, num_shards=1)['x']
+    np.testing.assert_array_equal(one_shard, rows.reshape(4, 2))
+
+  def test_four_micro_batches_of_two_make_the_update_of_one_batch_of_eight(self):
+    results = {}
+    for k, (_, state, step_fn) in self.setups.items():
+      state = jax.tree.map(jnp.copy, state)  # The step donates its input.
+      before = jax.device_get(state.params)
+      batch = self._put(self.batch, k)
+      compiled = step_fn.lower(state, batch).compile()
+      if k > 1:  # Each device slices its own rows: no batch data crosses devices.
+        self.assertEqual(re.findall(r'all-to-all|all-gather|collective-permute',
+                                    compiled.as_text()), [])
+      state, metrics = compiled(state, batch)
+      updates = jax.tree.map(np.subtract, jax.device_get(state.params), before)
+      results[k] = (updates, step_lib.compute_metrics(metrics), int(state.step))
+    (whole, whole_metrics, whole_step), (accum, accum_metrics, accum_step) = results[1], results[4]
+    self.assertEqual(whole_step, accum_step)  # The step counts updates: one each.
+    self.assertGreater(whole_metrics['grad_norm'], self.configs[1].optim.grad_clip_norm)
+    for name in ('loss', 'loss_stage1', 'loss_stage2', 'psnr', 'grad_norm', 'param_norm'):
+      self.assertAlmostEqual(accum_metrics[name], whole_metrics[name], delta=1e-5 *
+                             abs(whole_metrics[name]), msg=name)
+    # The clip scales the mean gradient, so the updates agree too (clipping each micro-batch's
+    # gradient would not: their norms differ from the mean's).
+    largest = max(np.abs(u).max() for u in jax.tree.leaves(whole))
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-4 * largest),
+                 accum, whole)
+
+  def test_one_nonfinite_micro_batch_skips_the_whole_update(self):
+    _, state, step_fn = self.setups[4]  # Skips by `lax.cond`, as on CPU (the select form's
+    state = jax.tree.map(jnp.copy, state)  # skip does not depend on accumulation).
+    before = jax.device_get((state.params, state.opt_state))
+    bad = {key: value.copy() for key, value in self.batch.items()}
+    bad['lq'][6] = np.nan  # One row of one micro-batch (the third, on the second device).
+    state, metrics = step_fn(state, self._put(bad, 4))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get((state.params, state.opt_state)),
+                 before)
+    metrics = step_lib.compute_metrics(metrics)
+    self.assertEqual((metrics['skipped_steps'], metrics['nonfinite_streak']), (1, 1))
+    self.assertEqual(int(state.step), 1)
+
+  def test_grad_accum_steps_must_divide_the_batch_of_each_device(self):
+    config = tiny_config.get_config()  # Batch 8 on the 8 test devices: 1 per device.
+    config.grad_accum_steps = 2
+    with self.assertRaisesRegex(
+        ValueError, r'config.grad_accum_steps=2 must divide .* config.batch_size=8 over 8 '
+        r'device\(s\) is 1 per device. Use --config.grad_accum_steps= one of \[1\], or a '
+        r'config.batch_size that is a multiple of 16'):
+      loop.validate_config(config)
+    step_lib.check_grad_accum_steps(64, 1, 8)  # The official batch on one GPU.
+    with self.assertRaisesRegex(ValueError, r'grad_accum_steps=0 must divide'):
+      step_lib.check_grad_accum_steps(64, 8, 0)
+
+
 class _NullWriter:
 
   def write_scalars(self, step, scalars):

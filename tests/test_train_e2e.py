@@ -1,4 +1,5 @@
-"""train.py end to end in subprocesses: resume after SIGTERM/SIGKILL/partial save, multi-process.
+"""train.py end to end in subprocesses: resume after SIGTERM/SIGKILL/partial save, multi-process
+(2 processes match 1; resume with another process count; a preemption stops all at one step).
 
 Each run is a separate `python train.py` with its own XLA device count, as a user would launch it.
 """
@@ -148,7 +149,7 @@ def _free_port():
 
 class MultiProcessTest(absltest.TestCase):
 
-  def test_two_processes_match_one_process(self):
+  def test_two_processes_match_one_process_and_resume_with_another_count(self):
     tmp = tempfile.TemporaryDirectory()
     self.addCleanup(tmp.cleanup)
     data = os.path.join(tmp.name, 'data')
@@ -185,6 +186,33 @@ class MultiProcessTest(absltest.TestCase):
       m1, m2 = json.load(f1), json.load(f2)
     self.assertAlmostEqual(m1['psnr'], m2['psnr'], places=3)
     self.assertEqual(m1['num_images'], m2['num_images'])
+
+    # Resume with another process count: the model and optimizer resume, the data is re-seeded.
+    # 2 -> 1 process, to the end.
+    err = _run(_train_cmd(two, 'configs/custom.py', *overrides, '--config.num_train_steps=8'),
+               env=_env(8))
+    self.assertIn('re-seeding the training data order (stream 6)', err)
+    with open(os.path.join(two, 'final_metrics.json')) as f:
+      self.assertEqual(json.load(f)['step'], 8)
+    # 1 -> 2 processes, preempted: a SIGTERM to one process stops both at the same step, saved
+    # (jax's preemption sync point, checked every step: no log step comes before the end).
+    port = _free_port()
+    procs = [subprocess.Popen(
+        _train_cmd(one, 'configs/custom.py', *overrides, '--config.num_train_steps=10000',
+                   '--config.log_every_steps=10000',
+                   f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                   f'--process_id={i}'),
+        env=_env(4), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    _wait_for_checkpoint(procs[0], one, 9)
+    procs[1].send_signal(signal.SIGTERM)
+    stopped = []
+    for i, proc in enumerate(procs):
+      _, err = proc.communicate(timeout=TIMEOUT)
+      self.assertEqual(proc.returncode, 0, f'process {i}:\n{err[-5000:]}')
+      self.assertIn('re-seeding the training data order (stream 6)', err)
+      stopped.append(int(re.search(r'Stopped by SIGTERM at step (\d+)', err).group(1)))
+    self.assertEqual(stopped[0], stopped[1])
+    self.assertEqual(_steps(one)[-1], stopped[0])
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@
 | `hinet-convert` | `python -m hinet_jax.convert` (`hinet_jax/interop/convert.py`) |
 | `hinet-export` | `python -m hinet_jax.export` (`hinet_jax/interop/export.py`) |
 | `hinet-prepare-sidd` | `python -m hinet_jax.prepare_sidd` (`hinet_jax/data/prepare_sidd.py`) |
+| `hinet-prepare-gopro` | `python -m hinet_jax.prepare_gopro` (`hinet_jax/data/prepare_gopro.py`) |
 
 Each program defines its own absl flags, so this module imports none of them until one is run.
 """
@@ -30,5 +31,12 @@ def export():
 def prepare_sidd():
   """`hinet-prepare-sidd`: cuts SIDD-Medium into the official training crops."""
   from hinet_jax.data import prepare_sidd as prepare_lib  # pylint: disable=g-import-not-at-top
+  prepare_lib.define_flags()
+  runner.run(prepare_lib.main)
+
+
+def prepare_gopro():
+  """`hinet-prepare-gopro`: cuts the GoPro training frames into the official 512x512 crops."""
+  from hinet_jax.data import prepare_gopro as prepare_lib  # pylint: disable=g-import-not-at-top
   prepare_lib.define_flags()
   runner.run(prepare_lib.main)

@@ -1,10 +1,13 @@
 r"""Evaluate a HINet checkpoint with a published protocol, or restore your own images.
 
 Evaluate (NAME: sidd_val, gopro, reds, rain13k or folder); prints a table, writes per-image metrics
-(CSV/JSON) and a summary JSON:
+(CSV/JSON) and a summary JSON (local paths or gs://...):
   python eval.py --checkpoint=DIR [--which=latest|best] --protocol=NAME \
       --data_dir=PATH [--metrics_json=PATH] [--per_image=PATH.csv|.json] [--save_images=DIR] \
-      [--tile=N --tile_overlap=N --blend=average|smooth] [--self_ensemble]
+      [--tile=N --tile_overlap=N --blend=average|smooth] [--self_ensemble] [--precision=highest]
+
+The summary holds the project's `psnr`/`ssim` and, beside them, `psnr_official`/`ssim_official`
+(HINet's own conventions) and `official_peak_flips` (see hinet_jax/evaluation/protocols.py).
 
 Restore images of any size (no targets; PNG out with the input's bit depth):
   python eval.py --checkpoint=DIR --input=FILE_OR_DIR --output=DIR [--overwrite] [--panels] \
@@ -19,9 +22,9 @@ traceback as well.
 """
 
 import csv
+import io
 import json
 import os
-import tempfile
 
 from absl import app
 from absl import flags
@@ -29,6 +32,7 @@ from absl import logging
 
 from hinet_jax import api
 from hinet_jax import errors
+from hinet_jax import files
 from hinet_jax.cli import runner
 from hinet_jax import backends
 from hinet_jax.data import image_ops
@@ -71,16 +75,15 @@ _BLEND = flags.DEFINE_enum('blend', 'average', list(inference.BLENDS),
 _SELF_ENSEMBLE = flags.DEFINE_bool('self_ensemble', False, 'Average over the 8 flips/rotations.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images (sidd_val) or tiles per call.',
                                    lower_bound=1)
+_PRECISION = flags.DEFINE_enum('precision', 'highest', list(inference.PRECISIONS),
+                               "Convolution precision: 'highest' computes float32 models in "
+                               "float32; 'default' takes the accelerator's faster passes (bf16 on "
+                               'TPU, TF32 on GPU) at some accuracy. No effect on CPU.')
 
 
 def write_json(path, obj):
-  """Writes JSON atomically (temp file + rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.json')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+  """Writes JSON whole or not at all (a local path or gs://...)."""
+  files.write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
 
 
 def write_per_image(path, rows):
@@ -88,15 +91,12 @@ def write_per_image(path, rows):
   if path.endswith('.json'):
     write_json(path, rows)
     return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fields = ['subset', 'name', *evaluate.METRIC_KEYS]
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.csv')
-  with os.fdopen(fd, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, path)
+  fields = ['subset', 'name', *evaluate.ROW_KEYS]
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=fields, extrasaction='ignore', lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_text(path, text.getvalue())
 
 
 def per_image_path(per_image, metrics_json):
@@ -193,7 +193,8 @@ def run_protocol(predict_fn, params):
       predict_fn, params, _PROTOCOL.value, _DATA_DIR.value, overlap=_TILE_OVERLAP.value,
       blend=_BLEND.value, self_ensemble=_SELF_ENSEMBLE.value, batch_size=_BATCH_SIZE.value,
       subsets=_SUBSETS.value, rows=rows, save_fn=save_fn, **kwargs)
-  summary['checkpoint'] = os.path.abspath(_CHECKPOINT.value)
+  summary['checkpoint'] = (os.path.abspath(_CHECKPOINT.value) if files.is_local(_CHECKPOINT.value)
+                           else _CHECKPOINT.value)
   summary['which'] = _WHICH.value
   print(evaluate.format_table(summary))
   if _METRICS_JSON.value:
@@ -227,7 +228,7 @@ def main(argv):
     raise app.UsageError('--checkpoint is required.')
   if bool(_PROTOCOL.value) == bool(_INPUT.value):
     raise app.UsageError('Pass either --protocol (evaluate) or --input/--output (restore).')
-  if not os.path.isdir(_CHECKPOINT.value):
+  if not files.as_path(_CHECKPOINT.value).is_dir():
     raise errors.MissingPathError(
         f'--checkpoint={_CHECKPOINT.value} does not exist or is not a folder: pass a converted '
         'checkpoint (python -m hinet_jax.convert) or a training workdir.')
@@ -239,7 +240,7 @@ def main(argv):
     images, skipped = check_restore_flags()
   backends.prepare_process()  # before JAX runs anything
   model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value, backend=_BACKEND.value)
-  predict_fn = inference.make_predict_fn(model, _BACKEND.value)
+  predict_fn = inference.make_predict_fn(model, _BACKEND.value, precision=_PRECISION.value)
   if _PROTOCOL.value:
     run_protocol(predict_fn, params)
   else:

@@ -7,6 +7,9 @@ intentionally kept short: it parses flags, sets up (multi-host) JAX and calls
 runs means the config of that name shipped in `hinet_jax/configs/`, so the installed command works
 from any directory.
 
+--workdir and --config.init_from may be object storage (`gs://bucket/run`); see README "Pods and
+object storage".
+
 Multi-host: pass --jax_distributed (cluster auto-detection: SLURM, TPU pods, ...) or the explicit
 --coordinator_address/--num_processes/--process_id (or the JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID environment variables). On CPU the processes talk over gloo.
@@ -31,7 +34,8 @@ from hinet_jax import backends
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file (path[:arg]).',
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, TensorBoard logs, final metrics.')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                                'Checkpoints, TensorBoard logs, final metrics (a folder or gs://).')
 _DISTRIBUTED = flags.DEFINE_bool('jax_distributed', False,
                                  'Call jax.distributed.initialize() (multi-host runs).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address',

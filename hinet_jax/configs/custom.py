@@ -4,6 +4,11 @@
       --config.data.train_dir=/data/mine/train --config.data.val_dir=/data/mine/val \
       --config.num_train_steps=100000 --config.batch_size=16
 
+The official batch is the default config.batch_size, a global 64 crops of 256 (8 per device):
+on 8 GPUs leave out --config.batch_size=16 above. 1 GPU, the same batch as 8 micro-batches of 8
+per update: leave it out and add --config.grad_accum_steps=8 (about 7.1 GB float32 or 4.2 GB
+bfloat16 per micro-batch for the 1x model, bench/README.md).
+
 Validation images must share one size (crop them, or set --config.data.eval_batch_size=1).
 Starts from the 1x model with the GoPro/REDS/Rain13k recipe (PSNR loss, betas (0.9, 0.99)); to
 fine-tune a published model add --config.init_from=/path/to/converted_checkpoint and match

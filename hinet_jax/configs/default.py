@@ -48,6 +48,9 @@ def get_config():
 
   config.seed = 0  # Seeds parameter init, the data order and the augmentation.
   config.batch_size = 64  # GLOBAL batch over all devices and hosts (8/GPU x 8 GPUs upstream).
+  # Micro-batches per update: k > 1 averages the gradients of k slices of each device's batch in
+  # the step (the official batch on fewer devices); steps, schedule and resume count updates.
+  config.grad_accum_steps = 1
   config.num_train_steps = 400_000  # Upstream `total_iter`.
   config.log_every_steps = 100  # Train scalars, progress/ETA line.
   config.eval_every_steps = 10_000  # Validation PSNR/SSIM + image panels (+ a checkpoint).
@@ -55,6 +58,9 @@ def get_config():
   # A converted/pretrained checkpoint dir (python -m hinet_jax.convert or pretrained.save_params) or another
   # training workdir to fine-tune from; used only when the workdir has no checkpoint yet.
   config.init_from = config_dict.placeholder(str)
+  # TensorBoard event files in the workdir (written through tf.io.gfile: local or gs://, not a
+  # storage emulator); False: metrics go to the log only.
+  config.tensorboard = True
 
   config.data = ml_collections.ConfigDict()
   # Source specs: `kind` plus that kind's arguments (hinet_jax/datasets.py `make_source`).
@@ -116,6 +122,8 @@ def get_config():
   config.eval.crop_border = 0  # Pixels ignored at each edge by PSNR/SSIM.
   config.eval.y_channel = False  # Measure BT.601 luma (the deraining protocol) instead of RGB.
   config.eval.quantize = False  # Round outputs to 8 bits before measuring (saved-PNG protocol).
+  # Validation convolutions in float32 ('highest'); 'default' takes bf16/TF32 passes on TPU/GPU.
+  config.eval.precision = 'highest'
   config.eval.num_panels = 4  # Validation images shown as degraded | restored | clean.
   config.eval.panel_image = 0  # Validation item saved as WORKDIR/panel_<name>.png; -1: none.
   config.eval.nlm_baseline = False  # Also score non-local means (for the noise demo).

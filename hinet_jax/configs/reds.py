@@ -1,7 +1,11 @@
 """HINet on REDS (deblurring with JPEG artifacts; NTIRE 2021 Image Deblurring track 2).
 
+8 GPUs, the official batch (global 64 crops of 256 = 8 per device):
   python train.py --config=configs/reds.py --workdir=/tmp/hinet_reds \
       --config.data.train.root=/data/REDS --config.data.val.root=/data/REDS
+1 GPU, the same batch as 8 micro-batches of 8 per update: add --config.grad_accum_steps=8 (2 GPUs:
+4). A micro-batch of the 1x model takes about 7.1 GB in float32 or 4.2 GB in bfloat16 (XLA's count
+for an 8x256x256 train step on an H200, bench/README.md), plus 0.35 GB of gradient sum.
 
 Expected (paper, REDS val-300: frames 9, 19, ..., 99 of the 30 validation sequences, RGB): 28.83 dB
 PSNR / 0.862 SSIM (the value quoted in this project's brief; not re-checked against the paper's

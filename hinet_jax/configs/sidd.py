@@ -1,12 +1,16 @@
 """HINet on SIDD (real camera noise): the 1x model (default) or 0.5x (`configs/sidd.py:0.5x`).
 
 Prepare the data (see hinet_jax/datasets.py): SIDD-Medium sRGB cropped to 512x512 patches
-(`python -m hinet_jax.prepare_sidd`) and the validation .mat blocks. Then:
+(`python -m hinet_jax.prepare_sidd`) and the validation .mat blocks.
 
+8 GPUs, the official batch (global 64 crops of 256 = 8 per device):
   python train.py --config=configs/sidd.py --workdir=/tmp/hinet_sidd_1x \
       --config.data.train.root=/data/SIDD/train --config.data.val.noisy_mat=/data/SIDD/\
 ValidationNoisyBlocksSrgb.mat --config.data.val.gt_mat=/data/SIDD/ValidationGtBlocksSrgb.mat
   python train.py --config=configs/sidd.py:0.5x --workdir=/tmp/hinet_sidd_0.5x ...(same data flags)
+1 GPU, the same batch as 8 micro-batches of 8 per update: add --config.grad_accum_steps=8 (2 GPUs:
+4). A micro-batch of the 1x model takes about what an 8x256x256 train step does, 7.1 GB in float32
+or 4.2 GB in bfloat16 by XLA's count on an H200 (bench/README.md), plus 0.35 GB of gradient sum.
 
 Expected (paper, SIDD validation, 1280 256x256 blocks, RGB, unrounded output): HINet 1x 39.99 dB
 PSNR / 0.958 SSIM; HINet 0.5x 39.82 dB (the abstract's "+0.11 dB" over MPRNet's 39.71; 1x is

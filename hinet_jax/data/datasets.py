@@ -13,6 +13,7 @@ Layouts, as the official HINet/NAFNet preparation leaves them:
     Cropped set: `<root>/train/input_crops` + `gt_crops` (`python -m hinet_jax.prepare_sidd`).
   * SIDD validation: ValidationNoisyBlocksSrgb.mat + ValidationGtBlocksSrgb.mat.
   * GoPro: `<root>/{train,test}/{input,target}` (or the raw `<seq>/{blur,sharp}`).
+    Cropped set: `<root>/train/blur_crops` + `sharp_crops` (`python -m hinet_jax.prepare_gopro`).
   * REDS: `<root>/train/{train_blur_jpeg,train_sharp}/<seq>/<frame>`,
     `<root>/val/{val_blur_jpeg,val_sharp}/<seq>/<frame>` (or flattened `<seq>_<frame>`).
   * Rain13k: `<root>/train/{input,target}`, `<root>/test/<Test100|Rain100H|...>/{input,target}`.
@@ -285,9 +286,10 @@ def gopro_source(root, split='train', on_error='raise', crops=False):
   """GoPro deblurring pairs.
 
   Accepts the prepared layout `<root>/<split>/{input,target}` (what the official
-  instructions produce), the cropped `<root>/train/{blur_crops,sharp_crops}`
-  (crops=True), or the raw GOPRO_Large `<root>/<split>/<seq>/{blur,sharp}`
-  (names '<seq>_<frame>'; the gamma-corrected `blur_gamma` is not used).
+  instructions produce), the 512x512 training crops `<root>/train/{blur_crops,sharp_crops}`
+  (crops=True; `python -m hinet_jax.prepare_gopro` writes them), or the raw GOPRO_Large
+  `<root>/<split>/<seq>/{blur,sharp}` (names '<seq>_<frame>'; the gamma-corrected
+  `blur_gamma` is not used).
 
   Args:
     root: GoPro folder.
@@ -773,5 +775,60 @@ def create_source(config):
   Returns:
     A random-access source.
   """
-  kwargs = dict(config.to_dict() if hasattr(config, 'to_dict') else config)
+  kwargs = _as_dict(config)
   return make_source(kwargs.pop('kind'), **kwargs)
+
+
+def _as_dict(config):
+  """A plain dict copy of a dict or ConfigDict."""
+  return dict(config.to_dict() if hasattr(config, 'to_dict') else config)
+
+
+def val_set_specs(config):
+  """The source spec of every validation set of a `config.data.val` (see `create_val_sources`).
+
+  Args:
+    config: dict or ConfigDict: a source spec, optionally with a `sets` field.
+
+  Returns:
+    dict name -> source spec (a dict with 'kind'), in the configured order.
+
+  Raises:
+    errors.InvalidInputError: `sets` is empty or of an unknown type.
+  """
+  spec = _as_dict(config)
+  sets = spec.pop('sets', None)
+  if sets is None:
+    return {'val': spec}
+  if isinstance(sets, (list, tuple)):
+    sets = {name: {'split': name} for name in sets}
+  elif hasattr(sets, 'items'):
+    sets = {name: _as_dict(set_spec) for name, set_spec in sets.items()}
+  else:
+    raise errors.InvalidInputError(
+        f'config.data.val.sets must be a list of split names or a mapping name -> source spec, '
+        f'got {sets!r}')
+  if not sets:
+    raise errors.InvalidInputError(
+        'config.data.val.sets is empty: name at least one validation set, or remove the field')
+  # Fields a set leaves out (usually kind and root) come from the outer spec.
+  return {str(name): {**spec, **set_spec} for name, set_spec in sets.items()}
+
+
+def create_val_sources(config):
+  """Builds the validation sources of a `config.data.val`.
+
+  A plain source spec gives one set named 'val'. A spec with a `sets` field gives one source per
+  set, in order: `sets` is a list of split names (each becomes the spec's `split`, e.g. the five
+  Rain13k test sets), or a mapping name -> source spec whose fields override the outer ones.
+  The official Rain13k training (HINet basicsr/train_rain.py) reports each set's per-image mean
+  PSNR and their plain mean over the sets.
+
+  Args:
+    config: dict or ConfigDict, e.g. {'kind': 'rain13k', 'root': '/data/Rain13k',
+      'sets': ('Test100', 'Rain100H')}.
+
+  Returns:
+    dict name -> random-access source, in the configured order.
+  """
+  return {name: create_source(spec) for name, spec in val_set_specs(config).items()}

@@ -17,13 +17,13 @@ Pillow.
 
 import io
 import os
-import tempfile
 
 import imagecodecs
 import numpy as np
 from PIL import Image
 
 from hinet_jax import errors
+from hinet_jax import files
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.npy')
 # Raw arrays: an (H, W, 3) or (H, W) uint8/uint16 .npy is memory-mapped, not decoded, so a training
@@ -58,9 +58,10 @@ def read_image(path):
   are expanded; 8-bit files give uint8 and 16-bit files give uint16.
 
   Args:
-    path: image file path (PNG, JPEG, BMP, TIFF, WebP), or a raw `.npy` array
-      of shape (H, W, 3) or (H, W), uint8 or uint16, which is memory-mapped
-      (read-only, nothing decoded: slicing it reads only the slice).
+    path: image file path, local or `gs://...` (PNG, JPEG, BMP, TIFF, WebP),
+      or a raw `.npy` array of shape (H, W, 3) or (H, W), uint8 or uint16,
+      which is memory-mapped when local (read-only, nothing decoded: slicing
+      it reads only the slice).
 
   Returns:
     uint8 or uint16 array of shape (H, W, 3).
@@ -73,8 +74,7 @@ def read_image(path):
   if path.lower().endswith(ARRAY_EXTENSION):
     return _read_array(path)
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    data = files.read_bytes(path)
     # PNG by content, whatever the extension says.
     if data.startswith(_PNG_SIGNATURE):
       x = imagecodecs.png_decode(data)
@@ -99,9 +99,14 @@ def read_image(path):
 
 
 def _read_array(path):
-  """A raw .npy image, memory-mapped when it is already (H, W, 3)."""
+  """A raw .npy image, memory-mapped when it is local and already (H, W, 3)."""
   try:
-    x = np.load(path, mmap_mode='r', allow_pickle=False)
+    if files.is_local(path):
+      x = np.load(path, mmap_mode='r', allow_pickle=False)
+    else:
+      x = np.load(io.BytesIO(files.read_bytes(path)), allow_pickle=False)
+  except errors.UserError:
+    raise
   except (OSError, ValueError) as e:
     raise ImageReadError(
         f'Cannot read image {path}: {type(e).__name__}: {e}. Expected a .npy array written by '
@@ -188,17 +193,18 @@ def _quantize(x, bit_depth):
 
 
 def write_image(path, x, bit_depth=8):
-  """Writes an image atomically (temp file + rename), never leaving a partial file.
+  """Writes an image whole (`files.write_bytes`), never leaving a partial file.
 
   uint8 arrays give an 8-bit file and uint16 a 16-bit PNG (or .npy); float
   arrays in [0, 1] are clipped and rounded to `bit_depth` bits. The format
   follows the extension (16-bit output must be .png or .npy; .npy stores the
   array raw, for training crops that are memory-mapped instead of decoded).
   An existing file at `path` is replaced in one step; callers decide whether
-  that is wanted (the programs ask for --overwrite).
+  that is wanted (the programs ask for --overwrite). A local file gets the
+  permissions the user's umask gives, like every other output.
 
   Args:
-    path: output path; parent folders are created.
+    path: output path, local or `gs://...`; parent folders are created.
     x: (H, W, 3) or (H, W) array.
     bit_depth: 8 or 16, for float input.
   """
@@ -211,21 +217,19 @@ def write_image(path, x, bit_depth=8):
   if ext not in ('.png', ARRAY_EXTENSION) and ext not in Image.registered_extensions():
     raise errors.InvalidInputError(f'Cannot write {path}: unknown image extension {ext!r}; use '
                                    f'one of {", ".join(IMAGE_EXTENSIONS)}.')
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=ext)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      if ext == '.png':
-        f.write(encode_png(x))
-      elif ext == ARRAY_EXTENSION:
-        np.save(f, np.ascontiguousarray(x), allow_pickle=False)
-      else:
-        Image.fromarray(x).save(f, format=Image.registered_extensions()[ext], quality=95)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  files.write_bytes(path, _encode(x, ext))
+
+
+def _encode(x, ext):
+  """The file contents of image `x` in the format of extension `ext`."""
+  if ext == '.png':
+    return encode_png(x)
+  buffer = io.BytesIO()
+  if ext == ARRAY_EXTENSION:
+    np.save(buffer, np.ascontiguousarray(x), allow_pickle=False)
+  else:
+    Image.fromarray(x).save(buffer, format=Image.registered_extensions()[ext], quality=95)
+  return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------

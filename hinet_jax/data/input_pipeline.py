@@ -2,12 +2,18 @@
 
 Training (`create_train_iter`):
   source -> this process's slice [process_index::process_count] -> shuffle
-  (reshuffled every epoch) -> repeat -> random crop + dihedral augmentation +
-  float32 (one grain RandomMap, so the output is a pure function of (seed,
-  step)) -> batch -> optional worker processes -> optional device placement.
+  (reshuffled every epoch) -> repeat -> reflect-pad pairs smaller than the crop
+  + random crop + dihedral augmentation + float32 (one grain RandomMap, so the
+  output is a pure function of (seed, step)) -> batch -> optional worker
+  processes -> optional device placement.
+Each process draws its own stream: the shuffle and the crops are seeded by
+`stream_seed(seed, process_index, stream)`, so hosts do not repeat each
+other's order and windows, and the loop can re-seed every host after a change
+of the process count (`stream=restored_step`).
 The returned grain DatasetIterator supports get_state()/set_state() and
 `grain.checkpoint.CheckpointSave/CheckpointRestore` inside an orbax Composite;
-its state format depends on num_workers, so keep that fixed across a resume.
+its state format depends on num_workers and on the process count, so keep both
+fixed across a resume (or start a new stream).
 
 Evaluation: `create_eval_batches` for sets of equal-sized images (fixed batch
 shape, last batch padded with mask 0, so the eval step compiles once) and
@@ -48,11 +54,67 @@ class CropAugmentToFloat(grain.transforms.RandomMap):
     # output then has shape (ch, cw) and non-square crops batch.
     window = (ch, cw) if k % 2 == 0 else (cw, ch)
     try:
-      lq, gt = image_ops.paired_random_crop(element['lq'], element['gt'], window, rng)
+      lq, gt = pad_pair_to_crop(element['lq'], element['gt'], window)
+      lq, gt = image_ops.paired_random_crop(lq, gt, window, rng)
     except ValueError as e:
       raise ValueError(f'Training pair {element.get("name")!r}: {e}') from None
     return {'lq': image_ops.to_float32(image_ops.dihedral(lq, k)),
             'gt': image_ops.to_float32(image_ops.dihedral(gt, k))}
+
+
+def pad_pair_to_crop(lq, gt, size):
+  """Reflect-pads a pair at the bottom/right so both sides reach the crop size.
+
+  As HINet's `padding` (basicsr/utils/img_util.py), which runs before the random
+  crop: cv2.BORDER_REFLECT repeats the edge pixel (`fedcba|abcdef|fedcba`),
+  which is numpy's 'symmetric' mode (numpy's 'reflect' would skip the edge).
+  Sides already at least the crop are left as they are.
+
+  Args:
+    lq: (H, W, C) degraded image.
+    gt: (H, W, C) clean image of the same H and W.
+    size: crop size, int or (h, w).
+
+  Returns:
+    (lq, gt), padded to at least `size` (the inputs themselves when large enough).
+
+  Raises:
+    ValueError: lq and gt differ in height or width.
+  """
+  h, w = lq.shape[:2]
+  if gt.shape[:2] != (h, w):
+    raise ValueError(f'lq is {h}x{w} but gt is {gt.shape[0]}x{gt.shape[1]}: the pair is '
+                     'misaligned; fix or remove it')
+  ch, cw = image_ops._pair_size(size)  # pylint: disable=protected-access
+  pad_h, pad_w = max(0, ch - h), max(0, cw - w)
+  if not pad_h and not pad_w:
+    return lq, gt
+  widths = ((0, pad_h), (0, pad_w), (0, 0))
+  return np.pad(lq, widths, mode='symmetric'), np.pad(gt, widths, mode='symmetric')
+
+
+def stream_seed(seed, process_index=0, stream=0):
+  """The seed of one process's data stream (its shuffle and its crops/augmentations).
+
+  Process 0 on stream 0 keeps `seed` itself, so a single-process run draws the
+  batches it always did; every other (process, stream) gets its own seed, a hash
+  of all three (BasicSR seeds each rank with `manual_seed + rank` for the same
+  reason, HINet basicsr/train.py `parse_options`).
+
+  Args:
+    seed: the run's data seed (>= 0).
+    process_index: this JAX process.
+    stream: an int >= 0 mixed into every process's seed; 0 is the original stream.
+
+  Returns:
+    int seed in [0, 2**32).
+  """
+  if seed < 0 or process_index < 0 or stream < 0:
+    raise ValueError(f'seed ({seed}), process_index ({process_index}) and stream ({stream}) '
+                     'must be >= 0')
+  if process_index == 0 and stream == 0:
+    return int(seed)
+  return int(np.random.SeedSequence([seed, process_index, stream]).generate_state(1)[0])
 
 
 def _process_info(process_index, process_count):
@@ -122,8 +184,8 @@ def _to_global_arrays(data_sharding, batch):
 def create_train_dataset(source, *, batch_size, crop_size, augment='dihedral', seed=0,
                          num_workers=0, num_threads=2, prefetch=8, data_sharding=None,
                          shard_by_process=True, process_index=None, process_count=None,
-                         worker_buffer_size=2, device_prefetch=2):
-  """Builds the infinite training IterDataset (see `create_train_iter`)."""
+                         worker_buffer_size=2, device_prefetch=2, stream=0):
+  """Builds the infinite training IterDataset (see `create_train_iter` for the arguments)."""
   if augment not in AUGMENT_MODES:
     raise ValueError(f'augment must be one of {AUGMENT_MODES}, got {augment!r}')
   pi, pc = _process_info(process_index, process_count)
@@ -136,7 +198,7 @@ def create_train_dataset(source, *, batch_size, crop_size, augment='dihedral', s
     ds = shard_dataset(ds, pi, pc)
   # shuffle before repeat: grain reshuffles each epoch (the index carries the
   # epoch); random_map after repeat draws new crops/augmentations every epoch.
-  ds = (ds.seed(seed).shuffle().repeat()
+  ds = (ds.seed(stream_seed(seed, pi, stream)).shuffle().repeat()
         .random_map(CropAugmentToFloat((ch, cw), augment)))
   # Batch on the IterDataset so items a source skipped (None) are dropped first.
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
@@ -157,7 +219,7 @@ def create_train_dataset(source, *, batch_size, crop_size, augment='dihedral', s
 def create_train_iter(source, *, batch_size, crop_size, augment='dihedral', seed=0,
                       num_workers=0, num_threads=2, prefetch=8, data_sharding=None,
                       shard_by_process=True, process_index=None, process_count=None,
-                      worker_buffer_size=2, device_prefetch=2):
+                      worker_buffer_size=2, device_prefetch=2, stream=0):
   """Creates the infinite, resumable training iterator.
 
   Each batch is `{'lq', 'gt'}`, float32 NHWC in [0, 1]: jax.Arrays with the
@@ -170,20 +232,29 @@ def create_train_iter(source, *, batch_size, crop_size, augment='dihedral', seed
   Args:
     source: random-access source of {'lq', 'gt', 'name'} items.
     batch_size: global batch size (over all processes).
-    crop_size: training crop, int or (h, w).
+    crop_size: training crop, int or (h, w); pairs smaller than it are
+      reflect-padded first (`pad_pair_to_crop`).
     augment: 'dihedral' (8-way uniform), 'dihedral_half' (official SIDD
       scheme) or 'none'.
-    seed: shuffle and augmentation seed.
+    seed: shuffle and augmentation seed, mixed with the process index and
+      `stream` (`stream_seed`), so every process draws its own stream.
     num_workers: grain worker processes (0 = in the main process).
     num_threads: reader threads (per worker when num_workers > 0); 1-2 is
       best for GIL-bound decoding (API_NOTES.md §1).
     prefetch: read-ahead elements per reader.
     data_sharding: NamedSharding of the batch (e.g. P('data')), or None.
-    shard_by_process: give each JAX process a disjoint slice of the source.
+    shard_by_process: give each JAX process a disjoint slice of the source
+      (False: every process reads all of it, in its own order).
     process_index: override jax.process_index() (tests).
     process_count: override jax.process_count() (tests).
     worker_buffer_size: batches buffered per worker.
     device_prefetch: batches placed on device ahead of use.
+    stream: an int >= 0 mixed into every process's seeds. 0 (the default)
+      gives the original streams, which a saved iterator state resumes. When a
+      saved state cannot be used (the number of processes changed, so grain's
+      per-process states no longer match), pass a new value that every process
+      agrees on, e.g. the restored step: the data then continues on fresh,
+      deterministic per-process streams instead of replaying the first batches.
 
   Returns:
     grain DatasetIterator.
@@ -193,7 +264,7 @@ def create_train_iter(source, *, batch_size, crop_size, augment='dihedral', seed
       num_workers=num_workers, num_threads=num_threads, prefetch=prefetch,
       data_sharding=data_sharding, shard_by_process=shard_by_process,
       process_index=process_index, process_count=process_count,
-      worker_buffer_size=worker_buffer_size, device_prefetch=device_prefetch))
+      worker_buffer_size=worker_buffer_size, device_prefetch=device_prefetch, stream=stream))
 
 
 # ----------------------------------------------------------------------------

@@ -190,3 +190,207 @@ def ssim(x: Array, y: Array, *, data_range: float, crop_border: int = 0,
   x, y, single = _prepare(x, y, data_range, crop_border, y_channel, quantize)
   value = jnp.mean(ssim_map(x, y, data_range=data_range), axis=(1, 2, 3))
   return value[0] if single else value
+
+
+# ----------------------------------------------------------------------------
+# The official code's conventions, to put a figure next to the paper's.
+#
+# megvii-model/HINet basicsr/metrics/psnr_ssim.py (`calculate_psnr`, `calculate_ssim`) as the
+# published numbers were measured; the quirks are kept on purpose and named here:
+#   * The peak is guessed from the restored image: 1 if its maximum is <= 1, else 255. A float
+#     output that overshoots 1.0 anywhere is scored on the 255 scale (about +48 dB).
+#   * RGB SSIM is one 3-D SSIM: an 11x11x11 Gaussian (sigma 1.5) over H, W and the channels,
+#     replicate padding, the same-size map averaged; its constants use the guessed peak.
+#   * Y channel: BasicSR `to_y_channel` (BGR `bgr2ycbcr(y_only=True)`, float32, input taken as
+#     0..255 whatever its scale); Y SSIM is a 2-D 11x11 Gaussian SSIM with replicate borders and
+#     the 255 constants.
+
+# `bgr2ycbcr(y_only=True)` luma row, in the official BGR order.
+OFFICIAL_BGR_Y_WEIGHTS = (24.966, 128.553, 65.481)
+OFFICIAL_SSIM_RADIUS = SSIM_WINDOW // 2
+
+
+def _official_taps() -> np.ndarray:
+  """OpenCV `getGaussianKernel(11, 1.5)` in float64, as the official SSIM builds its kernels."""
+  t = np.arange(SSIM_WINDOW, dtype=np.float64) - (SSIM_WINDOW - 1) / 2.0
+  g = np.exp(-(t**2) / (2.0 * SSIM_SIGMA**2))
+  return g / g.sum()
+
+
+def _official_front(restored, target, crop_border: int):
+  """`reorder_image` (2-D -> HWC), float64, border crop: the start of both official functions."""
+  restored, target = np.asarray(restored), np.asarray(target)
+  if restored.shape != target.shape:
+    raise ValueError(f'Image shapes differ: {restored.shape} vs {target.shape}.')
+  if restored.ndim == 2:
+    restored, target = restored[..., None], target[..., None]
+  if restored.ndim != 3:
+    raise ValueError(f'Expected one HWC (or HW) image, got shape {restored.shape}.')
+  x, y = restored.astype(np.float64), target.astype(np.float64)
+  if crop_border:
+    c = int(crop_border)
+    x, y = x[c:-c, c:-c, ...], y[c:-c, c:-c, ...]
+  return x, y
+
+
+def official_y_channel(rgb: np.ndarray) -> np.ndarray:
+  """BasicSR `to_y_channel` of an RGB HWC image taken as 0..255: Y as float32 (H, W, 1).
+
+  The official code receives BGR images and converts in float32 (`bgr2ycbcr` on x / 255), so the
+  channels are reversed and the same dtypes are kept. Images with other than 3 channels pass
+  through (as float32), as upstream.
+  """
+  img = np.asarray(rgb)[..., ::-1].astype(np.float32) / 255.0
+  if img.ndim == 3 and img.shape[2] == 3:
+    y = np.dot(img, OFFICIAL_BGR_Y_WEIGHTS) + 16.0
+    img = (y / 255.0).astype(np.float32)[..., None]
+  return img * 255.0
+
+
+def official_peak(restored: np.ndarray) -> float:
+  """The peak the official code guesses from the restored image: 1 or 255."""
+  return 1.0 if np.max(restored) <= 1 else 255.0
+
+
+def psnr_as_official(restored, target, *, crop_border: int = 0, y_channel: bool = False) -> float:
+  """PSNR exactly as HINet's `calculate_psnr` computes it (the paper's numbers).
+
+  Args:
+    restored: one HWC RGB image, float (e.g. raw model output in [0, 1], possibly overshooting)
+      or uint8 (0..255), as the official validation passes it.
+    target: same shape, same convention.
+    crop_border: pixels dropped on each edge.
+    y_channel: measure the official Y channel (`to_y_channel`, inputs taken as 0..255).
+
+  Returns:
+    PSNR in dB with the peak guessed from `restored` (1 if its max <= 1, else 255); inf for
+    identical images. Unlike `psnr`, one overshooting pixel moves a float image to the 255 scale.
+  """
+  x, y = _official_front(restored, target, crop_border)
+  if y_channel:
+    x, y = official_y_channel(x), official_y_channel(y)
+  mse = np.mean((x - y)**2)
+  if mse == 0:
+    return float('inf')
+  return float(20.0 * np.log10(official_peak(x) / np.sqrt(mse)))
+
+
+def _gaussian_same(x: np.ndarray, axes) -> np.ndarray:
+  """The official same-size Gaussian filter: separable over `axes`, replicate borders.
+
+  A Gaussian product kernel with replicate padding on each axis equals the 1-D filters applied
+  one axis after another, so the 11x11(x11) window needs no dense kernel.
+  """
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+
+  taps = _official_taps()
+  for axis in axes:
+    x = ndimage.correlate1d(x, taps, axis=axis, mode='nearest')
+  return x
+
+
+def _ssim_same(x: np.ndarray, y: np.ndarray, peak: float, axes) -> float:
+  """Mean of the same-size SSIM map with Gaussian statistics over `axes` (float64)."""
+  c1, c2 = (SSIM_K1 * peak)**2, (SSIM_K2 * peak)**2
+  mu_x, mu_y = _gaussian_same(x, axes), _gaussian_same(y, axes)
+  var_x = _gaussian_same(x * x, axes) - mu_x**2
+  var_y = _gaussian_same(y * y, axes) - mu_y**2
+  cov = _gaussian_same(x * y, axes) - mu_x * mu_y
+  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+      (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+  return float(ssim_map.mean())
+
+
+def ssim_as_official(restored, target, *, crop_border: int = 0, y_channel: bool = False) -> float:
+  """SSIM exactly as HINet's `calculate_ssim` computes it (the paper's numbers).
+
+  Args:
+    restored: one HWC RGB image, float or uint8, as for `psnr_as_official`.
+    target: same shape, same convention.
+    crop_border: pixels dropped on each edge.
+    y_channel: the official Y channel and its 2-D SSIM.
+
+  Returns:
+    RGB: the 3-D SSIM (`_ssim_3d`: Gaussian over H, W and channels, replicate padding, constants
+    from the peak guessed from `restored`). Y: the 2-D SSIM with replicate borders and the 255
+    constants (`_ssim_cly`). Computed in float64 (upstream runs the 3-D filter in float32 on the
+    GPU; the two agree to float32 rounding).
+  """
+  x, y = _official_front(restored, target, crop_border)
+  if y_channel:
+    x, y = official_y_channel(x), official_y_channel(y)
+    return _ssim_same(x[..., 0].astype(np.float64), y[..., 0].astype(np.float64), 255.0, (0, 1))
+  return _ssim_same(x, y, official_peak(x), (0, 1, 2))
+
+
+def _gaussian_same_jnp(x: Array, axes) -> Array:
+  """`_gaussian_same` in jnp on batched arrays: replicate-padded 11-tap sums along `axes`."""
+  taps = _official_taps().astype(np.float32)
+  r = OFFICIAL_SSIM_RADIUS
+  for axis in axes:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    padded = jnp.pad(x, pad, mode='edge')
+    n = x.shape[axis]
+    # Shifted multiply-adds are exact float32 elementwise work on every platform (no conv
+    # precision modes).
+    x = sum(float(t) * jax.lax.slice_in_dim(padded, k, k + n, axis=axis)
+            for k, t in enumerate(taps))
+  return x
+
+
+def _ssim_same_jnp(x: Array, y: Array, axes) -> Array:
+  """Per-image mean of the same-size SSIM map of NHWC images on the [0, 1] scale."""
+  c1, c2 = SSIM_K1**2, SSIM_K2**2
+  mu_x, mu_y = _gaussian_same_jnp(x, axes), _gaussian_same_jnp(y, axes)
+  var_x = _gaussian_same_jnp(x * x, axes) - mu_x**2
+  var_y = _gaussian_same_jnp(y * y, axes) - mu_y**2
+  cov = _gaussian_same_jnp(x * y, axes) - mu_x * mu_y
+  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+      (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+  return jnp.mean(ssim_map, axis=(1, 2, 3))
+
+
+def official_metrics(x: Array, y: Array, *, crop_border: int = 0, y_channel: bool = False,
+                     on_8bit: bool = False) -> dict:
+  """`psnr_as_official` / `ssim_as_official` of a batch, in jnp (jit-able, float32).
+
+  The protocols measure with this inside their jitted step; it agrees with the float64 functions
+  to float32 rounding (tests/test_metrics_official.py).
+
+  Args:
+    x: restored images, float NHWC (or HWC) in [0, 1], raw (may overshoot).
+    y: targets, same shape, in [0, 1].
+    crop_border: pixels dropped on each edge.
+    y_channel: the official Y channel.
+    on_8bit: measure what the official image path measures: both images rounded to 8 bits
+      (`tensor2img`, clipped) on the 0..255 scale; else the raw floats (`use_image: false`).
+
+  Returns:
+    {'psnr_official', 'ssim_official': (N,) (or scalars), 'official_peak_flips': 1.0 where the
+    guessed peak is not the images' own (255 for float images, 1 for 8-bit values), else 0.0}.
+  """
+  x, y, single = _as_batch(x, y)
+  if on_8bit:
+    x = jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0)
+    y = jnp.round(jnp.clip(y, 0.0, 1.0) * 255.0)
+  if crop_border:
+    c = int(crop_border)
+    x, y = x[:, c:-c, c:-c], y[:, c:-c, c:-c]
+  if y_channel:  # `to_y_channel`: the values are taken as 0..255 whatever their scale.
+    weights = jnp.asarray(Y_WEIGHTS, jnp.float32)
+    to_y = lambda a: (Y_OFFSET + jnp.einsum('...c,c->...', a / 255.0, weights,
+                                            precision=jax.lax.Precision.HIGHEST))[..., None]
+    x, y = to_y(x), to_y(y)
+  peak = jnp.where(jnp.max(x, axis=(1, 2, 3)) <= 1.0, 1.0, 255.0)
+  mse = jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
+  psnr_value = jnp.where(mse == 0, jnp.inf, 20.0 * jnp.log10(peak / jnp.sqrt(mse)))
+  if y_channel:  # `_ssim_cly`: 2-D, 255 constants whatever the peak.
+    ssim_value = _ssim_same_jnp(x / 255.0, y / 255.0, (1, 2))
+  else:  # `_ssim_3d`: H, W and channels, constants from the guessed peak.
+    scale = peak[:, None, None, None]
+    ssim_value = _ssim_same_jnp(x / scale, y / scale, (1, 2, 3))
+  own_peak = 255.0 if on_8bit or y_channel else 1.0
+  flips = (peak != own_peak).astype(jnp.float32)
+  out = {'psnr_official': psnr_value, 'ssim_official': ssim_value, 'official_peak_flips': flips}
+  return {k: v[0] for k, v in out.items()} if single else out

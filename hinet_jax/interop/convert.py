@@ -22,14 +22,13 @@ A mistake in the flags or a path prints one message naming the option or file an
 status 2; --traceback shows the Python traceback as well.
 """
 
-import os
-
 from absl import app
 from absl import flags
 from absl import logging
 
 from hinet_jax import api
 from hinet_jax import errors
+from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.interop import torch_port
 from hinet_jax.models import pretrained
@@ -52,9 +51,9 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing output.'
 
 def _check_paths(source: str, source_flag: str, output: str, overwrite: bool) -> None:
   """Checks that the input exists and the output may be written, before anything is converted."""
-  if not os.path.exists(source):
+  if not files.exists(source):
     raise errors.MissingPathError(f'--{source_flag}={source} does not exist.')
-  if os.path.exists(output) and not overwrite:
+  if files.exists(output) and not overwrite:
     raise errors.OutputExistsError(f'--output={output} already exists; pass --overwrite to '
                                    'replace it, or choose another --output.')
 
@@ -75,9 +74,7 @@ def jax_to_torch(checkpoint: str, output: str, which: str, overwrite: bool) -> N
   _check_paths(checkpoint, 'checkpoint', output, overwrite)
   _, params = api.load_pretrained(checkpoint, which=which, backend='xla')
   state_dict = torch_port.flax_to_torch(params)
-  tmp = output + '.tmp-partial'
-  torch_port.save_torch_state_dict(state_dict, tmp)
-  os.replace(tmp, output)  # never leave a half-written .pth under the final name
+  torch_port.save_torch_state_dict(state_dict, output)  # whole or not at all (files.write_bytes)
   print(f'Wrote {output} ({len(state_dict)} tensors, official names, wrapped as {{"params": ...}}).')
 
 

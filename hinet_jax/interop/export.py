@@ -13,11 +13,14 @@ crops back in TF. It pads exactly as `models.pad_to_multiple` (bottom/right; ref
 when a pad is not smaller than its side), so the model's own padding is a no-op and the SavedModel
 output equals `model.apply` on the unpadded image.
 
+The output may be local or on object storage (`gs://...`): the SavedModel is built in a local
+staging folder and published whole, `saved_model.pb` last (TF refuses a folder without it), so a
+failed export never leaves a partial SavedModel nor replaces a good one.
+
 TensorFlow and orbax-export are imported inside the functions that need them only.
 """
 
 import os
-import shutil
 from typing import Any
 
 from absl import app
@@ -25,10 +28,14 @@ from absl import flags
 from absl import logging
 
 from hinet_jax import backends
+from hinet_jax import errors
+from hinet_jax import files
 
 SIGNATURE_KEY = 'serving_default'
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'restored'
+# The file TF's loader needs: published last, so its presence says the SavedModel is complete.
+SAVED_MODEL_FILE = 'saved_model.pb'
 
 
 def make_apply_fn(model):
@@ -76,20 +83,21 @@ def tf_pad_to_multiple(tf, image, multiple: int):
   return tf.gather(tf.gather(image, rows, axis=1), cols, axis=2)
 
 
-def export_saved_model(model, params: Any, output_dir: str, *, overwrite: bool = False) -> str:
+def export_saved_model(model, params: Any, output_dir: files.PathLike, *,
+                       overwrite: bool = False) -> str:
   """Writes a TF SavedModel of `model` with a `serving_default` signature for any image size.
 
-  The SavedModel is written to a temporary sibling directory and renamed into place only when
-  complete.
+  The SavedModel is built in a staging folder and published only when complete
+  (`files.staged_dir`).
 
   Args:
     model: a `models.HINet`.
     params: its parameters.
-    output_dir: destination directory; must not exist unless `overwrite`.
+    output_dir: destination directory, local or `gs://...`; must not exist unless `overwrite`.
     overwrite: replace an existing `output_dir`.
 
   Returns:
-    The absolute path of the SavedModel.
+    The path of the SavedModel (absolute, for a local one).
 
   Raises:
     FileExistsError: `output_dir` exists and `overwrite` is False.
@@ -100,10 +108,10 @@ def export_saved_model(model, params: Any, output_dir: str, *, overwrite: bool =
   from orbax.export import constants
   # pylint: enable=g-import-not-at-top
 
-  output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir) and not overwrite:
-    raise FileExistsError(f'{output_dir} already exists; choose another --output or pass '
-                          '--overwrite to replace it.')
+  output_dir = os.path.abspath(output_dir) if files.is_local(output_dir) else os.fspath(output_dir)
+  if files.exists(output_dir) and not overwrite:
+    raise errors.OutputExistsError(f'{output_dir} already exists; choose another --output or pass '
+                                   '--overwrite to replace it.')
   multiple = 2**(model.depth - 1)
   channels = model.in_chn
   # TensorFlow runs the SavedModel with its own kernels: XLA's layers are the portable form.
@@ -121,21 +129,20 @@ def export_saved_model(model, params: Any, output_dir: str, *, overwrite: bool =
 
   serving_config = oex.ServingConfig(SIGNATURE_KEY, input_signature=[spec])
   manager = oex.ExportManager(jax_module, [serving_config])
-  tmp = output_dir + '.tmp-partial'
-  shutil.rmtree(tmp, ignore_errors=True)
-  manager.save(tmp, signature_overrides={SIGNATURE_KEY: serve})
-  if os.path.exists(output_dir):
-    shutil.rmtree(output_dir)
-  os.replace(tmp, output_dir)
+  with files.staged_dir(output_dir, marker=SAVED_MODEL_FILE) as staging:
+    manager.save(staging, signature_overrides={SIGNATURE_KEY: serve})
   logging.info('Wrote SavedModel %s (signature %r: %s float32 NHWC [0, 1] -> %s).', output_dir,
                SIGNATURE_KEY, INPUT_NAME, OUTPUT_NAME)
   return output_dir
 
 
 def load_serving_fn(saved_model_dir: str):
-  """Loads an exported SavedModel's serving function: `fn(image=tf.Tensor) -> {'restored': ...}`."""
+  """Loads an exported SavedModel's serving function: `fn(image=tf.Tensor) -> {'restored': ...}`.
+
+  TensorFlow reads the folder through tf.io.gfile: local, or `gs://...` with real credentials.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  loaded = tf.saved_model.load(saved_model_dir)
+  loaded = tf.saved_model.load(os.fspath(saved_model_dir))
   return loaded.signatures[SIGNATURE_KEY]
 
 
@@ -155,9 +162,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from hinet_jax import api  # pylint: disable=g-import-not-at-top
   cfg = flags.FLAGS
-  if not os.path.isdir(cfg.checkpoint):
+  if not files.is_dir(cfg.checkpoint):
     raise app.UsageError(f'--checkpoint={cfg.checkpoint} does not exist or is not a folder.')
-  if os.path.exists(cfg.output) and not cfg.overwrite:
+  if files.exists(cfg.output) and not cfg.overwrite:
     raise app.UsageError(f'--output={cfg.output} already exists; pass --overwrite to replace it.')
   model, params = api.load_pretrained(cfg.checkpoint, which=cfg.which, backend='xla')
   path = export_saved_model(model, params, cfg.output, overwrite=cfg.overwrite)

@@ -11,7 +11,7 @@ Name mapping (official name -> Flax path):
   `*.norm.weight` / `.bias`      -> `norm/scale` / `norm/bias`
 """
 
-import os
+import io
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from hinet_jax import errors
+from hinet_jax import files
 from hinet_jax import models
 
 _LIST_MODULE = re.compile(r'^(down_path_[12]|up_path_[12]|skip_conv_[12])_(\d+)$')
@@ -205,10 +206,11 @@ def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
   """Reads a `.pth` file safely: `weights_only=True`, so no pickled code can run."""
   import torch  # pylint: disable=g-import-not-at-top  # conversion extra only
 
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'No such checkpoint file: {path}')
+  if not files.is_file(path):
+    raise errors.MissingPathError(f'No such checkpoint file: {path}')
+  data = io.BytesIO(files.read_bytes(path))
   try:
-    return torch.load(path, map_location='cpu', weights_only=True)
+    return torch.load(data, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises several types for corrupt or unsafe files
     raise ConversionError(
         f'Could not read {path} as a PyTorch checkpoint with weights_only=True ({e}). Only plain '
@@ -218,11 +220,16 @@ def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
 
 def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str,
                           wrap_params: bool = True) -> None:
-  """Writes a `.pth` that the official code loads (`{'params': state_dict}` as BasicSR saves)."""
+  """Writes a `.pth` that the official code loads (`{'params': state_dict}` as BasicSR saves).
+
+  The file (local or `gs://...`) is written whole or not at all (`files.write_bytes`).
+  """
   import torch  # pylint: disable=g-import-not-at-top
 
   tensors = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state_dict.items()}
-  torch.save({'params': tensors} if wrap_params else tensors, path)
+  buffer = io.BytesIO()
+  torch.save({'params': tensors} if wrap_params else tensors, buffer)
+  files.write_bytes(path, buffer.getvalue())
 
 
 def convert_torch_checkpoint(path: str, preset: Optional[str] = None,

@@ -6,12 +6,16 @@ Layout of a training workdir:
   WORKDIR/checkpoints/<step>/data_iter  grain iterator state, one JSON per process
   WORKDIR/checkpoints/<step>/meta     {'step', 'config'} as JSON
   WORKDIR/checkpoints/<step>/metrics  validation metrics (steps that were evaluated)
+  WORKDIR/final_metrics.json         the final step's validation metrics (the run is finished)
+
+WORKDIR may be a local folder or object storage (`gs://bucket/run`): every path here is an
+`etils.epath.Path`, the same paths orbax writes through.
 
 Retention is `LatestN` (for resuming) OR `BestN` by validation PSNR (for the best model); the legacy
 `max_to_keep` + `best_fn` keeps only the best and can delete the newest checkpoint. Orbax writes a
-step into `<step>.orbax-checkpoint-tmp` and renames it when complete, so a run killed mid-save
-leaves the previous step as the latest complete one; the manager deletes such leftovers at start-up
-(`cleanup_tmp_directories`).
+step into `<step>.orbax-checkpoint-tmp` and renames it when complete (on object storage it writes a
+`commit_success.txt` last), so a run killed mid-save leaves the previous step as the latest complete
+one; the manager deletes such leftovers at start-up (`cleanup_tmp_directories`).
 """
 
 import json
@@ -19,27 +23,36 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from hinet_jax import errors
+from hinet_jax import files
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 MODEL_CONFIG_FILE = 'model_config.json'
+# Written by the loop when a run has finished: its final step and validation metrics.
+FINAL_METRICS_FILE = 'final_metrics.json'
 BEST_METRIC = 'psnr'
 
 
-def checkpoint_dir(workdir: str) -> str:
+def workdir_path(workdir: files.PathLike) -> epath.Path:
+  """A workdir as an absolute `epath.Path` (local folders made absolute; `gs://...` as given)."""
+  return files.as_path(os.path.abspath(workdir) if files.is_local(workdir) else workdir)
+
+
+def checkpoint_dir(workdir: files.PathLike) -> epath.Path:
   """Where a training workdir keeps its orbax checkpoints."""
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+  return workdir_path(workdir) / CHECKPOINT_SUBDIR
 
 
 def _best_metric(metrics: Dict[str, float]) -> float:
   return float(metrics[BEST_METRIC])
 
 
-def create_manager(workdir: str, *, keep_latest: int = 3, keep_best: int = 1,
+def create_manager(workdir: files.PathLike, *, keep_latest: int = 3, keep_best: int = 1,
                    async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
   """The checkpoint manager of a training workdir.
 
@@ -128,41 +141,55 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
-def write_model_config(workdir: str, model_cfg: Dict[str, Any]) -> None:
+def write_model_config(workdir: files.PathLike, model_cfg: Dict[str, Any]) -> None:
   """Writes WORKDIR/model_config.json atomically (process 0 only).
 
   Args:
-    workdir: the training workdir.
+    workdir: the training workdir (local or object storage).
     model_cfg: `models.model_config(model)`.
   """
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, MODEL_CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(model_cfg, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_text(workdir_path(workdir) / MODEL_CONFIG_FILE,
+                   json.dumps(model_cfg, indent=2, sort_keys=True))
 
 
-def read_model_config(workdir: str) -> Dict[str, Any]:
+def read_model_config(workdir: files.PathLike) -> Dict[str, Any]:
   """Reads WORKDIR/model_config.json.
 
   Args:
-    workdir: a training workdir or a params-only checkpoint dir.
+    workdir: a training workdir or a params-only checkpoint dir (local or object storage).
 
   Returns:
     The `HINet` constructor kwargs.
   """
-  path = os.path.join(workdir, MODEL_CONFIG_FILE)
-  if not os.path.exists(path):
+  path = workdir_path(workdir) / MODEL_CONFIG_FILE
+  if not path.exists():
     raise errors.MissingPathError(f'{path} not found: {workdir} is not a hinet-jax training '
                                   'workdir (train.py writes model_config.json there).')
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
-def select_step(workdir: str, which: str = 'latest') -> int:
+def read_final_metrics(workdir: files.PathLike) -> Optional[Dict[str, Any]]:
+  """WORKDIR/final_metrics.json ({'step', 'psnr', ...}), or None if the run has not finished."""
+  path = workdir_path(workdir) / FINAL_METRICS_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def _best_step(mngr: ocp.CheckpointManager, workdir: files.PathLike) -> Optional[int]:
+  """The step with the highest validation PSNR, counting the final evaluation.
+
+  The final checkpoint is saved before the final evaluation (so an error or a preemption during
+  it loses no training), hence without metrics; its PSNR is in final_metrics.json instead.
+  """
+  scores = {s: _best_metric(m) for s in mngr.all_steps() if (m := mngr.metrics(s))}
+  final = read_final_metrics(workdir)
+  if final and final.get('step') in mngr.all_steps() and BEST_METRIC in final:
+    scores[final['step']] = float(final[BEST_METRIC])
+  return max(scores, key=lambda s: (scores[s], s)) if scores else None
+
+
+def select_step(workdir: files.PathLike, which: str = 'latest') -> int:
   """The checkpoint step of `workdir` that `which` ('latest', 'best' or a step number) names.
 
   Args:
@@ -180,8 +207,8 @@ def select_step(workdir: str, which: str = 'latest') -> int:
     if which == 'latest':
       return mngr.latest_step()
     if which == 'best':
-      best = mngr.best_step()
-      if best is None or not any(mngr.metrics(s) for s in steps):
+      best = _best_step(mngr, workdir)
+      if best is None:
         logging.warning('No evaluated checkpoint in %s; using the latest step.', workdir)
         return mngr.latest_step()
       return best
@@ -197,7 +224,8 @@ def select_step(workdir: str, which: str = 'latest') -> int:
     mngr.close()
 
 
-def load_params_from_workdir(workdir: str, which: str = 'latest') -> Tuple[Dict[str, Any], Any]:
+def load_params_from_workdir(workdir: files.PathLike,
+                             which: str = 'latest') -> Tuple[Dict[str, Any], Any]:
   """Loads only the parameters of a training checkpoint (not the optimizer state).
 
   Args:
@@ -216,7 +244,7 @@ def load_params_from_workdir(workdir: str, which: str = 'latest') -> Tuple[Dict[
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           models.abstract_params(model))
   item = {'params': abstract}
-  path = os.path.join(checkpoint_dir(workdir), str(step), 'state')
+  path = checkpoint_dir(workdir) / str(step) / 'state'
   with ocp.PyTreeCheckpointer() as ckptr:
     restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),

