@@ -46,6 +46,10 @@ def use_plain_gcsfs() -> None:
   """
   import fsspec  # pylint: disable=g-import-not-at-top
   from gcsfs import core  # pylint: disable=g-import-not-at-top
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  # epath caches whether to use tf.io.gfile (which cannot reach the emulator) at its first path,
+  # before EPATH_USE_TF=false was set when an earlier test made one: decide again.
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   for protocol in ('gs', 'gcs'):
     fsspec.register_implementation(protocol, core.GCSFileSystem, clobber=True)
     # A test reads back what its subprocesses wrote: gcsfs's cached listings would be stale.

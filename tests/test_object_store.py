@@ -63,6 +63,8 @@ def gcs():
       else:
         os.environ[name] = value
     gcsfs.GCSFileSystem.clear_instance_cache()
+    from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
 
 
 def _url(*parts):
