@@ -14,7 +14,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 from etils import epath
 
@@ -84,13 +84,25 @@ def exists(path: PathLike) -> bool:
 def is_dir(path: PathLike) -> bool:
   """Whether `path` is a folder (on object storage: a prefix that holds objects)."""
   with storage_errors(path, 'look up'):
-    return as_path(path).is_dir()
+    return _surely(as_path(path).is_dir, path)
 
 
 def is_file(path: PathLike) -> bool:
   """Whether `path` is a file (an object)."""
   with storage_errors(path, 'look up'):
-    return as_path(path).is_file()
+    return _surely(as_path(path).is_file, path)
+
+
+def _surely(predicate: Callable[[], bool], path: PathLike) -> bool:
+  """`predicate()`, where a "no" on object storage is checked by a lookup that raises.
+
+  gcsfs answers is_dir/is_file with False when it cannot look (access denied); `exists` raises.
+  """
+  if predicate():
+    return True
+  if not is_local(path):
+    as_path(path).exists()
+  return False
 
 
 def read_bytes(path: PathLike) -> bytes:

@@ -10,6 +10,7 @@ server and credential files, so no byte leaves this machine:
 """
 
 import collections
+import http.server
 import json
 import os
 import threading
@@ -92,3 +93,34 @@ class LocalGCS:
 
   def stop(self) -> None:
     self._server.stop()
+
+
+class _Forbidden(http.server.BaseHTTPRequestHandler):
+  """Answers every request as GCS does a caller without access: 403 with a JSON error."""
+
+  def _deny(self):
+    body = json.dumps({'error': {'code': 403, 'message': 'no storage.objects access'}}).encode()
+    self.send_response(403)
+    self.send_header('Content-Type', 'application/json')
+    self.send_header('Content-Length', str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+  do_GET = do_POST = do_PUT = do_DELETE = _deny
+
+  def log_message(self, *args):
+    del args
+
+
+class ForbiddenGCS:
+  """An HTTP server on 127.0.0.1 that refuses every storage request (a bucket without access)."""
+
+  def __enter__(self):
+    self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Forbidden)
+    threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    self.url = f'http://127.0.0.1:{self._server.server_port}'
+    return self
+
+  def __exit__(self, *exc):
+    self._server.shutdown()
+    self._server.server_close()

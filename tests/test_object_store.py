@@ -102,6 +102,33 @@ def test_object_store_files_round_trip_and_name_missing_paths(gcs):
     files.read_bytes(_url('files', 'missing.txt'))
 
 
+def test_object_store_denied_bucket_is_a_clear_error(gcs):
+  """A bucket the credentials cannot reach fails at once, naming the path and the fix, and never
+  reads as "missing" (gcsfs answers is_dir with False when access is denied)."""
+  with object_store.ForbiddenGCS() as denied:
+    saved = os.environ['STORAGE_EMULATOR_HOST']
+    os.environ['STORAGE_EMULATOR_HOST'] = denied.url
+    import gcsfs  # pylint: disable=g-import-not-at-top
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    try:
+      for action in (lambda: api.load_pretrained('gs://private/run'),
+                     lambda: files.write_text('gs://private/run/a.json', '{}')):
+        with pytest.raises(errors.UserError, match=r'(?s)gs://private/run.*Forbidden.*credentials'):
+          action()
+    finally:
+      os.environ['STORAGE_EMULATOR_HOST'] = saved
+      gcsfs.GCSFileSystem.clear_instance_cache()
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'eval.py'), '--checkpoint=gs://private/run',
+         '--input=in.png', '--output=out'],
+        env=object_store.subprocess_env(dict(os.environ, JAX_PLATFORMS='cpu'), denied.url),
+        cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr, proc.stderr
+  assert re.search(r'Cannot look up gs://private/run: .*Forbidden.*credentials', proc.stderr,
+                   re.S), proc.stderr
+
+
 def test_object_store_images_round_trip(gcs):
   del gcs
   x = np.random.default_rng(0).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
@@ -233,7 +260,9 @@ def _write_pairs(root, n=2, size=32):
 def test_object_store_train_kill_resume_and_eval(gcs, tmp_path):
   env = _env(gcs)
   reference, work = os.fspath(tmp_path / 'reference'), _url('train', 'run')
-  _run(_train_cmd(reference), env)
+  # The uninterrupted local reference runs beside the run that is killed (one start-up, not two).
+  ref_proc = subprocess.Popen(_train_cmd(reference), env=env, cwd=REPO, stderr=subprocess.PIPE,
+                              text=True)
 
   proc = subprocess.Popen(_train_cmd(work), env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + TIMEOUT
@@ -243,6 +272,8 @@ def test_object_store_train_kill_resume_and_eval(gcs, tmp_path):
   _, err = proc.communicate(timeout=TIMEOUT)
   killed_at = _steps(work)
   assert killed_at and killed_at[-1] < 20, err[-5000:]
+  _, err = ref_proc.communicate(timeout=TIMEOUT)
+  assert ref_proc.returncode == 0, err[-5000:]
 
   err = _run(_train_cmd(work), env)
   resumed = re.search(r'Resumed from step (\d+)', err)

@@ -118,9 +118,10 @@ class TrainStepTest(parameterized.TestCase):
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 1e-3, p.shape), p.dtype),
                          self.state0.params)
     update = step_lib._update_if_finite  # pylint: disable=protected-access
+    forms = {c: jax.jit(functools.partial(update, by_cond=c)) for c in (True, False)}
     for finite in (True, False):
-      by = {c: jax.jit(functools.partial(update, by_cond=c))(
-          self.state0, grads, optax.tree.norm(grads), jnp.asarray(finite)) for c in (True, False)}
+      by = {c: form(self.state0, grads, optax.tree.norm(grads), jnp.asarray(finite))
+            for c, form in forms.items()}
       jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-9),
                    by[True], by[False])
       if not finite:

@@ -85,12 +85,9 @@ class ResumeTest(absltest.TestCase):
     tmp = tempfile.TemporaryDirectory()
     self.addCleanup(tmp.cleanup)
     ref, work = os.path.join(tmp.name, 'ref'), os.path.join(tmp.name, 'work')
-    _run(_train_cmd(ref))
-    with open(os.path.join(ref, 'final_metrics.json')) as f:
-      final = json.load(f)
-    for key in ('psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images'):
-      self.assertIn(key, final)
-    self.assertGreater(final['psnr'], final['input_psnr'])
+    # The uninterrupted reference runs beside the first interrupted run (one start-up, not two).
+    reference = subprocess.Popen(_train_cmd(ref), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
+                                 text=True)
 
     # 1. SIGTERM: clean exit with a checkpoint at the step reached.
     proc = subprocess.Popen(_train_cmd(work), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
@@ -102,6 +99,14 @@ class ResumeTest(absltest.TestCase):
     stopped = int(re.search(r'Stopped by SIGTERM at step (\d+)', err).group(1))
     self.assertLess(stopped, 60)
     self.assertEqual(_steps(work)[-1], stopped)
+
+    _, err = reference.communicate(timeout=TIMEOUT)
+    self.assertEqual(reference.returncode, 0, err[-3000:])
+    with open(os.path.join(ref, 'final_metrics.json')) as f:
+      final = json.load(f)
+    for key in ('psnr', 'ssim', 'input_psnr', 'input_ssim', 'num_images'):
+      self.assertIn(key, final)
+    self.assertGreater(final['psnr'], final['input_psnr'])
 
     # 2. SIGKILL mid-run, after at least one more checkpoint.
     proc = subprocess.Popen(_train_cmd(work), env=_env(), cwd=REPO, stderr=subprocess.PIPE,

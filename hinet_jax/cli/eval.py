@@ -228,7 +228,7 @@ def main(argv):
     raise app.UsageError('--checkpoint is required.')
   if bool(_PROTOCOL.value) == bool(_INPUT.value):
     raise app.UsageError('Pass either --protocol (evaluate) or --input/--output (restore).')
-  if not files.as_path(_CHECKPOINT.value).is_dir():
+  if not files.is_dir(_CHECKPOINT.value):
     raise errors.MissingPathError(
         f'--checkpoint={_CHECKPOINT.value} does not exist or is not a folder: pass a converted '
         'checkpoint (python -m hinet_jax.convert) or a training workdir.')

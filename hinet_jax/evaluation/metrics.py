@@ -19,7 +19,7 @@ Conventions, and where they come from:
   * PSNR is per image; average PSNR over images, not MSE (BasicSR `nondist_validation`).
 """
 
-from typing import Tuple
+from typing import Callable, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -289,16 +289,20 @@ def _gaussian_same(x: np.ndarray, axes) -> np.ndarray:
   return x
 
 
+def _ssim_map(x, y, blur: Callable, peak: float):
+  """The same-size SSIM map, local statistics by `blur` (numpy or jnp arrays alike)."""
+  c1, c2 = (SSIM_K1 * peak)**2, (SSIM_K2 * peak)**2
+  mu_x, mu_y = blur(x), blur(y)
+  var_x = blur(x * x) - mu_x**2
+  var_y = blur(y * y) - mu_y**2
+  cov = blur(x * y) - mu_x * mu_y
+  return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+      (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
 def _ssim_same(x: np.ndarray, y: np.ndarray, peak: float, axes) -> float:
   """Mean of the same-size SSIM map with Gaussian statistics over `axes` (float64)."""
-  c1, c2 = (SSIM_K1 * peak)**2, (SSIM_K2 * peak)**2
-  mu_x, mu_y = _gaussian_same(x, axes), _gaussian_same(y, axes)
-  var_x = _gaussian_same(x * x, axes) - mu_x**2
-  var_y = _gaussian_same(y * y, axes) - mu_y**2
-  cov = _gaussian_same(x * y, axes) - mu_x * mu_y
-  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-      (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-  return float(ssim_map.mean())
+  return float(_ssim_map(x, y, lambda a: _gaussian_same(a, axes), peak).mean())
 
 
 def ssim_as_official(restored, target, *, crop_border: int = 0, y_channel: bool = False) -> float:
@@ -341,13 +345,7 @@ def _gaussian_same_jnp(x: Array, axes) -> Array:
 
 def _ssim_same_jnp(x: Array, y: Array, axes) -> Array:
   """Per-image mean of the same-size SSIM map of NHWC images on the [0, 1] scale."""
-  c1, c2 = SSIM_K1**2, SSIM_K2**2
-  mu_x, mu_y = _gaussian_same_jnp(x, axes), _gaussian_same_jnp(y, axes)
-  var_x = _gaussian_same_jnp(x * x, axes) - mu_x**2
-  var_y = _gaussian_same_jnp(y * y, axes) - mu_y**2
-  cov = _gaussian_same_jnp(x * y, axes) - mu_x * mu_y
-  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-      (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+  ssim_map = _ssim_map(x, y, lambda a: _gaussian_same_jnp(a, axes), 1.0)
   return jnp.mean(ssim_map, axis=(1, 2, 3))
 
 
