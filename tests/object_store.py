@@ -47,14 +47,23 @@ def use_plain_gcsfs() -> None:
   """
   import fsspec  # pylint: disable=g-import-not-at-top
   from gcsfs import core  # pylint: disable=g-import-not-at-top
-  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
-  # epath caches whether to use tf.io.gfile (which cannot reach the emulator) at its first path,
-  # before EPATH_USE_TF=false was set when an earlier test made one: decide again.
-  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   for protocol in ('gs', 'gcs'):
     fsspec.register_implementation(protocol, core.GCSFileSystem, clobber=True)
     # A test reads back what its subprocesses wrote: gcsfs's cached listings would be stale.
     fsspec.config.conf.setdefault(protocol, {})['use_listings_cache'] = False
+  forget_clients()
+
+
+def forget_clients() -> None:
+  """Makes this process's next gs:// path read the environment again.
+
+  gcsfs keeps its clients (each bound to the endpoint it saw when made), and epath decides once,
+  at its first path, whether tf.io.gfile (which knows no emulator) serves gs://.
+  """
+  import gcsfs  # pylint: disable=g-import-not-at-top
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  gcsfs.GCSFileSystem.clear_instance_cache()
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
 
 
 def subprocess_env(base: dict, url: str) -> dict:

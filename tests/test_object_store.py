@@ -26,6 +26,7 @@ from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.data import image_ops
 from hinet_jax.models import pretrained
+from hinet_jax.train import loop
 
 import object_store
 
@@ -50,8 +51,6 @@ def gcs():
   os.environ.update(object_store.subprocess_env({}, server.url))
   os.environ.pop('GOOGLE_APPLICATION_CREDENTIALS', None)
   object_store.use_plain_gcsfs()
-  import gcsfs  # pylint: disable=g-import-not-at-top
-  gcsfs.GCSFileSystem.clear_instance_cache()
   try:
     server.create_bucket(object_store.BUCKET)
     yield server
@@ -62,9 +61,7 @@ def gcs():
         os.environ.pop(name, None)
       else:
         os.environ[name] = value
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    from etils.epath import gpath  # pylint: disable=g-import-not-at-top
-    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+    object_store.forget_clients()
 
 
 def _url(*parts):
@@ -108,16 +105,16 @@ def test_object_store_denied_bucket_is_a_clear_error(gcs):
   with object_store.ForbiddenGCS() as denied:
     saved = os.environ['STORAGE_EMULATOR_HOST']
     os.environ['STORAGE_EMULATOR_HOST'] = denied.url
-    import gcsfs  # pylint: disable=g-import-not-at-top
-    gcsfs.GCSFileSystem.clear_instance_cache()
+    object_store.forget_clients()
     try:
       for action in (lambda: api.load_pretrained('gs://private/run'),
+                     lambda: loop.check_init_from('gs://private/run'),
                      lambda: files.write_text('gs://private/run/a.json', '{}')):
         with pytest.raises(errors.UserError, match=r'(?s)gs://private/run.*Forbidden.*credentials'):
           action()
     finally:
       os.environ['STORAGE_EMULATOR_HOST'] = saved
-      gcsfs.GCSFileSystem.clear_instance_cache()
+      object_store.forget_clients()
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, 'eval.py'), '--checkpoint=gs://private/run',
          '--input=in.png', '--output=out'],

@@ -70,3 +70,5 @@ def test_ci_runs_the_readme_test_command_verbatim():
   (test_command,) = [b for b in blocks if 'pytest' in b]
   ci_lines = (root / '.ci' / 'run').read_text().splitlines()
   assert test_command.strip() in [line.strip() for line in ci_lines]
+  # No second, different test command anywhere else in the README (prose or tables).
+  assert [line for line in readme.splitlines() if 'pytest' in line] == [test_command.strip()]

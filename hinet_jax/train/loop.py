@@ -635,13 +635,7 @@ def architecture_mismatch(saved: Dict[str, Any], model: models.HINet) -> Dict[st
 
 def check_init_from(path: str) -> None:
   """Fails with the path named if `config.init_from` cannot be reached or does not exist."""
-  try:
-    exists = files.as_path(path).exists()
-  except Exception as e:  # pylint: disable=broad-except  # Any storage client's error.
-    raise errors.MissingPathError(
-        f'config.init_from={path} cannot be reached ({type(e).__name__}: {e}). Check the bucket '
-        'name and the storage credentials.') from e
-  if not exists:
+  if not files.exists(path):  # An unreachable bucket is the file layer's error, path named.
     raise errors.MissingPathError(f'config.init_from={path} does not exist: give a converted '
                                   'checkpoint or a training workdir.')
 
