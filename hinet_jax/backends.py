@@ -7,7 +7,12 @@ architecture only):
     of devices. What GPUs, TPUs and multi-device runs use.
   * 'cpu': the hand-written C++ kernels of `hinet_jax.cpu` (fused blocks, Winograd, kernels packed
     once per set of weights at inference), with the same parameter tree. One CPU device, float32.
-  * 'auto' (the default): 'cpu' on a single CPU device where the kernels build, else 'xla'.
+  * 'auto' (the default): 'cpu' on a single CPU device where the kernels build and pass their
+    self-test, else 'xla'.
+
+Given the model, 'cpu' and 'auto' also check that the CPU backend computes it
+(`cpu.model_check`): a model whose blocks were edited, or built from other parts, runs on XLA's
+layers, said in one log line.
 
 Everything else that differs by platform is a field of `Backend`, so generic code (the train loop,
 inference, evaluation) asks it here instead of testing for a CPU itself.
@@ -51,7 +56,19 @@ class Backend:
   prepare_inference: Optional[Callable[[Any, Any], Any]] = None
 
   def build(self, model: models.HINet) -> models.HINet:
-    """`model` with this backend's layers (same parameters, same outputs to float rounding)."""
+    """`model` with this backend's layers (same parameters, same outputs to float rounding).
+
+    Raises:
+      ValueError: the CPU backend for a model it does not compute (`resolve` with the model
+        picks XLA's layers for it instead).
+    """
+    if self.name == 'cpu':
+      from hinet_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
+
+      why_not = _cpu_declines(model)
+      if why_not:
+        raise ValueError(f'The CPU backend does not compute this model: {why_not}.')
+      return model.clone(layers=cpu_layers.layers_for(model.layers))
     return model.clone(layers=self.layers)
 
 
@@ -100,18 +117,48 @@ def cpu_backend_applies() -> tuple[bool, str]:
   from hinet_jax.cpu import kernels  # pylint: disable=g-import-not-at-top
 
   if not kernels.available():
-    return False, 'the C++ kernels could not be built (see the warning above)'
+    return False, 'the C++ kernels did not build or failed their self-test (see the warning above)'
   return True, ''
 
 
-@functools.lru_cache(maxsize=None)
-def resolve(name: str = 'auto') -> Backend:
-  """The backend called `name` ('auto', 'xla' or 'cpu') on this platform.
+def _cpu_declines(model: models.HINet) -> Optional[str]:
+  """Why the CPU backend does not compute `model` (built by any backend), or None."""
+  from hinet_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
+  from hinet_jax.cpu import model_check  # pylint: disable=g-import-not-at-top
+
+  plain = model.clone(layers=cpu_layers.plain_layers(model.layers))
+  return model_check.why_not_supported(plain)
+
+
+def resolve(name: str = 'auto', model: Optional[models.HINet] = None) -> Backend:
+  """The backend called `name` ('auto', 'xla' or 'cpu') on this platform, for `model` if given.
+
+  Args:
+    name: 'auto', 'xla' or 'cpu'.
+    model: the HINet to run. Where 'cpu' or 'auto' would pick the CPU backend but it does not
+      compute this model (`cpu.model_check`), XLA's layers run it, with one log line.
 
   Raises:
     ValueError: for an unknown name, or 'cpu' where it cannot run (the message says why and what
       to use instead).
   """
+  backend = _resolve(name)
+  if model is not None and backend.name == 'cpu':
+    why_not = _cpu_declines(model)
+    if why_not:
+      _log_once('Backend %s: XLA\'s layers for this model, which the CPU backend does not compute '
+                '(%s).', name, why_not)
+      return _xla()
+  return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(message: str, *args) -> None:
+  logging.warning(message, *args)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str) -> Backend:
   if name not in BACKENDS:
     raise ValueError(f'Unknown backend {name!r}: choose one of {", ".join(BACKENDS)} '
                      "('auto' picks 'cpu' on one CPU device, 'xla' elsewhere).")
@@ -127,7 +174,7 @@ def resolve(name: str = 'auto') -> Backend:
 
 
 def build(model: models.HINet, backend: str = 'auto') -> models.HINet:
-  """`model` with the layers of `backend` (see `resolve`)."""
-  return resolve(backend).build(model)
+  """`model` with the layers of `backend` for it (see `resolve`)."""
+  return resolve(backend, model).build(model)
 
 

@@ -24,3 +24,15 @@ class MissingPathError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
   """An output already exists and the user did not ask to replace it."""
+
+
+class StorageError(UserError):
+  """Storage that cannot be reached, read or written: no connection or access, a read-only disk.
+
+  Not an `OSError`: callers that read an `OSError` as a damaged file (`image_ops.read_image`)
+  must pass this one on.
+  """
+
+
+class StorageTimeoutError(StorageError):
+  """Object storage stopped answering: no progress within HINET_JAX_STORAGE_TIMEOUT_S."""

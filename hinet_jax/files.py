@@ -6,15 +6,30 @@ temp file renamed into place locally, one object upload on object storage) and, 
 the permissions the user's umask gives. Directory outputs (params-only checkpoints, SavedModels)
 are built in a local staging folder and published whole by `staged_dir`.
 
-Object-store failures (a missing bucket or object, no connection, no credentials) become
-`errors.*` errors that name the path and the fix.
+Object-store failures (a missing bucket or object, no connection, no credentials, a bucket name
+GCS refuses) become `errors.*` errors that name the path and the fix.
+
+Deadlines: no object-store call waits forever. `configure_storage` (run by `as_path` for every
+object-store path) gives each client a per-request deadline of a third of
+HINET_JAX_STORAGE_TIMEOUT_S (default 120 s) and a few retries: gcsfs (epath's gs:// without
+TensorFlow) through its aiohttp timeouts, TensorStore (orbax's arrays) through its curl settings
+and retry count, tf.io.gfile through its GCS settings. Every call of this module also runs under
+a watchdog: one that makes no progress for the whole HINET_JAX_STORAGE_TIMEOUT_S raises
+`errors.StorageTimeoutError`, whatever the library under it does.
 """
 
 import contextlib
+import logging
+import math
 import os
+import re
 import shutil
+import sys
 import tempfile
-from typing import Callable, Iterator, Union
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterator, Union
 
 from etils import epath
 
@@ -22,9 +37,28 @@ from hinet_jax import errors
 
 PathLike = Union[str, os.PathLike, epath.Path]
 
+STORAGE_TIMEOUT_ENV = 'HINET_JAX_STORAGE_TIMEOUT_S'
+# google-cloud-storage's own client gives a request 60 s and its retries 120 s in all.
+DEFAULT_STORAGE_TIMEOUT_S = 120.0
+# A request with no answer for a third of the call deadline is abandoned and retried.
+REQUEST_SHARE = 3
+# TensorStore and tf.io.gfile retry a failed request this often (gcsfs's own count is fixed at 5).
+STORAGE_RETRIES = 5
+# A transfer earns one more call deadline per this many bytes (a slow link is not a stall).
+BYTES_PER_DEADLINE = 64 << 20
+PROBE_FILE = '.hinet_jax_write_probe'
+# GCS's rule, https://cloud.google.com/storage/docs/buckets#naming (63 between dots, 222 in all).
+_BUCKET_NAME = re.compile(r'[a-z0-9](?:[a-z0-9._-]{1,220})[a-z0-9]')
+_BUCKET_RULE = ('bucket names have 3-63 characters: lowercase letters, digits, dashes, '
+                'underscores and dots, starting and ending with a letter or digit')
+_GCS_ENDPOINT = 'https://storage.googleapis.com'
+_ORBAX_TS_UTILS = 'orbax.checkpoint._src.serialization.tensorstore_utils'
+
 
 def as_path(path: PathLike) -> epath.Path:
-  """`path` as an `epath.Path` (local or `gs://...`)."""
+  """`path` as an `epath.Path` (local or `gs://...`); object-store clients get deadlines first."""
+  if not is_local(path):
+    configure_storage()
   return epath.Path(path)
 
 
@@ -46,6 +80,202 @@ def _bucket(path: PathLike) -> str:
   return f'{scheme}://{rest.split("/", 1)[0]}'
 
 
+def check_bucket_name(path: PathLike) -> None:
+  """Raises `errors.InvalidInputError` if `path` is on GCS in a bucket GCS cannot have.
+
+  Checked before any request: TensorStore refuses such names only when orbax first writes an
+  array, long after a run started.
+  """
+  path = os.fspath(path)
+  if is_local(path) or path.split('://', 1)[0] not in ('gs', 'gcs'):
+    return
+  bucket = _bucket(path).split('://', 1)[1]
+  if (_BUCKET_NAME.fullmatch(bucket) and max(len(part) for part in bucket.split('.')) <= 63
+      and '..' not in bucket):
+    return
+  raise errors.InvalidInputError(
+      f'{path}: {bucket!r} cannot be a GCS bucket ({_BUCKET_RULE}). Check the path.')
+
+
+# --------------------------------------------------------------------------------------------
+# Deadlines.
+
+
+def storage_timeout_s() -> float:
+  """The call deadline in seconds: HINET_JAX_STORAGE_TIMEOUT_S, or DEFAULT_STORAGE_TIMEOUT_S."""
+  value = os.environ.get(STORAGE_TIMEOUT_ENV, '').strip()
+  if not value:
+    return DEFAULT_STORAGE_TIMEOUT_S
+  try:
+    seconds = float(value)
+  except ValueError:
+    seconds = float('nan')
+  if not (math.isfinite(seconds) and seconds > 0):
+    raise errors.InvalidInputError(
+        f'{STORAGE_TIMEOUT_ENV}={value!r}: expected a number of seconds > 0 (the deadline of one '
+        f'object-storage call; unset, {DEFAULT_STORAGE_TIMEOUT_S:g}).')
+  return seconds
+
+
+class _DropRetriedErrors(logging.Filter):
+  """Drops gcsfs's "out of retries" tracebacks: the error goes on to the caller, named there."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'retries on exception' not in str(record.msg) and 'non-retriable' not in str(record.msg)
+
+
+class _ClientSettings:
+  """What `configure_storage` has applied in this process."""
+  timeout_s = None
+  orbax_done = False
+  lock = threading.Lock()
+
+
+def configure_storage() -> float:
+  """Gives this process's object-store clients deadlines and bounded retries; idempotent.
+
+  Each request gets `storage_timeout_s() / REQUEST_SHARE` seconds to connect and to hear back
+  (progress, not total time: a long upload is not cut), then is retried:
+    * gcsfs: `requests_timeout` (an aiohttp `ClientTimeout` with sock_connect/sock_read; gcsfs
+      passes it to every request, and its default None means no timeout at all), through
+      `fsspec.config` for new clients and set on the ones already made;
+    * TensorStore: TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS, TENSORSTORE_CURL_LOW_SPEED_* (read
+      when its HTTP transport starts), and `gcs_request_retries` in the contexts orbax builds
+      (its default is 32 retries, up to 32 s apart);
+    * tf.io.gfile: GCS_REQUEST_CONNECTION_TIMEOUT_SECS, GCS_REQUEST_IDLE_TIMEOUT_SECS and
+      GCS_RETRY_CONFIG_MAX_RETRIES (read when TensorFlow's GCS file system starts).
+  HINET_JAX_STORAGE_TIMEOUT_S is the one setting: these variables follow it.
+
+  Returns:
+    The call deadline, `storage_timeout_s()`.
+  """
+  timeout = storage_timeout_s()
+  with _ClientSettings.lock:
+    if _ClientSettings.timeout_s != timeout:
+      request = timeout / REQUEST_SHARE
+      os.environ.update(_client_env(request))
+      _set_gcsfs_timeout(request)
+      if _ClientSettings.timeout_s is None:
+        logging.getLogger('gcsfs').addFilter(_DropRetriedErrors())
+      _ClientSettings.timeout_s = timeout
+    if not _ClientSettings.orbax_done:
+      _ClientSettings.orbax_done = _bound_orbax_tensorstore_retries()
+  return timeout
+
+
+def _client_env(request_s: float) -> dict:
+  """The environment variables that give TensorStore and tf.io.gfile a request deadline."""
+  seconds = str(max(1, math.ceil(request_s)))
+  return {
+      'TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS': seconds,
+      # Fewer than 1 byte/s for `seconds` seconds: a stall, however long the transfer.
+      'TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS': seconds,
+      'TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES': '1',
+      'GCS_REQUEST_CONNECTION_TIMEOUT_SECS': seconds,
+      'GCS_REQUEST_IDLE_TIMEOUT_SECS': seconds,
+      'GCS_RETRY_CONFIG_MAX_RETRIES': str(STORAGE_RETRIES),
+  }
+
+
+def _set_gcsfs_timeout(request_s: float) -> None:
+  """Sets gcsfs's per-request timeout for new clients and for those already made."""
+  try:
+    import aiohttp  # pylint: disable=g-import-not-at-top
+    import fsspec  # pylint: disable=g-import-not-at-top
+  except ImportError:  # No gcsfs: epath serves gs:// through tf.io.gfile.
+    return
+  timeout = aiohttp.ClientTimeout(total=None, sock_connect=request_s, sock_read=request_s)
+  for protocol in ('gs', 'gcs'):
+    fsspec.config.conf.setdefault(protocol, {})['requests_timeout'] = timeout
+  core = sys.modules.get('gcsfs.core')
+  if core is None:
+    return
+  classes = [core.GCSFileSystem]
+  while classes:
+    cls = classes.pop()
+    classes.extend(cls.__subclasses__())
+    for client in list(getattr(cls, '_cache', {}).values()):
+      client.requests_timeout = timeout
+
+
+def _bound_orbax_tensorstore_retries() -> bool:
+  """Adds bounded GCS retries to the TensorStore contexts orbax builds; False until it is loaded.
+
+  orbax builds every context from these module defaults (`tensorstore_utils.get_ts_context`) and
+  has no option for them; a later orbax without them keeps TensorStore's defaults.
+  """
+  module = sys.modules.get(_ORBAX_TS_UTILS)
+  if module is None:
+    return False
+  retries = {'max_retries': STORAGE_RETRIES, 'initial_delay': '1s', 'max_delay': '10s'}
+  for name in ('_BASE_TS_CONTEXT', '_DEFAULT_OCDBT_TS_CONTEXT'):
+    context = getattr(module, name, None)
+    if isinstance(context, dict):
+      context['gcs_request_retries'] = dict(retries)
+  return True
+
+
+def _timeout_error(path: PathLike, action: str, waited: float) -> errors.StorageTimeoutError:
+  """The one message for an object-store call that stopped answering."""
+  emulator = os.environ.get('STORAGE_EMULATOR_HOST')
+  if emulator:
+    check = (f'Check that the emulator at {emulator} (STORAGE_EMULATOR_HOST) is running and '
+             'answers')
+  else:
+    check = f"Check this machine's network (firewall, proxy) and that it reaches {_GCS_ENDPOINT}"
+  return errors.StorageTimeoutError(
+      f'Cannot {action} {os.fspath(path)}: object storage gave no answer for {waited:g} s. '
+      f'{check}; on a slow link raise {STORAGE_TIMEOUT_ENV} (now {storage_timeout_s():g} s).')
+
+
+def _run_with_deadline(path: PathLike, action: str, fn: Callable[[Callable[[], None]], Any],
+                       timeout: float) -> Any:
+  """`fn(progress)`, given up on once it has gone `timeout` seconds without calling `progress`.
+
+  The client libraries cannot be cancelled from outside, so `fn` runs in a daemon thread: one
+  given up on is abandoned (its request may still finish) and ends with the process.
+  """
+  outcome = {}
+  done = threading.Event()
+  last = [time.monotonic()]
+
+  def progress():
+    last[0] = time.monotonic()
+
+  def work():
+    try:
+      outcome['value'] = fn(progress)
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the caller
+      outcome['error'] = e
+    finally:
+      done.set()
+
+  threading.Thread(target=work, name=f'hinet_jax storage: {action}', daemon=True).start()
+  while not done.wait(max(0.0, last[0] + timeout - time.monotonic())):
+    if time.monotonic() - last[0] >= timeout:
+      raise _timeout_error(path, action, timeout)
+  if 'error' in outcome:
+    raise outcome['error']
+  return outcome.get('value')
+
+
+def _call(path: PathLike, action: str, fn: Callable[[Callable[[], None]], Any],
+          nbytes: int = 0) -> Any:
+  """`fn(progress)` on `path`: directly if local; on object storage checked, under a deadline.
+
+  Args:
+    path: the path `fn` works on.
+    action: a verb for error messages.
+    fn: does the work; calls its argument after each piece of progress (a chunk moved).
+    nbytes: bytes `fn` moves in one piece (a write): each BYTES_PER_DEADLINE earn a deadline.
+  """
+  if is_local(path):
+    return fn(lambda: None)
+  with storage_errors(path, action):
+    timeout = configure_storage()
+    return _run_with_deadline(path, action, fn, timeout * (1 + nbytes / BYTES_PER_DEADLINE))
+
+
 @contextlib.contextmanager
 def storage_errors(path: PathLike, action: str) -> Iterator[None]:
   """Turns an object-store failure while `action`-ing `path` into an `errors.*` error.
@@ -59,38 +289,65 @@ def storage_errors(path: PathLike, action: str) -> Iterator[None]:
   if is_local(path):
     yield
     return
+  check_bucket_name(path)
   try:
     yield
   except errors.UserError:
     raise
+  except TimeoutError as e:  # gcsfs's FSTimeoutError, aiohttp's and asyncio's timeouts.
+    raise _timeout_error(path, action, storage_timeout_s()) from e
   except FileNotFoundError as e:
     raise errors.MissingPathError(
         f'Cannot {action} {os.fspath(path)}: it or its bucket {_bucket(path)} does not exist. '
         'Check the path, or create the bucket (gcloud storage buckets create '
         f'{_bucket(path)}).') from e
   except Exception as e:  # pylint: disable=broad-except  # network, auth and HTTP errors vary
-    raise errors.UserError(
+    raise errors.StorageError(
         f'Cannot {action} {os.fspath(path)}: {type(e).__name__}: {e}. Check that the bucket '
         f'{_bucket(path)} exists, that this machine reaches it, and its credentials (the VM\'s '
         'service account, or `gcloud auth application-default login`).') from e
 
 
+# ---- Calls made through another library (orbax checkpoints, hinet_jax/train/checkpointing.py).
+
+
+def call_with_deadline(path: PathLike, action: str, fn: Callable[[], Any],
+                       nbytes: int = 0) -> Any:
+  """`fn()`, a library call that works on `path`, under this module's deadline and error rules.
+
+  For object-store work this module does not do itself (orbax's saves and restores): on object
+  storage `fn` runs in a daemon thread under the watchdog and its failures become `errors.*`
+  errors naming `path` (`storage_errors`); on a local path it is a plain call. Threads `fn`
+  starts are daemon threads too (Python's default for a thread started by one), so work given up
+  on cannot hold the process at exit.
+
+  Args:
+    path: the path `fn` works on; errors name it.
+    action: a verb for error messages ('write', 'read', 'list').
+    fn: the call. It reports no progress, so its deadline is fixed by `nbytes`.
+    nbytes: bytes `fn` may move: each whole BYTES_PER_DEADLINE earn it one more deadline.
+
+  Returns:
+    What `fn` returns.
+  """
+  return _call(path, action, lambda _: fn(), nbytes=nbytes - nbytes % BYTES_PER_DEADLINE)
+
+# ---- End of calls made through another library.
+
+
 def exists(path: PathLike) -> bool:
   """Whether `path` (a file or a non-empty folder) exists."""
-  with storage_errors(path, 'look up'):
-    return as_path(path).exists()
+  return _call(path, 'look up', lambda _: as_path(path).exists())
 
 
 def is_dir(path: PathLike) -> bool:
   """Whether `path` is a folder (on object storage: a prefix that holds objects)."""
-  with storage_errors(path, 'look up'):
-    return _surely(as_path(path).is_dir, path)
+  return _call(path, 'look up', lambda _: _surely(as_path(path).is_dir, path))
 
 
 def is_file(path: PathLike) -> bool:
   """Whether `path` is a file (an object)."""
-  with storage_errors(path, 'look up'):
-    return _surely(as_path(path).is_file, path)
+  return _call(path, 'look up', lambda _: _surely(as_path(path).is_file, path))
 
 
 def _surely(predicate: Callable[[], bool], path: PathLike) -> bool:
@@ -107,8 +364,18 @@ def _surely(predicate: Callable[[], bool], path: PathLike) -> bool:
 
 def read_bytes(path: PathLike) -> bytes:
   """The contents of the file at `path`."""
-  with storage_errors(path, 'read'):
+  if is_local(path):
     return as_path(path).read_bytes()
+
+  def read(progress):
+    chunks = []
+    with as_path(path).open('rb') as f:
+      while chunk := f.read(BYTES_PER_DEADLINE):
+        chunks.append(chunk)
+        progress()
+    return b''.join(chunks)
+
+  return _call(path, 'read', read)
 
 
 def read_text(path: PathLike) -> str:
@@ -120,12 +387,12 @@ def write_bytes(path: PathLike, data: bytes) -> None:
   """Writes `data` to `path` whole or not at all; parent folders are created.
 
   Local: a temp file in the same folder, renamed over `path` (an existing good file survives
-  any failure). Object storage: one upload, which the store commits atomically.
+  any failure). Object storage: one upload, which the store commits atomically (one write
+  call: gcsfs commits what it holds when the file closes, even after an error).
   """
   path = as_path(path)
   if not is_local(path):
-    with storage_errors(path, 'write'):
-      path.write_bytes(data)
+    _call(path, 'write', lambda _: path.write_bytes(data), nbytes=len(data))
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
@@ -145,12 +412,57 @@ def write_text(path: PathLike, text: str) -> None:
   write_bytes(path, text.encode('utf-8'))
 
 
+def remove_file(path: PathLike) -> None:
+  """Deletes the file `path`, if it exists."""
+
+  def remove(_):
+    if as_path(path).exists():
+      as_path(path).unlink()
+
+  _call(path, 'delete', remove)
+
+
 def remove_tree(path: PathLike) -> None:
   """Deletes the folder `path` and everything under it, if it exists."""
-  with storage_errors(path, 'delete'):
-    path = as_path(path)
-    if path.exists():
-      path.rmtree()
+
+  def remove(_):
+    if as_path(path).exists():
+      as_path(path).rmtree()
+
+  _call(path, 'delete', remove)
+
+
+def check_writable(folder: PathLike, probe_name: str = PROBE_FILE) -> None:
+  """Writes a small probe file in `folder` (created if missing), reads it back, deletes it.
+
+  A program calls this before it does any work whose output goes to `folder`, so a folder it
+  cannot write (a bucket name GCS refuses, a missing bucket, no access, a stalled endpoint, a
+  read-only or misplaced local folder) is one message at the start.
+
+  Args:
+    folder: a local folder or `gs://bucket/prefix`.
+    probe_name: the probe's file name (processes sharing `folder` each use their own).
+
+  Raises:
+    errors.UserError: one of its kinds, naming `folder` (or the probe in it) and the fix.
+  """
+  check_bucket_name(folder)
+  probe = as_path(folder) / probe_name
+  token = f'hinet_jax write probe {uuid.uuid4()}\n'.encode()
+  try:
+    write_bytes(probe, token)
+    readback = read_bytes(probe)
+    remove_file(probe)
+  except errors.UserError:
+    raise
+  except OSError as e:  # Local: permissions, a read-only or full disk, a file in the way.
+    raise errors.StorageError(
+        f'Cannot write to {os.fspath(folder)}: {type(e).__name__}: {e}. Choose a folder this '
+        'user can write, or fix its permissions or free space.') from e
+  if readback != token:
+    raise errors.StorageError(
+        f'{os.fspath(folder)}: the probe file {probe_name} read back other bytes than were '
+        'written; check the storage behind this path.')
 
 
 def _upload_tree(local_dir: str, dest: epath.Path, marker: str) -> None:
@@ -160,8 +472,8 @@ def _upload_tree(local_dir: str, dest: epath.Path, marker: str) -> None:
     for name in names:
       source = os.path.join(root, name)
       if source != marker_file:
-        (dest / os.path.relpath(source, local_dir)).write_bytes(epath.Path(source).read_bytes())
-  (dest / marker).write_bytes(epath.Path(marker_file).read_bytes())
+        write_bytes(dest / os.path.relpath(source, local_dir), epath.Path(source).read_bytes())
+  write_bytes(dest / marker, epath.Path(marker_file).read_bytes())
 
 
 @contextlib.contextmanager
@@ -197,10 +509,8 @@ def staged_dir(dest: PathLike, *, marker: str) -> Iterator[str]:
       shutil.rmtree(dest_path, ignore_errors=True)
       os.replace(staging, dest_path)
       return
-    with storage_errors(dest_path, 'write'):
-      if (dest_path / marker).exists():
-        (dest_path / marker).unlink()  # Readers now refuse the old output while it is replaced.
-      remove_tree(dest_path)
-      _upload_tree(staging, dest_path, marker)
+    remove_file(dest_path / marker)  # Readers now refuse the old output while it is replaced.
+    remove_tree(dest_path)
+    _upload_tree(staging, dest_path, marker)
   finally:
     shutil.rmtree(staging, ignore_errors=True)

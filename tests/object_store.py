@@ -13,6 +13,7 @@ import collections
 import http.server
 import json
 import os
+import socket
 import threading
 import urllib.request
 
@@ -31,7 +32,7 @@ def emulator_env(url: str) -> dict:
       # gcsfs asks a gRPC storage-control API for each bucket's layout; the emulator has none and
       # every failed probe costs seconds.
       'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
-      'NO_GCE_CHECK': 'True',
+      'NO_GCE_CHECK': 'true',  # google-auth reads only 'true': no metadata-server pings
       'GCE_METADATA_HOST': _NOWHERE,
       'GCE_METADATA_IP': _NOWHERE,
       'GCE_METADATA_ROOT': _NOWHERE,
@@ -61,8 +62,11 @@ def forget_clients() -> None:
   at its first path, whether tf.io.gfile (which knows no emulator) serves gs://.
   """
   import gcsfs  # pylint: disable=g-import-not-at-top
+  from etils.epath import backend  # pylint: disable=g-import-not-at-top
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
   gcsfs.GCSFileSystem.clear_instance_cache()
+  # epath keeps the client it first made, outside gcsfs's cache: its settings would stay.
+  backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
 
 
@@ -133,3 +137,119 @@ class ForbiddenGCS:
   def __exit__(self, *exc):
     self._server.shutdown()
     self._server.server_close()
+
+
+class SilentGCS:
+  """A server on 127.0.0.1 that accepts every connection and never reads or answers: a stalled
+  storage endpoint (a network that drops replies, a wedged emulator)."""
+
+  def __enter__(self):
+    self._listener = socket.create_server(('127.0.0.1', 0))
+    self._listener.settimeout(0.1)  # So that the accept loop sees `__exit__` promptly.
+    self._connections = []
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._accept, daemon=True)
+    self._thread.start()
+    self.url = f'http://127.0.0.1:{self._listener.getsockname()[1]}'
+    return self
+
+  def _accept(self):
+    while not self._stop.is_set():
+      try:
+        connection, _ = self._listener.accept()
+      except socket.timeout:
+        continue
+      self._connections.append(connection)  # Held open, never read: the client waits.
+
+  @property
+  def connections(self) -> int:
+    """How many connections clients have opened so far."""
+    return len(self._connections)
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self._listener.close()
+    for connection in self._connections:
+      connection.close()
+
+
+class StallableGCS:
+  """A TCP relay on 127.0.0.1 to another server (the emulator) that can stop relaying and start
+  again: a store that stalls in the middle of a run and later answers. One endpoint for the whole
+  scenario, so clients bound to it (gcsfs, TensorStore) need not be pointed anywhere else.
+
+  `stall()` holds every byte in both directions, on open connections and new ones alike (a
+  connection is still accepted, as `SilentGCS` does); `resume()` lets them through again.
+  `stall_on(pattern)` stalls at the first request whose bytes contain `pattern` (a URL part),
+  before relaying it: a stall at a chosen point of a client's work.
+  """
+
+  def __init__(self, target_url: str):
+    host, port = target_url.split('://', 1)[-1].rstrip('/').rsplit(':', 1)
+    self._target = (host, int(port))
+    self._flowing = threading.Event()
+    self._flowing.set()
+    self._trigger = None
+
+  def __enter__(self):
+    self._listener = socket.create_server(('127.0.0.1', 0))
+    self._listener.settimeout(0.1)  # So that the accept loop sees `__exit__` promptly.
+    self._sockets = []
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._accept, daemon=True)
+    self._thread.start()
+    self.url = f'http://127.0.0.1:{self._listener.getsockname()[1]}'
+    return self
+
+  def stall(self) -> None:
+    self._flowing.clear()
+
+  def resume(self) -> None:
+    self._flowing.set()
+
+  def stall_on(self, pattern: bytes) -> None:
+    self._trigger = pattern
+
+  def _accept(self):
+    while not self._stop.is_set():
+      try:
+        client, _ = self._listener.accept()
+      except socket.timeout:
+        continue
+      try:
+        server = socket.create_connection(self._target, timeout=10)
+      except OSError:
+        client.close()
+        continue
+      server.settimeout(None)
+      self._sockets += [client, server]
+      for source, sink in ((client, server), (server, client)):
+        threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+  def _relay(self, source, sink):
+    try:
+      while data := source.recv(1 << 16):
+        if self._trigger is not None and self._trigger in data:
+          self._trigger = None
+          self.stall()
+        self._flowing.wait()  # Stalled: hold what arrived, read no more.
+        if self._stop.is_set():
+          break
+        sink.sendall(data)
+    except OSError:
+      pass
+    finally:
+      for s in (source, sink):
+        try:
+          s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+          pass
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._flowing.set()  # Wakes the relays, which then stop.
+    self._thread.join()
+    self._listener.close()
+    for s in self._sockets:
+      s.close()

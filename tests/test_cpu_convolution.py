@@ -8,7 +8,6 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from hinet_jax.cpu import convolution
@@ -30,6 +29,30 @@ def _value_and_grads(fn, x, k, ct):
 
 def _random(shape, seed):
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _assert_same_sums(got, want, terms):
+  """`got` and `want` are the same float32 sums of `terms` products each, summed in other orders.
+
+  The order is the compiler's and the CPU's choice (vector width, register blocks, threads), so
+  only the rounding is shared, never the bits. Each addition rounds by at most half an ulp of its
+  partial sum; with random signs these errors grow as sqrt(terms), and partial sums of zero-mean
+  products stay within the outputs' largest magnitude. Two orders thus differ by about
+  eps * sqrt(terms) * max|want|: the bound is 4x that. A wrong or missing product is off by about
+  max|want| / sqrt(terms), hundreds of times more at these sizes (terms <= 2304).
+  """
+  if want is None:
+    assert got is None
+    return
+  want = np.asarray(want)
+  scale = np.finfo(np.float32).eps * np.sqrt(terms) * float(np.max(np.abs(want)))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=4 * scale)
+
+
+def _assert_is_form(got, form, other):
+  """`got` is `form`'s result, not `other`'s: two forms of one function whose roundings differ
+  (e.g. Winograd and the direct convolution), told apart by which one `got` is nearer."""
+  assert _rel(got, form) < _rel(other, form) / 4
 
 
 # (N, H, W, C, O): C < O, C > O (the two matmul branches), odd sizes, a 1-pixel-wide image.
@@ -141,8 +164,9 @@ def test_native_bias_is_added_in_the_kernel(layer):
 def test_native_epilogue_equals_leaky_relu_and_add_after_the_conv(layer, relu, residual):
   """LeakyReLU and the residual add inside the kernels' store: the same values as XLA applying
   them to the conv's output (up to XLA contracting slope * z + r into one rounding), and
-  (differentiated, unfused) the same gradients, bit for bit. O = 40: a full 32-channel block and
-  a 16-wide vector tail; O = 3 is all tail."""
+  (differentiated, unfused) the same gradients to float rounding. O = 40: a full 32-channel
+  block and a 16-wide vector tail; O = 3 is all tail. (That XLA has no pass of its own left is
+  speed: bench/model_speed.py.)"""
   size, stride, pad = {'conv3x3': (3, 1, 1), 'conv4x4s2': (4, 2, 1), 'conv1x1': (1, 1, 0)}[layer]
   for o in (40, 3):
     x, b, k = _random((2, 6, 10, 12), 0), _random((o,), 1), _random((size, size, 12, o), 2)
@@ -154,22 +178,23 @@ def test_native_epilogue_equals_leaky_relu_and_add_after_the_conv(layer, relu, r
       y = convolution.conv(x, k, stride, pad, 'native', b)
       y = jax.nn.leaky_relu(y, slope) if relu else y
       return y if r is None else y + r
-    hlo = jax.jit(fused).lower(x, k, b, r).compile().as_text()
-    assert f'relu = {int(relu)}' in hlo and 'fusion' not in hlo  # Nothing left for XLA to do.
     np.testing.assert_allclose(jax.jit(fused)(x, k, b, r), jax.jit(unfused)(x, k, b, r),
                                rtol=1e-6, atol=1e-6)
     ct = _random(out_shape, 3)
     grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * ct), (0, 1, 2, 3)))(x, k, b, r)
-    for a, e in zip(grads(fused), grads(unfused)):
-      np.testing.assert_array_equal(a, e)
+    # Sums per gradient: dx over the taps and outputs, dk and the bias over the output pixels.
+    pixels = int(np.prod(out_shape[:3]))
+    for a, e, terms in zip(grads(fused), grads(unfused), (size * size * o, pixels, pixels, 1)):
+      _assert_same_sums(a, e, terms)
   with pytest.raises(ValueError, match=r'residual must be shaped as the output'):
     cpu_kernels.conv_forward(x, k, stride, pad, residual=jnp.zeros((1, 2, 3, 4)))
 
 
 @pytest.mark.parametrize('case', NATIVE_CASES[:4] + NATIVE_CASES[7:8])
-def test_prepacked_kernels_give_the_same_products_bit_for_bit(case):
+def test_prepacked_kernels_give_the_same_products(case):
   """A kernel packed once (`pack_kernel`) and read by the products equals packing it in the
-  call, for the convolution and its input gradient, either stored layout, with vector tails."""
+  call, for the convolution and its input gradient, either stored layout, with vector tails: to
+  float rounding (another executable may sum in another order)."""
   xshape, k, s, p, o = case
   x, kernel = _random(xshape, 0), _random((k, k, xshape[-1], o), 1)
   g = _random(convolution.conv_xla(x, kernel, s, p).shape, 2)
@@ -177,10 +202,10 @@ def test_prepacked_kernels_give_the_same_products_bit_for_bit(case):
     fwd = jax.jit(lambda x, w, packed: cpu_kernels.conv_forward(x, w, s, p, layout, packed=packed))
     back = jax.jit(lambda g, w, packed: cpu_kernels.conv_input_grad(g, w, x.shape, s, p, layout,
                                                                     packed=packed))
-    np.testing.assert_array_equal(fwd(x, w, cpu_kernels.pack_kernel(w, layout)),
-                                  fwd(x, w, None))
-    np.testing.assert_array_equal(back(g, w, cpu_kernels.pack_kernel(w, layout, transposed=True)),
-                                  back(g, w, None))
+    _assert_same_sums(fwd(x, w, cpu_kernels.pack_kernel(w, layout)), fwd(x, w, None),
+                      k * k * xshape[-1])
+    _assert_same_sums(back(g, w, cpu_kernels.pack_kernel(w, layout, transposed=True)),
+                      back(g, w, None), k * k * o)
 
 
 def test_prepacked_kernels_wrong_or_differentiated_are_clear_errors():
@@ -207,11 +232,12 @@ JOIN_CASES = [(2, 9, 11, 8, 8, 3, 1, 1, 40), (1, 7, 6, 24, 24, 1, 1, 0, 20),
 
 
 @pytest.mark.parametrize('case', JOIN_CASES)
-def test_joined_inputs_give_the_concatenations_products_bit_for_bit(case):
-  """`conv(x, k, x2=x2)` reads both arrays in place: bit for bit the convolution of their
-  concatenation (with bias, LeakyReLU and residual, packed or not; packed for Winograd, to float
-  rounding), and the same gradients."""
+def test_joined_inputs_give_the_concatenations_products(case):
+  """`conv(x, k, x2=x2)` reads both arrays in place: the convolution of their concatenation
+  (with bias, LeakyReLU and residual, packed or not), and the same gradients, to float rounding:
+  reading two arrays, the kernels may sum the channels in another order than reading one."""
   n, h, w, c1, c2, k, s, p, o = case
+  taps = k * k * (c1 + c2)
   x, x2 = _random((n, h, w, c1), 0), _random((n, h, w, c2), 1)
   kernel, bias = _random((k, k, c1 + c2, o), 2), _random((o,), 3)
   joined = jnp.concatenate([x, x2], axis=-1)
@@ -219,20 +245,21 @@ def test_joined_inputs_give_the_concatenations_products_bit_for_bit(case):
   fwd = jax.jit(lambda x, x2, packed: convolution.conv(
       x, kernel, s, p, 'native', bias, 0.2, residual, packed, x2))
   want = fwd(joined, None, None)
-  np.testing.assert_array_equal(fwd(x, x2, None), want)
+  _assert_same_sums(fwd(x, x2, None), want, taps)
   packed = convolution.pack_for_conv(x, kernel, s, p, 'native', x2)
   if convolution._packed_winograd_tile(x, x2, kernel, s, p):  # pylint: disable=protected-access
     assert _rel(fwd(x, x2, packed), want) < 1e-5  # Winograd's rounding (its own test above)
   else:
-    np.testing.assert_array_equal(fwd(x, x2, packed), want)
+    _assert_same_sums(fwd(x, x2, packed), want, taps)
   assert _rel(want, convolution._epilogue(  # pylint: disable=protected-access
       convolution.conv_xla(joined, kernel, s, p) + bias, 0.2, residual)) < 1e-5
   loss = lambda x, x2, kernel: jnp.sum(convolution.conv(x, kernel, s, p, 'native', bias, 0.2,
                                                         x2=x2) ** 2)
   dx, dx2, dk = jax.jit(jax.grad(loss, (0, 1, 2)))(x, x2, kernel)
   dj, _, dk_ref = jax.jit(jax.grad(loss, (0, 1, 2)))(joined, None, kernel)
-  np.testing.assert_array_equal(jnp.concatenate([dx, dx2], axis=-1), dj)
-  np.testing.assert_array_equal(dk, dk_ref)
+  pixels = int(np.prod(want.shape[:3]))
+  _assert_same_sums(jnp.concatenate([dx, dx2], axis=-1), dj, k * k * o)
+  _assert_same_sums(dk, dk_ref, pixels)
   # Where the CPU kernels do not run the convolution, the join is a concatenation.
   np.testing.assert_allclose(convolution.conv(x, kernel, s, p, 'xla', x2=x2),
                              convolution.conv_xla(joined, kernel, s, p), rtol=1e-6, atol=1e-5)
@@ -275,13 +302,17 @@ def test_winograd_matches_the_convolution(case, tile):
 @pytest.mark.parametrize('tile', cpu_kernels.WINOGRAD_TILES)
 def test_winograd_packing_in_cpp_is_the_transform_of_winograd_py(tile):
   """`pack_winograd` (C++) packs G g G^T as `winograd.kernel_transform` computes it, outputs not a
-  whole register block (zero-padded lanes) included."""
+  whole register block (zero-padded lanes where vectors are 16 floats) included."""
   kernel = _random((3, 3, 24, 40), 0)
   got = cpu_kernels.pack_winograd(kernel, tile)
   want = cpu_kernels.pack_kernel(winograd.kernel_transform(kernel, tile))
   assert got.shape == want.shape
-  # F(4x4)'s divisions by 6, 12, 24 round once differently from XLA's (reciprocal products).
-  np.testing.assert_allclose(got, want, rtol=0, atol=0 if tile == 2 else 1e-6)
+  # The buffers fit 16-float vectors; kernels built for 8-float ones (AVX2) pack O rounded up to
+  # 8 and never write or read the rest, so only that much is compared.
+  used = (tile + 2)**2 * 24 * 40
+  # Each transformed tap sums the 9 taps in C++'s order, not XLA's; F(4x4)'s divisions by 6,
+  # 12, 24 also round once differently from XLA's (reciprocal products).
+  _assert_same_sums(got[:used], want[:used], 9)
 
 
 @pytest.mark.parametrize('case', [(1, 7, 9, 32, 32), (2, 10, 6, 48, 80), (1, 1, 5, 32, 64),
@@ -306,7 +337,8 @@ def test_winograd_gradients_match_the_direct_ones(case, tile):
 def test_training_convs_by_winograd_match_the_convolution_and_its_gradients(tile, monkeypatch):
   """`native_conv` runs the 3x3 conv and both its gradients by Winograd F(4x4) from 32x32 pixels,
   F(2x2) on 16x16 ones with many channels (the kernel transformed in the call): all three equal
-  to XLA's to float rounding, also where only the kernel is differentiated."""
+  to XLA's to float rounding, also where only the kernel is differentiated, and each is the
+  Winograd tile's own result, told from the direct convolution's by its rounding."""
   x, k = _random((2, 33, 32, 32), 0), _random((3, 3, 32, 48), 1) / 17
   bias, ct = _random((48,), 2), _random((2, 33, 32, 48), 3)
   policy = convolution._native_winograd_tile  # pylint: disable=protected-access
@@ -327,8 +359,13 @@ def test_training_convs_by_winograd_match_the_convolution_and_its_gradients(tile
     assert _rel(a, b) < 1e-5
   grad_k = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'native') * ct)))
   assert _rel(grad_k(k), grads_ref[1]) < 1e-5
-  hlo = grad_k.lower(k).as_text()
-  assert 'hinet_winograd_bwd' in hlo and 'hinet_conv' not in hlo
+  winograd_y = cpu_kernels.winograd_conv(x, cpu_kernels.pack_winograd(k, tile), 48, bias)
+  winograd_dx, winograd_dk = cpu_kernels.winograd_conv_grads(x, ct, k, tile)
+  direct_dx, direct_dk = cpu_kernels.conv_grads(x, ct, k, 1, 1)
+  _assert_is_form(y, winograd_y, cpu_kernels.conv_forward(x, k, 1, 1, bias=bias))
+  _assert_is_form(grads[0], winograd_dx, direct_dx)
+  for dk in (grads[1], grad_k(k)):
+    _assert_is_form(dk, winograd_dk, direct_dk)
 
 
 def test_winograd_where_it_does_not_apply_and_bad_input():
@@ -369,13 +406,17 @@ def test_joined_inputs_that_do_not_fit_are_clear_errors():
 
 
 def test_gradient_skips_the_input_gradient_of_an_undifferentiated_input():
-  """The image entering the network needs no gradient: one backward call, kernel gradient only."""
-  x, k = _random((1, 8, 8, 16), 0), _random((3, 3, 16, 32), 1)
-  grad_k = jax.jit(jax.grad(lambda k: jnp.sum(convolution.conv(x, k, 1, 1, 'native') ** 2)))
-  hlo = grad_k.lower(k).compile().as_text()
-  assert hlo.count('custom_call_target="hinet_conv_bwd"') == 1 and 'input_grad = 0' in hlo
-  grad_x = jax.jit(jax.grad(lambda x: jnp.sum(convolution.conv(x, k, 1, 1, 'native') ** 2)))
-  assert 'input_grad = 1' in grad_x.lower(x).compile().as_text()
+  """The image entering the network needs no gradient: the backward computes the kernel
+  gradient only, and allocates no input gradient. Seen in the executable's memory, with C >> O
+  so that the input gradient would be its largest array (the kernel gradient taken from the call
+  that computes both needs 8x these temporaries). The time it saves is bench/train_step.py's."""
+  x, k = _random((1, 32, 32, 128), 0), _random((3, 3, 128, 8), 1)
+  native = lambda x, k: jnp.sum(convolution.conv(x, k, 1, 1, 'native') ** 2)
+  ref = lambda x, k: jnp.sum(convolution.conv_xla(x, k, 1, 1) ** 2)
+  grad_k = jax.jit(lambda k: jax.grad(native, 1)(x, k))
+  assert grad_k.lower(k).compile().memory_analysis().temp_size_in_bytes < x.nbytes
+  assert _rel(grad_k(k), jax.grad(ref, 1)(x, k)) < 1e-5
+  assert _rel(jax.jit(jax.grad(native))(x, k), jax.grad(ref)(x, k)) < 1e-5
 
 
 def test_cpu_kernel_gradient_is_reproducible():
@@ -481,54 +522,46 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
   assert not list(tmp_path.glob('*.so'))  # no half-built library left in the cache
 
 
-# Every product of the kernels against XLA's: direct convolutions (a stride, channels a multiple
-# of 256, outputs fewer than a vector) and both gradients, the transposed convolution, Winograd
-# F(2x2) and F(4x4) with their gradients (one chunk of tiles and per-thread ranges).
-_KERNELS_CHECK = """
-    import jax, jax.numpy as jnp, numpy as np
-    from hinet_jax.cpu import convolution
-    from hinet_jax.cpu import kernels as cpu_kernels
-    rng = np.random.default_rng(0)
-    r = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-    rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
-    worst = 0.0
-    for shape, k, s, p, o in [((2, 9, 11, 13), 3, 1, 1, 40), ((1, 10, 8, 16), 4, 2, 1, 32),
-                              ((2, 5, 6, 256), 3, 1, 1, 48), ((2, 20, 16, 32), 3, 1, 1, 3)]:
-      x, w = r(*shape), r(k, k, shape[-1], o)
-      y, vjp = jax.vjp(lambda x, w: convolution.conv_xla(x, w, s, p), x, w)
-      g = r(*y.shape)
-      worst = max(worst, rel(cpu_kernels.conv_forward(x, w, s, p), y),
-                  *map(rel, cpu_kernels.conv_grads(x, g, w, s, p), vjp(g)))
-    x, w = r(2, 6, 5, 24), r(2, 2, 24, 40)
-    y, vjp = jax.vjp(convolution.matmul_upconv2x2, x, w)
-    g = r(*y.shape)
-    got, native_vjp = jax.vjp(lambda x, w: convolution.upconv2x2(x, w, 'native'), x, w)
-    worst = max(worst, rel(got, y), *map(rel, native_vjp(g), vjp(g)))
-    for shape, o in [((1, 7, 9, 32), 48), ((1, 41, 37, 32), 32)]:
-      x, w = r(*shape), r(3, 3, shape[-1], o)
-      y, vjp = jax.vjp(lambda x, w: convolution.conv_xla(x, w, 1, 1), x, w)
-      g = r(*y.shape)
-      for tile in (2, 4):
-        worst = max(worst, rel(cpu_kernels.winograd_conv(
-            x, cpu_kernels.pack_winograd(w, tile), o), y) / tile,
-            *[e / tile for e in map(rel, cpu_kernels.winograd_conv_grads(x, g, w, tile), vjp(g))])
-    print(cpu_kernels.available(), worst < 2e-6)
-"""
-
-
-def test_cpu_kernels_build_once_into_the_cache_and_avx2_ones_compute_the_same(tmp_path):
-  """The kernels are built once per source, flags and CPU into the cache; built here without
-  AVX-512 (`HINET_JAX_CPU_KERNEL_FLAGS`), as CPUs without it run them (8-float vectors, smaller
-  register blocks), they give XLA's results too. (Where the CPU has no AVX-512 this is the
-  default build.)"""
+def test_cpu_kernels_build_and_test_themselves_once_and_avx2_ones_pass(tmp_path):
+  """The kernels are built once per source, flags and CPU into the cache and tested there once
+  against XLA (`cpu.selftest`, verdict kept beside them); built here without AVX-512
+  (`HINET_JAX_CPU_KERNEL_FLAGS`), as CPUs without it run them (8-float vectors, smaller register
+  blocks), they pass. (Where the CPU has no AVX-512 this is the default build.)"""
   env = dict(HINET_JAX_CACHE_DIR=str(tmp_path), HINET_JAX_CPU_KERNEL_FLAGS='-mno-avx512f')
-  first = _run_python("from hinet_jax.cpu import kernels; print(kernels.available())", **env)
+  check = "from hinet_jax.cpu import kernels; print(kernels.available())"
+  first = _run_python(check, **env)
   assert first.stdout.strip() == 'True', first.stderr
-  (library,) = tmp_path.glob('conv_kernels-*.so')
-  built_at = library.stat().st_mtime_ns
-  second = _run_python(_KERNELS_CHECK, **env)
-  assert second.stdout.strip() == 'True True', second.stderr
-  assert library.stat().st_mtime_ns == built_at and len(list(tmp_path.iterdir())) == 1
+  (library,), (verdict,) = tmp_path.glob('conv_kernels-*.so'), tmp_path.glob('*.selftest-*')
+  assert verdict.read_text().startswith('passed\nlargest relative error')
+  stamps = [f.stat().st_mtime_ns for f in (library, verdict)]
+  second = _run_python(check, **env)
+  assert second.stdout.strip() == 'True', second.stderr
+  assert [f.stat().st_mtime_ns for f in (library, verdict)] == stamps
+  assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_kernels_that_fail_their_self_test_are_not_used(tmp_path):
+  """A build whose convolution is wrong (a test-only define adds 1 to one output) is refused on
+  the machine that built it: one warning naming the product, and 'auto' runs XLA's layers."""
+  env = dict(HINET_JAX_CACHE_DIR=str(tmp_path), XLA_FLAGS='',  # one device
+             HINET_JAX_CPU_KERNEL_FLAGS='-DHINET_JAX_WRONG_FOR_TESTS -O1')  # -O1: a faster build
+  check = """
+      from hinet_jax import backends
+      from hinet_jax.cpu import kernels
+      print(kernels.available(), backends.resolve('auto').name)
+      try:
+        backends.resolve('cpu')
+      except ValueError as e:
+        print(e)
+  """
+  for _ in range(2):  # built and tested, then the verdict read back
+    result = _run_python(check, **env)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == 'False xla' and 'self-test' in lines[1], result.stdout + result.stderr
+    warnings = [l for l in result.stderr.splitlines() if 'disagree with XLA' in l]
+    assert len(warnings) == 1 and 'forward' in warnings[0], result.stderr
+  (verdict,) = tmp_path.glob('*.selftest-*')
+  assert verdict.read_text().startswith('failed')
 
 
 def test_unknown_impl_is_a_clear_error():
@@ -576,8 +609,9 @@ def test_forms_run_batch_sharded_over_8_devices(impl):
     assert _rel(a, b) < 1e-5
 
 
-def test_inference_compiler_options_take_convs_off_ynnpack():
-  """The option is accepted and changes the kernels, not the numbers."""
+def test_inference_compiler_options_are_accepted_and_keep_the_numbers():
+  """The options compile (this jaxlib knows them) and change the kernels, not the numbers. Which
+  library then runs the convolutions is speed: bench/conv_impl_ab.py --impls=auto+ynn,auto+eigen."""
   options = convolution.inference_compiler_options()
   assert options  # This suite runs on the CPU backend.
   # Big enough for XLA to hand the conv to YNNPACK by default (it keeps tiny ones).
@@ -585,6 +619,4 @@ def test_inference_compiler_options_take_convs_off_ynnpack():
   # Two function objects: jit caches executables per function, whatever the options.
   default = jax.jit(lambda x, k: convolution.conv_xla(x, k))
   eigen = jax.jit(lambda x, k: convolution.conv_xla(x, k), compiler_options=options)
-  assert 'ynn_fusion' in default.lower(x, k).compile().as_text()
-  assert 'ynn_fusion' not in eigen.lower(x, k).compile().as_text()
   assert _rel(eigen(x, k), default(x, k)) < 1e-6

@@ -50,12 +50,12 @@ def test_other_widths_and_depths_match_torch(kwargs):
 def test_flax_to_torch_weights_load_into_torch_and_agree():
   """Params initialised in JAX, exported with official names, run the same in PyTorch."""
   model = models.HINet(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
-  params = models.init_params(model, jax.random.key(3))
+  params = models.init_params(model, 3)
   net = torch_reference.HINetTorch(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
   net.load_state_dict({k: torch.from_numpy(v) for k, v in torch_port.flax_to_torch(params).items()},
                       strict=True)
   net.eval()
   x = np.random.RandomState(2).rand(1, 32, 32, 3).astype(np.float32)
-  ours = model.apply({'params': params}, x)
+  ours = jax.jit(model.apply)({'params': params}, x)
   for got, want in zip(ours, torch_outputs(net, x)):
     assert rel_l2(np.asarray(got), want) < 1e-5

@@ -25,18 +25,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
 
 
-_CACHE = tempfile.TemporaryDirectory()  # One XLA compilation cache for all runs of this module.
-
-
 def _env(num_devices=2, **extra):
   """A clean environment for a training subprocess with `num_devices` CPU devices.
 
-  The runs share a persistent compilation cache (later launches skip compiling) and compile
-  with fewer optimisations (the tiny model compiles much faster and runs about as fast).
+  The runs share the suite's compilation cache and compile with fewer optimisations
+  (tests/conftest.py).
   """
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1',
-             JAX_COMPILATION_CACHE_DIR=_CACHE.name, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', JAX_DISABLE_MOST_OPTIMIZATIONS='1')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
   env.update(extra)
   return env
@@ -155,6 +150,8 @@ def _free_port():
 class MultiProcessTest(absltest.TestCase):
 
   def test_two_processes_match_one_process_and_resume_with_another_count(self):
+    # One device per process: two processes of one device each against one process of two (the
+    # fewest partitions that still split the batch across processes).
     tmp = tempfile.TemporaryDirectory()
     self.addCleanup(tmp.cleanup)
     data = os.path.join(tmp.name, 'data')
@@ -178,12 +175,12 @@ class MultiProcessTest(absltest.TestCase):
     procs = [subprocess.Popen(
         _train_cmd(two, 'configs/custom.py', *overrides, f'--coordinator_address=localhost:{port}',
                    '--num_processes=2', f'--process_id={i}'),
-        env=_env(4), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    _run(_train_cmd(one, 'configs/custom.py', *overrides), env=_env(8))
+        env=_env(1), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    _run(_train_cmd(one, 'configs/custom.py', *overrides), env=_env(2))
     for i, proc in enumerate(procs):
       _, err = proc.communicate(timeout=TIMEOUT)
       self.assertEqual(proc.returncode, 0, f'process {i}:\n{err[-5000:]}')
-      self.assertIn('2 process(es), 8 device(s)', err)
+      self.assertIn('2 process(es), 2 device(s)', err)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  _params(one), _params(two))
     with open(os.path.join(one, 'final_metrics.json')) as f1, \
@@ -195,7 +192,7 @@ class MultiProcessTest(absltest.TestCase):
     # Resume with another process count: the model and optimizer resume, the data is re-seeded.
     # 2 -> 1 process, to the end.
     err = _run(_train_cmd(two, 'configs/custom.py', *overrides, '--config.num_train_steps=8'),
-               env=_env(8))
+               env=_env(2))
     self.assertIn('re-seeding the training data order (stream 6)', err)
     with open(os.path.join(two, 'final_metrics.json')) as f:
       self.assertEqual(json.load(f)['step'], 8)
@@ -207,7 +204,7 @@ class MultiProcessTest(absltest.TestCase):
                    '--config.log_every_steps=10000',
                    f'--coordinator_address=localhost:{port}', '--num_processes=2',
                    f'--process_id={i}'),
-        env=_env(4), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        env=_env(1), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
     _wait_for_checkpoint(procs[0], one, 9)
     procs[1].send_signal(signal.SIGTERM)
     stopped = []

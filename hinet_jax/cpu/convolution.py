@@ -594,7 +594,7 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
       packing the kernel in the call (inference: not differentiable).
     x2: optional (N, H, W, C2): the input is `x` and `x2` concatenated along the channels (the
       kernel has C + C2 input channels). The CPU kernels read both where they are, with no
-      concatenated copy (bit for bit the same result); other forms concatenate first.
+      concatenated copy (the same result to float rounding); other forms concatenate first.
 
   Returns:
     (N, H', W', O).

@@ -20,8 +20,10 @@ host CPU (`-march=native`) the first time a convolution needs it, into a cache d
 compiler, jaxlib version and CPU features, so a home directory shared by different machines gets one
 build per kind of CPU. `$HINET_JAX_CPU_KERNEL_FLAGS` adds compiler flags (part of that name), e.g.
 `-mno-avx512f` to build the AVX2 kernels on an AVX-512 machine (the tests do, to check them).
-Without a compiler (or with `HINET_JAX_NATIVE_KERNELS=0`) `available()` is False, a warning says
-why, and callers use XLA's own kernels: slower, same results.
+Each build is tested once on the machine that built it (`selftest`: every product against XLA's,
+verdict kept beside the library). Without a compiler, with kernels that fail that test, or with
+`HINET_JAX_NATIVE_KERNELS=0`, `available()` is False, one warning says why, and callers use XLA's
+own kernels: slower, same results.
 """
 
 import ctypes
@@ -34,6 +36,7 @@ import pathlib
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 
@@ -110,6 +113,38 @@ def _build(compiler: str) -> pathlib.Path:
   return out
 
 
+# While the self-test runs (inside `_load`, under `_lock`) the kernels are registered but not
+# yet `available()`: their own calls must not wait for the lock.
+_self_testing = False
+
+
+def _verdict(library: pathlib.Path) -> tuple[bool, str]:
+  """Whether the kernels in `library` passed the self-test, running it once per build: the
+  verdict is kept beside the library (`<library>.selftest-<test hash>`), so a new CPU model, compiler or
+  source (all in the library's name) is tested, and a known one is not again."""
+  global _self_testing
+  from hinet_jax.cpu import selftest  # pylint: disable=g-import-not-at-top  (only after a build)
+
+  test_key = hashlib.sha256(pathlib.Path(selftest.__file__).read_bytes()).hexdigest()[:8]
+  record = library.with_suffix(f'.selftest-{test_key}')
+  if record.exists():
+    passed, _, detail = record.read_text().partition('\n')
+    return passed == 'passed', detail
+
+  _self_testing = True
+  try:
+    result = selftest.run(sys.modules[__name__])
+  finally:
+    _self_testing = False
+  error, case = result.worst
+  detail = f'largest relative error {error:.2g} (allowed {selftest.TOLERANCE:g}) in {case}'
+  fd, tmp = tempfile.mkstemp(dir=library.parent)
+  with os.fdopen(fd, 'w') as f:
+    f.write(('passed' if result.passed else 'failed') + '\n' + detail)
+  os.replace(tmp, record)
+  return result.passed, detail
+
+
 @functools.cache
 def _load() -> bool:
   if os.environ.get(_ENV_SWITCH, '1') == '0':
@@ -120,26 +155,32 @@ def _load() -> bool:
                     'slower kernels.')
     return False
   try:
-    library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
+    path = _build(compiler)
+    library = ctypes.cdll.LoadLibrary(str(path))
   except (OSError, RuntimeError) as e:
     logging.warning('hinet_jax: building %s failed, CPU convolutions use XLA\'s slower kernels '
                     '(set %s=0 to skip the build): %s', _SOURCE, _ENV_SWITCH, e)
     return False
   for target, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
-  return True
+  passed, detail = _verdict(path)
+  if not passed:
+    logging.warning('hinet_jax: the CPU kernels built for this CPU (%s) disagree with XLA\'s '
+                    'convolutions (%s); CPU convolutions use XLA\'s slower kernels.', path, detail)
+  return passed
 
 
 def available() -> bool:
-  """Whether the CPU kernels are built and registered (builds them on the first call)."""
+  """Whether the CPU kernels are built, registered and passed their self-test (builds and tests
+  them on the first call)."""
   with _lock:
     return _load()
 
 
 def _check(*arrays: Array) -> None:
-  if not available():
-    raise RuntimeError(f'hinet_jax CPU kernels are not available ({_SOURCE} did not build; '
-                       'see the warning above). Use backend="xla".')
+  if not _self_testing and not available():
+    raise RuntimeError(f'hinet_jax CPU kernels are not available ({_SOURCE} did not build or '
+                       'failed its self-test; see the warning above). Use backend="xla".')
   if any(a.dtype != jnp.float32 for a in arrays):
     raise TypeError(f'hinet_jax CPU kernels take float32, got {[str(a.dtype) for a in arrays]}.')
 
@@ -192,8 +233,8 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
 
   Returns:
     (N, Ho, Wo, O) float32, equal to XLA's convolution (plus bias, then LeakyReLU and residual)
-    up to float rounding; bit for bit the same with or without `packed`, and with `x2` as with
-    the concatenation.
+    up to float rounding, as are the results with or without `packed`, and with `x2` or the
+    concatenation: each build sums in the order its compiler and CPU choose.
   """
   _check(x, kernel, *(a for a in (bias, residual, packed, x2) if a is not None))
   n, h, w, _ = x.shape

@@ -3,14 +3,17 @@ C++ kernels (`convolution`), with the blocks' element-wise work fused into the c
 
   * `Conv` / `UpConv2x2` take optional fusions: LeakyReLU and a residual add in the convolution's
     own pass over its output, and a second input read in place of a concatenation (`x2`).
-  * `FusedConvBlock` / `FusedUpBlock` are `models.ConvBlock` / `models.UpBlock` wired with them,
-    and half instance norm as one per-channel affine map over all channels.
+  * `FusedConvBlock` / `FusedUpBlock` are `models.ConvBlock` / `models.UpBlock` wired with them;
+    the block's `norm` is the model's, but for half instance norm, which runs as one per-channel
+    affine map over all channels. `layers_for` swaps only the parts it knows, and
+    `hinet_jax.cpu.model_check` refuses a model whose blocks these would not compute.
   * At inference `prepare_inference` packs every kernel once per set of weights (the 3x3 ones
     transformed for Winograd) into the `PACKED` collection, which the layers read.
 
 tests/test_cpu_backend.py checks the outputs and gradients against the plain model.
 """
 
+import dataclasses
 import functools
 from typing import Any, Optional
 
@@ -118,7 +121,7 @@ class FusedConvBlock(models.ConvBlock):
                              param_dtype=self.param_dtype)
     if self.use_hin:
       out = conv(3, padding=1, name='conv_1')(x, x2=x2)
-      out = HalfInstanceNorm(param_dtype=self.param_dtype, name='norm')(out)
+      out = self.norm(param_dtype=self.param_dtype, name='norm')(out)
       out = nn.leaky_relu(out, self.relu_slope)
     else:
       out = conv(3, padding=1, name='conv_1')(x, relu_slope=self.relu_slope, x2=x2)
@@ -149,10 +152,38 @@ def layers(impl: str = 'auto') -> models.Layers:
   """The CPU backend's layers, every convolution in the form `impl` (benchmarks and tests)."""
   return models.Layers(conv=functools.partial(Conv, impl=impl),
                        up_conv=functools.partial(UpConv2x2, impl=impl), block=FusedConvBlock,
-                       up_block=FusedUpBlock)
+                       up_block=FusedUpBlock, norm=HalfInstanceNorm)
 
 
-LAYERS = models.Layers(conv=Conv, up_conv=UpConv2x2, block=FusedConvBlock, up_block=FusedUpBlock)
+LAYERS = models.Layers(conv=Conv, up_conv=UpConv2x2, block=FusedConvBlock, up_block=FusedUpBlock,
+                       norm=HalfInstanceNorm)
+# Each plain part and the CPU backend's own; a norm other than these is kept as it is.
+_SWAPS = {plain: fused for plain, fused in zip(
+    (models.Conv, models.UpConv2x2, models.ConvBlock, models.UpBlock, models.HalfInstanceNorm),
+    (Conv, UpConv2x2, FusedConvBlock, FusedUpBlock, HalfInstanceNorm))}
+
+
+def layers_for(plain: models.Layers) -> Optional[models.Layers]:
+  """The CPU backend's parts for a model built from `plain`: each stock part swapped for its
+  fused twin, any other norm kept (the fused block calls it as the plain block does). None if
+  a convolution or block is one the CPU backend has no twin of."""
+  swapped = {}
+  for field in dataclasses.fields(plain):
+    part = getattr(plain, field.name)
+    if part in _SWAPS.values() or (field.name == 'norm' and part not in _SWAPS):
+      swapped[field.name] = part
+    elif part in _SWAPS:
+      swapped[field.name] = _SWAPS[part]
+    else:
+      return None
+  return models.Layers(**swapped)
+
+
+def plain_layers(layers: models.Layers) -> models.Layers:
+  """`layers` with each of the CPU backend's parts swapped back for its plain twin."""
+  back = {fused: plain for plain, fused in _SWAPS.items()}
+  return models.Layers(**{f.name: back.get(getattr(layers, f.name), getattr(layers, f.name))
+                          for f in dataclasses.fields(layers)})
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -135,7 +135,8 @@ def make_predict_fn(model, backend: Union[str, backends.Backend] = 'auto', *,
   if precision not in PRECISIONS:
     raise errors.InvalidInputError(f'Unknown precision {precision!r}: choose one of '
                                    f'{", ".join(PRECISIONS)}.')
-  backend = backends.resolve(backend) if isinstance(backend, str) else backend
+  if isinstance(backend, str):
+    backend = backends.resolve(backend, model if isinstance(model, models.HINet) else None)
   if isinstance(model, models.HINet):
     model = backend.build(model)
 

@@ -42,6 +42,8 @@ class ConvBlock(nn.Module):
     dtype: compute dtype.
     param_dtype: parameter dtype.
     conv: the convolution layer.
+    norm: the normalisation after conv_1 where `use_hin` (HINet's half instance norm); built as
+      `norm(param_dtype=..., name='norm')`.
   """
 
   features: int
@@ -52,6 +54,7 @@ class ConvBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   conv: ModuleDef = Conv
+  norm: ModuleDef = HalfInstanceNorm
 
   @nn.compact
   def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None):
@@ -59,7 +62,7 @@ class ConvBlock(nn.Module):
                              param_dtype=self.param_dtype)
     out = conv(3, padding=1, name='conv_1')(x)
     if self.use_hin:
-      out = HalfInstanceNorm(param_dtype=self.param_dtype, name='norm')(out)
+      out = self.norm(param_dtype=self.param_dtype, name='norm')(out)
     out = nn.leaky_relu(out, self.relu_slope)
     out = nn.leaky_relu(conv(3, padding=1, name='conv_2')(out), self.relu_slope)
     out = out + conv(1, name='identity')(x)
@@ -127,19 +130,23 @@ class SAM(nn.Module):
 class Layers:
   """The layer and block classes a HINet is built from: the one seam for how its convolutions run.
 
-  Any replacement keeps the parameter tree and computes the same function (to float rounding).
+  A backend may swap these for its own with the same parameter tree and function (to float
+  rounding); a model built from other parts than these runs as written, on XLA's layers
+  (`hinet_jax.backends`).
 
   Attributes:
     conv: `Conv`-like (features, kernel_size, strides, padding, use_bias, dtype, param_dtype).
     up_conv: `UpConv2x2`-like.
     block: `ConvBlock`-like (encoder blocks and the decoder's body).
     up_block: `UpBlock`-like.
+    norm: the encoder blocks' normalisation (`ConvBlock.norm`).
   """
 
   conv: ModuleDef = Conv
   up_conv: ModuleDef = UpConv2x2
   block: ModuleDef = ConvBlock
   up_block: ModuleDef = UpBlock
+  norm: ModuleDef = HalfInstanceNorm
 
 
 # The model as written here, run by XLA's own convolutions on every platform.
@@ -186,7 +193,7 @@ class HINet(nn.Module):
     self.down_path_1, self.down_path_2 = [
         [block(width(i), downsample=i < last_level, relu_slope=self.relu_slope,
                use_hin=self.hin_position_left <= i <= self.hin_position_right,
-               use_csff=stage == 2 and i < last_level, conv=conv, **kw)
+               use_csff=stage == 2 and i < last_level, conv=conv, norm=self.layers.norm, **kw)
          for i in range(self.depth)]
         for stage in (1, 2)]
     # Decoder j runs from the deepest skip (level depth-2) up to level 0.

@@ -774,16 +774,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     The final TrainState (also on SIGTERM, at the step reached).
   """
   validate_config(config)
+  # A workdir this process cannot write is one message now, not a failed first save. Each
+  # process probes under its own name: each writes its own checkpoint shards.
+  files.check_writable(workdir, f'{files.PROBE_FILE}.{jax.process_index()}')
   workdir = checkpointing.workdir_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.create_mesh()
   per_process = sharding.per_process_batch_size(config.batch_size, mesh)
-  backend = backends.resolve(config.backend)
+  model = models.create_model(**config.model)
+  backend = backends.resolve(config.backend, model)
   logging.info('%d process(es), %d device(s) (%s), backend %s; global batch %d, %d per process.',
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, backend.name,
                config.batch_size, per_process)
 
-  model = backend.build(models.create_model(**config.model))
+  model = backend.build(model)
   checkpointing.write_model_config(workdir, models.model_config(model))
   lr_fn = step_lib.create_learning_rate_fn(config)
   tx = step_lib.create_optimizer(config, lr_fn)

@@ -1457,6 +1457,10 @@ ffi::Error ConvImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> in, ffi::Buffer<
     InputGrad(pool, geo, in.typed_data(), weights, b, out->typed_data());
   else
     Forward(pool, geo, input, weights, b, epi, out->typed_data());
+#ifdef HINET_JAX_WRONG_FOR_TESTS
+  // A build that computes a wrong convolution, for the tests of the self-test that refuses it.
+  if (!transposed && out->element_count()) out->typed_data()[0] += 1.0f;
+#endif
   return ffi::Error::Success();
 }
 
