@@ -69,7 +69,7 @@ class Backend:
       if why_not:
         raise ValueError(f'The CPU backend does not compute this model: {why_not}.')
       return model.clone(layers=cpu_layers.layers_for(model.layers))
-    return model.clone(layers=self.layers)
+    return model.clone(layers=_plain_layers(model.layers))
 
 
 def prepare_process() -> None:
@@ -119,6 +119,17 @@ def cpu_backend_applies() -> tuple[bool, str]:
   if not kernels.available():
     return False, 'the C++ kernels did not build or failed their self-test (see the warning above)'
   return True, ''
+
+
+def _plain_layers(layers: models.Layers) -> models.Layers:
+  """`layers` with the CPU backend's parts swapped back; parts of a model's own (a norm) kept."""
+  if not any(type(part).__module__.startswith('hinet_jax.cpu') or
+             getattr(part, '__module__', '').startswith('hinet_jax.cpu')
+             for part in dataclasses.astuple(layers)):
+    return layers
+  from hinet_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
+
+  return cpu_layers.plain_layers(layers)
 
 
 def _cpu_declines(model: models.HINet) -> Optional[str]:

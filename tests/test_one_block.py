@@ -63,6 +63,9 @@ def test_a_swapped_norm_runs_in_the_fused_blocks():
   x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 3))
   want, got = [jax.jit(m.apply)({'params': params}, x)[1] for m in (plain, fused)]
   assert _rel(got, want) < 1e-5
+  # XLA's backend keeps it too, from the plain model or from the fused one.
+  for model in (plain, fused):
+    assert backends.resolve('xla').build(model).layers == plain.layers
 
 
 def test_models_the_cpu_backend_does_not_compute_are_declined_with_the_reason():
