@@ -111,7 +111,7 @@ def test_backend_names():
   assert backends.resolve('xla').layers == models.XLA_LAYERS
   with pytest.raises(ValueError, match='auto'):
     backends.resolve('gpu')
-  # The test session has 8 host devices: the C++ kernels run on one, so 'auto' is XLA's.
+  # The tests run on 8 host devices: the C++ kernels run on one, so 'auto' is XLA's.
   assert backends.resolve('auto').name == 'xla'
   with pytest.raises(ValueError, match='8 devices'):
     backends.resolve('cpu')
