@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hinet_jax import files
+
 Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'conv_kernels.cc'
@@ -138,10 +140,7 @@ def _verdict(library: pathlib.Path) -> tuple[bool, str]:
     _self_testing = False
   error, case = result.worst
   detail = f'largest relative error {error:.2g} (allowed {selftest.TOLERANCE:g}) in {case}'
-  fd, tmp = tempfile.mkstemp(dir=library.parent)
-  with os.fdopen(fd, 'w') as f:
-    f.write(('passed' if result.passed else 'failed') + '\n' + detail)
-  os.replace(tmp, record)
+  files.write_text(record, ('passed' if result.passed else 'failed') + '\n' + detail)
   return result.passed, detail
 
 

@@ -13,9 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
-import os
 import pathlib
-import tempfile
 from typing import Optional
 
 import flax.linen as nn
@@ -23,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.cpu import convolution
 from hinet_jax.cpu import kernels
@@ -89,11 +88,7 @@ def _cached_verdict(plain: models.Layers, relu_slope: float) -> Optional[str]:
     return verdict or None
   verdict = _blocks_differ(plain, relu_slope)
   if record is not None:
-    record.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=record.parent)
-    with os.fdopen(fd, 'w') as f:
-      f.write(verdict or '')
-    os.replace(tmp, record)
+    files.write_text(record, verdict or '')
   return verdict
 
 
