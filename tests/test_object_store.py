@@ -373,12 +373,10 @@ def _write_pairs(root, n=2, size=32):
 
 
 def test_object_store_train_kill_resume_and_eval(gcs, tmp_path):
-  env = _env(gcs)
-  reference, work = os.fspath(tmp_path / 'reference'), _url('train', 'run')
-  # The uninterrupted local reference runs beside the run that is killed (one start-up, not two).
-  ref_proc = subprocess.Popen(_train_cmd(reference), env=env, cwd=REPO, stderr=subprocess.PIPE,
-                              text=True)
-
+  """A run in the bucket killed after a checkpoint resumes from its last committed step to the
+  end (that the resumed parameters equal an uninterrupted run's is tests/test_train_e2e.py's,
+  on a local workdir: the same code over the file layer), and eval.py reads it from there."""
+  env, work = _env(gcs), _url('train', 'run')
   proc = subprocess.Popen(_train_cmd(work), env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + TIMEOUT
   while not _steps(work) and proc.poll() is None and time.time() < deadline:
@@ -387,14 +385,11 @@ def test_object_store_train_kill_resume_and_eval(gcs, tmp_path):
   _, err = proc.communicate(timeout=TIMEOUT)
   killed_at = _steps(work)
   assert killed_at and killed_at[-1] < 20, err[-5000:]
-  _, err = ref_proc.communicate(timeout=TIMEOUT)
-  assert ref_proc.returncode == 0, err[-5000:]
 
   err = _run(_train_cmd(work), env)
   resumed = re.search(r'Resumed from step (\d+)', err)
-  assert resumed and int(resumed.group(1)) in killed_at, err[-5000:]
-  jax.tree.map(np.testing.assert_array_equal, _params(reference), _params(work))
-  assert files.is_file(f'{work}/final_metrics.json')
+  assert resumed and int(resumed.group(1)) == killed_at[-1], err[-5000:]
+  assert json.loads(files.read_text(f'{work}/final_metrics.json'))['step'] == 20
 
   data = os.fspath(tmp_path / 'pairs')
   _write_pairs(data)
@@ -446,10 +441,11 @@ def test_object_store_two_processes_share_a_bucket_workdir(gcs):
   procs = [subprocess.Popen(
       _train_cmd(work, '--config.num_train_steps=6', f'--coordinator_address=localhost:{port}',
                  '--num_processes=2', f'--process_id={i}'),
-      env=_env(gcs), cwd=REPO, stderr=subprocess.PIPE, text=True) for i in range(2)]
+      env=_env(gcs, num_devices=1), cwd=REPO, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
   for i, proc in enumerate(procs):
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, f'process {i}:\n{err[-5000:]}'
-    assert '2 process(es), 4 device(s)' in err
+    assert '2 process(es), 2 device(s)' in err
   assert _steps(work)[-1] == 6
   assert files.is_file(f'{work}/final_metrics.json')

@@ -1,5 +1,6 @@
 """train.py end to end in subprocesses: resume after SIGTERM/SIGKILL/partial save, multi-process
-(2 processes match 1; resume with another process count; a preemption stops all at one step).
+(2 processes match 1; resume with another process count, where a preemption stops all at one
+step).
 
 Each run is a separate `python train.py` with its own XLA device count, as a user would launch it.
 """
@@ -123,10 +124,7 @@ class ResumeTest(absltest.TestCase):
     self.assertIn(f'Resumed from step {killed_at}', err)
     self.assertFalse(os.path.exists(partial))
     jax.tree.map(np.testing.assert_array_equal, _params(ref), _params(work))
-
-    # 5. Nothing left to do.
-    err = _run(_train_cmd(work))
-    self.assertIn('already at the final step 60', err)
+    # A rerun of a finished run: tests/test_train_loop.py (in-process).
 
 
 def _write_pairs(root, n=8, size=32, seed=0):
@@ -158,7 +156,7 @@ class MultiProcessTest(absltest.TestCase):
     _write_pairs(data)
     # The global batch is the whole 8-image set every step (no augmentation, full-size crops),
     # so the per-process data sharding changes only the order of the rows, not the gradient.
-    overrides = [f'--config.data.train_dir={data}', f'--config.data.val_dir={data}',
+    overrides = ['--config.tensorboard=false', f'--config.data.train_dir={data}', f'--config.data.val_dir={data}',
                  '--config.batch_size=8', '--config.data.crop_size=32',
                  '--config.data.augment=none', '--config.num_train_steps=6',
                  '--config.log_every_steps=3', '--config.eval_every_steps=100',
@@ -189,15 +187,9 @@ class MultiProcessTest(absltest.TestCase):
     self.assertAlmostEqual(m1['psnr'], m2['psnr'], places=3)
     self.assertEqual(m1['num_images'], m2['num_images'])
 
-    # Resume with another process count: the model and optimizer resume, the data is re-seeded.
-    # 2 -> 1 process, to the end.
-    err = _run(_train_cmd(two, 'configs/custom.py', *overrides, '--config.num_train_steps=8'),
-               env=_env(2))
-    self.assertIn('re-seeding the training data order (stream 6)', err)
-    with open(os.path.join(two, 'final_metrics.json')) as f:
-      self.assertEqual(json.load(f)['step'], 8)
-    # 1 -> 2 processes, preempted: a SIGTERM to one process stops both at the same step, saved
-    # (jax's preemption sync point, checked every step: no log step comes before the end).
+    # Resume with another process count (1 -> 2): the model and optimizer resume, the data is
+    # re-seeded. A SIGTERM to one process then stops both at the same step, saved (jax's
+    # preemption sync point, checked every step: no log step comes before the end).
     port = _free_port()
     procs = [subprocess.Popen(
         _train_cmd(one, 'configs/custom.py', *overrides, '--config.num_train_steps=10000',

@@ -43,7 +43,9 @@ class FinalStateTest(absltest.TestCase):
 
     # The rerun trains nothing and only evaluates the saved final state.
     with mock.patch.object(loop, 'train_loop', side_effect=AssertionError('trained again')):
-      loop.train_and_evaluate(_config(3), workdir)
+      with self.assertLogs(level='WARNING') as logs:
+        loop.train_and_evaluate(_config(3), workdir)
+    self.assertIn('already at the final step 3', '\n'.join(logs.output))
     with open(os.path.join(workdir, checkpointing.FINAL_METRICS_FILE)) as f:
       final = json.load(f)
     self.assertEqual(final['step'], 3)

@@ -241,6 +241,8 @@ def main(argv):
   backends.prepare_process()  # before JAX runs anything
   model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value, backend=_BACKEND.value)
   predict_fn = inference.make_predict_fn(model, _BACKEND.value, precision=_PRECISION.value)
+  logging.info('%s: %s on backend %s, %s precision.', _CHECKPOINT.value,
+               type(model).__name__, predict_fn.backend.name, _PRECISION.value)
   if _PROTOCOL.value:
     run_protocol(predict_fn, params)
   else:

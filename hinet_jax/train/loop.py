@@ -40,6 +40,7 @@ from hinet_jax import models
 from hinet_jax.evaluation import metrics as metrics_lib
 from hinet_jax.train import checkpointing
 from hinet_jax.train import losses
+from hinet_jax.train import reporting
 from hinet_jax.train import sharding
 from hinet_jax.train import step as step_lib
 
@@ -491,9 +492,11 @@ def log_train(run: Run, step: int, period: step_lib.TrainMetrics, t0: float, ste
   scalars['train/steps_per_sec'] = steps / elapsed
   scalars['train/images_per_sec'] = steps * run.config.batch_size / elapsed
   run.writer.write_scalars(step, scalars)
-  logging.info('Step %d: loss %.4f, train PSNR %.2f dB, lr %.3g, |g| %.3g, %.2f steps/s.', step,
-               scalars['train/loss'], scalars['train/psnr'], scalars['train/lr'],
-               scalars['train/grad_norm'], scalars['train/steps_per_sec'])
+  logging.info('Step %d/%d: loss %.4f, train PSNR %.2f dB, lr %.3g, |g| %.3g, %.2f steps/s, ETA %s.',
+               step, run.config.num_train_steps, scalars['train/loss'], scalars['train/psnr'],
+               scalars['train/lr'], scalars['train/grad_norm'], scalars['train/steps_per_sec'],
+               reporting.eta_text(run.config.num_train_steps - step,
+                                  scalars['train/steps_per_sec']))
 
 
 def train_loop(run: Run, state: step_lib.TrainState, start_step: int,
@@ -588,33 +591,14 @@ def final_evaluation(run: Run, step: int, params: Any) -> Dict[str, Any]:
 # Setup helpers.
 
 
-def create_writer(workdir: files.PathLike, tensorboard: bool = True):
-  """clu writer: TensorBoard + log on process 0, log only elsewhere (imports TensorFlow).
-
-  Args:
-    workdir: where the event files go (TensorBoard writes through tf.io.gfile: local or gs://).
-    tensorboard: `config.tensorboard`; False logs metrics only (e.g. a storage emulator, which
-      tf.io.gfile cannot reach).
-
-  Returns:
-    The writer.
-  """
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  return metric_writers.create_default_writer(
-      str(workdir), just_logging=not tensorboard or jax.process_index() > 0, asynchronous=True)
-
-
-def create_hooks(config: ml_collections.ConfigDict, workdir: files.PathLike,
-                 writer) -> List[Callable]:
-  """ReportProgress (steps/s and ETA in the log) and, if `config.train.profile`, a trace."""
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-  hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
-                                           every_steps=config.log_every_steps)]
-  if config.train.profile and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(
-        logdir=str(workdir), num_profile_steps=config.train.profile_steps,
-        first_profile=config.train.profile_first_step, profile_duration_ms=None))
-  return hooks
+def create_hooks(config: ml_collections.ConfigDict, workdir: files.PathLike) -> List[Callable]:
+  """A trace of `config.train.profile_steps` steps if `config.train.profile`, else none."""
+  if not (config.train.profile and jax.process_index() == 0):
+    return []
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top  # Imports TensorFlow.
+  return [periodic_actions.Profile(
+      logdir=str(workdir), num_profile_steps=config.train.profile_steps,
+      first_profile=config.train.profile_first_step, profile_duration_ms=None)]
 
 
 def architecture_mismatch(saved: Dict[str, Any], model: models.HINet) -> Dict[str, Tuple]:
@@ -801,7 +785,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           functools.partial(create_train_iter, config, train_source, mesh))
   state, start_step, train_iter = start.state, start.step, start.train_iter
 
-  writer = create_writer(workdir, config.tensorboard)
+  writer = reporting.create_writer(workdir, config.tensorboard)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
   run = Run(config=config, workdir=workdir, backend=backend, mngr=mngr, writer=writer,
@@ -809,7 +793,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             predict_fn=create_predict_fn(config, model, backend),
             step_fn=step_lib.make_train_step(config, lr_fn, start.shardings, mesh,
                                              skip_by_cond=backend.skip_step_by_cond),
-            hooks=create_hooks(config, workdir, writer),
+            hooks=create_hooks(config, workdir),
             data_meta={'data_layout': data_layout(config), 'data_stream': start.data_stream})
   try:
     if start_step >= config.num_train_steps:
