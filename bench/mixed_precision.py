@@ -30,9 +30,13 @@ from ml_collections import config_flags
 from hinet_jax import backends
 from hinet_jax.evaluation import inference
 from hinet_jax import models
+from hinet_jax.data import datasets
+from hinet_jax.train import config_checks
 from hinet_jax.train import loop
+from hinet_jax.train import resume
 from hinet_jax.train import sharding
 from hinet_jax.train import step as step_lib
+from hinet_jax.train import validation
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Training config.',
@@ -48,17 +52,18 @@ def train_run(config, dtype):
   """Trains `config` with compute `dtype`; returns its per-step measurements and validation."""
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
-  loop.validate_config(config)
+  config_checks.validate_config(config)
   mesh = sharding.create_mesh()
   backend = backends.resolve(config.backend)
   model = backend.build(models.create_model(**config.model))
   lr_fn = step_lib.create_learning_rate_fn(config)
   tx = step_lib.create_optimizer(config, lr_fn)
   state, _, shardings = step_lib.init_state(model, tx, mesh, config.seed,
-                                            loop.initial_params(config, model))
+                                            resume.initial_params(config, model))
   step_fn = step_lib.make_train_step(config, lr_fn, shardings, mesh,
                                      skip_by_cond=backend.skip_step_by_cond)
-  train_source, val_source = loop.create_sources(config)
+  train_source = datasets.create_source(config.data.train)
+  val_source = next(iter(dict(datasets.create_val_sources(config.data.val)).values()))
   train_iter = loop.create_train_iter(config, train_source, mesh)
   history = []
   try:
@@ -75,7 +80,8 @@ def train_run(config, dtype):
     if hasattr(train_iter, 'close'):
       train_iter.close()
   history = [step_lib.compute_metrics(m) for m in jax.device_get(history)]
-  val = loop.evaluate(inference.make_predict_fn(model, backend), state.params, config, val_source)
+  val = validation.evaluate(inference.make_predict_fn(model, backend), state.params, config,
+                            val_source)
   return dict(
       dtype=dtype, steps=config.num_train_steps, compile_s=compile_s, steps_per_s=steps_per_s,
       loss=[m['loss'] for m in history], train_psnr=[m['psnr'] for m in history],

@@ -190,10 +190,10 @@ class JaxRunner:
   """Compiled JAX callables for one case; `run()` executes once and blocks.
 
   The model runs on `backend` ('auto': as the library picks); `layers` replaces its layers
-  (bench/conv_impl_ab.py). `eigen_convs` None runs as the library does (the forward through
-  `inference.make_predict_fn`: the backend's compiler options, and what it prepares once per
-  parameter set; the train step without options), True or False forces XLA's own / YNNPACK's
-  convolutions on every executable, nothing prepared.
+  (bench/conv_impl_ab.py). `eigen_convs` None runs as the library does (forward and tiles through
+  `hinet_jax.Predictor`, which holds the prepared weights alone; the train step without options),
+  True or False forces XLA's own / YNNPACK's convolutions on every executable, nothing prepared.
+  The runner keeps no reference to `params_np`.
   """
 
   def __init__(self, preset, case, params_np, dtype, inputs, backend='auto', layers=None,
@@ -202,7 +202,6 @@ class JaxRunner:
     import optax  # pylint: disable=g-import-not-at-top
     import hinet_jax  # pylint: disable=g-import-not-at-top
     from hinet_jax.cpu import convolution  # pylint: disable=g-import-not-at-top
-    from hinet_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
     self.jax = jax
     self.model = hinet_jax.create_model(preset, dtype=dtype, backend=backend)
@@ -213,15 +212,14 @@ class JaxRunner:
     else:
       fwd_options = train_options = (convolution.inference_compiler_options() if eigen_convs
                                      else None)
-    self.params = jax.device_put(params_np)
     self.case = case
     self.out = None
     self.lower = None  # () -> jax.stages.Lowered of the timed executable (device memory).
-    if case == 'tiled720':
-      self.predict = inference.make_predict_fn(self.model, backend)  # As the library runs.
+    if case == 'tiled720':  # As the library runs.
+      predictor = hinet_jax.Predictor(self.model, params_np, backend=backend, tile=TILE,
+                                      batch_size=TILE_BATCH)
       self.frame = inputs['frame']
-      self.run = lambda: self._set(inference.restore_image(
-          self.predict, self.params, self.frame, tile=TILE, batch_size=TILE_BATCH))
+      self.run = lambda: self._set(predictor(self.frame))
       return
     _, _, _, train = case_shape(case)
     self.x = jax.device_put(inputs['x'])
@@ -229,13 +227,16 @@ class JaxRunner:
       fwd = jax.jit(lambda p, x: self.model.apply({'params': p}, x)[1],
                     compiler_options=fwd_options)
       if eigen_convs is None:  # The library's inference path, kernels packed once.
-        predict = inference.make_predict_fn(self.model, backend)
-        self.run = lambda: self._set(predict(self.params, self.x).block_until_ready())
+        predictor = hinet_jax.Predictor(self.model, params_np, backend=backend)
+        self.run = lambda: self._set(predictor.predict(self.x).block_until_ready())
+        # The same program where nothing is packed (GPU: device memory).
+        self.lower = lambda: fwd.lower(predictor.variables['params'], self.x)
       else:
-        self.run = lambda: self._set(fwd(self.params, self.x).block_until_ready())
-      # The same program as `predict` where nothing is packed (GPU: device memory).
-      self.lower = lambda: fwd.lower(self.params, self.x)
+        params = jax.device_put(params_np)
+        self.run = lambda: self._set(fwd(params, self.x).block_until_ready())
+        self.lower = lambda: fwd.lower(params, self.x)
       return
+    self.params = jax.device_put(params_np)
     self.y = jax.device_put(inputs['y'])
     tx = optax.adam(1e-4)
     try:  # The library's loss once it exists (the training loop is being written beside this).
@@ -562,6 +563,7 @@ def worker_memory(spec):
     dtype = 'bfloat16' if fw == 'jax_bf16' else 'float32'
     params = jax.tree.map(np.asarray, models.init_params(models.create_model(preset), 0))
     runner = JaxRunner(preset, case, params, dtype, inputs)
+    del params  # As a user who hands the weights to a Predictor.
   base = rss_mb()
   runner.run()
   runner.run()

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from hinet_jax import backends
 from hinet_jax import models
+from hinet_jax.data import datasets
 from hinet_jax.train import loop
 from hinet_jax.train import sharding
 from hinet_jax.train import step as step_lib
@@ -67,7 +68,7 @@ def benchmark(config, steps, use_data=False, warmup_steps=1):
   step_fn = step_lib.make_train_step(config, lr_fn, shardings, mesh,
                                      skip_by_cond=backend.skip_step_by_cond)
   if use_data:
-    source, _ = loop.create_sources(config)
+    source = datasets.create_source(config.data.train)
     it = loop.create_train_iter(config, source, mesh)
     next_batch = lambda: next(it)
   else:

@@ -1,21 +1,9 @@
 """How HINet's convolutions run here: the one place that asks which platform and backend this is.
 
-A backend is a run-time choice, never a property of a checkpoint (`model_config.json` holds the
-architecture only):
-
-  * 'xla': the model as `hinet_jax.models` writes it (`lax.conv`), on any platform and any number
-    of devices. What GPUs, TPUs and multi-device runs use.
-  * 'cpu': the hand-written C++ kernels of `hinet_jax.cpu` (fused blocks, Winograd, kernels packed
-    once per set of weights at inference), with the same parameter tree. One CPU device, float32.
-  * 'auto' (the default): 'cpu' on a single CPU device where the kernels build and pass their
-    self-test, else 'xla'.
-
-Given the model, 'cpu' and 'auto' also check that the CPU backend computes it
-(`cpu.model_check`): a model whose blocks were edited, or built from other parts, runs on XLA's
-layers, said in one log line.
-
-Everything else that differs by platform is a field of `Backend`, so generic code (the train loop,
-inference, evaluation) asks it here instead of testing for a CPU itself.
+A backend is a run-time choice, never a checkpoint field: 'xla' (`hinet_jax.models` as written,
+any platform and device count), 'cpu' (the C++ kernels of `hinet_jax.cpu`, one CPU device) or
+'auto' ('cpu' where it runs and computes the model, else 'xla', said in one log line). Generic code
+asks a `Backend` what differs by platform instead of testing for a CPU itself.
 """
 
 import dataclasses
@@ -24,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
-
+import jax.numpy as jnp
 
 from hinet_jax import models
 
@@ -36,16 +24,14 @@ class Backend:
   """What the chosen backend and this platform decide.
 
   Attributes:
-    name: 'xla' or 'cpu' (never 'auto': `resolve` decides).
-    layers: the convolution layers and blocks the model is built with (`models.Layers`).
-    calls_in_flight: how many calls loops keep dispatched before waiting for the oldest. One on
-      CPU, where XLA runs independent executions side by side, each with its own temporaries, on
-      the same cores; two on accelerators, so that the host's work overlaps the device's.
-    skip_step_by_cond: whether a non-finite train step is skipped by `lax.cond` (CPU: with
-      selects XLA:CPU copies every optimizer moment to update it in place) or by selects.
-    inference_compiler_options: `jax.jit(compiler_options=...)` for forward-only executables.
-    prepare_inference: `(model, params) -> extra variables` for `model.apply` at inference, once
-      per set of weights (the CPU backend packs its kernels there; jitted, not differentiable).
+    name: 'xla' or 'cpu' (never 'auto').
+    layers: the parts the model is built with (`models.Layers`).
+    calls_in_flight: calls loops keep dispatched before waiting for the oldest (CPU 1: XLA would
+      run them side by side, each with its temporaries; accelerators 2, to overlap the host).
+    skip_step_by_cond: skip a non-finite train step by `lax.cond` (CPU) rather than by selects.
+    inference_compiler_options: compiler options of forward-only executables (`jit_inference`).
+    prepare_inference: `(model, params) -> extra variables` read at inference, once per set of
+      weights (the CPU backend packs its kernels there).
   """
 
   name: str
@@ -56,12 +42,7 @@ class Backend:
   prepare_inference: Optional[Callable[[Any, Any], Any]] = None
 
   def build(self, model: models.HINet) -> models.HINet:
-    """`model` with this backend's layers (same parameters, same outputs to float rounding).
-
-    Raises:
-      ValueError: the CPU backend for a model it does not compute (`resolve` with the model
-        picks XLA's layers for it instead).
-    """
+    """`model` with this backend's layers; raises ValueError where the CPU backend declines it."""
     if self.name == 'cpu':
       from hinet_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
 
@@ -71,10 +52,60 @@ class Backend:
       return model.clone(layers=cpu_layers.layers_for(model.layers))
     return model.clone(layers=_plain_layers(model.layers))
 
+  def jit_inference(self, fn: Callable, **jit_kwargs) -> Callable:
+    """`jax.jit(fn, **jit_kwargs)` with this backend's inference compiler options; the same
+    object for the same arguments, so its compiled programs are reused."""
+    options = self.inference_compiler_options
+    return _jit(fn, tuple(sorted(options.items())) if options else (),
+                tuple(sorted(jit_kwargs.items())))
+
+  def inference_variables(self, model: Any, params: Any, *, keep_params: bool = True) -> dict:
+    """The variables `model.apply` reads at inference: the params and what this backend prepares.
+
+    Args:
+      model: the built model.
+      params: its parameters.
+      keep_params: False replaces each parameter that has a prepared twin (the same path in a
+        prepared collection) by its `Shape`, so only the prepared form is held.
+
+    Returns:
+      `{'params': ..., **prepared}`; apply it through `fill_shapes` inside a jitted function.
+    """
+    if self.prepare_inference is None:
+      return {'params': params}
+    prepared = self.prepare_inference(model, params)
+    if not keep_params:
+      twins = {path for extra in prepared.values()
+               for path, _ in jax.tree_util.tree_flatten_with_path(extra)[0]}
+      params = jax.tree_util.tree_map_with_path(
+          lambda path, a: Shape(a.shape, str(a.dtype)) if path in twins else a, params)
+    return {'params': params, **prepared}
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """A parameter held as its shape only: its prepared twin is what the layers read (the C++
+  kernels ignore the raw kernel given a packed one). Static under `jax.jit`."""
+
+  shape: tuple
+  dtype: str
+
+
+def fill_shapes(variables: Any) -> Any:
+  """`variables` with each `Shape` as zeros (inside jit: dead code, or one kernel-sized temporary
+  where a C++ call takes the raw kernel beside its packed one)."""
+  return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype) if isinstance(a, Shape) else a,
+                      variables, is_leaf=lambda a: isinstance(a, Shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _jit(fn: Callable, options: tuple, jit_kwargs: tuple) -> Callable:
+  return jax.jit(fn, compiler_options=dict(options) or None, **dict(jit_kwargs))
+
 
 def prepare_process() -> None:
-  """Process-wide settings for the backends: on CPU, glibc malloc keeps what XLA frees for its
-  next execution (`cpu.host_memory`). Entry points call it first, before JAX runs anything."""
+  """On CPU, glibc malloc keeps what XLA frees (`cpu.host_memory`); call before JAX runs."""
   from hinet_jax.cpu import host_memory  # pylint: disable=g-import-not-at-top
 
   host_memory.keep_freed_memory()
@@ -122,7 +153,7 @@ def cpu_backend_applies() -> tuple[bool, str]:
 
 
 def _plain_layers(layers: models.Layers) -> models.Layers:
-  """`layers` with the CPU backend's parts swapped back; parts of a model's own (a norm) kept."""
+  """`layers` with the CPU backend's parts swapped back (a model's own norm kept)."""
   if not any(type(part).__module__.startswith('hinet_jax.cpu') or
              getattr(part, '__module__', '').startswith('hinet_jax.cpu')
              for part in dataclasses.astuple(layers)):
@@ -142,16 +173,15 @@ def _cpu_declines(model: models.HINet) -> Optional[str]:
 
 
 def resolve(name: str = 'auto', model: Optional[models.HINet] = None) -> Backend:
-  """The backend called `name` ('auto', 'xla' or 'cpu') on this platform, for `model` if given.
+  """The backend called `name` ('auto', 'xla' or 'cpu') on this platform.
 
   Args:
     name: 'auto', 'xla' or 'cpu'.
-    model: the HINet to run. Where 'cpu' or 'auto' would pick the CPU backend but it does not
-      compute this model (`cpu.model_check`), XLA's layers run it, with one log line.
+    model: the HINet to run, if known: where the CPU backend does not compute it
+      (`cpu.model_check`), XLA's layers run it, with one log line.
 
   Raises:
-    ValueError: for an unknown name, or 'cpu' where it cannot run (the message says why and what
-      to use instead).
+    ValueError: an unknown name, or 'cpu' where it cannot run (the message says why).
   """
   backend = _resolve(name)
   if model is not None and backend.name == 'cpu':

@@ -1,12 +1,6 @@
-"""Exception types for mistakes in what a user passed: flags, config keys, paths and data.
-
-Library code raises these where it detects such a mistake, with a message that names the file or
-option and says the fix. Each type also derives from the built-in error a caller would expect
-(`ValueError`, `FileNotFoundError`, `FileExistsError`), so code that catches those keeps working.
-The command-line programs print a `UserError` as one line and exit with status 2, without a
-traceback (`hinet_jax/cli/runner.py`); any other exception is a bug and keeps its traceback.
-
-This module imports nothing, so every part of the package may use it.
+"""Exceptions for mistakes in what a user passed (flags, config keys, paths, data), raised with
+the fix in the message. Each also derives from the built-in error a caller would catch; the
+programs print one line and exit with status 2 (`cli/runner.py`). Imports nothing.
 """
 
 
@@ -27,11 +21,8 @@ class OutputExistsError(UserError, FileExistsError):
 
 
 class StorageError(UserError):
-  """Storage that cannot be reached, read or written: no connection or access, a read-only disk.
-
-  Not an `OSError`: callers that read an `OSError` as a damaged file (`image_ops.read_image`)
-  must pass this one on.
-  """
+  """Storage that cannot be reached, read or written. Not an `OSError`, which callers
+  (`image_ops.read_image`) read as a damaged file."""
 
 
 class StorageTimeoutError(StorageError):

@@ -1,21 +1,10 @@
 """One file layer for every path the project reads or writes: local folders and object storage.
 
-Paths are `etils.epath.Path`s (what orbax and tfds use), so `gs://bucket/run` works wherever a
-local folder does. Whole-file writes go through `write_bytes` / `write_text`: all or nothing (a
-temp file renamed into place locally, one object upload on object storage) and, for local files,
-the permissions the user's umask gives. Directory outputs (params-only checkpoints, SavedModels)
-are built in a local staging folder and published whole by `staged_dir`.
-
-Object-store failures (a missing bucket or object, no connection, no credentials, a bucket name
-GCS refuses) become `errors.*` errors that name the path and the fix.
-
-Deadlines: no object-store call waits forever. `configure_storage` (run by `as_path` for every
-object-store path) gives each client a per-request deadline of a third of
-HINET_JAX_STORAGE_TIMEOUT_S (default 120 s) and a few retries: gcsfs (epath's gs:// without
-TensorFlow) through its aiohttp timeouts, TensorStore (orbax's arrays) through its curl settings
-and retry count, tf.io.gfile through its GCS settings. Every call of this module also runs under
-a watchdog: one that makes no progress for the whole HINET_JAX_STORAGE_TIMEOUT_S raises
-`errors.StorageTimeoutError`, whatever the library under it does.
+Paths are `etils.epath.Path`s, so `gs://bucket/run` works wherever a local folder does. Writes are
+all or nothing (`write_bytes`, `staged_dir`) with the umask's permissions; object-store failures
+become `errors.*` that name the path and the fix. No object-store call waits forever: each client
+gets a per-request deadline (`configure_storage`), and each call of this module a watchdog that
+raises `errors.StorageTimeoutError` after HINET_JAX_STORAGE_TIMEOUT_S without progress.
 """
 
 import contextlib
@@ -38,12 +27,9 @@ from hinet_jax import errors
 PathLike = Union[str, os.PathLike, epath.Path]
 
 STORAGE_TIMEOUT_ENV = 'HINET_JAX_STORAGE_TIMEOUT_S'
-# google-cloud-storage's own client gives a request 60 s and its retries 120 s in all.
-DEFAULT_STORAGE_TIMEOUT_S = 120.0
-# A request with no answer for a third of the call deadline is abandoned and retried.
-REQUEST_SHARE = 3
-# TensorStore and tf.io.gfile retry a failed request this often (gcsfs's own count is fixed at 5).
-STORAGE_RETRIES = 5
+DEFAULT_STORAGE_TIMEOUT_S = 120.0  # google-cloud-storage's own total for a request's retries
+REQUEST_SHARE = 3  # a request is retried after a third of the call deadline without an answer
+STORAGE_RETRIES = 5  # TensorStore's and tf.io.gfile's; gcsfs's is fixed at 5
 # A transfer earns one more call deadline per this many bytes (a slow link is not a stall).
 BYTES_PER_DEADLINE = 64 << 20
 PROBE_FILE = '.hinet_jax_write_probe'
@@ -68,24 +54,19 @@ def is_local(path: PathLike) -> bool:
 
 
 def _umask_mode() -> int:
-  """0o666 minus the process umask: what `open(..., 'w')` would have given the file."""
   umask = os.umask(0)
   os.umask(umask)
   return 0o666 & ~umask
 
 
 def _bucket(path: PathLike) -> str:
-  """`gs://bucket` of an object-store path."""
   scheme, rest = os.fspath(path).split('://', 1)
   return f'{scheme}://{rest.split("/", 1)[0]}'
 
 
 def check_bucket_name(path: PathLike) -> None:
-  """Raises `errors.InvalidInputError` if `path` is on GCS in a bucket GCS cannot have.
-
-  Checked before any request: TensorStore refuses such names only when orbax first writes an
-  array, long after a run started.
-  """
+  """Raises `errors.InvalidInputError` for a GCS bucket name GCS cannot have, before any request
+  (TensorStore would refuse it only at orbax's first write)."""
   path = os.fspath(path)
   if is_local(path) or path.split('://', 1)[0] not in ('gs', 'gcs'):
     return
@@ -95,10 +76,6 @@ def check_bucket_name(path: PathLike) -> None:
     return
   raise errors.InvalidInputError(
       f'{path}: {bucket!r} cannot be a GCS bucket ({_BUCKET_RULE}). Check the path.')
-
-
-# --------------------------------------------------------------------------------------------
-# Deadlines.
 
 
 def storage_timeout_s() -> float:
@@ -125,26 +102,14 @@ class _DropRetriedErrors(logging.Filter):
 
 
 class _ClientSettings:
-  """What `configure_storage` has applied in this process."""
   timeout_s = None
   orbax_done = False
   lock = threading.Lock()
 
 
 def configure_storage() -> float:
-  """Gives this process's object-store clients deadlines and bounded retries; idempotent.
-
-  Each request gets `storage_timeout_s() / REQUEST_SHARE` seconds to connect and to hear back
-  (progress, not total time: a long upload is not cut), then is retried:
-    * gcsfs: `requests_timeout` (an aiohttp `ClientTimeout` with sock_connect/sock_read; gcsfs
-      passes it to every request, and its default None means no timeout at all), through
-      `fsspec.config` for new clients and set on the ones already made;
-    * TensorStore: TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS, TENSORSTORE_CURL_LOW_SPEED_* (read
-      when its HTTP transport starts), and `gcs_request_retries` in the contexts orbax builds
-      (its default is 32 retries, up to 32 s apart);
-    * tf.io.gfile: GCS_REQUEST_CONNECTION_TIMEOUT_SECS, GCS_REQUEST_IDLE_TIMEOUT_SECS and
-      GCS_RETRY_CONFIG_MAX_RETRIES (read when TensorFlow's GCS file system starts).
-  HINET_JAX_STORAGE_TIMEOUT_S is the one setting: these variables follow it.
+  """Gives gcsfs, TensorStore and tf.io.gfile a deadline of `storage_timeout_s() / REQUEST_SHARE`
+  per request (to connect and to hear back, not in total) and bounded retries; idempotent.
 
   Returns:
     The call deadline, `storage_timeout_s()`.
@@ -164,7 +129,6 @@ def configure_storage() -> float:
 
 
 def _client_env(request_s: float) -> dict:
-  """The environment variables that give TensorStore and tf.io.gfile a request deadline."""
   seconds = str(max(1, math.ceil(request_s)))
   return {
       'TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS': seconds,
@@ -178,7 +142,7 @@ def _client_env(request_s: float) -> dict:
 
 
 def _set_gcsfs_timeout(request_s: float) -> None:
-  """Sets gcsfs's per-request timeout for new clients and for those already made."""
+  """Sets gcsfs's per-request timeout (default: none) for new clients and existing ones."""
   try:
     import aiohttp  # pylint: disable=g-import-not-at-top
     import fsspec  # pylint: disable=g-import-not-at-top
@@ -199,11 +163,8 @@ def _set_gcsfs_timeout(request_s: float) -> None:
 
 
 def _bound_orbax_tensorstore_retries() -> bool:
-  """Adds bounded GCS retries to the TensorStore contexts orbax builds; False until it is loaded.
-
-  orbax builds every context from these module defaults (`tensorstore_utils.get_ts_context`) and
-  has no option for them; a later orbax without them keeps TensorStore's defaults.
-  """
+  """Bounds GCS retries in the module defaults orbax builds TensorStore contexts from (it has no
+  option for them); False until orbax is loaded."""
   module = sys.modules.get(_ORBAX_TS_UTILS)
   if module is None:
     return False
@@ -216,7 +177,6 @@ def _bound_orbax_tensorstore_retries() -> bool:
 
 
 def _timeout_error(path: PathLike, action: str, waited: float) -> errors.StorageTimeoutError:
-  """The one message for an object-store call that stopped answering."""
   emulator = os.environ.get('STORAGE_EMULATOR_HOST')
   if emulator:
     check = (f'Check that the emulator at {emulator} (STORAGE_EMULATOR_HOST) is running and '
@@ -230,11 +190,8 @@ def _timeout_error(path: PathLike, action: str, waited: float) -> errors.Storage
 
 def _run_with_deadline(path: PathLike, action: str, fn: Callable[[Callable[[], None]], Any],
                        timeout: float) -> Any:
-  """`fn(progress)`, given up on once it has gone `timeout` seconds without calling `progress`.
-
-  The client libraries cannot be cancelled from outside, so `fn` runs in a daemon thread: one
-  given up on is abandoned (its request may still finish) and ends with the process.
-  """
+  """`fn(progress)`, given up on after `timeout` seconds without `progress()`; it runs in a
+  daemon thread, since the clients cannot be cancelled from outside."""
   outcome = {}
   done = threading.Event()
   last = [time.monotonic()]
@@ -261,14 +218,8 @@ def _run_with_deadline(path: PathLike, action: str, fn: Callable[[Callable[[], N
 
 def _call(path: PathLike, action: str, fn: Callable[[Callable[[], None]], Any],
           nbytes: int = 0) -> Any:
-  """`fn(progress)` on `path`: directly if local; on object storage checked, under a deadline.
-
-  Args:
-    path: the path `fn` works on.
-    action: a verb for error messages.
-    fn: does the work; calls its argument after each piece of progress (a chunk moved).
-    nbytes: bytes `fn` moves in one piece (a write): each BYTES_PER_DEADLINE earn a deadline.
-  """
+  """`fn(progress)` on `path`: directly if local; on object storage under `storage_errors` and a
+  deadline (one more per BYTES_PER_DEADLINE of `nbytes` moved in one piece)."""
   if is_local(path):
     return fn(lambda: None)
   with storage_errors(path, action):
@@ -278,14 +229,8 @@ def _call(path: PathLike, action: str, fn: Callable[[Callable[[], None]], Any],
 
 @contextlib.contextmanager
 def storage_errors(path: PathLike, action: str) -> Iterator[None]:
-  """Turns an object-store failure while `action`-ing `path` into an `errors.*` error.
-
-  Local paths pass through untouched: their errors are already plain and name the file.
-
-  Args:
-    path: the path being read or written.
-    action: a verb for the message ('read', 'write', 'list').
-  """
+  """Turns an object-store failure while `action`-ing `path` into an `errors.*` error (local
+  errors already name the file)."""
   if is_local(path):
     yield
     return
@@ -308,36 +253,26 @@ def storage_errors(path: PathLike, action: str) -> Iterator[None]:
         'service account, or `gcloud auth application-default login`).') from e
 
 
-# ---- Calls made through another library (orbax checkpoints, hinet_jax/train/checkpointing.py).
-
-
 def call_with_deadline(path: PathLike, action: str, fn: Callable[[], Any],
                        nbytes: int = 0) -> Any:
-  """`fn()`, a library call that works on `path`, under this module's deadline and error rules.
-
-  For object-store work this module does not do itself (orbax's saves and restores): on object
-  storage `fn` runs in a daemon thread under the watchdog and its failures become `errors.*`
-  errors naming `path` (`storage_errors`); on a local path it is a plain call. Threads `fn`
-  starts are daemon threads too (Python's default for a thread started by one), so work given up
-  on cannot hold the process at exit.
-
-  Args:
-    path: the path `fn` works on; errors name it.
-    action: a verb for error messages ('write', 'read', 'list').
-    fn: the call. It reports no progress, so its deadline is fixed by `nbytes`.
-    nbytes: bytes `fn` may move: each whole BYTES_PER_DEADLINE earn it one more deadline.
-
-  Returns:
-    What `fn` returns.
-  """
+  """`fn()`, another library's call on `path` (orbax's saves and restores), under this module's
+  deadline and error rules; it reports no progress, so `nbytes` sets its deadline."""
   return _call(path, action, lambda _: fn(), nbytes=nbytes - nbytes % BYTES_PER_DEADLINE)
-
-# ---- End of calls made through another library.
 
 
 def exists(path: PathLike) -> bool:
   """Whether `path` (a file or a non-empty folder) exists."""
   return _call(path, 'look up', lambda _: as_path(path).exists())
+
+
+def new_output(path: PathLike, overwrite: bool = False) -> str:
+  """`path` (absolute, if local) for an output about to be written; `errors.OutputExistsError`
+  naming the fix if it exists and `overwrite` is False."""
+  path = os.path.abspath(path) if is_local(path) else os.fspath(path)
+  if exists(path) and not overwrite:
+    raise errors.OutputExistsError(f'{path} already exists; choose another --output or pass '
+                                   '--overwrite to replace it.')
+  return path
 
 
 def is_dir(path: PathLike) -> bool:
@@ -351,10 +286,8 @@ def is_file(path: PathLike) -> bool:
 
 
 def _surely(predicate: Callable[[], bool], path: PathLike) -> bool:
-  """`predicate()`, where a "no" on object storage is checked by a lookup that raises.
-
-  gcsfs answers is_dir/is_file with False when it cannot look (access denied); `exists` raises.
-  """
+  """`predicate()`, with an object-store "no" confirmed by `exists`, which raises where gcsfs's
+  is_dir/is_file say False for want of access."""
   if predicate():
     return True
   if not is_local(path):
@@ -363,7 +296,6 @@ def _surely(predicate: Callable[[], bool], path: PathLike) -> bool:
 
 
 def read_bytes(path: PathLike) -> bytes:
-  """The contents of the file at `path`."""
   if is_local(path):
     return as_path(path).read_bytes()
 
@@ -379,17 +311,12 @@ def read_bytes(path: PathLike) -> bytes:
 
 
 def read_text(path: PathLike) -> str:
-  """The UTF-8 text of the file at `path`."""
   return read_bytes(path).decode('utf-8')
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
-  """Writes `data` to `path` whole or not at all; parent folders are created.
-
-  Local: a temp file in the same folder, renamed over `path` (an existing good file survives
-  any failure). Object storage: one upload, which the store commits atomically (one write
-  call: gcsfs commits what it holds when the file closes, even after an error).
-  """
+  """Writes `data` to `path` whole or not at all, creating parent folders: locally a temp file
+  renamed over `path`; on object storage one upload, which the store commits atomically."""
   path = as_path(path)
   if not is_local(path):
     _call(path, 'write', lambda _: path.write_bytes(data), nbytes=len(data))
@@ -408,7 +335,6 @@ def write_bytes(path: PathLike, data: bytes) -> None:
 
 
 def write_text(path: PathLike, text: str) -> None:
-  """`write_bytes` of UTF-8 text."""
   write_bytes(path, text.encode('utf-8'))
 
 
@@ -433,19 +359,9 @@ def remove_tree(path: PathLike) -> None:
 
 
 def check_writable(folder: PathLike, probe_name: str = PROBE_FILE) -> None:
-  """Writes a small probe file in `folder` (created if missing), reads it back, deletes it.
-
-  A program calls this before it does any work whose output goes to `folder`, so a folder it
-  cannot write (a bucket name GCS refuses, a missing bucket, no access, a stalled endpoint, a
-  read-only or misplaced local folder) is one message at the start.
-
-  Args:
-    folder: a local folder or `gs://bucket/prefix`.
-    probe_name: the probe's file name (processes sharing `folder` each use their own).
-
-  Raises:
-    errors.UserError: one of its kinds, naming `folder` (or the probe in it) and the fix.
-  """
+  """Writes, reads back and deletes a probe file in `folder` (created if missing), so a folder a
+  program cannot write is one `errors.UserError` at its start; processes sharing `folder` each
+  pass their own `probe_name`."""
   check_bucket_name(folder)
   probe = as_path(folder) / probe_name
   token = f'hinet_jax write probe {uuid.uuid4()}\n'.encode()
@@ -478,21 +394,11 @@ def _upload_tree(local_dir: str, dest: epath.Path, marker: str) -> None:
 
 @contextlib.contextmanager
 def staged_dir(dest: PathLike, *, marker: str) -> Iterator[str]:
-  """Yields a local folder to build a directory output in; publishes it to `dest` on success.
+  """Yields an empty local folder to build a directory output in; publishes it to `dest`
+  (replacing it) only if the body succeeds.
 
-  Nothing partial ever stands at `dest`, and an existing `dest` is replaced only by a complete
-  new one. Local: the staging folder is a sibling of `dest`, renamed into place. Object storage
-  has no atomic rename, so the rule there is a marker: `marker` (a top-level file of the output,
-  e.g. model_config.json) is uploaded last and deleted first, and readers refuse a folder
-  without it. If the body raises, nothing is published and the staging folder is removed.
-
-  Args:
-    dest: where the output goes (local or `gs://...`); replaced if it exists (callers check
-      `--overwrite` before building anything).
-    marker: the file whose presence says the output at `dest` is complete.
-
-  Yields:
-    The local staging folder (empty, exists).
+  Locally the folder is renamed into place. Object storage has no atomic rename: the top-level
+  `marker` file is deleted first and uploaded last, and readers refuse a folder without it.
   """
   dest_path = as_path(os.path.abspath(dest) if is_local(dest) else dest)
   if is_local(dest_path):

@@ -12,7 +12,6 @@ server and credential files, so no byte leaves this machine:
 import collections
 import http.server
 import json
-import os
 import socket
 import threading
 import urllib.request

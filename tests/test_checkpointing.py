@@ -13,13 +13,15 @@ import numpy as np
 import optax
 
 from hinet_jax import api
+from hinet_jax import checkpoints
 from hinet_jax import errors
 from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.configs import tiny as tiny_config
 from hinet_jax.train import checkpointing
-from hinet_jax.train import loop
+from hinet_jax.train import resume
 from hinet_jax.train import sharding
+from hinet_jax.train import validation
 from hinet_jax.train import step as step_lib
 
 TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
@@ -57,14 +59,14 @@ class CheckpointingTest(absltest.TestCase):
     it = _range_iter()
     for _ in range(7):
       next(it)
-    mngr = checkpointing.create_manager(workdir)
+    mngr = checkpoints.create_manager(workdir)
     checkpointing.save(mngr, 7, self.state, data_iter=it, meta={'config': {'a': 1}})
     expected_next = [next(it) for _ in range(3)]
     mngr.wait_until_finished()
     mngr.close()
 
     fresh_it = _range_iter()
-    mngr = checkpointing.create_manager(workdir)
+    mngr = checkpoints.create_manager(workdir)
     state, meta = checkpointing.restore(mngr, self.abstract, data_iter=fresh_it)
     mngr.close()
     _assert_trees_equal(state.params, self.state.params)
@@ -77,7 +79,7 @@ class CheckpointingTest(absltest.TestCase):
 
   def test_keeps_latest_n_and_the_best(self):
     workdir = self._tmpdir()
-    mngr = checkpointing.create_manager(workdir, keep_latest=2, keep_best=1)
+    mngr = checkpoints.create_manager(workdir, keep_latest=2, keep_best=1)
     psnrs = {2: 20.0, 3: 31.0, 4: 25.0, 6: 22.0}
     for step in range(1, 7):
       metrics = {'psnr': psnrs[step]} if step in psnrs else None
@@ -85,21 +87,21 @@ class CheckpointingTest(absltest.TestCase):
     mngr.wait_until_finished()
     self.assertEqual(sorted(mngr.all_steps()), [3, 5, 6])
     mngr.close()
-    self.assertEqual(checkpointing.select_step(workdir, 'best'), 3)
-    self.assertEqual(checkpointing.select_step(workdir, 'latest'), 6)
+    self.assertEqual(checkpoints.select_step(workdir, 'best'), 3)
+    self.assertEqual(checkpoints.select_step(workdir, 'latest'), 6)
 
   def test_interrupted_save_leaves_the_previous_step_usable(self):
     workdir = self._tmpdir()
-    mngr = checkpointing.create_manager(workdir)
+    mngr = checkpoints.create_manager(workdir)
     checkpointing.save(mngr, 5, self.state)
     mngr.wait_until_finished()
     mngr.close()
     # What a kill during the write of step 10 leaves behind (orbax renames when complete).
-    partial = os.path.join(checkpointing.checkpoint_dir(workdir), '10.orbax-checkpoint-tmp-123')
+    partial = os.path.join(checkpoints.checkpoint_dir(workdir), '10.orbax-checkpoint-tmp-123')
     os.makedirs(os.path.join(partial, 'state'))
     with open(os.path.join(partial, 'state', 'garbage'), 'w') as f:
       f.write('partial')
-    mngr = checkpointing.create_manager(workdir)
+    mngr = checkpoints.create_manager(workdir)
     self.assertEqual(mngr.latest_step(), 5)
     deadline = time.time() + 30  # orbax deletes leftovers in the background at start-up.
     while os.path.exists(partial) and time.time() < deadline:
@@ -112,27 +114,27 @@ class CheckpointingTest(absltest.TestCase):
   def test_load_params_from_workdir(self):
     workdir = self._tmpdir()
     checkpointing.write_model_config(workdir, models.model_config(self.model))
-    mngr = checkpointing.create_manager(workdir)
+    mngr = checkpoints.create_manager(workdir)
     checkpointing.save(mngr, 3, self.state, metrics={'psnr': 30.0})
     other = self.state.replace(params=jax.tree.map(lambda p: p + 1.0, self.state.params))
     checkpointing.save(mngr, 4, other, metrics={'psnr': 10.0})
     mngr.wait_until_finished()
     mngr.close()
-    cfg, params = checkpointing.load_params_from_workdir(workdir, 'best')
+    cfg, params = checkpoints.load_params_from_workdir(workdir, 'best')
     self.assertEqual(cfg['wf'], 8)
     _assert_trees_equal(params, self.state.params)
-    _, params = checkpointing.load_params_from_workdir(workdir, 'latest')
+    _, params = checkpoints.load_params_from_workdir(workdir, 'latest')
     _assert_trees_equal(params, other.params)
-    _, params = checkpointing.load_params_from_workdir(workdir, '3')
+    _, params = checkpoints.load_params_from_workdir(workdir, '3')
     _assert_trees_equal(params, self.state.params)
 
   def test_missing_workdir_files_say_what_is_wrong(self):
     workdir = self._tmpdir()
     with self.assertRaisesRegex(FileNotFoundError, 'model_config.json'):
-      checkpointing.load_params_from_workdir(workdir)
+      checkpoints.load_params_from_workdir(workdir)
     checkpointing.write_model_config(workdir, models.model_config(self.model))
     with self.assertRaisesRegex(FileNotFoundError, 'No complete checkpoint'):
-      checkpointing.load_params_from_workdir(workdir)
+      checkpoints.load_params_from_workdir(workdir)
 
 
 class InitAndResumeTest(absltest.TestCase):
@@ -152,14 +154,14 @@ class InitAndResumeTest(absltest.TestCase):
     trained, _, _ = step_lib.init_state(model, tx, mesh, seed=7)
     source = self._tmpdir()
     checkpointing.write_model_config(source, models.model_config(model))
-    mngr = checkpointing.create_manager(source)
+    mngr = checkpoints.create_manager(source)
     checkpointing.save(mngr, 4, trained)
     mngr.wait_until_finished()
     mngr.close()
 
     config.init_from = source
-    mngr = checkpointing.create_manager(self._tmpdir())
-    start = loop.restore_or_init(config, model, tx, mesh, mngr)
+    mngr = checkpoints.create_manager(self._tmpdir())
+    start = resume.restore_or_init(config, model, tx, mesh, mngr)
     mngr.close()
     self.assertEqual(start.step, 0)
     _assert_trees_equal(start.state.params, trained.params)
@@ -172,36 +174,41 @@ class InitAndResumeTest(absltest.TestCase):
     config.init_from = os.path.join(self._tmpdir(), 'no_such_run')
     model = models.create_model(**config.model)
     with self.assertRaisesRegex(errors.MissingPathError, 'config.init_from=.*no_such_run'):
-      loop.initial_params(config, model)
+      resume.initial_params(config, model)
 
   def test_data_position_resumes_only_with_the_same_layout(self):
     config = tiny_config.get_config()
-    layout = loop.data_layout(config)
-    self.assertEqual(loop.plan_data_resume(config, {'data_layout': layout, 'data_stream': 3}, 9),
+    layout = resume.data_layout(config)
+    self.assertEqual(resume.plan_data_resume(config, {'data_layout': layout, 'data_stream': 3}, 9),
                      (3, True))
-    self.assertEqual(loop.plan_data_resume(config, {}, 9), (0, True))  # Older checkpoints.
+    self.assertEqual(resume.plan_data_resume(config, {}, 9), (0, True))  # Older checkpoints.
     for changed in ({'process_count': 2}, {'num_workers': 4}):
       meta = {'data_layout': dict(layout, **changed), 'data_stream': 3}
-      self.assertEqual(loop.plan_data_resume(config, meta, 9), (9, False))
+      self.assertEqual(resume.plan_data_resume(config, meta, 9), (9, False))
 
   def test_best_step_counts_the_final_evaluation(self):
     workdir = self._tmpdir()
     _, state, _ = _tiny_state()
-    mngr = checkpointing.create_manager(workdir)
+    mngr = checkpoints.create_manager(workdir)
     checkpointing.save(mngr, 2, state, metrics={'psnr': 30.0})
     checkpointing.save(mngr, 4, state)  # The final state, saved before its evaluation.
     mngr.wait_until_finished()
     mngr.close()
-    self.assertEqual(checkpointing.select_step(workdir, 'best'), 2)
-    files.write_text(os.path.join(workdir, checkpointing.FINAL_METRICS_FILE),
+    self.assertEqual(checkpoints.select_step(workdir, 'best'), 2)
+    files.write_text(os.path.join(workdir, checkpoints.FINAL_METRICS_FILE),
                      json.dumps({'step': 4, 'psnr': 31.0}))
-    self.assertEqual(checkpointing.select_step(workdir, 'best'), 4)
+    self.assertEqual(checkpoints.select_step(workdir, 'best'), 4)
 
   def test_several_validation_sets_average_into_the_headline(self):
-    results = {'a': {'psnr': 30.0, 'ssim': 0.8, 'num_images': 10},
-               'b': {'psnr': 20.0, 'ssim': 0.6, 'num_images': 2, 'extra': 1.0}}
-    self.assertEqual(loop.mean_over_sets(results),
-                     {'psnr': 25.0, 'ssim': 0.7, 'num_images': 12})
+    def result(psnr, n):
+      return {'psnr': psnr, 'ssim': psnr / 40, 'input_psnr': 20.0, 'input_ssim': 0.5,
+              'psnr_official': psnr, 'ssim_official': psnr / 40, 'official_peak_flips': 0,
+              'num_images': n}
+    combined = validation.combine_sets({'a': result(30.0, 10), 'b': result(20.0, 2)})
+    self.assertEqual((combined['psnr'], combined['ssim'], combined['num_images']),
+                     (25.0, 0.625, 12))  # Each set weighs the same; counts add up.
+    self.assertEqual((combined['a/psnr'], combined['b/num_images']), (30.0, 2))
+    self.assertEqual(validation.combine_sets({'a': result(30.0, 10)}), result(30.0, 10))
 
 
 class OlderWorkdirTest(absltest.TestCase):
@@ -218,26 +225,27 @@ class OlderWorkdirTest(absltest.TestCase):
     tx = step_lib.create_optimizer(config, lr_fn)
     mesh = sharding.create_mesh()
     state, _, _ = step_lib.init_state(model, tx, mesh, seed=3)
-    with open(os.path.join(workdir, checkpointing.MODEL_CONFIG_FILE), 'w') as f:
+    with open(os.path.join(workdir, checkpoints.MODEL_CONFIG_FILE), 'w') as f:
       json.dump(dict(models.model_config(model), conv_impl='auto'), f)
     old_config = config.to_dict()
     del old_config['backend']
     old_config['model']['conv_impl'] = 'native'
-    mngr = checkpointing.create_manager(workdir)
+    mngr = checkpoints.create_manager(workdir)
     checkpointing.save(mngr, 5, state, meta={'config': old_config})
     mngr.wait_until_finished()
 
-    start = loop.restore_or_init(config, model, tx, mesh, mngr)
+    start = resume.restore_or_init(config, model, tx, mesh, mngr)
     self.assertEqual(start.step, 5)
     _assert_trees_equal(start.state.params, state.params)
     _assert_trees_equal(start.state.opt_state, state.opt_state)
     # Another architecture is refused, naming the field.
     wider = models.create_model(**dict(config.model, wf=16))
-    with self.assertRaisesRegex(ValueError, r"different model: \{'wf': \(8, 16\)\}"):
-      loop.restore_or_init(config, wider, tx, mesh, mngr)
+    with self.assertRaisesRegex(ValueError, r"different model: \{'wf': \(8, 16\)\} .* Resume "
+                                            r"with --config.model.wf=8"):
+      resume.restore_or_init(config, wider, tx, mesh, mngr)
     mngr.close()
 
-    model_cfg, params = checkpointing.load_params_from_workdir(workdir)
+    model_cfg, params = checkpoints.load_params_from_workdir(workdir)
     _assert_trees_equal(params, state.params)
     self.assertEqual(models.model_config(models.create_model(**model_cfg)),
                      models.model_config(model))

@@ -80,6 +80,10 @@ CASES = [
     ('unreadable_image', PREPARE_SIDD,
      ['--input_dir={tmp}/sidd', '--output_dir={tmp}/crops', '--num_workers=1'],
      ['0001_NOISY_SRGB_010.PNG', 'not PNG, JPEG']),
+    ('config_conflict_names_the_fix', TRAIN, [DEMO, '--workdir={tmp}/w',
+                                              '--config.num_train_steps=2'],
+     ['config.optim.warmup_steps=50 must be smaller than the cosine period 2',
+      '--config.optim.warmup_steps=0']),
 ]
 
 

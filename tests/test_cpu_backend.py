@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import hinet_jax
 from hinet_jax import backends
 from hinet_jax import cpu
 from hinet_jax import models
@@ -115,3 +116,20 @@ def test_backend_names():
   assert backends.resolve('auto').name == 'xla'
   with pytest.raises(ValueError, match='8 devices'):
     backends.resolve('cpu')
+
+
+def test_predictor_holds_the_packed_kernels_alone(setup):
+  """A Predictor on the CPU backend keeps each packed kernel's raw form as its shape only, and
+  restores as the plain model does."""
+  plain, fused, params, x = setup
+  cpu_backend = backends._cpu()  # pylint: disable=protected-access  (resolve: 8 test devices)
+  predictor = hinet_jax.Predictor(fused, params, backend=cpu_backend)
+  held = predictor.variables['params']
+  packed_paths = {path for path, _ in jax.tree_util.tree_flatten_with_path(
+      predictor.variables[cpu.PACKED])[0]}
+  assert packed_paths
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      held, is_leaf=lambda a: isinstance(a, backends.Shape))[0]:
+    assert isinstance(leaf, backends.Shape) == (path in packed_paths), jax.tree_util.keystr(path)
+  want = jax.jit(lambda p: plain.apply({'params': p}, x)[1])(params)
+  assert _rel(predictor.predict(x), want) < 1e-5

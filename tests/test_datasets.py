@@ -1,4 +1,5 @@
-"""Tests for datasets, the crop preparation and tfds_builders on tiny files in the real formats."""
+"""Tests for the data sources (`datasets` and its modules), crop preparation and tfds_builders, on
+tiny files in the real formats."""
 
 import os
 import subprocess
@@ -12,11 +13,16 @@ from hinet_jax.configs import gopro as gopro_config
 from hinet_jax.configs import rain13k as rain13k_config
 from hinet_jax.configs import sidd as sidd_config
 from hinet_jax.data import datasets
+from hinet_jax.data import demo_set
 from hinet_jax.data import image_ops
 from hinet_jax.data import input_pipeline
+from hinet_jax.data import layouts
+from hinet_jax.data import paired_files
 from hinet_jax.data import prepare
 from hinet_jax.data import prepare_gopro
 from hinet_jax.data import prepare_sidd
+from hinet_jax.data import sidd_mat
+from hinet_jax.data import tfds_source
 
 import data_fixtures
 
@@ -388,6 +394,20 @@ def test_make_source_errors():
     datasets.DemoSource(degradation='rain')
   src = datasets.create_source({'kind': 'demo', 'split': 'val', 'images': ('coins',)})
   assert len(src) == 1
+
+
+def test_datasets_keeps_the_names_of_the_modules_it_was_split_into():
+  moved = {paired_files: ['list_images', 'match_pairs', 'read_pair', 'PairedFileSource',
+                          'PairedFolderSource'],
+           layouts: ['RAIN13K_TEST_SETS', 'list_sidd_medium_pairs', 'SiddMediumSource',
+                     'gopro_source', 'reds_pairs', 'reds_source', 'rain13k_source'],
+           sidd_mat: ['SIDD_VAL_SHAPE', 'SIDD_VAL_KEYS', 'load_mat_blocks', 'SiddValidationSource'],
+           demo_set: ['DEMO_TRAIN_IMAGES', 'DEMO_VAL_IMAGES', 'load_demo_image',
+                      'motion_blur_kernel', 'degrade', 'DemoSource'],
+           tfds_source: ['TfdsSource']}
+  for module, names in moved.items():
+    for name in names:
+      assert getattr(datasets, name) is getattr(module, name), name
 
 
 # ----------------------------------------------------------------------------

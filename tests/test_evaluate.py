@@ -22,6 +22,8 @@ import scipy.io
 from hinet_jax.cli import eval as eval_script
 from hinet_jax import backends
 from hinet_jax.data import datasets
+from hinet_jax.data import test_sets
+from hinet_jax.evaluation import engine
 from hinet_jax.evaluation import protocols as evaluate
 from hinet_jax.data import image_ops
 from hinet_jax.evaluation import inference
@@ -118,7 +120,7 @@ class EvaluateBatchesTest(absltest.TestCase):
          'mask': np.array([1, 1, 0], np.float32), 'name': ['d', 'e', '']}]
     rows = []
     for _ in range(2):  # The second evaluation reuses the compiled step.
-      summary = evaluate.evaluate_batches(predict, np.float32(1.0), batches, rows=rows)
+      summary = engine.evaluate_batches(predict, np.float32(1.0), batches, rows=rows)
     self.assertLen(traces, 1)
     expected = np.mean([_np_psnr(lq[i], gt[i]) for i in range(5)])
     self.assertEqual(summary['num_images'], 5)
@@ -139,7 +141,7 @@ class EvaluateBatchesTest(absltest.TestCase):
     for in_flight in (None, 1, 2, 3):
       unfinished = []
       batches = _batches_of_slow_images(images, in_flight or 1, unfinished)
-      summary = evaluate.evaluate_batches(_IDENTITY, None, batches, in_flight=in_flight)
+      summary = engine.evaluate_batches(_IDENTITY, None, batches, in_flight=in_flight)
       self.assertEqual(summary['num_images'], 12)
       self.assertEqual(unfinished, [0] * len(images), in_flight)
 
@@ -155,23 +157,23 @@ class EvaluateBatchesTest(absltest.TestCase):
     batches = [{'lq': rng.uniform(0, 1, (2, 12, 12, 3)).astype(np.float32),
                 'gt': rng.uniform(0, 1, (2, 12, 12, 3)).astype(np.float32)} for _ in range(3)]
     plain = jax.jit(lambda p, x: x + 2 * p['bias'])
-    want = evaluate.evaluate_batches(plain, params, batches)
+    want = engine.evaluate_batches(plain, params, batches)
     for _ in range(2):
-      got = evaluate.evaluate_batches(predict, params, batches)
+      got = engine.evaluate_batches(predict, params, batches)
       self.assertAlmostEqual(got['psnr'], want['psnr'], places=4)
     self.assertEqual(predict.prepared_variables.prepares, 1)
 
   def test_self_ensemble_of_identity_is_identity(self):
     gt = np.random.default_rng(1).uniform(0, 1, (2, 16, 12, 3)).astype(np.float32)
     lq = gt * 0.9
-    plain = evaluate.evaluate_batches(_IDENTITY, None, [{'lq': lq, 'gt': gt}])
-    ens = evaluate.evaluate_batches(_IDENTITY, None, [{'lq': lq, 'gt': gt}], self_ensemble=True)
+    plain = engine.evaluate_batches(_IDENTITY, None, [{'lq': lq, 'gt': gt}])
+    ens = engine.evaluate_batches(_IDENTITY, None, [{'lq': lq, 'gt': gt}], self_ensemble=True)
     self.assertAlmostEqual(plain['psnr'], ens['psnr'], places=4)
 
   def test_padded_batches_are_refused(self):
     x = np.zeros((1, 16, 16, 3), np.float32)
     with self.assertRaisesRegex(ValueError, 'padded'):
-      evaluate.evaluate_batches(_IDENTITY, None,
+      engine.evaluate_batches(_IDENTITY, None,
                                 [{'lq': x, 'gt': x, 'mask': np.ones(1), 'hw': [[12, 16]]}])
 
 
@@ -187,9 +189,9 @@ class ProtocolTest(absltest.TestCase):
     lq, gt = _pair(2 * 2 * 24, 24, 0)
     noisy = lq.reshape(2, 2, 24, 24, 3)
     clean = gt.reshape(2, 2, 24, 24, 3)
-    scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[0]),
+    scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[0]),
                      {datasets.SIDD_VAL_KEYS['noisy']: noisy})
-    scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[1]),
+    scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[1]),
                      {datasets.SIDD_VAL_KEYS['gt']: clean})
     rows = []
     summary = evaluate.evaluate_protocol(_HALF_WAY, None, 'sidd_val', d, batch_size=3, rows=rows)
@@ -240,7 +242,7 @@ class ProtocolTest(absltest.TestCase):
     for name, value in zip(datasets.RAIN13K_TEST_SETS, per_set):
       self.assertAlmostEqual(summary['subsets'][name]['input_psnr'], value, places=3)
     self.assertAlmostEqual(summary['psnr'], np.mean(per_set), places=3)
-    self.assertIn('average', evaluate.format_table(summary))
+    self.assertIn('average', eval_script.format_table(summary))
     only = evaluate.evaluate_protocol(_IDENTITY, None, 'rain13k', root, subsets=['Rain100H'])
     self.assertEqual(list(only['subsets']), ['Rain100H'])
 
@@ -253,9 +255,9 @@ def _sidd_overshoot_dir(d):
   noisy[1, 1, 7, 9, 2] = 255
   clean = np.clip(noisy.astype(np.int32) * 3 // 2 + rng.integers(-9, 9, noisy.shape), 0,
                   255).astype(np.uint8)
-  scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[0]),
+  scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[0]),
                    {datasets.SIDD_VAL_KEYS['noisy']: noisy})
-  scipy.io.savemat(os.path.join(d, evaluate.SIDD_VAL_FILES[1]),
+  scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[1]),
                    {datasets.SIDD_VAL_KEYS['gt']: clean})
   return noisy.reshape(6, 24, 24, 3), clean.reshape(6, 24, 24, 3)
 
@@ -306,7 +308,7 @@ class OfficialMetricsTest(absltest.TestCase):
       self.assertAlmostEqual(sub['ssim_official'],
                              metrics.ssim_as_official(out8, gt, y_channel=True), places=5)
       self.assertEqual(sub['official_peak_flips'], 0)
-    self.assertIn('PSNR*', evaluate.format_table(summary))
+    self.assertIn('PSNR*', eval_script.format_table(summary))
 
 
 def _free_port():
@@ -335,13 +337,13 @@ _WORKER = textwrap.dedent('''
                                process_id=int(sys.argv[2]))
     sys.path.insert(0, sys.argv[3])
     import test_evaluate as t
-    from hinet_jax.evaluation import protocols
+    from hinet_jax.evaluation import engine, protocols
     source, out = t._split_source(), {}
     for name, batched in (('batched', True), ('pairs', False)):
-      protocol = protocols.Protocol(name, protocols.MetricConfig(), batched=batched)
+      protocol = protocols.Protocol(name, engine.MetricConfig(), batched=batched)
       rows = []
-      out[name] = protocols.evaluate_source(t._TIMES_1_5, None, source, protocol, batch_size=4,
-                                            rows=rows)
+      out[name] = engine.evaluate_source(t._TIMES_1_5, None, source, protocol, batch_size=4,
+                                         rows=rows)
       out[name]['scored'] = [r['name'] for r in rows]
     print('RESULT ' + json.dumps(out))
     ''')
@@ -352,20 +354,20 @@ class SplitEvaluationTest(absltest.TestCase):
 
   def test_batches_split_over_local_devices(self):
     source = _split_source()
-    protocol = evaluate.Protocol('x', evaluate.MetricConfig(), batched=True)
+    protocol = evaluate.Protocol('x', engine.MetricConfig(), batched=True)
     self.assertEqual(jax.local_device_count(), 8)
-    split = evaluate.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=8)
-    whole = evaluate.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=3)
+    split = engine.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=8)
+    whole = engine.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=3)
     self.assertEqual(split['num_images'], 7)
-    for key in evaluate.ROW_KEYS:
+    for key in engine.ROW_KEYS:
       self.assertAlmostEqual(split[key], whole[key], places=4, msg=key)
 
   def test_two_processes_match_one(self):
     source = _split_source()
     want = {}
     for name, batched in (('batched', True), ('pairs', False)):
-      protocol = evaluate.Protocol(name, evaluate.MetricConfig(), batched=batched)
-      want[name] = evaluate.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=4)
+      protocol = evaluate.Protocol(name, engine.MetricConfig(), batched=batched)
+      want[name] = engine.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=4)
     env = dict(os.environ, JAX_PLATFORMS='cpu',
                XLA_FLAGS='--xla_force_host_platform_device_count=4')
     address = f'localhost:{_free_port()}'
@@ -380,7 +382,7 @@ class SplitEvaluationTest(absltest.TestCase):
       for name in want:
         self.assertEqual(got[name]['scored'], [f'{k:02d}' for k in range(i, 7, 2)])
         self.assertEqual(got[name]['num_images'], 7)
-        for key in evaluate.ROW_KEYS:
+        for key in engine.ROW_KEYS:
           self.assertAlmostEqual(got[name][key], want[name][key], places=4, msg=(i, name, key))
 
 
@@ -446,7 +448,7 @@ class EvalScriptTest(absltest.TestCase):
     self.assertEqual((a.dtype, a.shape), (np.uint8, (21, 30, 3)))
     self.assertEqual((b.dtype, b.shape), (np.uint16, (18, 18, 3)))  # Bit depth kept.
     panel = image_ops.read_image(os.path.join(out, 'a_panel.png'))
-    self.assertEqual(panel.shape, (21, 2 * 30 + inference.PANEL_GAP, 3))
+    self.assertEqual(panel.shape, (21, 2 * 30 + eval_script.PANEL_GAP, 3))
     np.testing.assert_array_equal(panel[:, :30], lq8)
     # An existing output is kept unless --overwrite.
     image_ops.write_image(os.path.join(out, 'a.png'), np.zeros_like(lq8))

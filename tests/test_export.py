@@ -1,4 +1,4 @@
-"""Tests for hinet_jax.interop.export: the SavedModel restores sizes it has never seen, as JAX does."""
+"""hinet_jax.interop.export: the SavedModel restores sizes it has never seen, as JAX does."""
 
 import os
 import subprocess
@@ -9,6 +9,8 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
+from absl import app
+from hinet_jax.cli import exporter
 from hinet_jax.interop import export
 from hinet_jax import models
 from hinet_jax.models import pretrained
@@ -31,7 +33,7 @@ class ExportTest(absltest.TestCase):
   def test_cli_export_matches_jax_on_unseen_sizes(self):
     tmp = self._tempdir()
     model = models.HINet(wf=8, depth=3)
-    rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice.
+    rng = np.random.default_rng(0)  # Random weights of the right shapes suffice: no init compile.
     params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
                           models.abstract_params(model))
     ckpt = pretrained.save_params(os.path.join(tmp, 'ckpt'), params, models.model_config(model))
@@ -54,6 +56,45 @@ class ExportTest(absltest.TestCase):
     out = self._tempdir()
     with self.assertRaisesRegex(FileExistsError, 'overwrite'):
       export.export_saved_model(models.HINet(wf=8, depth=3), {}, out)
+
+
+class ExportProgramTest(absltest.TestCase):
+  """`hinet-export --format=...`: each format's refusals before any loading, and one format
+  written from a converted checkpoint in this process (the formats' own tests run each one)."""
+
+  def _flags(self, **overrides):
+    values = dict(checkpoint=self.enterContext(tempfile.TemporaryDirectory()), which='latest',
+                  output='/nonexistent/out', format='savedmodel', dtype='float32', license=None,
+                  overwrite=False)
+    return type('Flags', (), {**values, **overrides})
+
+  def test_refusals_name_the_flag_and_the_fix(self):
+    for overrides, message in (
+        (dict(format='onnx', dtype='bfloat16', output='m.onnx'), '--dtype=float32'),
+        (dict(format='hub', dtype='bfloat16'), '--dtype=float32'),
+        (dict(format='hub'), '--license=ID'),
+        (dict(format='onnx'), 'name it'),
+        (dict(checkpoint='/nonexistent/ckpt'), '--checkpoint=/nonexistent/ckpt'),
+        (dict(output=REPO), '--overwrite'),
+    ):
+      with self.subTest(**overrides), self.assertRaisesRegex(app.UsageError, message):
+        exporter.check_flags(self._flags(**overrides))
+    exporter.check_flags(self._flags(format='stablehlo', dtype='bfloat16'))
+
+  def test_hub_from_a_converted_checkpoint(self):
+    from hinet_jax.interop import hub  # pylint: disable=g-import-not-at-top
+    tmp = self.enterContext(tempfile.TemporaryDirectory())
+    model = models.HINet(wf=8, depth=3)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
+                          models.abstract_params(model))
+    ckpt = pretrained.save_params(os.path.join(tmp, 'ckpt'), params, models.model_config(model))
+    out = exporter.export(ckpt, os.path.join(tmp, 'hub'), fmt='hub', license_id='mit')
+    config, loaded = hub.read_hub(out)
+    self.assertEqual(models.create_model(**config), model)
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    with open(os.path.join(out, hub.CARD_FILE)) as f:
+      self.assertIn('Params-only checkpoint', f.read())
 
 
 if __name__ == '__main__':

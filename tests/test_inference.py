@@ -1,9 +1,15 @@
-"""Tests for hinet_jax.evaluation.inference: the official grid, tiling == whole-image inference,
-one trace, bounded calls in flight, variables prepared once per parameter set."""
+"""Tests for hinet_jax.evaluation.inference and the Predictor: the official grid, tiling ==
+whole-image inference, one trace, bounded calls in flight, variables prepared once per parameter
+set, the predictor holding prepared weights alone, and the README's example as written."""
 
 import dataclasses
 import gc
 import math
+import os
+import pathlib
+import re
+import tempfile
+import weakref
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -12,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import hinet_jax
 from hinet_jax import backends
 from hinet_jax import models
 from hinet_jax.evaluation import inference
+from hinet_jax.models import pretrained
 
 
 class TwoConvs(nn.Module):
@@ -238,6 +246,71 @@ class RestoreTest(parameterized.TestCase):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+class Doubled(nn.Module):
+  """x + 2 * bias, read from the 'prepared' twin of `bias` when it is given."""
+
+  @nn.compact
+  def __call__(self, x):
+    bias = self.param('bias', nn.initializers.normal(1.0), (x.shape[-1],))
+    if self.has_variable('prepared', 'bias'):
+      return x + self.get_variable('prepared', 'bias')
+    return x + 2 * bias
+
+
+def _tiny_hinet():
+  model = models.HINet(wf=8, depth=3)
+  rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice here.
+  return model, jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
+                             models.abstract_params(model))
+
+
+class PredictorTest(absltest.TestCase):
+
+  def test_restores_as_the_model_whole_tiled_and_self_ensembled(self):
+    model, params = _tiny_hinet()
+    x = _image(20, 36)
+    want = np.asarray(jax.jit(model.apply)({'params': params}, x[None])[1][0])
+    np.testing.assert_allclose(hinet_jax.Predictor(model, params)(x), want, atol=1e-5)
+    forward = inference.make_predict_fn(model)
+    for options in (dict(tile=16, overlap=4), dict(self_ensemble=True)):
+      got = hinet_jax.Predictor(model, params, **options)(np.round(x * 255).astype(np.uint8))
+      ref = inference.restore_image(forward, params, np.round(x * 255) / 255, **options)
+      np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=str(options))
+
+  def test_holds_the_prepared_weights_alone(self):
+    """A parameter with a prepared twin is held as its shape; the caller's arrays are freed."""
+    backend = _fake_backend(prepare_inference=lambda m, p: {'prepared': {'bias': 2 * p['bias']}})
+    params = {'bias': jnp.asarray([0.1, 0.2, 0.3], jnp.float32)}
+    expected = _image(4, 5) + 2 * np.asarray(params['bias'])
+    alive = weakref.ref(params['bias'])
+    predictor = hinet_jax.Predictor(Doubled(), params, backend=backend)
+    del params
+    gc.collect()
+    self.assertIsNone(alive())
+    self.assertEqual(predictor.variables['params']['bias'], backends.Shape((3,), 'float32'))
+    np.testing.assert_allclose(predictor(_image(4, 5)), expected, rtol=1e-6)
+
+
+class ReadmeTest(absltest.TestCase):
+
+  def test_the_first_python_example_runs_as_written(self):
+    """The README's first Python block, verbatim, on a tiny checkpoint at its path."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / 'README.md').read_text()
+    code = re.findall(r'```python\n(.*?)```', readme, flags=re.S)[0]
+    self.assertIn('hinet_jax.Predictor', code)
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+      os.chdir(tmp)
+      try:
+        model, params = _tiny_hinet()
+        pretrained.save_params('ckpt/sidd-1x', params, models.model_config(model))
+        scope = {}
+        exec(compile(code, 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+      finally:
+        os.chdir(here)
+    self.assertEqual(scope['restored'].shape, scope['noisy'].shape)
+
+
 class PrecisionTest(absltest.TestCase):
   """Convolutions are traced at the requested precision (float32 'highest' by default)."""
 
@@ -248,7 +321,7 @@ class PrecisionTest(absltest.TestCase):
     for precision in ('highest', 'default'):
       predict = inference.make_predict_fn(model, 'xla', precision=precision)
       self.assertEqual(predict.precision, precision)
-      jaxpr = str(jax.make_jaxpr(predict.apply_variables)({'params': params}, x))
+      jaxpr = str(jax.make_jaxpr(predict.apply)({'params': params}, x))
       counts[precision] = (jaxpr.count('conv_general_dilated'), jaxpr.count('HIGHEST'))
     self.assertEqual(inference.make_predict_fn(model, 'xla').precision, 'highest')
     self.assertGreater(counts['highest'][0], 0)

@@ -28,13 +28,14 @@ import numpy as np
 import pytest
 
 from hinet_jax import api
+from hinet_jax import checkpoints
 from hinet_jax import errors
 from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.data import image_ops
 from hinet_jax.models import pretrained
 from hinet_jax.train import checkpointing
-from hinet_jax.train import loop
+from hinet_jax.train import resume
 
 import object_store
 
@@ -126,7 +127,7 @@ def test_object_store_denied_bucket_is_a_clear_error(gcs):
   with object_store.ForbiddenGCS() as denied:
     with _pointed_at(denied.url):
       for action in (lambda: api.load_pretrained('gs://private/run'),
-                     lambda: loop.check_init_from('gs://private/run'),
+                     lambda: resume.check_init_from('gs://private/run'),
                      lambda: files.write_text('gs://private/run/a.json', '{}')):
         with pytest.raises(errors.UserError, match=r'(?s)gs://private/run.*Forbidden.*credentials'):
           action()
@@ -211,10 +212,10 @@ def test_object_store_stalled_checkpoint_save_keeps_the_last_complete_step(gcs, 
     # A new gcsfs client spends ~3 s on credential lookups here: made before the short deadline.
     files.exists(work)
     monkeypatch.setenv(files.STORAGE_TIMEOUT_ENV, str(_STALL_S))
-    mngr = checkpointing.create_manager(work, keep_latest=1, keep_best=0)
+    mngr = checkpoints.create_manager(work, keep_latest=1, keep_best=0)
     checkpointing.save(mngr, 1, state)
     mngr.wait_until_finished()
-    reader = checkpointing.create_manager(work, read_only=True)
+    reader = checkpoints.create_manager(work, read_only=True)
     # `save` returns before the arrays are uploaded: the stall hits the background commit.
     store.stall_on(b'checkpoints%2F2%2Fstate%2Focdbt.process_0%2Fd%2F')
     assert checkpointing.save(mngr, 2, state)
@@ -236,7 +237,7 @@ def test_object_store_stalled_checkpoint_save_keeps_the_last_complete_step(gcs, 
   # The store answers again, reached directly: the relay never lets the abandoned save finish.
   monkeypatch.delenv(files.STORAGE_TIMEOUT_ENV)
   assert _steps(work) == [1]
-  mngr = checkpointing.create_manager(work, read_only=True)
+  mngr = checkpoints.create_manager(work, read_only=True)
   restored, meta = checkpointing.restore(mngr, abstract, step=1)
   np.testing.assert_array_equal(np.asarray(restored['w']), np.asarray(state['w']))
   assert meta == {'step': 1}
@@ -349,8 +350,7 @@ def _run(cmd, env):
 def _steps(workdir):
   """Committed checkpoint steps. On object storage orbax writes a step under its final name and
   commits it with a marker file (no rename), so the name alone does not say it is complete."""
-  from hinet_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-  folder = checkpointing.checkpoint_dir(workdir)
+  folder = checkpoints.checkpoint_dir(workdir)
   if not folder.exists():
     return []
   return sorted(int(p.name) for p in folder.iterdir()
@@ -358,8 +358,7 @@ def _steps(workdir):
 
 
 def _params(workdir):
-  from hinet_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(np.asarray, checkpointing.load_params_from_workdir(workdir)[1])
+  return jax.tree.map(np.asarray, checkpoints.load_params_from_workdir(workdir)[1])
 
 
 def _write_pairs(root, n=2, size=32):
@@ -372,12 +371,20 @@ def _write_pairs(root, n=2, size=32):
     image_ops.write_image(os.path.join(root, 'target', f'{i}.png'), gt)
 
 
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
 def test_object_store_train_kill_resume_and_eval(gcs, tmp_path):
   """A run in the bucket killed after a checkpoint resumes from its last committed step to the
-  end (that the resumed parameters equal an uninterrupted run's is tests/test_train_e2e.py's,
-  on a local workdir: the same code over the file layer), and eval.py reads it from there."""
-  env, work = _env(gcs), _url('train', 'run')
-  proc = subprocess.Popen(_train_cmd(work), env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+  end, as the README's pod recipe on one machine (2 processes, an explicit coordinator; the
+  data re-seeded for the new process count), and eval.py reads it from there. That resumed
+  parameters equal an uninterrupted run's is tests/test_train_e2e.py's, on a local workdir."""
+  work = _url('train', 'run')
+  proc = subprocess.Popen(_train_cmd(work), env=_env(gcs), cwd=REPO, stderr=subprocess.PIPE,
+                          text=True)
   deadline = time.time() + TIMEOUT
   while not _steps(work) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.5)
@@ -386,23 +393,27 @@ def test_object_store_train_kill_resume_and_eval(gcs, tmp_path):
   killed_at = _steps(work)
   assert killed_at and killed_at[-1] < 20, err[-5000:]
 
-  err = _run(_train_cmd(work), env)
-  resumed = re.search(r'Resumed from step (\d+)', err)
-  assert resumed and int(resumed.group(1)) == killed_at[-1], err[-5000:]
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _train_cmd(work, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                 f'--process_id={i}'),
+      env=_env(gcs, num_devices=1), cwd=REPO, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for i, proc in enumerate(procs):
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, f'process {i}:\n{err[-5000:]}'
+    assert '2 process(es), 2 device(s)' in err, err[-5000:]
+    resumed = re.search(r'Resumed from step (\d+)', err)
+    assert resumed and int(resumed.group(1)) == killed_at[-1], err[-5000:]
+  assert _steps(work)[-1] == 20
   assert json.loads(files.read_text(f'{work}/final_metrics.json'))['step'] == 20
 
   data = os.fspath(tmp_path / 'pairs')
   _write_pairs(data)
   metrics = _url('train', 'eval', 'metrics.json')
   _run([sys.executable, os.path.join(REPO, 'eval.py'), f'--checkpoint={work}', '--backend=xla',
-        '--protocol=folder', f'--data_dir={data}', f'--metrics_json={metrics}'], env)
+        '--protocol=folder', f'--data_dir={data}', f'--metrics_json={metrics}'], _env(gcs))
   assert json.loads(files.read_text(metrics))['num_images'] == 2
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def test_object_store_train_stalled_after_a_checkpoint_exits_with_one_message(gcs):
@@ -433,19 +444,3 @@ def test_object_store_train_stalled_after_a_checkpoint_exits_with_one_message(gc
   assert elapsed < deadline + 15, (elapsed, err[-5000:])
   assert set(first) <= set(_steps(work))
   assert jax.tree.leaves(_params(work))
-
-
-def test_object_store_two_processes_share_a_bucket_workdir(gcs):
-  """The README's pod recipe on one machine: 2 processes, explicit coordinator, workdir gs://."""
-  work, port = _url('pod', 'run'), _free_port()
-  procs = [subprocess.Popen(
-      _train_cmd(work, '--config.num_train_steps=6', f'--coordinator_address=localhost:{port}',
-                 '--num_processes=2', f'--process_id={i}'),
-      env=_env(gcs, num_devices=1), cwd=REPO, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  for i, proc in enumerate(procs):
-    _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, f'process {i}:\n{err[-5000:]}'
-    assert '2 process(es), 2 device(s)' in err
-  assert _steps(work)[-1] == 6
-  assert files.is_file(f'{work}/final_metrics.json')

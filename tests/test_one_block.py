@@ -117,12 +117,6 @@ print(json.dumps(dict(
 """
 
 
-def _final_params(workdir):
-  from hinet_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
-
-  return checkpointing.load_params_from_workdir(workdir)[1]
-
-
 @pytest.mark.skipif(not kernels.available(), reason='no C++ compiler: the default is XLA anyway')
 def test_an_edited_block_runs_on_the_default_backend(tmp_path):
   """A researcher swaps the half instance norm for a group norm in `models/hinet.py`: on one CPU

@@ -20,7 +20,9 @@ from hinet_jax import models
 from hinet_jax.configs import tiny as tiny_config
 from hinet_jax.data import datasets
 from hinet_jax.data import input_pipeline
+from hinet_jax.train import config_checks
 from hinet_jax.train import loop
+from hinet_jax.train import preemption
 from hinet_jax.train import sharding
 from hinet_jax.train import step as step_lib
 from test_no_recompile import count_compiles
@@ -56,8 +58,7 @@ def _run(config, step_fn, train_iter, in_flight=1):
   """A `loop.Run` without checkpoints, writer output or validation."""
   backend = dataclasses.replace(backends.resolve('xla'), calls_in_flight=in_flight)
   return loop.Run(config=config, workdir='/nonexistent', backend=backend, mngr=None,
-                  writer=_NullWriter(), train_iter=train_iter, val_source=None, predict_fn=None,
-                  step_fn=step_fn, hooks=[])
+                  writer=_NullWriter(), train_iter=train_iter, step_fn=step_fn, hooks=[])
 
 
 class TrainStepTest(parameterized.TestCase):
@@ -178,7 +179,7 @@ class TrainStepTest(parameterized.TestCase):
     run = _run(config, self.step_fn, iter(lambda: self._put(bad), None))
     state = jax.tree.map(jnp.copy, self.state0)
     with self.assertRaisesRegex(FloatingPointError, r'3 consecutive .* step 3'):
-      loop.train_loop(run, state, 0, loop.StopSignal())
+      loop.train_loop(run, state, 0, preemption.StopSignal())
 
   @parameterized.parameters(1, 2, 3)
   def test_loop_keeps_the_backends_steps_in_flight(self, in_flight):
@@ -210,7 +211,7 @@ class TrainStepTest(parameterized.TestCase):
       return state, metrics.replace(nonfinite_streak=streak)
 
     run = _run(config, step_fn, iter(lambda: None, 0), in_flight)
-    _, step = loop.train_loop(run, None, 0, loop.StopSignal())
+    _, step = loop.train_loop(run, None, 0, preemption.StopSignal())
     self.assertEqual(step, 7)
     self.assertEqual(most[0], in_flight - 1)
     self.assertEqual(unfetched[0], 0)
@@ -294,9 +295,9 @@ class GradAccumTest(parameterized.TestCase):
     config.grad_accum_steps = 2
     with self.assertRaisesRegex(
         ValueError, r'config.grad_accum_steps=2 must divide .* config.batch_size=8 over 8 '
-        r'device\(s\) is 1 per device. Use --config.grad_accum_steps= one of \[1\], or a '
-        r'config.batch_size that is a multiple of 16'):
-      loop.validate_config(config)
+        r'device\(s\) is 1 per device. Use --config.grad_accum_steps= one of \[1\], or '
+        r'--config.batch_size= a multiple of 16'):
+      config_checks.validate_config(config)
     step_lib.check_grad_accum_steps(64, 1, 8)  # The official batch on one GPU.
     with self.assertRaisesRegex(ValueError, r'grad_accum_steps=0 must divide'):
       step_lib.check_grad_accum_steps(64, 8, 0)
@@ -347,10 +348,10 @@ class ConfigTest(absltest.TestCase):
   def test_unset_data_paths_and_unknown_backends_are_named(self):
     config = self._parse(f'--config={REPO}/configs/custom.py')
     with self.assertRaisesRegex(ValueError, r'config.data.train.root .* --config.data.train_dir'):
-      loop.validate_config(config)
+      config_checks.validate_config(config)
     config = self._parse(f'--config={REPO}/configs/tiny.py', '--config.backend=gpu')
     with self.assertRaisesRegex(ValueError, r"config.backend='gpu': choose one of auto, xla, cpu"):
-      loop.validate_config(config)
+      config_checks.validate_config(config)
 
 
 if __name__ == '__main__':

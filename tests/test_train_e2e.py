@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from hinet_jax.train import checkpointing
+from hinet_jax import checkpoints
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
@@ -52,7 +53,7 @@ def _run(cmd, env=None):
 
 
 def _steps(workdir):
-  d = checkpointing.checkpoint_dir(workdir)
+  d = checkpoints.checkpoint_dir(workdir)
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
@@ -70,7 +71,7 @@ def _wait_for_checkpoint(proc, workdir, min_step):
 
 
 def _params(workdir):
-  _, params = checkpointing.load_params_from_workdir(workdir)
+  _, params = checkpoints.load_params_from_workdir(workdir)
   return jax.tree.map(np.asarray, params)
 
 
@@ -115,7 +116,7 @@ class ResumeTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(work, 'final_metrics.json')))
 
     # 3. What a kill during a save leaves: an uncommitted step directory.
-    partial = os.path.join(checkpointing.checkpoint_dir(work),
+    partial = os.path.join(checkpoints.checkpoint_dir(work),
                            f'{killed_at + 1}.orbax-checkpoint-tmp-1')
     os.makedirs(os.path.join(partial, 'state'))
 

@@ -8,9 +8,10 @@ from unittest import mock
 from absl.testing import absltest
 import jax
 
+from hinet_jax import checkpoints
 from hinet_jax.configs import tiny as tiny_config
-from hinet_jax.train import checkpointing
 from hinet_jax.train import loop
+from hinet_jax.train import validation
 
 
 def _config(num_train_steps):
@@ -35,18 +36,18 @@ class FinalStateTest(absltest.TestCase):
     tmp = tempfile.TemporaryDirectory()
     self.addCleanup(tmp.cleanup)
     workdir = tmp.name
-    with mock.patch.object(loop, 'final_evaluation', side_effect=RuntimeError('eval failed')):
+    with mock.patch.object(validation.Validation, 'final', side_effect=RuntimeError('eval failed')):
       with self.assertRaisesRegex(RuntimeError, 'eval failed'):
         loop.train_and_evaluate(_config(3), workdir)
-    self.assertEqual(checkpointing.select_step(workdir, 'latest'), 3)
-    self.assertIsNone(checkpointing.read_final_metrics(workdir))
+    self.assertEqual(checkpoints.select_step(workdir, 'latest'), 3)
+    self.assertIsNone(checkpoints.read_final_metrics(workdir))
 
     # The rerun trains nothing and only evaluates the saved final state.
     with mock.patch.object(loop, 'train_loop', side_effect=AssertionError('trained again')):
       with self.assertLogs(level='WARNING') as logs:
         loop.train_and_evaluate(_config(3), workdir)
     self.assertIn('already at the final step 3', '\n'.join(logs.output))
-    with open(os.path.join(workdir, checkpointing.FINAL_METRICS_FILE)) as f:
+    with open(os.path.join(workdir, checkpoints.FINAL_METRICS_FILE)) as f:
       final = json.load(f)
     self.assertEqual(final['step'], 3)
     self.assertIn('psnr', final)

@@ -1,15 +1,5 @@
-"""The command-line programs, as the console scripts that `pip install` puts on PATH.
-
-| command | the same as |
-|---|---|
-| `hinet-train` | `python train.py` (`hinet_jax/cli/train.py`) |
-| `hinet-eval` | `python eval.py` (`hinet_jax/cli/eval.py`) |
-| `hinet-convert` | `python -m hinet_jax.convert` (`hinet_jax/interop/convert.py`) |
-| `hinet-export` | `python -m hinet_jax.export` (`hinet_jax/interop/export.py`) |
-| `hinet-prepare-sidd` | `python -m hinet_jax.prepare_sidd` (`hinet_jax/data/prepare_sidd.py`) |
-| `hinet-prepare-gopro` | `python -m hinet_jax.prepare_gopro` (`hinet_jax/data/prepare_gopro.py`) |
-
-Each program defines its own absl flags, so this module imports none of them until one is run.
+"""The console scripts: `hinet-train` and `hinet-eval` are `train.py` and `eval.py`, `hinet-X` is
+`python -m hinet_jax.X`. A program's module (and its flags) is imported only when it runs.
 """
 
 from hinet_jax.cli import runner
@@ -22,8 +12,8 @@ def convert():
 
 
 def export():
-  """`hinet-export`: a TF SavedModel of a checkpoint (needs the `export` extra)."""
-  from hinet_jax.interop import export as export_lib  # pylint: disable=g-import-not-at-top
+  """`hinet-export`: a checkpoint as a SavedModel, StableHLO, ONNX or the Hub layout."""
+  from hinet_jax.cli import exporter as export_lib  # pylint: disable=g-import-not-at-top
   export_lib.define_flags()
   runner.run(export_lib.main)
 

@@ -7,7 +7,7 @@ Evaluate (NAME: sidd_val, gopro, reds, rain13k or folder); prints a table, write
       [--tile=N --tile_overlap=N --blend=average|smooth] [--self_ensemble] [--precision=highest]
 
 The summary holds the project's `psnr`/`ssim` and, beside them, `psnr_official`/`ssim_official`
-(HINet's own conventions) and `official_peak_flips` (see hinet_jax/evaluation/protocols.py).
+(HINet's own conventions) and `official_peak_flips` (see hinet_jax/evaluation/engine.py).
 
 Restore images of any size (no targets; PNG out with the input's bit depth):
   python eval.py --checkpoint=DIR --input=FILE_OR_DIR --output=DIR [--overwrite] [--panels] \
@@ -25,22 +25,30 @@ import csv
 import io
 import json
 import os
+from typing import List, Sequence, Tuple
 
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
+import tqdm
 
 from hinet_jax import api
+from hinet_jax import backends
 from hinet_jax import errors
 from hinet_jax import files
 from hinet_jax.cli import runner
-from hinet_jax import backends
 from hinet_jax.data import image_ops
+from hinet_jax.data import test_sets
 from hinet_jax.evaluation import inference
+from hinet_jax.evaluation import predictor as predictor_lib
+from hinet_jax.evaluation import engine
 from hinet_jax.evaluation import protocols as evaluate
+from hinet_jax.evaluation import restore as restore_lib
 
-RESTORE_TILE = 256
-RESTORE_OVERLAP = 32
+RESTORE_TILE = restore_lib.DEFAULT_TILE
+RESTORE_OVERLAP = restore_lib.DEFAULT_OVERLAP
+PANEL_GAP = 8  # White pixels between the input and the restored image in a panel.
 
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None,
@@ -49,7 +57,7 @@ _WHICH = flags.DEFINE_enum('which', 'latest', ['latest', 'best'],
                            'For a training workdir: its latest or best (by PSNR) checkpoint.')
 _PROTOCOL = flags.DEFINE_enum('protocol', None, list(evaluate.PROTOCOLS), 'Evaluation protocol.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Dataset folder of the protocol (see '
-                                'hinet_jax/evaluate.py protocol_sources).')
+                                'hinet_jax/data/test_sets.py).')
 _SUBSETS = flags.DEFINE_list('subsets', None, 'rain13k: evaluate only these test sets.')
 _METRICS_JSON = flags.DEFINE_string('metrics_json', None, 'Write the summary as JSON here.')
 _PER_IMAGE = flags.DEFINE_string(
@@ -73,8 +81,8 @@ _TILE_OVERLAP = flags.DEFINE_integer('tile_overlap', None, 'Minimum tile overlap
 _BLEND = flags.DEFINE_enum('blend', 'average', list(inference.BLENDS),
                            'How overlapping tiles are merged.')
 _SELF_ENSEMBLE = flags.DEFINE_bool('self_ensemble', False, 'Average over the 8 flips/rotations.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images (sidd_val) or tiles per call.',
-                                   lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', restore_lib.DEFAULT_BATCH_SIZE,
+                                   'Images (sidd_val) or tiles per call.', lower_bound=1)
 _PRECISION = flags.DEFINE_enum('precision', 'highest', list(inference.PRECISIONS),
                                "Convolution precision: 'highest' computes float32 models in "
                                "float32; 'default' takes the accelerator's faster passes (bf16 on "
@@ -91,7 +99,7 @@ def write_per_image(path, rows):
   if path.endswith('.json'):
     write_json(path, rows)
     return
-  fields = ['subset', 'name', *evaluate.ROW_KEYS]
+  fields = ['subset', 'name', *engine.ROW_KEYS]
   text = io.StringIO()
   writer = csv.DictWriter(text, fieldnames=fields, extrasaction='ignore', lineterminator='\n')
   writer.writeheader()
@@ -150,11 +158,9 @@ def check_protocol_flags():
   if not os.path.isdir(_DATA_DIR.value):
     raise errors.MissingPathError(
         f'--data_dir={_DATA_DIR.value} does not exist or is not a folder: pass the '
-        f'{_PROTOCOL.value} dataset folder (see `protocol_sources` in '
-        'hinet_jax/evaluation/protocols.py for the layout).')
+        f'{_PROTOCOL.value} dataset folder (its layout: hinet_jax/data/test_sets.py).')
   _check_output_dir(_SAVE_IMAGES.value, 'save_images')
-  evaluate.protocol_sources(evaluate.get_protocol(_PROTOCOL.value), _DATA_DIR.value,
-                           _SUBSETS.value)
+  test_sets.test_set_sources(_PROTOCOL.value, _DATA_DIR.value, _SUBSETS.value)
 
 
 def check_restore_flags():
@@ -170,7 +176,7 @@ def check_restore_flags():
                                   'a folder of images.')
   if os.path.exists(_OUTPUT.value) and not os.path.isdir(_OUTPUT.value):
     raise errors.OutputExistsError(f'--output={_OUTPUT.value} is a file; pass a folder.')
-  images, skipped = inference.list_input_images(_INPUT.value)
+  images, skipped = list_input_images(_INPUT.value)
   for path in skipped:
     logging.warning('Skipping %s: not an image (extensions %s).', path,
                     ', '.join(image_ops.IMAGE_EXTENSIONS))
@@ -182,6 +188,90 @@ def check_restore_flags():
     raise errors.InvalidInputError(f'--input={_INPUT.value} holds no image files (extensions: '
                                    f'{extensions}).')
   return images, skipped
+
+
+def format_table(summary: dict) -> str:
+  """A plain-text table of a summary: one line per subset, then the average.
+
+  `PSNR*`/`SSIM*` are the official code's conventions; `flips` the images whose official peak
+  was guessed 255 (float output over 1.0).
+  """
+  header = (f'{"set":<12}{"images":>8}{"PSNR":>9}{"SSIM":>8}{"PSNR*":>9}{"SSIM*":>8}{"flips":>7}'
+            f'{"in PSNR":>9}{"in SSIM":>9}')
+  line = lambda name, s: (f'{name:<12}{s["num_images"]:>8d}{s["psnr"]:>9.3f}{s["ssim"]:>8.4f}'
+                          f'{s["psnr_official"]:>9.3f}{s["ssim_official"]:>8.4f}'
+                          f'{s[engine.FLIPS_KEY]:>7d}{s["input_psnr"]:>9.3f}'
+                          f'{s["input_ssim"]:>9.4f}')
+  out = [header]
+  for name, s in summary.get('subsets', {}).items():
+    out.append(line(name, s))
+  out.append(line('average' if 'subsets' in summary else summary.get('protocol', 'all'), summary))
+  out.append('PSNR/SSIM: fixed peak, per-channel SSIM. PSNR*/SSIM*: as the official code (peak '
+             'guessed from the output, 3-D SSIM); flips: images whose guessed peak was not their '
+             'own (float output over 1.0 scored on 255).')
+  return '\n'.join(out)
+
+
+def list_input_images(path: str) -> Tuple[List[str], List[str]]:
+  """(images, skipped): the image files at `path` (a file, or the files directly in a folder),
+  sorted, and the other files; fails where two images would write the same output."""
+  if os.path.isfile(path):
+    found = [path]
+  elif os.path.isdir(path):
+    found = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if os.path.isfile(os.path.join(path, f)))
+  else:
+    raise errors.MissingPathError(f'--input {path} does not exist.')
+  images = [f for f in found if image_ops.is_image_file(f)]
+  skipped = [f for f in found if not image_ops.is_image_file(f)]
+  stems = {}
+  for f in images:
+    stem = os.path.splitext(os.path.basename(f))[0]
+    if stem in stems:
+      raise errors.InvalidInputError(
+          f'{stems[stem]} and {f} would both be written as {stem}.png; rename one.')
+    stems[stem] = f
+  return images, skipped
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = PANEL_GAP) -> np.ndarray:
+  """A before/after panel `left | white gap | right` of two HWC images of one shape and dtype."""
+  white = np.iinfo(left.dtype).max if np.issubdtype(left.dtype, np.integer) else 1.0
+  spacer = np.full((left.shape[0], gap, left.shape[2]), white, left.dtype)
+  return np.concatenate([left, spacer, right], axis=1)
+
+
+def restore_files(restore_fn, inputs: Sequence[str], output_dir: str, *, overwrite: bool = False,
+                  panels: bool = False, progress: bool = True) -> dict:
+  """Restores image files into `output_dir` as `<stem>.png` of the input's bit depth.
+
+  Args:
+    restore_fn: `restore_fn(image, progress=...)` -> restored float32 HWC (a `Predictor`); each
+      file goes through `restore.restore_file`, as on the restore page.
+    inputs: image paths (`list_input_images`).
+    output_dir: destination.
+    overwrite: replace existing outputs (else they are kept, with a log line).
+    panels: also write `<stem>_panel.png`, input and output side by side.
+    progress: show a progress bar.
+
+  Returns:
+    {'written': [...], 'existing': [...]} output paths.
+  """
+  os.makedirs(output_dir, exist_ok=True)
+  result = {'written': [], 'existing': []}
+  for path in tqdm.tqdm(inputs, unit='image', disable=not progress):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out_path = os.path.join(output_dir, stem + '.png')
+    if os.path.exists(out_path) and not overwrite:
+      logging.info('%s exists; skipping %s (pass --overwrite to replace it).', out_path, path)
+      result['existing'].append(out_path)
+      continue
+    done = restore_lib.restore_file(restore_fn, path, out_path)
+    if panels:
+      image_ops.write_image(os.path.join(output_dir, stem + '_panel.png'),
+                            side_by_side(done.lq, done.restored))
+    result['written'].append(out_path)
+  return result
 
 
 def run_protocol(predict_fn, params):
@@ -196,7 +286,7 @@ def run_protocol(predict_fn, params):
   summary['checkpoint'] = (os.path.abspath(_CHECKPOINT.value) if files.is_local(_CHECKPOINT.value)
                            else _CHECKPOINT.value)
   summary['which'] = _WHICH.value
-  print(evaluate.format_table(summary))
+  print(format_table(summary))
   if _METRICS_JSON.value:
     write_json(_METRICS_JSON.value, summary)
     logging.info('Wrote the summary to %s.', _METRICS_JSON.value)
@@ -207,18 +297,22 @@ def run_protocol(predict_fn, params):
   return summary
 
 
-def run_restore(predict_fn, params, images, skipped):
+def run_restore(predictor, images, skipped):
   """Restore mode: restores `images` (from --input) into --output."""
-  tile = RESTORE_TILE if _TILE.value is None else (_TILE.value or None)
-  overlap = RESTORE_OVERLAP if _TILE_OVERLAP.value is None else _TILE_OVERLAP.value
-  result = inference.restore_files(
-      predict_fn, params, images, _OUTPUT.value, overwrite=_OVERWRITE.value, panels=_PANELS.value,
-      tile=tile, overlap=overlap if tile else 0, blend=_BLEND.value,
-      self_ensemble=_SELF_ENSEMBLE.value, batch_size=_BATCH_SIZE.value)
+  result = restore_files(predictor, images, _OUTPUT.value, overwrite=_OVERWRITE.value,
+                         panels=_PANELS.value)
   print(f'Restored {len(result["written"])} image(s) into {_OUTPUT.value}; '
         f'{len(result["existing"])} existing output(s) kept, {len(skipped)} non-image file(s) '
         'skipped.')
   return result
+
+
+def restore_options() -> dict:
+  """The `Predictor` tiling options of restore mode."""
+  tile = RESTORE_TILE if _TILE.value is None else (_TILE.value or None)
+  overlap = RESTORE_OVERLAP if _TILE_OVERLAP.value is None else _TILE_OVERLAP.value
+  return dict(tile=tile, overlap=overlap if tile else 0, blend=_BLEND.value,
+              self_ensemble=_SELF_ENSEMBLE.value, batch_size=_BATCH_SIZE.value)
 
 
 def main(argv):
@@ -240,13 +334,21 @@ def main(argv):
     images, skipped = check_restore_flags()
   backends.prepare_process()  # before JAX runs anything
   model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value, backend=_BACKEND.value)
-  predict_fn = inference.make_predict_fn(model, _BACKEND.value, precision=_PRECISION.value)
-  logging.info('%s: %s on backend %s, %s precision.', _CHECKPOINT.value,
-               type(model).__name__, predict_fn.backend.name, _PRECISION.value)
   if _PROTOCOL.value:
-    run_protocol(predict_fn, params)
-  else:
-    run_restore(predict_fn, params, images, skipped)
+    forward = inference.Forward(model, _BACKEND.value, precision=_PRECISION.value)
+    _log_model(model, forward.backend)
+    run_protocol(forward, params)
+  else:  # The predictor holds the prepared weights alone.
+    predictor = predictor_lib.Predictor(model, params, backend=_BACKEND.value,
+                                        precision=_PRECISION.value, **restore_options())
+    del params
+    _log_model(model, predictor.forward.backend)
+    run_restore(predictor, images, skipped)
+
+
+def _log_model(model, backend):
+  logging.info('%s: %s on backend %s, %s precision.', _CHECKPOINT.value, type(model).__name__,
+               backend.name, _PRECISION.value)
 
 
 def run():

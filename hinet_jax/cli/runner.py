@@ -1,17 +1,9 @@
 """Starts a command-line program so that a user's mistake reads as one message, not a traceback.
 
-Every program of the package (`train.py`, `eval.py`, `python -m hinet_jax.convert|export|
-prepare_sidd` and the installed `hinet-*` commands) starts through `run(main)`: absl's
-`app.run(main)` plus these rules.
-
-  * A known user error prints `PROGRAM: error: MESSAGE` on stderr and exits with status 2, with no
-    traceback. Known are: bad flags (absl's `flags.Error`), `app.UsageError`, any
-    `hinet_jax.errors.UserError` (a bad path, config value or data, raised where the library finds
-    it), a `--config.KEY=VALUE` override of a key the config lacks (named with the closest valid
-    keys: ml_collections itself raises a bare `AttributeError`), and a `--config` file that does
-    not exist (ml_collections defers that error until the config is read).
-  * `--traceback` shows the Python traceback of those errors too.
-  * Any other exception is a bug and propagates with its traceback.
+Every program starts through `run(main)`. A known user error (bad flags, `app.UsageError`,
+`errors.UserError`, an unknown `--config.KEY`, a missing `--config` file) prints `PROGRAM: error:
+MESSAGE` and exits with status 2 (`--traceback` shows the traceback); anything else is a bug and
+propagates.
 """
 
 import difflib
@@ -35,15 +27,8 @@ _MAX_SUGGESTIONS = 5
 
 
 def run(main: Callable[[List[str]], object]) -> None:
-  """Runs `main(argv)` as absl's `app.run` does, reporting known user errors in one line.
-
-  When `main` lives in another module than `__main__` (the top-level `train.py`, a
-  `python -m hinet_jax.convert` alias, an installed console script), `--help` shows that module's
-  docstring and flags.
-
-  Args:
-    main: the program's `main(argv)`.
-  """
+  """Runs `main(argv)` as absl's `app.run` does, reporting known user errors in one line; `--help`
+  shows `main`'s module's docstring and flags."""
   if TRACEBACK_FLAG not in flags.FLAGS:
     flags.DEFINE_bool(TRACEBACK_FLAG, False, TRACEBACK_HELP)
   # absl's --help prints __main__'s docstring and the flags keyed to the module named sys.argv[0].
@@ -58,7 +43,6 @@ def run(main: Callable[[List[str]], object]) -> None:
 
 
 def _report_user_errors(main):
-  """Wraps `main` so that a known user error exits with one message."""
 
   @functools.wraps(main)
   def guarded(argv):
@@ -88,14 +72,7 @@ def program_name() -> str:
 
 
 def parse_flags(argv: Sequence[str]) -> List[str]:
-  """absl's flags parser (`app.run(flags_parser=...)`) with one-line messages for bad flags.
-
-  Args:
-    argv: the full command line.
-
-  Returns:
-    The arguments that are not flags, as `app.run` passes them to `main`.
-  """
+  """absl's flags parser (`app.run(flags_parser=...)`) with one-line messages for bad flags."""
   try:
     rest = flags.FLAGS(argv)
   except flags.Error as e:
@@ -103,8 +80,7 @@ def parse_flags(argv: Sequence[str]) -> List[str]:
       raise
     exit_with_message(f'{e} (see --help)')
   except Exception as e:  # pylint: disable=broad-except
-    # ml_collections raises AttributeError/KeyError for an unknown override key and IOError for a
-    # missing config file; anything this cannot explain propagates unchanged.
+    # ml_collections' unknown key or missing file; what this cannot explain propagates.
     error = check_config_flags(argv)
     if error is None:
       raise
@@ -121,7 +97,6 @@ def parse_flags(argv: Sequence[str]) -> List[str]:
 
 
 def _config_unreadable() -> bool:
-  """Whether a parsed config flag holds ml_collections' placeholder for a config that failed."""
   for flag in _config_file_flags():
     try:
       getattr(flag.value, 'keys', None)  # The placeholder raises IOError on any attribute.
@@ -131,7 +106,7 @@ def _config_unreadable() -> bool:
 
 
 def traceback_requested(argv: Sequence[str]) -> bool:
-  """Whether the command line asks for tracebacks (read off argv: the flags may not be parsed)."""
+  """Whether argv asks for tracebacks (the flags may not be parsed yet)."""
   wanted = False
   for arg in argv[1:]:
     if arg == '--':
@@ -144,20 +119,9 @@ def traceback_requested(argv: Sequence[str]) -> bool:
   return wanted
 
 
-# ----------------------------------------------------------------------------
-# Config files and `--config.KEY=VALUE` overrides.
-
-
 def check_config_flags(argv: Sequence[str]) -> Optional[errors.UserError]:
-  """The first missing config file or unknown override key on the command line, if any.
-
-  Args:
-    argv: the full command line.
-
-  Returns:
-    A UserError describing it, or None when every config loads and every override key exists
-    (or when a config file fails in a way this cannot explain).
-  """
+  """A UserError for the first missing config file or unknown override key in `argv`, or None
+  (also where a config file fails in a way this cannot explain)."""
   for flag in _config_file_flags():
     spec = _flag_value_in_argv(argv, flag.name)
     if spec is None:
@@ -177,7 +141,6 @@ def check_config_flags(argv: Sequence[str]) -> Optional[errors.UserError]:
 
 
 def _config_file_flags() -> List[flags.Flag]:
-  """The flags defined by ml_collections' `DEFINE_config_file`."""
   found = {}
   for name in list(flags.FLAGS):
     flag = flags.FLAGS[name]
@@ -187,7 +150,6 @@ def _config_file_flags() -> List[flags.Flag]:
 
 
 def _flag_value_in_argv(argv: Sequence[str], name: str) -> Optional[str]:
-  """The value given to `--name` (as `--name=V` or `--name V`), or None."""
   value = None
   for i, arg in enumerate(argv):
     if arg == '--':
@@ -214,7 +176,6 @@ def _overrides(argv: Sequence[str], name: str) -> List[tuple]:
 
 
 def _load_config(path: str, arg: str):
-  """Runs a config file's `get_config([arg])`, as ml_collections' config_flags does."""
   spec = importlib.util.spec_from_file_location('_hinet_jax_checked_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -222,7 +183,6 @@ def _load_config(path: str, arg: str):
 
 
 def _missing_config_message(name: str, spec: str, path: str) -> str:
-  """Names the missing config file, a close file name, and the packaged configs."""
   from hinet_jax import configs  # pylint: disable=g-import-not-at-top
 
   packaged = sorted(f[:-3] for f in os.listdir(configs.CONFIG_DIR)
@@ -237,15 +197,7 @@ def _missing_config_message(name: str, spec: str, path: str) -> str:
 
 
 def config_key_paths(config, prefix: str = '') -> List[str]:
-  """Every dotted key path of a (nested) ConfigDict, groups and fields, in definition order.
-
-  Args:
-    config: an ml_collections ConfigDict.
-    prefix: prepended to every path.
-
-  Returns:
-    e.g. ['seed', 'optim', 'optim.learning_rate', ...].
-  """
+  """Every dotted key path of a ConfigDict in definition order: ['seed', 'optim', 'optim.lr'...]."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   paths = []
@@ -257,17 +209,8 @@ def config_key_paths(config, prefix: str = '') -> List[str]:
 
 
 def suggest_keys(wrong: str, paths: Sequence[str]) -> List[str]:
-  """The valid key paths closest to `wrong`: near-equal paths, then paths with a close last part.
-
-  Args:
-    wrong: the dotted key the user typed.
-    paths: the valid dotted key paths.
-
-  Returns:
-    At most _MAX_SUGGESTIONS paths, best first; empty when nothing is close.
-  """
-  # Whole paths only when nearly equal: a shared 'optim.' prefix alone would make every optim key
-  # look close to 'optim.zzz'.
+  """At most _MAX_SUGGESTIONS of `paths` closest to `wrong`, best first: nearly equal paths (a
+  shared 'optim.' alone is not close), then paths with a close last part."""
   close = difflib.get_close_matches(wrong, paths, n=_MAX_SUGGESTIONS, cutoff=0.8)
   leaf = wrong.rsplit('.', 1)[-1]
   scored = [(difflib.SequenceMatcher(None, leaf, p.rsplit('.', 1)[-1]).ratio(), p) for p in paths]
@@ -277,18 +220,8 @@ def suggest_keys(wrong: str, paths: Sequence[str]) -> List[str]:
 
 def unknown_key_error(config, key: str, text: str,
                       config_path: str) -> Optional[errors.InvalidInputError]:
-  """An error naming `key` and the closest valid keys if `config` has no such key, else None.
-
-  Args:
-    config: the loaded ConfigDict.
-    key: dotted key of the override (list indices such as `[0]` allowed).
-    text: the override as typed, for the message.
-    config_path: the config file, for the message.
-
-  Returns:
-    InvalidInputError, or None when the key exists (or leads into a value that is not a
-    ConfigDict, which this does not check).
-  """
+  """An error naming `key` (as typed in `text`) and the closest valid keys if `config` has no
+  such key; None if it has, or if the key leads past a ConfigDict (not checked)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
 
   node, parent = config, ''

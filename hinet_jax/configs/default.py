@@ -63,7 +63,7 @@ def get_config():
   config.tensorboard = True
 
   config.data = ml_collections.ConfigDict()
-  # Source specs: `kind` plus that kind's arguments (hinet_jax/datasets.py `make_source`).
+  # Source specs: `kind` plus that kind's arguments (hinet_jax/data/datasets.py `make_source`).
   config.data.train = folder_source()
   config.data.val = folder_source()
   config.data.crop_size = 256  # Training crop (upstream `gt_size`); a multiple of 16.

@@ -1,6 +1,6 @@
 """HINet on SIDD (real camera noise): the 1x model (default) or 0.5x (`configs/sidd.py:0.5x`).
 
-Prepare the data (see hinet_jax/datasets.py): SIDD-Medium sRGB cropped to 512x512 patches
+Prepare the data (see hinet_jax/data/layouts.py): SIDD-Medium sRGB cropped to 512x512 patches
 (`python -m hinet_jax.prepare_sidd`) and the validation .mat blocks.
 
 8 GPUs, the official batch (global 64 crops of 256 = 8 per device):

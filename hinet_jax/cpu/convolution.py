@@ -1,41 +1,13 @@
 """How each HINet convolution runs on CPU: the forms, and the per-shape policy that picks one.
 
-XLA:CPU lowers `lax.conv` to YNNPACK direct convolutions, which are slow on some of HINet's
-shapes: small images with many channels (the deep U-Net levels), 1x1 convs, and kernel
-gradients. Other forms of the same linear map win there (bench/README.md):
-
-  * 'native': the hand-written CPU kernels of `kernels` (imported as `cpu_kernels`; XLA FFI
-    custom calls): the forward (with the bias added inside), and both gradients in one backward
-    call. They run every HINet conv (3x3, 1x1, the 4x4/stride-2 downsamples and the decoder's
-    2x2/stride-2 transposed convs, `upconv2x2`); the 3x3 ones from 16x16 pixels and 32 channels
-    (`_native_winograd_tile`) by their Winograd F(4x4, 3x3) or F(2x2, 3x3), forward and both
-    gradients (`native_conv`).
-  * 'matmul' (3x3): one matmul plus 9 shifted copies of whichever side has fewer channels: im2col
-    (`patches3x3`) when C <= O, matmul-then-shifted-adds (`shift_sum3x3`) when C > O. Its
-    backward is written by hand (`custom_vjp`) in the same two shapes, so no kernel flip or
-    transpose is materialised. Fast while the copies are small: few pixels, or few channels.
-  * 'winograd' (3x3): Winograd F(2x2, 3x3) forward (`winograd.winograd_conv3x3`, 2.25x fewer
-    multiplies) with the backward of 'native' where 'auto' would use it, else of `lax.conv`
-    (autodiff of the Winograd transforms is slow on XLA:CPU at every size but the deepest).
-  * 1x1 convs as one matmul (`pointwise_conv`).
-  * 'xla': `lax.conv` both ways.
-
-'auto' (`auto_impl`) uses 'native' for every conv where the kernels apply (one device, float32,
-built: `native_applies`) but the convs to an image (3 outputs), which run as matmuls. Without the
-kernels (no C++ compiler, several devices) it picks among the XLA forms per shape, as measured
-(bench/README.md, Levers log). On GPU and TPU, 'auto' is always `lax.conv` (cuDNN and the TPU
-convolution units need no help). Every form agrees with `lax.conv` to float32 rounding
-(tests/test_cpu_convolution.py).
-
-For inference the CPU kernels can take each kernel packed beforehand (`pack_for_conv`,
-`pack_for_upconv`, and `conv(..., packed=)`): `hinet_jax.cpu.prepare_inference` packs a model's
-once per set of weights instead of in every call. The 3x3 convolutions from 32 channels are then
-packed transformed and run as the CPU kernels' own Winograd F(4x4, 3x3) or F(2x2, 3x3)
-(`cpu_kernels.winograd_conv`, `PACKED_WINOGRAD_*` below), faster than their direct convolution
-and equal to it up to float rounding. Such calls are not differentiable.
-
-Separately, `inference_compiler_options` moves the convolutions of forward-only executables from
-YNNPACK to XLA's own kernels, which run the XLA forms of the HINet forward faster on CPU.
+XLA:CPU's YNNPACK convolutions are slow on some of HINet's shapes (bench/README.md, Levers log),
+so the same linear map has several forms (`CONV_IMPLS`): 'native' (the C++ kernels of `kernels`,
+3x3 ones by Winograd where `_native_winograd_tile` says), 'matmul' (im2col or matmul + shifted
+adds, hand-written VJP), 'winograd' (jnp F(2x2, 3x3) forward), 1x1 as one matmul, and 'xla'.
+'auto' (`auto_impl`) uses 'native' wherever the kernels apply, else picks an XLA form per shape;
+on GPU and TPU it is `lax.conv`. All agree with `lax.conv` to float32 rounding
+(tests/test_cpu_convolution.py). Inference can pass kernels packed once per set of weights
+(`pack_for_conv`, `pack_for_upconv`; not differentiable).
 """
 
 import functools
@@ -50,30 +22,18 @@ Array = jax.Array
 
 CONV_IMPLS = ('xla', 'winograd', 'matmul', 'native', 'auto')
 
-# 'auto' thresholds of the XLA forms, from per-conv timings (bench/README.md, Levers log).
-# im2col matmuls beat YNNPACK, forward and backward, while the image is this small.
-MATMUL_MAX_PIXELS = 512
-# Convs to a few channels (the image heads) as matmul + shifted adds: YNNPACK's kernel gradient
-# with 3 outputs is slow.
-MATMUL_MAX_OUT_CHANNELS = 8
-# The jnp Winograd forward beats YNNPACK from 128 channels on images up to 64x64 pixels; on
-# larger images its memory-bound transforms cost more than the multiplies they save.
-WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MAX_PIXELS = 64 * 64
-# With the CPU kernels ('native') 'auto' uses them for every conv but those to an image (above):
-# on every other HINet shape they matched or beat the other forms in the train step.
-# Inference (kernels packed once per set of weights, so the Winograd kernel transform is free):
-# the 3x3/stride-1 convs from 32 channels run by the CPU kernels' Winograd, F(4x4, 3x3) up to
-# 512 -> 512 channels and F(2x2, 3x3) beyond up to 1024 -> 1024, where F(4x4)'s larger
-# transformed kernel, streamed from memory, costs about what it saves. Decided by the channels
-# alone: packing traces the model on a small input (`prepare_inference`). Timings and the packed
-# kernels' memory: bench/README.md.
+# Thresholds from per-conv timings (bench/README.md, Levers log). XLA forms, without the kernels:
+MATMUL_MAX_PIXELS = 512  # im2col matmuls beat YNNPACK up to here
+MATMUL_MAX_OUT_CHANNELS = 8  # the image heads: YNNPACK's 3-output kernel gradient is slow
+WINOGRAD_MIN_CHANNELS = 128  # jnp Winograd forward wins from here, up to
+WINOGRAD_MAX_PIXELS = 64 * 64  # where its memory-bound transforms start to lose
+# Inference, kernels packed once: Winograd from 32 channels, F(4x4) up to 512 -> 512, F(2x2)
+# beyond. Decided by the channels alone, since packing traces the model on a small input.
 PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 1024 * 1024  # C * O
 PACKED_WINOGRAD_F4_MAX_KERNEL = 512 * 512
-# Training (the kernels change every step, so the transform is paid in every call, in C++; both
-# gradients by Winograd too): F(4x4) from 32x32 pixels at every width, F(2x2) on 16x16 images
-# from 128 -> 256 channels, direct below and on 8x8 images (bench/README.md).
+# Training, kernels transformed every step: F(4x4) from 32x32 pixels, F(2x2) on 16x16 from
+# 128 -> 256 channels, direct below.
 NATIVE_WINOGRAD_MIN_PIXELS = 32 * 32  # F(4x4) from here
 NATIVE_WINOGRAD_F2_MIN_PIXELS = 16 * 16  # F(2x2) from here, for kernels of at least
 NATIVE_WINOGRAD_F2_MIN_KERNEL = 128 * 256  # C * O
@@ -105,8 +65,7 @@ def patches3x3(x: Array) -> Array:
 def shift_sum3x3(z: Array, sign: int) -> Array:
   """(N, H, W, 9C) -> (N, H, W, C): out[h, w] = sum_ij z[h + s(i-1), w + s(j-1), 3i+j], s = sign.
 
-  With sign=+1 this finishes a convolution whose matmul ran first (z = x @ kernel per tap); with
-  sign=-1 it is the adjoint of `patches3x3` (each tap's value added back where it was read).
+  sign=+1 finishes a matmul-first convolution; sign=-1 is the adjoint of `patches3x3`.
   """
   n, h, w, c9 = z.shape
   c = c9 // 9
@@ -115,7 +74,6 @@ def shift_sum3x3(z: Array, sign: int) -> Array:
   for i in range(3):
     for j in range(3):
       di, dj = sign * (i - 1), sign * (j - 1)
-      # out[h] = tap[h + di]: pad the tap by 1 on each side and read the window starting at 1+di.
       tap = jnp.pad(taps[:, :, :, 3 * i + j], ((0, 0), (1, 1), (1, 1), (0, 0)))
       tap = jax.lax.slice(tap, (0, 1 + di, 1 + dj, 0), (n, 1 + di + h, 1 + dj + w, c))
       total = tap if total is None else total + tap
@@ -144,8 +102,7 @@ def matmul_conv3x3(x: Array, kernel: Array) -> Array:
 
 
 def _matmul_fwd(x, kernel):
-  # Save x, not its 9x larger patches: rebuilding them in the backward is cheap at the sizes
-  # 'auto' uses this for, and it keeps activation memory equal to lax.conv's.
+  # Save x, not its 9x larger patches: activation memory stays lax.conv's.
   return _matmul_conv(x, kernel), (x, kernel)
 
 
@@ -168,8 +125,7 @@ matmul_conv3x3.defvjp(_matmul_fwd, _matmul_bwd)
 
 def _backward(x: Array, kernel: Array, g: Array, strides: int, padding: int, native: bool,
               input_grad: bool = True):
-  """Input and kernel gradients of a conv: with `cpu_kernels` (one call) if `native`, else
-  `lax.conv`'s. Without `input_grad` the input gradient is None (zero)."""
+  """(dx or None, dkernel) by `cpu_kernels` in one call if `native`, else by `lax.conv`."""
   if native:
     return cpu_kernels.conv_grads(x, g, kernel, strides, padding, input_grad=input_grad)
   dx, dkernel = jax.vjp(functools.partial(conv_xla, strides=strides, padding=padding), x,
@@ -177,10 +133,8 @@ def _backward(x: Array, kernel: Array, g: Array, strides: int, padding: int, nat
   return (dx if input_grad else None), dkernel
 
 
-# The custom VJPs below take symbolic zeros: their forward rules learn whether the input is
-# being differentiated (`perturbed`), so that the backward skips the input gradient of the
-# network's first convolutions (of the image) inside the one backward call. The residuals carry
-# that bit in their structure (`()` or None), which is static.
+# Symbolic zeros tell the forward rules whether the input is differentiated, so the backward
+# skips the image's input gradient; residuals carry that bit statically (`()` or None).
 def _is_zero(g) -> bool:
   return isinstance(g, jax.custom_derivatives.SymbolicZero)
 
@@ -200,19 +154,17 @@ def _marker(flag: bool):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _custom_conv(x: Array, kernel: Array, bias: Array | None, strides: int, padding: int,
                  winograd: str | int | None, native_backward: bool) -> Array:
-  """Forward on `cpu_kernels` with the bias added inside, or for a 3x3/s1/p1 conv by Winograd:
-  F(2x2, 3x3) in jnp (`winograd='jnp'`), or the CPU kernels' F(tile x tile, 3x3) (`winograd` the
-  tile, 2 or 4; both gradients so too); `_backward`."""
+  """A conv on `cpu_kernels`, or by Winograd: jnp F(2x2) if `winograd='jnp'`, else the CPU
+  kernels' with tile `winograd` (2 or 4; both gradients too)."""
   if winograd == 'jnp':
     return _add_bias(winograd_conv3x3(x, kernel, x.dtype), bias)
-  if winograd:  # The kernel transformed in every call (training: it changes every step).
+  if winograd:
     return cpu_kernels.winograd_conv(x, cpu_kernels.pack_winograd(kernel, winograd),
                                      kernel.shape[-1], bias)
   return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias)
 
 
 def _custom_fwd(x, kernel, bias, strides, padding, winograd, native_backward):
-  # With symbolic zeros, array arguments come as CustomVJPPrimal; a missing bias stays None.
   bias_value = None if bias is None else bias.value
   y = _custom_conv(x.value, kernel.value, bias_value, strides, padding, winograd, native_backward)
   return y, (x.value, kernel.value, _marker(x.perturbed), _marker(bias is not None))
@@ -222,9 +174,9 @@ def _custom_bwd(strides, padding, winograd, native_backward, res, g):
   x, kernel, input_grad, has_bias = res
   if _is_zero(g):
     return None, None, None
-  if winograd and winograd != 'jnp':  # Both gradients by the CPU kernels' Winograd as well.
+  if winograd and winograd != 'jnp':
     dx, dkernel = cpu_kernels.winograd_conv_grads(x, g, kernel, winograd, input_grad is not None)
-  else:  # Every other forward form computes the same linear map as the direct conv.
+  else:
     dx, dkernel = _backward(x, kernel, g, strides, padding, native_backward,
                             input_grad is not None)
   return dx, dkernel, _bias_grad(g, has_bias is not None)
@@ -235,16 +187,14 @@ _custom_conv.defvjp(_custom_fwd, _custom_bwd, symbolic_zeros=True)
 
 def native_conv(x: Array, kernel: Array, strides: int, padding: int,
                 bias: Array | None = None) -> Array:
-  """A conv (+ bias) on `cpu_kernels` (CPU, float32, square kernel), forward and backward: the
-  3x3 ones where `_native_winograd_tile` says by Winograd (forward and both gradients)."""
+  """A conv (+ bias) on `cpu_kernels` both ways, by Winograd where `_native_winograd_tile` says."""
   tile = _native_winograd_tile(x.shape, kernel.shape, strides, padding)
   return _custom_conv(x, kernel, bias, strides, padding, tile or None, True)
 
 
 def _native_winograd_tile(x_shape: tuple, kernel_shape: tuple, strides: int,
                           padding: int) -> int:
-  """The Winograd tile (2 or 4) `native_conv` runs this conv with, or 0 for the direct conv
-  (module constants `NATIVE_WINOGRAD_*`)."""
+  """`native_conv`'s Winograd tile (2 or 4), or 0 for the direct conv (`NATIVE_WINOGRAD_*`)."""
   c, o = kernel_shape[2:]
   pixels = x_shape[1] * x_shape[2]
   if not (cpu_kernels.winograd_applies(x_shape, kernel_shape, strides, padding)
@@ -258,14 +208,12 @@ def _native_winograd_tile(x_shape: tuple, kernel_shape: tuple, strides: int,
 
 
 def _epilogue(y: Array, relu_slope: float | None, residual: Array | None) -> Array:
-  """LeakyReLU with `relu_slope` (if given), then + `residual` (if given)."""
   if relu_slope is not None:
     y = jax.nn.leaky_relu(y, relu_slope)
   return y if residual is None else y + residual
 
 
 def _join(x: Array, x2: Array | None) -> Array:
-  """`x` and `x2` (if given) concatenated along the channels."""
   return x if x2 is None else jnp.concatenate([x, x2], axis=-1)
 
 
@@ -280,10 +228,8 @@ def _joined_shape(x: Array, x2: Array | None):
 def _native_conv_epilogue(x: Array, kernel: Array, bias: Array | None, residual: Array | None,
                           x2: Array | None, strides: int, padding: int,
                           relu_slope: float | None) -> Array:
-  """`_epilogue(native_conv(_join(x, x2), ...))` in one pass over the output: the C++ kernels
-  read x and x2 where they are (no concatenated copy), apply the LeakyReLU and add the residual
-  as they store (no pass of XLA's reading the conv's output back). Differentiated, it runs
-  unfused (`_unfused_epilogue`): the backward needs what the fused forward never writes."""
+  """`_epilogue(native_conv(_join(x, x2), ...))` in one pass over the output; differentiated, it
+  runs unfused, since the backward needs what the fused forward never writes."""
   return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias, relu_slope=relu_slope,
                                   residual=residual, x2=x2)
 
@@ -323,14 +269,12 @@ _PACKED_IS_FOR_INFERENCE = (
 def _prepacked_conv(x: Array, kernel: Array, packed: Array, bias: Array | None,
                     residual: Array | None, x2: Array | None, strides: int, padding: int,
                     relu_slope: float | None) -> Array:
-  """The `_native` convolution (with its epilogue and join) reading `packed` (`pack_for_conv`)."""
   return cpu_kernels.conv_forward(x, kernel, strides, padding, bias=bias, relu_slope=relu_slope,
                                   residual=residual, packed=packed, x2=x2)
 
 
 def _not_differentiable(*args):
-  """The VJP rules of the prepacked calls: differentiating them is an error (the forward rule
-  raises, so the backward one never runs)."""
+  """The VJP rules of the prepacked calls: differentiating them is an error."""
   del args
   raise ValueError(_PACKED_IS_FOR_INFERENCE)
 
@@ -342,8 +286,6 @@ _prepacked_conv.defvjp(_not_differentiable, _not_differentiable)
 def _prepacked_winograd(x: Array, kernel: Array, packed: Array, bias: Array | None,
                         residual: Array | None, x2: Array | None,
                         relu_slope: float | None) -> Array:
-  """The 3x3 convolution (with its epilogue and join) by Winograd, reading `packed`
-  (`pack_for_conv`)."""
   return cpu_kernels.winograd_conv(x, packed, kernel.shape[-1], bias, relu_slope, residual, x2)
 
 
@@ -357,14 +299,12 @@ def winograd_conv(x: Array, kernel: Array, native_backward: bool,
 
 
 def kernels_may_run() -> bool:
-  """Whether any convolution can run on `cpu_kernels` here (CPU backend, kernels built): else
-  there is nothing to pack (`pack_for_conv`)."""
+  """Whether any convolution can run on `cpu_kernels` here (else there is nothing to pack)."""
   return _on_cpu() and cpu_kernels.available()
 
 
 def native_applies(x: Array, kernel: Array) -> bool:
-  """Whether `cpu_kernels` can run this conv: CPU backend, float32, square kernel up to 8x8,
-  static shapes, and the kernels built (the first call builds them)."""
+  """Whether `cpu_kernels` can run this conv (the first call builds them)."""
   return (_on_cpu() and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
           and kernel.shape[0] == kernel.shape[1] <= cpu_kernels.MAX_KERNEL_SIZE
           and all(isinstance(d, int) for d in (*x.shape, *kernel.shape))
@@ -372,14 +312,12 @@ def native_applies(x: Array, kernel: Array) -> bool:
 
 
 def _auto_native(x: Array, kernel: Array) -> bool:
-  """Whether 'auto' uses `cpu_kernels`: wherever they apply. (The backend runs these layers on one
-  device only: XLA's partitioner cannot split the kernels' custom calls.)"""
+  """'auto' uses `cpu_kernels` wherever they apply (the backend keeps them to one device)."""
   return native_applies(x, kernel)
 
 
 def _runs_native(x: Array, kernel: Array, strides: int, padding: int, impl: str) -> bool:
-  """Whether `conv` runs this convolution on `cpu_kernels` (for `impl` 'native', raises where
-  they cannot)."""
+  """Whether `conv` runs this convolution on `cpu_kernels` ('native' raises where it cannot)."""
   _check_impl(impl)
   if impl == 'native':
     _require_native(x, kernel)
@@ -393,9 +331,8 @@ def _runs_native(x: Array, kernel: Array, strides: int, padding: int, impl: str)
 
 def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
                   impl: str = 'xla', x2: Array | None = None) -> Array | None:
-  """`kernel` packed for `conv(x, kernel, strides, padding, impl, packed=..., x2=x2)`, or None
-  where that convolution does not run on the CPU kernels (nothing to pack): transformed for
-  Winograd where that runs it (`_packed_winograd_tile`), else as the direct convolution reads it."""
+  """`kernel` packed for `conv(..., packed=)` (Winograd-transformed where that runs it), or None
+  where the convolution does not run on the CPU kernels."""
   if not _runs_native(_joined_shape(x, x2), kernel, strides, padding, impl):
     return None
   tile = _packed_winograd_tile(x, x2, kernel, strides, padding)
@@ -406,9 +343,7 @@ def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
 
 def _packed_winograd_tile(x: Array, x2: Array | None, kernel: Array, strides: int,
                           padding: int) -> int:
-  """The Winograd tile (2 or 4) a prepacked convolution runs with, or 0 for the direct
-  convolution (module doc): `pack_for_conv` and `conv` decide alike, from the channels and the
-  geometry alone."""
+  """A prepacked conv's Winograd tile (2 or 4) or 0, from channels and geometry alone."""
   c, o = kernel.shape[2:]
   if not (cpu_kernels.winograd_applies(_joined_shape(x, x2).shape, kernel.shape, strides,
                                        padding, None if x2 is None else x.shape[-1])
@@ -418,8 +353,7 @@ def _packed_winograd_tile(x: Array, x2: Array | None, kernel: Array, strides: in
 
 
 def pack_for_upconv(x: Array, kernel: Array, impl: str = 'xla') -> Array | None:
-  """`kernel` packed for `upconv2x2(x, kernel, impl, packed=...)`, or None where that does not
-  run on the CPU kernels."""
+  """`kernel` packed for `upconv2x2(..., packed=)`, or None off the CPU kernels."""
   if not _runs_native_upconv(x, kernel, impl):
     return None
   return cpu_kernels.pack_kernel(kernel, 'HWOI', transposed=True)
@@ -444,20 +378,10 @@ def _require_native(x: Array, kernel: Array) -> None:
 
 def auto_impl(shape: tuple, features: int, backend: str | None = None,
               native: bool = False) -> str:
-  """The fastest measured 3x3 conv form for an NHWC input `shape` and `features` outputs
-  (module doc).
-
-  Args:
-    shape: (N, H, W, C) of the input.
-    features: output channels O.
-    backend: JAX backend name; defaults to `jax.default_backend()`.
-    native: whether `cpu_kernels` can run it (`native_applies`).
-
-  Returns:
-    'xla', 'winograd', 'matmul' or 'native'.
-  """
+  """The fastest measured 3x3 conv form ('xla', 'winograd', 'matmul' or 'native') for an NHWC
+  input `shape` and `features` outputs; `native`: whether `cpu_kernels` can run it."""
   if not _on_cpu(backend) or not all(isinstance(d, int) for d in (*shape, features)):
-    return 'xla'  # Symbolic (shape-polymorphic export) shapes: no measured choice applies.
+    return 'xla'  # Symbolic (exported) shapes: no measured choice applies.
   n, h, w, c = shape
   if features <= MATMUL_MAX_OUT_CHANNELS < c:  # e.g. the 3-channel image heads.
     return 'matmul'
@@ -472,10 +396,8 @@ def auto_impl(shape: tuple, features: int, backend: str | None = None,
 
 @jax.custom_vjp
 def native_upconv2x2(x: Array, kernel: Array, bias: Array | None = None) -> Array:
-  """`upconv2x2` on `cpu_kernels`: the transposed convolution is the input gradient of the
-  2x2/stride-2 convolution whose kernel is this one stored (k, k, O, C), so its forward, input
-  gradient and kernel gradient are that convolution's input gradient, forward and kernel gradient
-  (with the roles of image and cotangent swapped). The bias is added inside the kernel."""
+  """`upconv2x2` on `cpu_kernels`: the input gradient of the 2x2/stride-2 conv whose kernel is
+  this one stored 'HWOI' (its gradients are that conv's forward and kernel gradient)."""
   n, h, w, _ = x.shape
   return cpu_kernels.conv_input_grad(x, kernel, (n, 2 * h, 2 * w, kernel.shape[-1]), 2, 0, 'HWOI',
                                      bias=bias)
@@ -501,7 +423,6 @@ native_upconv2x2.defvjp(_upconv_fwd, _upconv_bwd, symbolic_zeros=True)
 
 @jax.custom_vjp
 def _prepacked_upconv2x2(x: Array, kernel: Array, packed: Array, bias: Array | None) -> Array:
-  """`native_upconv2x2` reading `packed` (`pack_for_upconv`)."""
   n, h, w, _ = x.shape
   return cpu_kernels.conv_input_grad(x, kernel, (n, 2 * h, 2 * w, kernel.shape[-1]), 2, 0, 'HWOI',
                                      bias=bias, packed=packed)
@@ -511,16 +432,11 @@ _prepacked_upconv2x2.defvjp(_not_differentiable, _not_differentiable)
 
 
 def matmul_upconv2x2(x: Array, kernel: Array) -> Array:
-  """`upconv2x2` (without bias) as matmuls and a depth-to-space, in XLA.
-
-  One matmul per output row parity a: (n, h, w, b, o) is already (n, h, 2w, o) in memory, so only
-  the final interleave of the two row sets moves data, and XLA fuses it with what follows. The
-  single einsum 'nhwc,abco->nhawbo' needed a separate transpose copy (bench/README.md).
-  """
+  """`upconv2x2` (without bias) as one matmul per output row parity and an interleave, which
+  XLA fuses; one einsum needed a transpose copy (bench/README.md)."""
   n, h, w, _ = x.shape
   o = kernel.shape[-1]
-  # Under explicit mesh axes a reshape that merges dims must be told its output sharding; only
-  # the batch dim is ever sharded, and it is untouched by the depth-to-space.
+  # Under explicit mesh axes a merging reshape needs its output sharding: only the batch's.
   batch_spec = jax.typeof(x).sharding.spec
   out_sharding = jax.P(batch_spec[0]) if batch_spec and batch_spec[0] is not None else None
   rows = [jax.lax.reshape(jnp.einsum('nhwc,bco->nhwbo', x, kernel[a]), (n, h, 2 * w, o),
@@ -538,12 +454,8 @@ def _runs_native_upconv(x: Array, kernel: Array, impl: str) -> bool:
 
 def upconv2x2(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None,
               packed: Array | None = None) -> Array:
-  """PyTorch's `ConvTranspose2d(C, O, 2, stride=2)`, NHWC, kernel (2, 2, C, O).
-
-  With kernel == stride the output windows don't overlap: output pixel (2i+a, 2j+b) is input
-  pixel (i, j) times tap (a, b). On `cpu_kernels` under 'native', and under 'auto' where they
-  apply (`native_upconv2x2`); else as matmuls (`matmul_upconv2x2`), which XLA runs faster than a
-  general transposed convolution.
+  """PyTorch's `ConvTranspose2d(C, O, 2, stride=2)`, NHWC: on `cpu_kernels` where 'native' or
+  'auto' runs them, else as matmuls (faster than XLA's transposed convolution).
 
   Args:
     x: (N, H, W, C).
@@ -575,26 +487,19 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
          x2: Array | None = None) -> Array:
   """Any HINet convolution (NHWC x HWIO, symmetric zero padding) in the form `impl` picks.
 
-  3x3/stride-1/padding-1 convs go through `conv3x3`. Others (1x1, the 4x4/stride-2 downsamples)
-  run on the CPU kernels under 'native', and under 'auto' where they apply; else, on CPU under
-  any `impl` but 'xla', 1x1 convs run as one matmul (`pointwise_conv`, faster than YNNPACK's 1x1
-  convolution both ways: bench/README.md), and everything else is `lax.conv`.
+  3x3/s1/p1 convs go through `conv3x3`; others run on the CPU kernels where 'native' or 'auto'
+  runs them, else 1x1 as one matmul on CPU (bench/README.md) and the rest as `lax.conv`.
 
   Args:
     x: (N, H, W, C) input.
     kernel: (kh, kw, C, O) kernel, same dtype as `x`.
-    strides: stride in both spatial dims.
-    padding: zero padding on each side.
+    strides, padding: the same in both spatial dims.
     impl: one of `CONV_IMPLS`.
-    bias: optional (O,), added to every output pixel (inside the CPU kernels, where they run).
-    relu_slope: if given, LeakyReLU with this negative slope on the result (+ bias).
-    residual: optional array shaped as the output, added last. With the CPU kernels both run
-      inside the convolution's own pass over its output (`_native_conv_epilogue`).
-    packed: optional `pack_for_conv(x, kernel, strides, padding, impl, x2=x2)`, read instead of
-      packing the kernel in the call (inference: not differentiable).
-    x2: optional (N, H, W, C2): the input is `x` and `x2` concatenated along the channels (the
-      kernel has C + C2 input channels). The CPU kernels read both where they are, with no
-      concatenated copy (the same result to float rounding); other forms concatenate first.
+    bias: optional (O,).
+    relu_slope: if given, LeakyReLU with this negative slope after the bias.
+    residual: optional, shaped as the output, added last.
+    packed: optional `pack_for_conv(...)` of the same arguments (inference: not differentiable).
+    x2: optional (N, H, W, C2) joined after `x` along the channels (read in place by the kernels).
 
   Returns:
     (N, H', W', O).
@@ -623,18 +528,7 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
 
 def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = None,
             relu_slope: float | None = None, residual: Array | None = None) -> Array:
-  """3x3, stride-1, padding-1 convolution, NHWC x HWIO -> NHWC, in the form `impl`.
-
-  Args:
-    x: (N, H, W, C) input.
-    kernel: (3, 3, C, O) kernel, same dtype as `x`.
-    impl: one of `CONV_IMPLS`; 'auto' picks by shape (`auto_impl`).
-    bias: optional (O,).
-    relu_slope, residual: see `conv`.
-
-  Returns:
-    (N, H, W, O), the same values whatever `impl` (up to float rounding).
-  """
+  """3x3, stride-1, padding-1 `conv` in the form `impl` ('auto' picks by shape: `auto_impl`)."""
   _check_impl(impl)
   if kernel.shape[:2] != (3, 3):
     raise ValueError(f'conv3x3 needs a (3, 3, C, O) kernel, got {kernel.shape}.')
@@ -645,23 +539,18 @@ def conv3x3(x: Array, kernel: Array, impl: str = 'xla', bias: Array | None = Non
     return _native(x, kernel, 1, 1, bias, relu_slope, residual)
   if impl == 'matmul':
     y = _add_bias(matmul_conv3x3(x, kernel), bias)
-  elif impl == 'winograd':  # The native kernels' backward where 'auto' would use them.
+  elif impl == 'winograd':
     y = winograd_conv(x, kernel, _auto_native(x, kernel), bias)
   else:
     y = _add_bias(conv_xla(x, kernel), bias)
   return _epilogue(y, relu_slope, residual)
 
 
-# XLA:CPU compiles convolutions to YNNPACK by default. XLA's own (Eigen) kernels run the HINet
-# forward faster but its kernel gradients slower (bench/README.md): so this is for executables
-# that only run the model forward. Dots stay on YNNPACK.
+# XLA's own (Eigen) convolutions run the forward faster than YNNPACK but kernel gradients slower
+# (bench/README.md): for forward-only executables. Dots stay on YNNPACK.
 _EIGEN_CONVOLUTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
 def inference_compiler_options() -> dict | None:
-  """`jax.jit(..., compiler_options=...)` for forward-only executables: faster convs on CPU.
-
-  Returns:
-    The options on the CPU backend, else None (GPU/TPU need none).
-  """
+  """`jax.jit` compiler options for forward-only executables on CPU, else None."""
   return dict(_EIGEN_CONVOLUTIONS) if _on_cpu() else None

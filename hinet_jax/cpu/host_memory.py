@@ -1,18 +1,9 @@
 """Host memory: keep what XLA:CPU frees for its next execution instead of returning it to the OS.
 
-XLA:CPU allocates the buffers of every execution anew with malloc and frees them after it. With
-glibc's defaults each large buffer, and every buffer a thread outside the main malloc arena asks
-for (XLA runs on its own threads, and their arenas can't hold chunks over 64 MiB), is a fresh
-`mmap` that the kernel zero-fills page by page on first touch, then `munmap`ed again: page faults
-in every execution, a few percent of each forward and train step (bench/README.md), more in VMs
-whose host backs pages lazily. `keep_freed_memory()` tells glibc to serve them all from the main
-heap and keep it: no faults after the first step. The price is that the process keeps its peak
-heap (freed memory is reused by later allocations but not returned to the OS), which is what a
-training or inference process wants anyway.
-
-It must run before JAX executes anything (threads keep the arena they first allocated from), so
-the entry points call it first thing. Opt out with HINET_JAX_KEEP_FREED_MEMORY=0.
-Other C libraries, or a preloaded allocator (tcmalloc, jemalloc), are left alone.
+With glibc's defaults XLA:CPU's per-execution buffers are fresh `mmap`s, page-faulted in every
+step (bench/README.md); `keep_freed_memory()` serves them from one kept heap, at the price of
+holding the peak heap. It must run before JAX executes anything (threads keep their first arena).
+Opt out with HINET_JAX_KEEP_FREED_MEMORY=0; other allocators are left alone.
 """
 
 import ctypes
@@ -32,19 +23,15 @@ _applied = False
 
 
 def keep_freed_memory(only_on_cpu: bool = True) -> bool:
-  """Makes glibc malloc keep freed memory for reuse: one arena, no mmap, no trimming.
+  """Makes glibc malloc keep freed memory for reuse: one arena, no mmap, no trimming. Idempotent.
 
-  No mmap at all rather than a high mmap threshold: mallopt's threshold is an int (2 GiB at most),
-  and XLA's temporaries can be larger (6.6 GiB for the 1x train step at batch 8 of 256x256).
-  Idempotent.
+  No mmap rather than a high threshold: mallopt's is an int, smaller than XLA's temporaries.
 
   Args:
-    only_on_cpu: skip it where JAX will run on a GPU/TPU (`will_run_on_cpu`): there the
-      activations live in device memory, and host threads had better keep their own arenas.
+    only_on_cpu: skip it where JAX will run on a GPU/TPU (`will_run_on_cpu`).
 
   Returns:
-    True if the settings are in effect, False where they don't apply (not glibc, an
-    accelerator, opted out, or mallopt refused), with a log line saying which.
+    Whether the settings are in effect; a log line says why not.
   """
   global _applied
   if _applied:
@@ -77,11 +64,7 @@ def keep_freed_memory(only_on_cpu: bool = True) -> bool:
 
 
 def will_run_on_cpu() -> bool:
-  """Whether JAX will run on the CPU: JAX_PLATFORMS says cpu, or no GPU/TPU backend is installed.
-
-  Answered without initialising JAX's backends (which would start the threads that
-  `keep_freed_memory` has to precede).
-  """
+  """Whether JAX will run on the CPU, answered without initialising JAX's backends."""
   if os.environ.get('JAX_PLATFORMS', '').startswith('cpu'):
     return True
   if importlib.util.find_spec('libtpu'):

@@ -1,29 +1,11 @@
-"""Hand-written CPU convolution kernels, compiled on first use and called from XLA through its FFI.
+"""Hand-written CPU convolution kernels (`csrc/conv_kernels.cc`), called from XLA through its FFI.
 
-`csrc/conv_kernels.cc` has six FFI handlers: a convolution-like product (`conv_forward`, bias
-added inside, and its input gradient `conv_input_grad`, which is also the transposed
-convolution), both gradients of a layer in one call (`conv_grads`, `transposed_conv_grads`),
-the kernel packed for the products (`pack_kernel`: each product packs its kernel per call unless
-given one packed beforehand, which inference does once per set of weights), the 3x3
-convolution by Winograd F(2x2, 3x3) or F(4x4, 3x3) (`winograd_conv`) on a kernel that the fifth
-transforms and packs (`pack_winograd`), and both gradients of that convolution by Winograd
-(`winograd_conv_grads`). The products take square kernels up to 8x8, any
-stride and symmetric zero padding, NHWC, kernels HWIO (or HWOI), float32. They exist because
-XLA:CPU's convolutions (YNNPACK or Eigen) run HINet's shapes, and above all their kernel and
-strided input gradients, well below the float32 matmul rate, and these near it (bench/README.md;
-`bench/conv_shapes.py` measures every shape of the model). The C++ source's header says how.
-CPU-only: GPUs and TPUs keep XLA's convolutions.
-
-The source is compiled with the system C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`) for the
-host CPU (`-march=native`) the first time a convolution needs it, into a cache directory
-(`$HINET_JAX_CACHE_DIR`, default `~/.cache/hinet_jax`) under a name that hashes the source, flags,
-compiler, jaxlib version and CPU features, so a home directory shared by different machines gets one
-build per kind of CPU. `$HINET_JAX_CPU_KERNEL_FLAGS` adds compiler flags (part of that name), e.g.
-`-mno-avx512f` to build the AVX2 kernels on an AVX-512 machine (the tests do, to check them).
-Each build is tested once on the machine that built it (`selftest`: every product against XLA's,
-verdict kept beside the library). Without a compiler, with kernels that fail that test, or with
-`HINET_JAX_NATIVE_KERNELS=0`, `available()` is False, one warning says why, and callers use XLA's
-own kernels: slower, same results.
+Direct products (`conv_forward`, `conv_input_grad`, both gradients in one call), kernel packing,
+and Winograd F(2x2 | 4x4, 3x3): NHWC, float32, square kernels up to 8x8. XLA:CPU runs HINet's
+shapes well below the matmul rate, these near it (bench/README.md). Built on first use for the
+host CPU into `$HINET_JAX_CACHE_DIR` (the name hashes source, flags, compiler, jaxlib and CPU),
+self-tested once per build (`selftest`); without a compiler, on a failed test or with
+`HINET_JAX_NATIVE_KERNELS=0`, `available()` is False and callers use XLA's kernels.
 """
 
 import ctypes
@@ -49,7 +31,6 @@ from hinet_jax import files
 Array = jax.Array
 
 _SOURCE = pathlib.Path(__file__).parent / 'csrc' / 'conv_kernels.cc'
-# FFI target name -> symbol in the library.
 _TARGETS = {'hinet_conv': 'HinetConv', 'hinet_conv_bwd': 'HinetConvBwd', 'hinet_pack': 'HinetPack',
             'hinet_winograd': 'HinetWinograd', 'hinet_pack_winograd': 'HinetPackWinograd',
             'hinet_winograd_bwd': 'HinetWinogradBwd'}
@@ -73,7 +54,6 @@ def _compiler() -> str | None:
 
 
 def _cpu_features() -> str:
-  """The CPU model and feature flags: what `-march=native` compiles for."""
   try:
     lines = pathlib.Path('/proc/cpuinfo').read_text().splitlines()
   except OSError:
@@ -89,7 +69,7 @@ def cache_dir() -> pathlib.Path:
 
 
 def _build(compiler: str) -> pathlib.Path:
-  """Compiles the source into the cache (once per source/compiler/CPU) and returns the library."""
+  """Compiles the source into the cache once per build key; returns the library."""
   version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
                            check=False).stdout
   key = hashlib.sha256('\0'.join([
@@ -100,7 +80,7 @@ def _build(compiler: str) -> pathlib.Path:
   if out.exists():
     return out
   out.parent.mkdir(parents=True, exist_ok=True)
-  # Build next to the target and rename: concurrent builders never load a half-written library.
+  # Rename into place: concurrent builders never load a half-written library.
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=out.parent)
   os.close(fd)
   try:
@@ -115,15 +95,12 @@ def _build(compiler: str) -> pathlib.Path:
   return out
 
 
-# While the self-test runs (inside `_load`, under `_lock`) the kernels are registered but not
-# yet `available()`: their own calls must not wait for the lock.
+# Set while the self-test runs under `_lock`: the kernels' own calls must not wait for it.
 _self_testing = False
 
 
 def _verdict(library: pathlib.Path) -> tuple[bool, str]:
-  """Whether the kernels in `library` passed the self-test, running it once per build: the
-  verdict is kept beside the library (`<library>.selftest-<test hash>`), so a new CPU model, compiler or
-  source (all in the library's name) is tested, and a known one is not again."""
+  """(passed, detail) of the self-test, run once per build; the verdict is kept beside it."""
   global _self_testing
   from hinet_jax.cpu import selftest  # pylint: disable=g-import-not-at-top  (only after a build)
 
@@ -170,8 +147,7 @@ def _load() -> bool:
 
 
 def available() -> bool:
-  """Whether the CPU kernels are built, registered and passed their self-test (builds and tests
-  them on the first call)."""
+  """Whether the kernels are built and passed their self-test (the first call does both)."""
   with _lock:
     return _load()
 
@@ -188,9 +164,7 @@ def _out_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
   return max(0, (size + 2 * padding - kernel_size) // stride + 1)
 
 
-# How a kernel argument is stored: 'HWIO' = (k, k, C, O), the convolution's own; 'HWOI' =
-# (k, k, O, C), for a transposed convolution run as a convolution's input gradient (its kernel,
-# (k, k, in, out) of the transposed convolution, is the convolution's stored the other way round).
+# 'HWIO' = (k, k, C, O); 'HWOI' = (k, k, O, C), a transposed convolution's kernel.
 KERNEL_LAYOUTS = ('HWIO', 'HWOI')
 
 
@@ -205,7 +179,6 @@ def _kernel_attrs(stride: int, padding: int, layout: str) -> dict:
 
 
 def _io(kernel: Array, layout: str) -> tuple[int, int]:
-  """(C, O) of a kernel stored in `layout`."""
   c, o = kernel.shape[2:]
   return (o, c) if layout == 'HWOI' else (c, o)
 
@@ -218,22 +191,15 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
 
   Args:
     x: (N, H, W, C) float32; with `x2`, its first C1 channels.
-    kernel: (k, k, C, O) float32 (or (k, k, O, C) with `kernel_layout='HWOI'`), k <= 8.
+    kernel: (k, k, C, O), or (k, k, O, C) with `kernel_layout='HWOI'`; k <= 8.
     stride, padding: the same in both spatial dimensions.
-    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
-    bias: optional (O,) float32, added to every output pixel inside the kernel (no extra pass).
-    relu_slope: if given, the output goes through LeakyReLU with this negative slope, inside the
-      kernel (as `jax.nn.leaky_relu`).
-    residual: optional float32 array shaped as the output, added last, inside the kernel.
-    packed: optional `pack_kernel(kernel, kernel_layout)`: the call then reads it instead of
-      packing `kernel` itself (one pass over the kernel less). Not differentiable: for inference.
-    x2: optional (N, H, W, C - C1) float32: the input is `x` and `x2` joined along the channels,
-      read where they are (no concatenated copy).
+    kernel_layout: one of `KERNEL_LAYOUTS`.
+    bias, relu_slope, residual: optional epilogue inside the kernel: + bias, LeakyReLU, + residual.
+    packed: optional `pack_kernel(kernel, kernel_layout)` (inference; not differentiable).
+    x2: optional (N, H, W, C - C1), joined after `x` along the channels, read in place.
 
   Returns:
-    (N, Ho, Wo, O) float32, equal to XLA's convolution (plus bias, then LeakyReLU and residual)
-    up to float rounding, as are the results with or without `packed`, and with `x2` or the
-    concatenation: each build sums in the order its compiler and CPU choose.
+    (N, Ho, Wo, O) float32, XLA's result up to float rounding.
   """
   _check(x, kernel, *(a for a in (bias, residual, packed, x2) if a is not None))
   n, h, w, _ = x.shape
@@ -249,8 +215,7 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
   if residual is not None and residual.shape != out.shape:
     raise ValueError(f'conv_forward: the residual must be shaped as the output {out.shape}, got '
                      f'{residual.shape}.')
-  # The kernel packed for the micro-kernel (unless given), as a second output so that XLA
-  # allocates (and reuses) its memory. 'sequential': under vmap each element is its own call.
+  # The packing scratch is a second output so that XLA allocates (and reuses) it.
   y, _ = jax.ffi.ffi_call('hinet_conv', (out, _packing_scratch(k, c, o, packed)),
                           vmap_method='sequential')(
                               x, _empty_or(x2), kernel, _empty_or(bias), _empty_or(residual),
@@ -261,7 +226,6 @@ def conv_forward(x: Array, kernel: Array, stride: int, padding: int,
 
 
 def _empty_or(a: Array | None) -> Array:
-  """An optional array argument of the C++ calls (bias, residual): the array, or (0,) for none."""
   return jnp.zeros((0,), jnp.float32) if a is None else a
 
 
@@ -273,29 +237,16 @@ def _epilogue_attrs(relu_slope: float | None) -> dict:
 def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, padding: int,
                     kernel_layout: str = 'HWIO', bias: Array | None = None,
                     packed: Array | None = None) -> Array:
-  """Input gradient of `conv_forward(x, kernel, stride, padding)` for the output cotangent `g`.
-
-  Also the transposed convolution of `g` (e.g. the decoder's 2x2/stride-2 upsampling).
-
-  Args:
-    g: (N, Ho, Wo, O) float32 cotangent of the convolution's output.
-    kernel: the convolution's kernel as `conv_forward` takes it (not flipped or transposed).
-    x_shape: (N, H, W, C), the shape of the convolution's input.
-    stride, padding: the convolution's geometry.
-    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
-    bias: optional (C,) float32 added to every output pixel (when this runs as a transposed
-      convolution layer).
-    packed: optional `pack_kernel(kernel, kernel_layout, transposed=True)`, read instead of
-      packing `kernel` in the call (inference of a transposed-convolution layer).
+  """Input gradient of `conv_forward(x, kernel, stride, padding)` for the cotangent `g`; also
+  the transposed convolution of `g` (`bias` (C,), `packed` with `transposed=True`).
 
   Returns:
-    (N, H, W, C) float32, equal to XLA's input gradient (plus bias) up to float rounding.
+    (N, H, W, C) = `x_shape` float32, XLA's input gradient up to float rounding.
   """
   _check(g, kernel, *(a for a in (bias, packed) if a is not None))
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
   out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32)
-  # The kernel packed as (k, k, O) x C for the micro-kernel: a scratch output, as above.
   dx, _ = jax.ffi.ffi_call('hinet_conv', (out, _packing_scratch(k, o, c, packed)),
                            vmap_method='sequential')(
                                g, _empty_or(None), kernel, _empty_or(bias), _empty_or(None),
@@ -306,14 +257,12 @@ def conv_input_grad(g: Array, kernel: Array, x_shape: tuple, stride: int, paddin
 
 
 def _packed_kernel(k: int, reduction: int, outputs: int) -> jax.ShapeDtypeStruct:
-  """A kernel packed for the C++ micro-kernel: outputs rounded up to the widest vector, 16
-  floats (`Packed::Size` rounds to its own, 8 or 16)."""
+  """A packed kernel's shape: outputs rounded up to 16 floats (`Packed::Size` in the source)."""
   return jax.ShapeDtypeStruct((k * k * reduction * -(-outputs // 16) * 16,), jnp.float32)
 
 
 def _packing_scratch(k: int, reduction: int, outputs: int,
                      packed: Array | None) -> jax.ShapeDtypeStruct:
-  """A product's scratch output for packing its kernel: none (0,) if it is given packed."""
   if packed is None:
     return _packed_kernel(k, reduction, outputs)
   if packed.ndim != 1 or packed.shape[0] < _packed_kernel(k, reduction, outputs).shape[0]:
@@ -323,19 +272,8 @@ def _packing_scratch(k: int, reduction: int, outputs: int,
 
 
 def pack_kernel(kernel: Array, kernel_layout: str = 'HWIO', transposed: bool = False) -> Array:
-  """`kernel` packed as the CPU kernels' products read it, for `conv_forward(..., packed=)`
-  (`transposed=False`) or `conv_input_grad(..., packed=)` (`transposed=True`).
-
-  Every product packs its kernel in the call otherwise: one pass over the kernel. Inference packs
-  once per set of weights instead (`hinet_jax.cpu.prepare_inference`; bench/README.md).
-
-  Args:
-    kernel: (k, k, C, O) float32, or (k, k, O, C) with `kernel_layout='HWOI'`, k <= 8.
-    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`).
-    transposed: pack for the input gradient / transposed convolution instead of the convolution.
-
-  Returns:
-    A 1-D float32 array, only meaningful to the CPU kernels.
+  """`kernel` packed for `conv_forward(..., packed=)`, or with `transposed` for
+  `conv_input_grad(..., packed=)`: inference packs once per set of weights (bench/README.md).
   """
   _check(kernel)
   k = kernel.shape[0]
@@ -352,8 +290,7 @@ WINOGRAD_CHANNEL_MULTIPLE = 16  # C, O and a join's first part: whole vectors of
 
 def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: int,
                      c1: int | None = None) -> bool:
-  """Whether `winograd_conv` can run this convolution: 3x3, stride 1, padding 1, and the
-  channels (and a join's first part `c1`) multiples of 16."""
+  """Whether `winograd_conv` runs this conv: 3x3/s1/p1, channels (and `c1`) multiples of 16."""
   c, o = kernel_shape[2:]
   return (tuple(kernel_shape[:2]) == (3, 3) and stride == 1 and padding == 1
           and x_shape[-1] == c and all(v % WINOGRAD_CHANNEL_MULTIPLE == 0
@@ -361,11 +298,8 @@ def winograd_applies(x_shape: tuple, kernel_shape: tuple, stride: int, padding: 
 
 
 def pack_winograd(kernel: Array, tile: int = 2) -> Array:
-  """The (3, 3, C, O) `kernel` transformed for Winograd F(tile x tile, 3x3), tile 2 or 4 (G g G^T:
-  (tile + 2)^2 taps of (C, O), as `winograd.kernel_transform`), and packed as the CPU kernels read
-  it, for `winograd_conv`: once per set of weights at inference, in every step in training (in
-  C++ because XLA's transform was slower: bench/README.md).
-  """
+  """The (3, 3, C, O) `kernel` transformed (G g G^T) and packed for `winograd_conv`; in C++, as
+  XLA's transform was slower (bench/README.md)."""
   _check(kernel)
   if tile not in WINOGRAD_TILES:
     raise ValueError(f'pack_winograd: tile must be one of {WINOGRAD_TILES}, got {tile!r}.')
@@ -379,27 +313,9 @@ def pack_winograd(kernel: Array, tile: int = 2) -> Array:
 def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = None,
                   relu_slope: float | None = None, residual: Array | None = None,
                   x2: Array | None = None) -> Array:
-  """The 3x3 / stride-1 / padding-1 convolution (+ bias, then LeakyReLU and residual) of `x`
-  (joined with `x2`) by Winograd F(2x2, 3x3) or F(4x4, 3x3), as the kernel was given:
-  `pack_winograd(kernel, tile)`.
-
-  2.25x (tile 2) or 4x (tile 4) fewer multiplies than the direct convolution, for the same
-  function up to float rounding (relative differences ~1e-6 for tile 2, a few times more for 4).
-  Not differentiable itself (`convolution.native_conv` builds training's gradients on it);
-  `winograd_applies` says where it runs.
-
-  Args:
-    x: (N, H, W, C1) float32 (all C channels without `x2`).
-    packed: `pack_winograd(kernel, tile)` of the (3, 3, C, O) kernel.
-    features: O.
-    bias: optional (O,).
-    relu_slope: if given, LeakyReLU with this negative slope after the bias.
-    residual: optional, shaped as the output, added last.
-    x2: optional (N, H, W, C - C1), joined after `x` along the channels, read in place.
-
-  Returns:
-    (N, H, W, O) float32.
-  """
+  """The 3x3/s1/p1 conv of `x` (joined with `x2`) by Winograd, tile as `packed` was made
+  (`pack_winograd`), with `conv_forward`'s epilogue; not differentiable. Returns (N, H, W,
+  `features`), the direct convolution's result up to float rounding."""
   _check(x, packed, *(a for a in (bias, residual, x2) if a is not None))
   c = x.shape[-1] + (0 if x2 is None else x2.shape[-1])
   if not winograd_applies((*x.shape[:3], c), (3, 3, c, features), 1, 1,
@@ -424,21 +340,10 @@ def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = N
 
 def winograd_conv_grads(x: Array, g: Array, kernel: Array, tile: int = 4,
                         input_grad: bool = True):
-  """Input and kernel gradients of the 3x3 / stride-1 / padding-1 convolution of `x` with `kernel`
-  for the output cotangent `g`, by Winograd F(tile x tile, 3x3), in one call (as `conv_grads`,
-  whose results they equal to float rounding, with 4x (tile 4) or 2.25x (tile 2) fewer
-  multiplies): the input gradient the Winograd convolution of g with the kernel flipped and
-  transposed, the kernel gradient G^T [sum over tiles of (B^T x B) (A g A^T)] G.
-
-  Args:
-    x: (N, H, W, C) float32, C a multiple of 16.
-    g: (N, H, W, O) float32, O a multiple of 16.
-    kernel: (3, 3, C, O) float32.
-    tile: 2 or 4.
-    input_grad: whether to compute the input gradient.
+  """`conv_grads` of the 3x3/s1/p1 conv by Winograd F(tile x tile, 3x3), C and O multiples of 16.
 
   Returns:
-    (dx, dkernel): dx (N, H, W, C), or None without `input_grad`; dkernel (3, 3, C, O).
+    (dx or None without `input_grad`, dkernel), `conv_grads`' up to float rounding.
   """
   _check(x, g, kernel)
   if tile not in WINOGRAD_TILES:
@@ -461,7 +366,7 @@ def winograd_conv_grads(x: Array, g: Array, kernel: Array, tile: int = 4,
 
 def _backward_call(a: Array, b: Array, kernel: Array, d_in: jax.ShapeDtypeStruct | None,
                    stride: int, padding: int, kernel_layout: str, transposed: bool):
-  """The C++ `ConvBwdImpl`: a is the convolution's input side, b its output side."""
+  """The C++ `ConvBwdImpl`: `a` is the convolution's input side, `b` its output side."""
   _check(a, b, kernel)
   k = kernel.shape[0]
   c, o = _io(kernel, kernel_layout)
@@ -469,7 +374,6 @@ def _backward_call(a: Array, b: Array, kernel: Array, d_in: jax.ShapeDtypeStruct
   empty = jax.ShapeDtypeStruct((0,), jnp.float32)
   outs = (d_in or empty, jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
           _packed_kernel(k, reduction, outputs) if d_in else empty)
-  # 'sequential': under vmap (per-example gradients) each example is its own call.
   grad, dkernel, _ = jax.ffi.ffi_call('hinet_conv_bwd', outs, vmap_method='sequential')(
       a, b, kernel, transposed=np.int64(transposed), input_grad=np.int64(d_in is not None),
       **_kernel_attrs(stride, padding, kernel_layout))
@@ -478,20 +382,10 @@ def _backward_call(a: Array, b: Array, kernel: Array, d_in: jax.ShapeDtypeStruct
 
 def conv_grads(x: Array, g: Array, kernel: Array, stride: int, padding: int,
                kernel_layout: str = 'HWIO', input_grad: bool = True):
-  """Input and kernel gradients of `conv_forward(x, kernel, stride, padding)` for the output
-  cotangent `g`, in one call.
-
-  Args:
-    x: (N, H, W, C) float32 input of the convolution.
-    g: (N, Ho, Wo, O) float32 cotangent of its output.
-    kernel: its kernel, as `conv_forward` takes it.
-    stride, padding: its geometry.
-    kernel_layout: how `kernel` is stored (`KERNEL_LAYOUTS`); the kernel gradient is stored alike.
-    input_grad: whether to compute the input gradient (not for the network's input image).
+  """Input and kernel gradients of `conv_forward(x, kernel, stride, padding)` in one call.
 
   Returns:
-    (dx, dkernel): dx (N, H, W, C), or None without `input_grad`; dkernel shaped as `kernel`.
-    Equal to XLA's gradients up to float rounding.
+    (dx or None without `input_grad`, dkernel shaped as `kernel`), XLA's up to float rounding.
   """
   return _backward_call(x, g, kernel, jax.ShapeDtypeStruct(x.shape, jnp.float32)
                         if input_grad else None, stride, padding, kernel_layout, False)
@@ -499,17 +393,10 @@ def conv_grads(x: Array, g: Array, kernel: Array, stride: int, padding: int,
 
 def transposed_conv_grads(x: Array, g: Array, kernel: Array, stride: int, padding: int,
                           kernel_layout: str = 'HWIO', input_grad: bool = True):
-  """Input and kernel gradients of the transposed convolution
-  `y = conv_input_grad(x, kernel, y.shape, stride, padding)` for the output cotangent `g`.
-
-  Args:
-    x: (N, Ho, Wo, O) float32, the transposed convolution's input.
-    g: (N, H, W, C) float32, the cotangent of its output.
-    kernel, stride, padding, kernel_layout: as given to `conv_input_grad`.
-    input_grad: whether to compute the input gradient.
+  """Input and kernel gradients of the transposed convolution `conv_input_grad(x, kernel, ...)`.
 
   Returns:
-    (dx, dkernel): dx shaped as `x` (the convolution of g), or None; dkernel shaped as `kernel`.
+    (dx shaped as `x` or None, dkernel shaped as `kernel`).
   """
   return _backward_call(g, x, kernel, jax.ShapeDtypeStruct(x.shape, jnp.float32)
                         if input_grad else None, stride, padding, kernel_layout, True)

@@ -1,16 +1,8 @@
 """HINet's layers for the CPU backend: the same parameter tree as `hinet_jax.models`, run on the
-C++ kernels (`convolution`), with the blocks' element-wise work fused into the convolutions.
+C++ kernels (`convolution`), the blocks' LeakyReLUs, adds and joins fused into the convolutions.
 
-  * `Conv` / `UpConv2x2` take optional fusions: LeakyReLU and a residual add in the convolution's
-    own pass over its output, and a second input read in place of a concatenation (`x2`).
-  * `FusedConvBlock` / `FusedUpBlock` are `models.ConvBlock` / `models.UpBlock` wired with them;
-    the block's `norm` is the model's, but for half instance norm, which runs as one per-channel
-    affine map over all channels. `layers_for` swaps only the parts it knows, and
-    `hinet_jax.cpu.model_check` refuses a model whose blocks these would not compute.
-  * At inference `prepare_inference` packs every kernel once per set of weights (the 3x3 ones
-    transformed for Winograd) into the `PACKED` collection, which the layers read.
-
-tests/test_cpu_backend.py checks the outputs and gradients against the plain model.
+`layers_for` swaps only the parts it knows; `model_check` refuses a model whose blocks these would
+not compute. At inference `prepare_inference` packs the kernels once into `PACKED`.
 """
 
 import dataclasses
@@ -28,13 +20,11 @@ from hinet_jax.models.layers import torch_transposed_kernel_init
 
 Array = jax.Array
 
-# The variable collection of kernels packed for inference (`prepare_inference`).
 PACKED = 'packed'
 
 
 def _packed_kernel(module: nn.Module, pack) -> Optional[Array]:
-  """The module's kernel from the `PACKED` collection, if given. While that collection is
-  mutable (`prepare_inference`) it is first filled with `pack()` (None: nothing to pack here)."""
+  """The module's kernel from `PACKED`, first filled with `pack()` while that is mutable."""
   if module.is_mutable_collection(PACKED):
     packed = pack()
     if packed is not None:
@@ -43,19 +33,14 @@ def _packed_kernel(module: nn.Module, pack) -> Optional[Array]:
 
 
 class Conv(models.Conv):
-  """`models.Conv` with fusions, on the C++ kernels where they apply (`convolution.conv`).
-
-  Attributes:
-    impl: the convolution form (`convolution.CONV_IMPLS`); 'auto' picks per shape. For benchmarks.
-  """
+  """`models.Conv` with fusions, on the C++ kernels where they apply; `impl`: see
+  `convolution.CONV_IMPLS`."""
 
   impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, relu_slope: Optional[float] = None,
                residual: Optional[Array] = None, x2: Optional[Array] = None) -> Array:
-    """conv(x) + bias, or conv of `x` and `x2` concatenated along the channels; then LeakyReLU
-    with `relu_slope` and + `residual` where given."""
     k = self.kernel_size
     in_features = x.shape[-1] + (0 if x2 is None else x2.shape[-1])
     kernel = self.param('kernel', torch_kernel_init, (k, k, in_features, self.features),
@@ -89,9 +74,8 @@ class UpConv2x2(models.UpConv2x2):
 
 
 class HalfInstanceNorm(models.HalfInstanceNorm):
-  """`models.HalfInstanceNorm` as one per-channel map (x - m) * a + b over all channels (m = 0,
-  a = 1, b = 0 on the second half): XLA:CPU ran the split, two reductions and the concatenation
-  as separate passes (bench/README.md)."""
+  """`models.HalfInstanceNorm` as one per-channel affine map over all channels: XLA:CPU ran the
+  split and concatenation as separate passes (bench/README.md)."""
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -111,8 +95,7 @@ class HalfInstanceNorm(models.HalfInstanceNorm):
 
 
 class FusedConvBlock(models.ConvBlock):
-  """`models.ConvBlock` with its LeakyReLUs and adds in the convolutions' passes, and the
-  decoder's concatenation read in place (`x2`)."""
+  """`models.ConvBlock` with its LeakyReLUs, adds and the decoder's join in the convolutions."""
 
   @nn.compact
   def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None,
@@ -138,8 +121,7 @@ class FusedConvBlock(models.ConvBlock):
 
 
 class FusedUpBlock(models.UpBlock):
-  """`models.UpBlock` whose body (a `FusedConvBlock`) reads the upsampled features and the skip
-  where they are."""
+  """`models.UpBlock` whose body reads the upsampled features and the skip in place."""
 
   @nn.compact
   def __call__(self, x: Array, skip: Array) -> Array:
@@ -164,9 +146,8 @@ _SWAPS = {plain: fused for plain, fused in zip(
 
 
 def layers_for(plain: models.Layers) -> Optional[models.Layers]:
-  """The CPU backend's parts for a model built from `plain`: each stock part swapped for its
-  fused twin, any other norm kept (the fused block calls it as the plain block does). None if
-  a convolution or block is one the CPU backend has no twin of."""
+  """`plain` with each stock part swapped for its fused twin (any other norm kept), or None if
+  a convolution or block has no twin."""
   swapped = {}
   for field in dataclasses.fields(plain):
     part = getattr(plain, field.name)
@@ -188,11 +169,9 @@ def plain_layers(layers: models.Layers) -> models.Layers:
 
 @functools.partial(jax.jit, static_argnums=0)
 def prepare_inference(model: nn.Module, params: Any) -> dict:
-  """`{PACKED: kernels}` for `model.apply({'params': params, **this}, x)` at inference: every
-  kernel the C++ kernels run, packed as they read it, once per set of weights; the 3x3 ones from
-  32 channels transformed for Winograd F(4x4, 3x3) or F(2x2, 3x3) (equal to float rounding). Not
-  differentiable. Empty where nothing runs on the C++ kernels. Jitted: the convolutions of
-  the small forward pass it traces are dead code."""
+  """`{PACKED: kernels}` for `model.apply({'params': params, **this}, x)` at inference, packed
+  once per set of weights (empty where nothing runs on the C++ kernels). Not differentiable;
+  jitted, so the traced forward's convolutions are dead code."""
   side = 2**(getattr(model, 'depth', 1) - 1)
   x = jnp.zeros((1, side, side, getattr(model, 'in_chn', 3)), jnp.float32)
   _, variables = model.apply({'params': params}, x, mutable=PACKED)

@@ -69,6 +69,10 @@ def _source_key(plain: models.Layers, relu_slope: float) -> Optional[str]:
     digest.update(path.read_bytes())
   for field in dataclasses.fields(plain):
     part = getattr(plain, field.name)
+    # A part given as a value (`models.LocalStats(window, wf)`) counts by its class and value.
+    if not inspect.isclass(part) and dataclasses.is_dataclass(part):
+      digest.update(repr(part).encode())
+      part = type(part)
     try:
       digest.update(f'{part.__module__}.{part.__qualname__}'.encode())
       digest.update(inspect.getsource(part).encode())
@@ -79,8 +83,8 @@ def _source_key(plain: models.Layers, relu_slope: float) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def _cached_verdict(plain: models.Layers, relu_slope: float) -> Optional[str]:
-  """`_blocks_differ`, remembered on disk by `_source_key`: the check costs a compile (seconds),
-  so it runs once per edit of the code, not once per process."""
+  """`_blocks_differ`, remembered on disk by `_source_key`: the check costs a compile, so it runs
+  once per edit of the code, not once per process."""
   key = _source_key(plain, relu_slope)
   record = None if key is None else kernels.cache_dir() / 'model_checks' / key
   if record is not None and record.exists():

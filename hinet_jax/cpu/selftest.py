@@ -1,13 +1,7 @@
-"""The C++ kernels' self-test: every product they compute, against XLA's, on the CPU that built them.
+"""The C++ kernels' self-test: every product they compute against XLA's, on the building CPU.
 
-`kernels` runs it once per build (the verdict is cached beside the library) and refuses kernels
-that fail it, so a compiler or CPU that computes them wrongly costs speed, never results.
-
-The cases are HINet's layers at small sizes that reach each code path: 3x3 convolutions with the
-vector tails (channels not a multiple of 16) and with channels a multiple of 256, the 1x1
-shortcut, the 4x4/stride-2 downsample, the 2x2/stride-2 transposed upsample, the decoder's joined
-input, the fused bias/LeakyReLU/residual, kernels packed beforehand, and Winograd F(2x2) and
-F(4x4) forward and backward.
+`kernels` runs it once per build and refuses kernels that fail it: a wrong build costs speed,
+never results. The cases are HINet's layers at small sizes that reach each code path.
 """
 
 import dataclasses
@@ -17,19 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Relative L2 error allowed per product. float32 sums over these reductions (up to a few
-# thousand terms) stay near 1e-6; a wrong tap, index or epilogue is of order 1.
+# Relative L2 error allowed per product: float32 rounding is ~1e-6, a wrong tap of order 1.
 TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-  """The self-test's verdict.
-
-  Attributes:
-    passed: whether every product is within `TOLERANCE` of XLA's.
-    worst: the largest relative error, and the product it was found in.
-  """
+  """The verdict: `passed`, and the `worst` (relative error, product name)."""
 
   passed: bool
   worst: tuple[float, str]
@@ -46,7 +34,6 @@ def _conv(x, w, s=1, p=1):
 
 
 def _upconv(x, w):
-  """The 2x2/stride-2 transposed convolution as `models.UpConv2x2` computes it (no bias)."""
   return jax.lax.conv_transpose(x, jnp.flip(w, (0, 1)), (2, 2), 'VALID',
                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -56,8 +43,7 @@ def _cases(ck) -> list[tuple[str, Callable, Callable]]:
   rng = np.random.default_rng(0)
   r = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
   cases = []
-  # (x shape, kernel side, stride, padding, outputs): 3x3 with vector tails, 4x4/stride-2, 1x1,
-  # channels a multiple of 256, and 3 outputs (the convolutions to the image).
+  # (x shape, kernel side, stride, padding, outputs): vector tails, 4x4/2, 1x1, 256, 3 outputs.
   for shape, k, s, p, o in [((2, 9, 11, 13), 3, 1, 1, 40), ((1, 10, 8, 16), 4, 2, 1, 32),
                             ((2, 9, 7, 20), 1, 1, 0, 33), ((2, 5, 6, 256), 3, 1, 1, 48),
                             ((2, 20, 16, 32), 3, 1, 1, 3)]:
@@ -79,8 +65,7 @@ def _cases(ck) -> list[tuple[str, Callable, Callable]]:
   cases.append(('winograd joined + bias, LeakyReLU, residual', lambda: ck.winograd_conv(
       x1, ck.pack_winograd(wj, 4), 32, bias=b, relu_slope=0.2, residual=res, x2=x2),
                 lambda: fused))
-  # The transposed 2x2/stride-2 upsample: the input gradient of a 2x2/stride-2 convolution with
-  # the kernel stored (2, 2, out, in).
+  # The 2x2/stride-2 upsample: a convolution's input gradient, kernel stored 'HWOI'.
   xu, wu = r(2, 6, 5, 24), r(2, 2, 24, 40)
   yu, vjpu = jax.vjp(_upconv, xu, wu)
   gu = r(*yu.shape)
@@ -103,14 +88,7 @@ def _cases(ck) -> list[tuple[str, Callable, Callable]]:
 
 
 def run(ck) -> Result:
-  """Runs every case and returns the verdict.
-
-  Args:
-    ck: the `hinet_jax.cpu.kernels` module, with the kernels registered.
-
-  Returns:
-    The `Result`; a product that raises counts as failed.
-  """
+  """The `Result` of every case on `ck` (`hinet_jax.cpu.kernels`); raising counts as failing."""
   worst = (0.0, '')
   # Concrete values even when the first use of the kernels comes while a function is traced.
   with jax.ensure_compile_time_eval():

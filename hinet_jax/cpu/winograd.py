@@ -7,14 +7,9 @@ Output tile 2x2 from input tile 4x4 (stride 2):  Y = A^T [ (G g G^T) * (B^T d B)
          [0, -1, 1,  0],           [1/2, -1/2, 1/2],
          [0, 1,  0, -1]]           [0,    0,   1 ]]
 
-The elementwise product summed over input channels becomes 16 batched (pixels/4, C) x (C, O)
-matmuls (one `einsum`), 2.25x fewer multiplies than the direct conv. Transforms are adds/subs
-on strided slices in jnp. Used as a forward only (`convolution.winograd_conv` pairs it with the
-backward of the CPU kernels or of `lax.conv`: the autodiff of these slices is slow on XLA:CPU);
-its values are tested in tests/test_cpu_convolution.py. `kernel_transform` (also F(4x4, 3x3)'s)
-is the reference the CPU kernels' own transform (`kernels.pack_winograd`, in C++) is tested
-against.
-Layout NHWC, kernel HWIO (3, 3, in, out), 'SAME' zero padding (PyTorch padding=1), any H, W.
+16 batched matmuls over channels; transforms as adds on strided slices. A forward only: the
+autodiff of the slices is slow on XLA:CPU (`convolution.winograd_conv` pairs it with another
+backward). `kernel_transform` is the reference for the C++ `kernels.pack_winograd`.
 """
 
 import jax
@@ -29,9 +24,7 @@ def _input_transform(xp: jax.Array, axis: int, tiles: int) -> jax.Array:
 
 
 def _g_rows(k0, k1, k2, tile):
-  """G of F(tile x tile, 3x3) applied along one axis, given its 3 slices: tile + 2 slices. For
-  tile 4 (the CPU kernels' F(4x4, 3x3)), G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6;
-  1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]."""
+  """G of F(tile x tile, 3x3) along one axis: 3 slices in, tile + 2 out."""
   if tile == 2:
     return [k0, 0.5 * (k0 + k1 + k2), 0.5 * (k0 - k1 + k2), k2]
   return [k0 / 4, -(k0 + k1 + k2) / 6, -(k0 - k1 + k2) / 6, k0 / 24 + k1 / 12 + k2 / 6,
@@ -39,23 +32,14 @@ def _g_rows(k0, k1, k2, tile):
 
 
 def kernel_transform(kernel: jax.Array, tile: int = 2) -> jax.Array:
-  """G g G^T of F(tile x tile, 3x3), tile 2 or 4, for a (3, 3, C, O) kernel, as elementwise adds
-  (an einsum with G is far slower on XLA:CPU: bench/README.md): (tile + 2, tile + 2, C, O)."""
+  """G g G^T (tile 2 or 4) of a (3, 3, C, O) kernel, as adds (an einsum is far slower on
+  XLA:CPU: bench/README.md)."""
   rows = _g_rows(kernel[0], kernel[1], kernel[2], tile)  # each (3, C, O)
   return jnp.stack([jnp.stack(_g_rows(r[0], r[1], r[2], tile), 0) for r in rows], 0)
 
 
 def winograd_conv3x3(x: jax.Array, kernel: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """3x3 stride-1 'SAME' convolution, NHWC x HWIO -> NHWC, via Winograd F(2x2, 3x3).
-
-  Args:
-    x: (N, H, W, C) input.
-    kernel: (3, 3, C, O) kernel.
-    dtype: compute dtype (the kernel transform is done in float32 and cast).
-
-  Returns:
-    (N, H, W, O) in `dtype`.
-  """
+  """3x3 stride-1 'SAME' conv, NHWC x HWIO -> NHWC in `dtype`, by Winograd F(2x2, 3x3)."""
   n, h, w, c = x.shape
   assert kernel.shape[:3] == (3, 3, c), kernel.shape
   th, tw = (h + 1) // 2, (w + 1) // 2

@@ -1,22 +1,14 @@
-"""Numpy image operations shared by the data pipeline and inference.
+"""Numpy image operations and image I/O shared by the data pipeline, inference and the tests.
 
-Everything here works on HWC numpy arrays (RGB, channel last) and is a pure
-function of its arguments, so the pipeline, the evaluation code and the tests
-all call the same code.
-
-Image I/O rule (used by every reader in `datasets.py`):
-  * 8-bit files give `uint8`, 16-bit files give `uint16` (precision is kept).
-  * Grayscale is replicated to 3 channels; an alpha channel is dropped (not
-    composited), palette images are expanded to RGB.
-  * JPEG EXIF orientation is ignored: paired datasets are pixel-aligned as stored.
-
-PNG files are decoded and encoded by libpng through `imagecodecs` (Pillow
-truncates 16-bit colour PNGs to 8 bits); TIFF by `tifffile`; other formats by
-Pillow.
+Images are HWC numpy arrays, RGB. Reading: 8-bit files give uint8 and 16-bit ones uint16;
+grayscale is replicated to 3 channels, alpha dropped (not composited), palettes expanded; JPEG EXIF
+orientation is ignored, since paired datasets are pixel-aligned as stored. PNG goes through libpng
+(`imagecodecs`: Pillow truncates 16-bit colour PNGs), TIFF through `tifffile`, the rest Pillow.
 """
 
 import io
 import os
+from typing import Tuple, Union
 
 import imagecodecs
 import numpy as np
@@ -25,15 +17,15 @@ from PIL import Image
 from hinet_jax import errors
 from hinet_jax import files
 
+Size = Union[int, Tuple[int, int]]  # A crop size: square, or (h, w).
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.npy')
-# Raw arrays: an (H, W, 3) or (H, W) uint8/uint16 .npy is memory-mapped, not decoded, so a training
-# crop reads only its window (decoding a 512x512 PNG pair costs ~17 ms a core, an H200's bf16 step
-# ~3 ms a pair: bench/README.md). `prepare_sidd --format=npy` writes them.
+# A raw (H, W[, 3]) uint8/uint16 array is memory-mapped, not decoded: a crop reads only its window,
+# which keeps a fast accelerator fed (bench/README.md, input pipeline).
 ARRAY_EXTENSION = '.npy'
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-# zlib level 1, SUB filter, RLE strategy (imagecodecs' "fast, as OpenCV" setting): 3-7x faster to
-# encode than zlib level 6 with adaptive filters, files within ~4% of its size (bench/README.md,
-# image_io.py).
+# imagecodecs' fast setting (as OpenCV's): much faster than zlib level 6 at nearly its size
+# (bench/README.md, image_io.py).
 _PNG_ENCODE_ARGS = dict(level=imagecodecs.PNG.COMPRESSION.SPEED,
                         strategy=imagecodecs.PNG.STRATEGY.RLE, filter=imagecodecs.PNG.FILTER.SUB)
 
@@ -42,33 +34,20 @@ class ImageReadError(errors.UserError, OSError):
   """An image file is missing, unreadable, truncated or of an unsupported kind."""
 
 
-def is_image_file(path):
-  """Returns True if `path` has one of IMAGE_EXTENSIONS (case-insensitive)."""
+def is_image_file(path: files.PathLike) -> bool:
+  """Whether `path` has one of IMAGE_EXTENSIONS (any case)."""
   return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
 
 
-# ----------------------------------------------------------------------------
-# Reading and writing.
-
-
-def read_image(path):
-  """Reads an image file as an HWC RGB array.
-
-  Rule: grayscale is replicated to 3 channels, alpha is dropped, palette images
-  are expanded; 8-bit files give uint8 and 16-bit files give uint16.
+def read_image(path: files.PathLike) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 or uint16 RGB, by the rule above.
 
   Args:
-    path: image file path, local or `gs://...` (PNG, JPEG, BMP, TIFF, WebP),
-      or a raw `.npy` array of shape (H, W, 3) or (H, W), uint8 or uint16,
-      which is memory-mapped when local (read-only, nothing decoded: slicing
-      it reads only the slice).
-
-  Returns:
-    uint8 or uint16 array of shape (H, W, 3).
+    path: PNG, JPEG, BMP, TIFF or WebP, local or `gs://...`; or a raw (H, W[, 3]) uint8/uint16
+      `.npy`, memory-mapped read-only when local.
 
   Raises:
-    ImageReadError: the file is missing, unreadable or truncated; the message
-      names the file.
+    ImageReadError: the file is missing, unreadable or truncated; the message names it.
   """
   path = os.fspath(path)
   if path.lower().endswith(ARRAY_EXTENSION):
@@ -95,10 +74,10 @@ def read_image(path):
         f'Cannot read image {path}: {type(e).__name__}: {e}. The file is unreadable or '
         'truncated: re-download or re-extract it, or delete it (or use '
         "on_error='skip' to skip such pairs).") from e
-  return _to_rgb(x)
+  return to_rgb(x)
 
 
-def _read_array(path):
+def _read_array(path: str) -> np.ndarray:
   """A raw .npy image, memory-mapped when it is local and already (H, W, 3)."""
   try:
     if files.is_local(path):
@@ -118,10 +97,10 @@ def _read_array(path):
         f'got {x.shape} {x.dtype}; save it as such (e.g. np.round(img * 255).astype(np.uint8)).')
   if x.ndim == 3 and x.shape[-1] == 3 and x.flags.c_contiguous:
     return x
-  return _to_rgb(np.asarray(x))
+  return to_rgb(np.asarray(x))
 
 
-def _read_with_pillow(data):
+def _read_with_pillow(data: bytes) -> np.ndarray:
   """Decodes 8-bit images (any Pillow format) and 16-bit grayscale ones."""
   with Image.open(io.BytesIO(data)) as im:
     im.load()  # Forces a full decode, so truncated files fail here.
@@ -140,7 +119,7 @@ def _read_with_pillow(data):
     return np.asarray(im.convert('RGBA' if 'transparency' in im.info else 'RGB'))
 
 
-def _read_tiff(data):
+def _read_tiff(data: bytes) -> np.ndarray:
   """Decodes TIFF with tifffile; keeps 16-bit."""
   import tifffile  # pylint: disable=g-import-not-at-top
   x = tifffile.imread(io.BytesIO(data))
@@ -149,8 +128,8 @@ def _read_tiff(data):
   return x
 
 
-def _to_rgb(x):
-  """Applies the grayscale/alpha rule: (H,W)|(H,W,1|2|3|4) -> (H,W,3)."""
+def to_rgb(x: np.ndarray) -> np.ndarray:
+  """The grayscale/alpha rule: (H, W) or (H, W, 1|2|3|4) -> (H, W, 3)."""
   if x.ndim == 2:
     x = x[..., None]
   if x.ndim != 3 or x.shape[-1] not in (1, 2, 3, 4):
@@ -162,24 +141,16 @@ def _to_rgb(x):
   return np.ascontiguousarray(x)
 
 
-def encode_png(x, bit_depth=8):
-  """Encodes an image as PNG bytes (see `write_image` for the dtype rule).
-
-  Args:
-    x: (H, W, 3) or (H, W) uint8/uint16/float array.
-    bit_depth: 8 or 16; only used for float input.
-
-  Returns:
-    PNG file contents as bytes.
-  """
+def encode_png(x: np.ndarray, bit_depth: int = 8) -> bytes:
+  """The PNG file of an (H, W[, 3]) image; dtypes and `bit_depth` as in `write_image`."""
   x = _quantize(x, bit_depth)
   if x.ndim == 3 and x.shape[-1] == 1:
     x = x[..., 0]
   return imagecodecs.png_encode(np.ascontiguousarray(x), **_PNG_ENCODE_ARGS)
 
 
-def _quantize(x, bit_depth):
-  """uint8/uint16 pass through; float [0,1] is rounded to `bit_depth` bits."""
+def _quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
+  """uint8/uint16 pass through; float [0, 1] is rounded to `bit_depth` bits."""
   x = np.asarray(x)
   if x.dtype in (np.uint8, np.uint16):
     return x
@@ -192,21 +163,12 @@ def _quantize(x, bit_depth):
   return np.round(np.clip(x, 0.0, 1.0) * peak).astype(dtype)
 
 
-def write_image(path, x, bit_depth=8):
-  """Writes an image whole (`files.write_bytes`), never leaving a partial file.
+def write_image(path: files.PathLike, x: np.ndarray, bit_depth: int = 8) -> None:
+  """Writes an (H, W[, 3]) image whole (`files.write_bytes`), in the format of the extension.
 
-  uint8 arrays give an 8-bit file and uint16 a 16-bit PNG (or .npy); float
-  arrays in [0, 1] are clipped and rounded to `bit_depth` bits. The format
-  follows the extension (16-bit output must be .png or .npy; .npy stores the
-  array raw, for training crops that are memory-mapped instead of decoded).
-  An existing file at `path` is replaced in one step; callers decide whether
-  that is wanted (the programs ask for --overwrite). A local file gets the
-  permissions the user's umask gives, like every other output.
-
-  Args:
-    path: output path, local or `gs://...`; parent folders are created.
-    x: (H, W, 3) or (H, W) array.
-    bit_depth: 8 or 16, for float input.
+  uint8 gives an 8-bit file, uint16 a 16-bit .png or .npy; float in [0, 1] is clipped and rounded
+  to `bit_depth` (8 or 16) bits. An existing file is replaced in one step: callers decide whether
+  that is wanted. `path` may be `gs://...`; parent folders are created.
   """
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
@@ -220,7 +182,7 @@ def write_image(path, x, bit_depth=8):
   files.write_bytes(path, _encode(x, ext))
 
 
-def _encode(x, ext):
+def _encode(x: np.ndarray, ext: str) -> bytes:
   """The file contents of image `x` in the format of extension `ext`."""
   if ext == '.png':
     return encode_png(x)
@@ -232,19 +194,8 @@ def _encode(x, ext):
   return buffer.getvalue()
 
 
-# ----------------------------------------------------------------------------
-# Pixel values.
-
-
-def to_float32(x):
-  """Converts an image to float32 in [0, 1].
-
-  Args:
-    x: uint8 (divided by 255), uint16 (divided by 65535) or float (cast only).
-
-  Returns:
-    float32 array of the same shape.
-  """
+def to_float32(x: np.ndarray) -> np.ndarray:
+  """An image as float32 in [0, 1]: uint8 / 255, uint16 / 65535, float cast only."""
   x = np.asarray(x)
   if x.dtype == np.uint8:
     return x.astype(np.float32) * np.float32(1 / 255)
@@ -255,34 +206,22 @@ def to_float32(x):
   raise ValueError(f'to_float32 expects uint8, uint16 or float, got {x.dtype}')
 
 
-# ----------------------------------------------------------------------------
-# Geometry.
-
-
-def _pair_size(size):
-  """Normalizes an int or (h, w) crop size to a tuple."""
+def pair_size(size: Size) -> Tuple[int, int]:
+  """An int or (h, w) crop size as (h, w)."""
   if isinstance(size, (int, np.integer)):
     return int(size), int(size)
   h, w = size
   return int(h), int(w)
 
 
-def paired_random_crop(lq, gt, size, rng):
-  """Cuts the same random window out of a degraded/clean pair.
-
-  Args:
-    lq: (H, W, C) degraded image.
-    gt: (H, W, C) clean image, same H and W as `lq`.
-    size: crop size, int or (h, w).
-    rng: np.random.Generator (grain's per-record generator).
-
-  Returns:
-    (lq_crop, gt_crop), views into the inputs.
+def paired_random_crop(lq: np.ndarray, gt: np.ndarray, size: Size,
+                       rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+  """The same random `size` window of an (H, W, C) degraded/clean pair, as views.
 
   Raises:
     ValueError: the sizes differ or the crop is larger than the image.
   """
-  ch, cw = _pair_size(size)
+  ch, cw = pair_size(size)
   h, w = lq.shape[:2]
   if gt.shape[:2] != (h, w):
     raise ValueError(f'lq is {h}x{w} but gt is {gt.shape[0]}x{gt.shape[1]}: the pair is '
@@ -295,18 +234,10 @@ def paired_random_crop(lq, gt, size, rng):
   return lq[top:top + ch, left:left + cw], gt[top:top + ch, left:left + cw]
 
 
-def dihedral(x, k):
-  """Applies one of the 8 symmetries of the square to the H and W axes.
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+  """Symmetry k of the square on axes (-3, -2) = (H, W), a view where possible.
 
-  k = 0..3 rotates by k*90 degrees counter-clockwise; k = 4..7 flips upside
-  down first, then rotates by (k-4)*90 degrees. Works on HWC and NHWC.
-
-  Args:
-    x: array with H, W as axes -3, -2.
-    k: int in 0..7.
-
-  Returns:
-    The transformed array (a view where possible).
+  k = 0..3 rotates by k*90 degrees counter-clockwise; k = 4..7 flips upside down first.
   """
   k = int(k)
   if not 0 <= k < 8:
@@ -316,16 +247,8 @@ def dihedral(x, k):
   return np.rot90(x, k % 4, axes=(-3, -2))
 
 
-def inverse_dihedral(x, k):
-  """Undoes `dihedral(x, k)`: inverse_dihedral(dihedral(x, k), k) == x.
-
-  Args:
-    x: array with H, W as axes -3, -2.
-    k: int in 0..7.
-
-  Returns:
-    The transformed array.
-  """
+def inverse_dihedral(x: np.ndarray, k: int) -> np.ndarray:
+  """Undoes `dihedral(x, k)`."""
   k = int(k)
   if not 0 <= k < 8:
     raise ValueError(f'dihedral k must be in 0..7, got {k}')
@@ -333,18 +256,12 @@ def inverse_dihedral(x, k):
   return np.flip(x, axis=-3) if k >= 4 else x
 
 
-def sample_dihedral(rng, mode):
-  """Draws the dihedral index k for one training pair.
+def sample_dihedral(rng: np.random.Generator, mode: str) -> int:
+  """Draws the dihedral k of one training pair.
 
-  Args:
-    rng: np.random.Generator.
-    mode: 'dihedral' (k uniform in 0..7, what BasicSR's hflip+vflip+rot90 gives),
-      'dihedral_half' (the official SIDD scheme: identity with probability 1/2,
-      else one of the 7 others uniformly, HINet basicsr/data/transforms.py:227),
-      or 'none' (always 0).
-
-  Returns:
-    int k in 0..7.
+  `mode`: 'dihedral' (k uniform in 0..7, as BasicSR's hflip+vflip+rot90), 'dihedral_half' (the
+  official SIDD scheme: identity half the time, else one of the 7 others, HINet
+  basicsr/data/transforms.py:227) or 'none' (0).
   """
   if mode == 'dihedral':
     return int(rng.integers(0, 8))
@@ -355,19 +272,12 @@ def sample_dihedral(rng, mode):
   raise ValueError(f"augment must be 'dihedral', 'dihedral_half' or 'none', got {mode!r}")
 
 
-def pad_to_multiple(x, m, mode='reflect'):
-  """Pads the bottom/right of an image so H and W are multiples of `m`.
+def pad_to_multiple(x: np.ndarray, m: int,
+                    mode: str = 'reflect') -> Tuple[np.ndarray, Tuple[int, int]]:
+  """Pads the bottom/right of an HWC or NHWC image (np.pad `mode`) to sides that are multiples of m.
 
-  HINet needs sides that are multiples of 2**(depth-1) (16 at depth 5). Crop
-  the result back with `y[..., :h, :w, :]`.
-
-  Args:
-    x: HWC or NHWC array.
-    m: the multiple.
-    mode: np.pad mode ('reflect' mirrors without repeating the edge pixel).
-
-  Returns:
-    (padded, (h, w)) with the original height and width.
+  HINet needs multiples of 2**(depth-1). Returns (padded, (h, w)); crop back with
+  `y[..., :h, :w, :]`.
   """
   h, w = x.shape[-3], x.shape[-2]
   ph, pw = (-h) % m, (-w) % m

@@ -1,22 +1,20 @@
 """Cutting training pairs into overlapping crops, as the official preparation scripts do.
 
-HINet's scripts/data_preparation/{sidd,gopro}.py both run BasicSR's `extract_subimages`: windows of
-`crop_size` start at 0, step, 2*step, ... and, when the last one stops short of the border by more
-than `thresh_size` pixels, one more window is placed flush with the border (with thresh_size=0 the
-whole image is covered; the border crop overlaps its neighbour). Crop i (1-based, row by row) of
-pair NAME is saved as `NAME_s{i:03d}` with the source's extension.
+HINet's scripts/data_preparation/{sidd,gopro}.py run BasicSR's `extract_subimages`: windows of
+`crop_size` start at 0, step, 2*step, ..., and when the last one stops short of the border by more
+than `thresh_size`, one more is placed flush with it (thresh_size=0 covers the whole image). Crop i
+(1-based, row by row) of pair NAME is saved as `NAME_s{i:03d}` with the source's extension.
 
-The dataset programs (`prepare_sidd`, `prepare_gopro`) pick the pairs, the settings and the output
-folders; this module does the cutting. Crops are written atomically, a pair whose crops all exist
-is skipped (an interrupted run resumes), and the settings are recorded in the output folder
-(`crop_settings.json`) so that a rerun with other settings stops instead of mixing two sets of
-crops.
+`prepare_sidd` and `prepare_gopro` choose the pairs, settings and folders; this module cuts. Crops
+are written atomically, a pair whose crops all exist is skipped (a rerun resumes), and the settings
+are recorded (`crop_settings.json`) so that a rerun with other settings stops instead of mixing.
 """
 
 import functools
 import json
 import multiprocessing
 import os
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 from absl import logging
@@ -25,24 +23,15 @@ import tqdm
 
 from hinet_jax import errors
 from hinet_jax import files
-from hinet_jax.data import datasets
 from hinet_jax.data import image_ops
+from hinet_jax.data import paired_files
 
 FORMATS = ('png', 'npy')
 SETTINGS_FILE = 'crop_settings.json'
 
 
-def crop_starts(length, crop_size, step, thresh_size=0):
-  """Window start offsets along one axis, as the official scripts compute them.
-
-  Args:
-    length: image height or width.
-    crop_size: window size.
-    step: stride between windows.
-    thresh_size: a leftover border wider than this gets a border-aligned window.
-
-  Returns:
-    list of int start offsets.
+def crop_starts(length: int, crop_size: int, step: int, thresh_size: int = 0) -> List[int]:
+  """The window starts along a side of `length`; a leftover over thresh_size gets a flush one.
 
   Raises:
     ValueError: the side is smaller than the window.
@@ -55,51 +44,32 @@ def crop_starts(length, crop_size, step, thresh_size=0):
   return starts
 
 
-def crop_boxes(height, width, crop_size, step, thresh_size=0):
-  """All (top, left) windows in the official order: row by row, the order of the 1-based index.
-
-  Args:
-    height: image height.
-    width: image width.
-    crop_size: window size.
-    step: stride.
-    thresh_size: see crop_starts.
-
-  Returns:
-    list of (top, left).
-  """
+def crop_boxes(height: int, width: int, crop_size: int, step: int,
+               thresh_size: int = 0) -> List[Tuple[int, int]]:
+  """Every (top, left) window in the official order: row by row, the order of the crop index."""
   return [(top, left) for top in crop_starts(height, crop_size, step, thresh_size)
           for left in crop_starts(width, crop_size, step, thresh_size)]
 
 
-def check_format(fmt):
+def check_format(fmt: str) -> None:
   """Raises a ValueError naming the accepted formats unless fmt is one of FORMATS."""
   if fmt not in FORMATS:
     raise errors.InvalidInputError(f'format must be one of {FORMATS}, got {fmt!r}')
 
 
-def crop_pair(pair, lq_dir, gt_dir, crop_size, step, thresh_size=0, fmt='png'):
-  """Cuts one (lq, gt) pair into lq_dir/ and gt_dir/ under the same crop names.
+def crop_pair(pair: paired_files.Pair, lq_dir: str, gt_dir: str, crop_size: int, step: int,
+              thresh_size: int = 0, fmt: str = 'png') -> int:
+  """Cuts one (lq_path, gt_path, name) pair into lq_dir/ and gt_dir/ under the same crop names.
 
-  Args:
-    pair: (lq_path, gt_path, name).
-    lq_dir: folder of the degraded crops.
-    gt_dir: folder of the clean crops.
-    crop_size: window size.
-    step: stride.
-    thresh_size: see crop_starts.
-    fmt: 'png' (the source's extension, as upstream) or 'npy' (raw arrays, memory-mapped by
-      training instead of decoded).
-
-  Returns:
-    number of crops written (0 if the pair was already done).
+  `fmt` is 'png' (the source's extension, as upstream) or 'npy' (raw arrays that training
+  memory-maps). Returns the number of crops written, 0 when the pair was already done.
 
   Raises:
     errors.InvalidInputError: the pair is unreadable, mismatched or smaller than the crop.
   """
   lq_path, gt_path, name = pair
   ext = os.path.splitext(lq_path)[1] if fmt == 'png' else image_ops.ARRAY_EXTENSION
-  item = datasets.read_pair(lq_path, gt_path, name)
+  item = paired_files.read_pair(lq_path, gt_path, name)
   h, w = item['lq'].shape[:2]
   try:
     boxes = crop_boxes(h, w, crop_size, step, thresh_size)
@@ -115,17 +85,12 @@ def crop_pair(pair, lq_dir, gt_dir, crop_size, step, thresh_size=0, fmt='png'):
   return len(boxes)
 
 
-def claim_output(record_dir, crop_dirs, settings):
-  """Records the crop settings in record_dir, or stops if its crops were cut differently.
-
-  Args:
-    record_dir: folder that holds SETTINGS_FILE (the parent of the crop folders).
-    crop_dirs: the crop folders (created here).
-    settings: dict of the settings that decide the crops' content and names.
+def claim_output(record_dir: str, crop_dirs: Sequence[str], settings: Dict[str, object]) -> None:
+  """Records `settings` in record_dir/SETTINGS_FILE and creates crop_dirs.
 
   Raises:
     errors.OutputExistsError: the folders hold crops of other settings, or crops without a
-      settings record (an older or foreign run), which a rerun would silently mix with new ones.
+      record (an older or foreign run), which a rerun would silently mix with new ones.
   """
   record = os.path.join(record_dir, SETTINGS_FILE)
   fix = (f'pass another --output_dir, or delete {" and ".join(crop_dirs)} (and {record}) '
@@ -145,23 +110,12 @@ def claim_output(record_dir, crop_dirs, settings):
   files.write_text(record, json.dumps(settings, indent=2, sort_keys=True) + '\n')
 
 
-def crop_all(pairs, lq_dir, gt_dir, *, crop_size, step, thresh_size=0, fmt='png',
-             num_workers=None, desc='crops'):
-  """Cuts every pair (multiprocess, progress bar); lq_dir/gt_dir must have been claimed.
+def crop_all(pairs: Sequence[paired_files.Pair], lq_dir: str, gt_dir: str, *, crop_size: int,
+             step: int, thresh_size: int = 0, fmt: str = 'png', num_workers: Optional[int] = None,
+             desc: str = 'crops') -> int:
+  """`crop_pair` for every pair into claimed folders; returns the number of crops written.
 
-  Args:
-    pairs: list of (lq_path, gt_path, name).
-    lq_dir: folder of the degraded crops.
-    gt_dir: folder of the clean crops.
-    crop_size: window size.
-    step: stride.
-    thresh_size: see crop_starts.
-    fmt: 'png' or 'npy' (see `crop_pair`).
-    num_workers: processes (None = all cores; 0 or 1 = in this process).
-    desc: progress bar label.
-
-  Returns:
-    total number of crops written.
+  `num_workers` processes cut (None: all cores; 0 or 1: this process), under a progress bar.
   """
   work = functools.partial(crop_pair, lq_dir=lq_dir, gt_dir=gt_dir, crop_size=crop_size,
                            step=step, thresh_size=thresh_size, fmt=fmt)
@@ -180,13 +134,13 @@ def crop_all(pairs, lq_dir, gt_dir, *, crop_size, step, thresh_size=0, fmt='png'
   return total
 
 
-def _tick(bar, n):
+def _tick(bar: tqdm.tqdm, n: int) -> int:
   """Advances the progress bar by one pair and passes the crop count through."""
   bar.update(1)
   return n
 
 
-def define_crop_flags(crop_size, step, thresh_size):
+def define_crop_flags(crop_size: int, step: int, thresh_size: int) -> None:
   """Defines the flags every preparation program shares, with the dataset's official values."""
   flags.DEFINE_integer('num_workers', None, 'Processes (default: all cores).')
   flags.DEFINE_integer('crop_size', crop_size, f'Crop size (official: {crop_size}).')
@@ -199,7 +153,7 @@ def define_crop_flags(crop_size, step, thresh_size):
                     'decoding cost).')
 
 
-def check_dirs(input_dir, output_dir, what):
+def check_dirs(input_dir: str, output_dir: str, what: str) -> None:
   """Checks --input_dir/--output_dir before any work, naming the flag and the fix."""
   if not os.path.isdir(input_dir):
     raise errors.MissingPathError(f'--input_dir={input_dir} does not exist or is not a folder: '

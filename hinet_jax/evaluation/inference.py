@@ -1,27 +1,17 @@
-"""Restoring images of any size: a jitted fixed-shape predict, tiling, merging, self-ensemble.
+"""Restoring images of any size: a model's jitted forward, tiling, merging, self-ensemble.
 
-The tiling is HINet's validation grid (`grids()` / `grids_inverse()`,
-megvii-model/HINet basicsr/models/image_restoration_model.py:123) as pure functions:
-
-  * `tile_coords(h, w, tile, overlap)` cuts square tiles with an adaptive step; with `overlap=0`
-    it is exactly the official scheme (`grid_coords`), which the GoPro, REDS and Rain13k numbers
-    were measured with (crop 256, tiles averaged where they overlap).
-  * `merge_tiles` averages the tiles back (`blend='average'`, the official rule) or weights them
-    with a smooth window (`blend='smooth'`); `margin` drops tile pixels near edges that face another
-    tile, so a model whose receptive field fits in the margin gives exactly its whole-image output.
-  * `restore_image` runs every tile through one compiled program (fixed tile shape, fixed batch,
-    the last batch padded), optionally under the x8 dihedral self-ensemble.
-
-Unlike upstream, nothing mutates state between calls; every function is usable on its own.
+The tiling is HINet's validation grid (`grids()` / `grids_inverse()`, megvii-model/HINet
+basicsr/models/image_restoration_model.py:123) as pure functions: `tile_coords` (overlap 0 is the
+official grid), `merge_tiles` and `restore_image`, which runs every tile through one compiled
+program. Nothing mutates state between calls.
 """
 
 import collections
 import functools
 import math
-import os
 import threading
 import weakref
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import jax
@@ -35,33 +25,27 @@ from hinet_jax.data import image_ops
 Array = jax.Array
 PredictFn = Callable[[object, Array], Array]
 Coord = Tuple[int, int]
+ProgressFn = Callable[[int, int], None]  # (done, total)
 
 BLENDS = ('average', 'smooth')
 NUM_DIHEDRAL = 8
-# `jax.default_matmul_precision` values a predict function is traced under; 'default' leaves the
-# accelerator's own (bf16 passes on TPU, TF32 on GPU), 'highest' computes convolutions in float32.
+# `jax.default_matmul_precision` of the forward: 'highest' is float32 on every accelerator,
+# 'default' the accelerator's own (bf16 passes on TPU, TF32 on GPU).
 PRECISIONS = ('highest', 'high', 'default')
 
 
 class _PreparedVariables:
-  """The variables the backend prepared for the last parameter set seen
-  (`Backend.prepare_inference`; the CPU backend packs its kernels there).
-
-  Keyed by the identity of the parameter arrays, held by weak references: `jax.Array`s are
-  immutable, so the same objects hold the same weights. The prepared variables are freed as soon
-  as those arrays are (e.g. a training step donated them). Parameters with other (mutable) leaves,
-  e.g. numpy arrays, or traced ones are prepared again on every call.
-  """
+  """The backend's prepared variables for the last parameter set seen, keyed by the identity of
+  its (immutable) `jax.Array`s and freed with them; other parameters are prepared on every call."""
 
   def __init__(self, backend: backends.Backend, model):
-    self._prepare = functools.partial(backend.prepare_inference, model)
+    self._prepare = functools.partial(backend.inference_variables, model)
     self._lock = threading.Lock()
     self._refs, self._variables = [], None
-    self.prepares = 0  # How many times a parameter set was prepared.
+    self.prepares = 0
 
   @property
   def holds_variables(self) -> bool:
-    """Whether prepared variables of a live parameter set are held."""
     return self._variables is not None
 
   def _forget(self, refs):
@@ -70,7 +54,7 @@ class _PreparedVariables:
         self._refs, self._variables = [], None
 
   def get(self, params) -> dict:
-    """`{'params': params, **prepared}` for these parameters (prepared once per set)."""
+    """`{'params': params, **prepared}`, prepared once per parameter set."""
     leaves = jax.tree.leaves(params)
     cacheable = bool(leaves) and all(
         isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) for a in leaves)
@@ -78,14 +62,15 @@ class _PreparedVariables:
       if cacheable and len(leaves) == len(self._refs) and all(
           r() is a for r, a in zip(self._refs, leaves)):
         return {'params': params, **self._variables}
-    extra = self._prepare(params)
+    variables = self._prepare(params)
+    extra = {k: v for k, v in variables.items() if k != 'params'}
     with self._lock:
       self.prepares += 1
-      if cacheable:  # Only the extra variables are held: the parameters stay the caller's.
+      if cacheable:  # The parameters stay the caller's: only the prepared ones are held.
         refs = [weakref.ref(a) for a in leaves]
         self._refs, self._variables = refs, extra
         weakref.finalize(leaves[0], self._forget, refs)
-    return {'params': params, **extra}
+    return variables
 
 
 def _restored(out):
@@ -93,89 +78,83 @@ def _restored(out):
   return out[-1] if isinstance(out, (tuple, list)) else out
 
 
-def _with_precision(fn: Callable, precision: str) -> Callable:
-  """`fn` traced under `jax.default_matmul_precision(precision)` ('default': as it is)."""
+def _apply(model, precision: str, variables, x):
+  """The restored image of `model` on NHWC `x` (traced under `precision`)."""
+  variables = backends.fill_shapes(variables)
   if precision == 'default':
-    return fn
+    return _restored(model.apply(variables, x))
+  with jax.default_matmul_precision(precision):
+    return _restored(model.apply(variables, x))
 
-  @functools.wraps(fn)
-  def wrapped(*args):
-    with jax.default_matmul_precision(precision):
-      return fn(*args)
 
-  return wrapped
+class Forward:
+  """`forward(params, x) -> restored x`: a model's jitted fixed-shape forward on a backend.
+
+  It compiles once per input shape with the backend's inference compiler options, and applies
+  the variables the backend prepares, once per parameter set (the last one is kept). Training
+  calls it with changing parameters; `Predictor` holds one set.
+
+  Attributes: `model` (a HINet built with the backend's layers), `backend`, `precision`,
+  `apply(variables, x)` (traceable in other jitted functions: `engine.eval_step`) and
+  `prepared_variables` (the cache; None where the backend prepares nothing).
+  """
+
+  def __init__(self, model, backend: Union[str, backends.Backend] = 'auto', *,
+               precision: str = 'highest'):
+    if precision not in PRECISIONS:
+      raise errors.InvalidInputError(f'Unknown precision {precision!r}: choose one of '
+                                     f'{", ".join(PRECISIONS)}.')
+    hinet = isinstance(model, models.HINet)
+    if isinstance(backend, str):
+      backend = backends.resolve(backend, model if hinet else None)
+    self.model = backend.build(model) if hinet else model
+    self.backend, self.precision = backend, precision
+    self.apply = functools.partial(_apply, self.model, precision)
+    self._jitted = backend.jit_inference(self.apply)
+    self.prepared_variables = (None if backend.prepare_inference is None else
+                               _PreparedVariables(backend, self.model))
+
+  def variables(self, params) -> dict:
+    """The variables `apply` reads for `params`."""
+    if self.prepared_variables is None:
+      return {'params': params}
+    return self.prepared_variables.get(params)
+
+  def __call__(self, params, x: Array) -> Array:
+    """Float32 NHWC in [0, 1] -> float32 NHWC restored (raw, not clipped)."""
+    return self._jitted(self.variables(params), x)
+
+  def on_variables(self, variables, x: Array) -> Array:
+    """`__call__` on variables already prepared (`Backend.inference_variables`)."""
+    return self._jitted(variables, x)
+
+
+class _PlainForward:
+  """A `Forward` face for any `predict(params, x)`: run as XLA's own on this platform."""
+
+  def __init__(self, predict_fn: PredictFn):
+    self.backend = backends.resolve('xla')
+    self.apply = predict_fn
+    self.precision = None
+
+  def variables(self, params):
+    return params
+
+
+def as_forward(predict_fn: Union[Forward, PredictFn]):
+  """`predict_fn` as a `Forward` (itself, or a plain function behind the same face)."""
+  return predict_fn if isinstance(predict_fn, Forward) else _PlainForward(predict_fn)
 
 
 def make_predict_fn(model, backend: Union[str, backends.Backend] = 'auto', *,
-                    precision: str = 'highest') -> PredictFn:
-  """`predict(params, x) -> restored x` for a HINet-like Flax module, compiled for `backend`.
-
-  Args:
-    model: a linen module whose `apply({'params': p}, x)` returns the restored image or a tuple of
-      stage outputs (HINet's `(stage1, stage2)`; the last one is the restored image). A `HINet`
-      gets the backend's layers.
-    backend: 'auto', 'xla' or 'cpu' (`hinet_jax.backends.resolve`), or a resolved `Backend`.
-    precision: matmul/convolution precision the prediction is traced under (`PRECISIONS`).
-      'highest' (the default) measures float32 models in float32 on every accelerator; 'default'
-      takes the accelerator's faster default (bf16 passes on TPU, TF32 on GPU). No effect on CPU.
-
-  Returns:
-    `predict(params, x)`: float32 NHWC in [0, 1] -> float32 NHWC, raw (not clipped). It compiles
-    once per input shape, with the backend's inference compiler options, and applies the variables
-    the backend prepares for a parameter set, once per set (the last set is kept). Attributes:
-    `backend` (the `Backend`, whose `calls_in_flight` the batched loops follow); `prepare(params)`
-    (those variables) and `apply_variables(variables, x)` (unjitted), to trace the prediction
-    inside another jitted function (`protocols.evaluate_batches`); `prepared_variables`, their
-    cache (None where the backend prepares nothing); `precision`; `__wrapped__`, the same
-    function unjitted and without prepared variables.
-
-  Raises:
-    errors.InvalidInputError: an unknown `precision`.
-  """
-  if precision not in PRECISIONS:
-    raise errors.InvalidInputError(f'Unknown precision {precision!r}: choose one of '
-                                   f'{", ".join(PRECISIONS)}.')
-  if isinstance(backend, str):
-    backend = backends.resolve(backend, model if isinstance(model, models.HINet) else None)
-  if isinstance(model, models.HINet):
-    model = backend.build(model)
-
-  @functools.partial(_with_precision, precision=precision)
-  def traceable_predict(params, x):
-    return _restored(model.apply({'params': params}, x))
-
-  @functools.partial(_with_precision, precision=precision)
-  def apply_variables(variables, x):
-    return _restored(model.apply(variables, x))
-
-  forward = jax.jit(apply_variables, compiler_options=backend.inference_compiler_options)
-  cache = None if backend.prepare_inference is None else _PreparedVariables(backend, model)
-  prepare = (lambda params: {'params': params}) if cache is None else cache.get
-
-  @functools.wraps(traceable_predict)
-  def predict(params, x):
-    return forward(prepare(params), x)
-
-  predict.backend = backend
-  predict.prepare = prepare
-  predict.apply_variables = apply_variables
-  predict.prepared_variables = cache
-  predict.precision = precision
-  return predict
+                    precision: str = 'highest') -> Forward:
+  """`Forward(model, backend, precision=precision)` (the name training calls)."""
+  return Forward(model, backend, precision=precision)
 
 
 def calls_in_flight(predict_fn: Callable) -> int:
-  """How many calls of `predict_fn` loops keep dispatched before fetching the oldest.
-
-  Args:
-    predict_fn: from `make_predict_fn` (its backend decides), or any other function (run as XLA's
-      own on this platform).
-
-  Returns:
-    The backend's `calls_in_flight`.
-  """
-  backend = getattr(predict_fn, 'backend', None) or backends.resolve('xla')
-  return backend.calls_in_flight
+  """How many calls of `predict_fn` loops keep dispatched: its backend's (`Forward`) or XLA's."""
+  return as_forward(predict_fn).backend.calls_in_flight
 
 
 def _axis_starts(size: int, tile: int, overlap: int) -> List[int]:
@@ -184,8 +163,7 @@ def _axis_starts(size: int, tile: int, overlap: int) -> List[int]:
     raise ValueError(f'Image side {size} is smaller than the tile {tile}; pad it first.')
   if not 0 <= overlap < tile:
     raise ValueError(f'overlap must be in [0, tile), got overlap={overlap}, tile={tile}.')
-  # Upstream: num = (size - 1) // crop + 1 and step = ceil((size - crop) / (num - 1) - 1e-8).
-  # With a minimum overlap o the count becomes ceil((size - o) / (tile - o)); for o = 0 both agree.
+  # Upstream's count (size - 1) // crop + 1, with a minimum overlap o: ceil((size-o) / (tile-o)).
   num = max(1, -(-(size - overlap) // (tile - overlap)))
   step = tile if num == 1 else math.ceil((size - tile) / (num - 1) - 1e-8)
   starts, i = [], 0
@@ -199,17 +177,10 @@ def _axis_starts(size: int, tile: int, overlap: int) -> List[int]:
 
 
 def tile_coords(h: int, w: int, tile: int, overlap: int = 0) -> List[Coord]:
-  """Top-left corners of square tiles covering an h x w image, rows first.
+  """Top-left corners of square tiles covering an h x w image (h, w >= tile), row by row.
 
-  Args:
-    h: image height (>= tile).
-    w: image width (>= tile).
-    tile: tile side.
-    overlap: minimum overlap between neighbouring tiles; the step is spread evenly so that the last
-      tile ends at the border. 0 gives HINet's official grid.
-
-  Returns:
-    List of (top, left) in upstream's order (row by row, left to right).
+  `overlap` is the minimum overlap of neighbours, the step spread evenly so that the last tile
+  ends at the border; 0 is HINet's official grid, in upstream's order.
   """
   rows = _axis_starts(h, tile, overlap)
   cols = _axis_starts(w, tile, overlap)
@@ -217,33 +188,13 @@ def tile_coords(h: int, w: int, tile: int, overlap: int = 0) -> List[Coord]:
 
 
 def grid_coords(h: int, w: int, crop_size: int) -> List[Coord]:
-  """HINet's official validation grid (`grids()` with trans_num 1): `tile_coords(..., 0)`.
-
-  Args:
-    h: image height (>= crop_size).
-    w: image width (>= crop_size).
-    crop_size: tile side (256 in the published test configs).
-
-  Returns:
-    List of (top, left) corners.
-  """
+  """HINet's official validation grid (`grids()`, trans_num 1; crop 256 in the test configs)."""
   return tile_coords(h, w, crop_size, overlap=0)
 
 
 def blend_window(height: int, width: int, blend: str) -> np.ndarray:
-  """Per-pixel weight of one tile: ones ('average') or a separable sine window ('smooth').
-
-  The sine window sin(pi (k + 0.5) / n) is strictly positive, so a pixel covered by one tile only
-  keeps that tile's value, and tile centres dominate tile edges where tiles overlap.
-
-  Args:
-    height: tile height.
-    width: tile width.
-    blend: 'average' or 'smooth'.
-
-  Returns:
-    float32 (height, width).
-  """
+  """Per-pixel float32 weight of one tile: ones ('average') or a separable sine window ('smooth',
+  strictly positive, so a pixel covered once keeps its tile's value)."""
   if blend == 'average':
     return np.ones((height, width), np.float32)
   if blend == 'smooth':
@@ -253,57 +204,80 @@ def blend_window(height: int, width: int, blend: str) -> np.ndarray:
   raise ValueError(f'Unknown blend {blend!r}; choose one of {BLENDS}.')
 
 
+def _tile_weight(base: np.ndarray, i: int, j: int, hw: Tuple[int, int], margin: int):
+  """`base` with `margin` pixels zeroed at the tile edges that face another tile."""
+  wgt = base.copy()
+  th, tw = base.shape
+  if i > 0:
+    wgt[:margin] = 0
+  if i + th < hw[0]:
+    wgt[th - margin:] = 0
+  if j > 0:
+    wgt[:, :margin] = 0
+  if j + tw < hw[1]:
+    wgt[:, tw - margin:] = 0
+  return wgt
+
+
+class TileMerger:
+  """Accumulates tile outputs into one float32 (H, W, C) image as they arrive, so that only the
+  image and one batch of tiles are held, never all the tiles (`merge_tiles` on a stream)."""
+
+  def __init__(self, hw: Tuple[int, int], tile_hw: Tuple[int, int], *, blend: str = 'average',
+               margin: int = 0):
+    self.hw, self.margin = hw, margin
+    self.plain = blend == 'average' and not margin  # The official grid: no weighted copies.
+    self.base = blend_window(tile_hw[0], tile_hw[1], blend)
+    self.acc, self.weight = None, np.zeros(hw, np.float32)
+
+  def add(self, tile: np.ndarray, i: int, j: int) -> None:
+    """Adds one (th, tw, C) tile output whose top-left corner is (i, j)."""
+    if self.acc is None:
+      self.acc = np.zeros(self.hw + tile.shape[-1:], np.float32)
+    th, tw = self.base.shape
+    wgt = 1.0 if self.plain else (
+        _tile_weight(self.base, i, j, self.hw, self.margin) if self.margin else self.base)
+    self.acc[i:i + th, j:j + tw] += tile if self.plain else tile * wgt[..., None]
+    self.weight[i:i + th, j:j + tw] += wgt
+
+  def result(self) -> np.ndarray:
+    """The merged image (the accumulator, divided in place).
+
+    Raises:
+      ValueError: some pixel got no weight.
+    """
+    h, w = self.hw
+    if self.acc is None or np.any(self.weight <= 0):
+      raise ValueError(f'The tiles leave pixels of the {h}x{w} image without weight; use a margin '
+                       f'of at most half the tile overlap (margin={self.margin}).')
+    self.acc /= self.weight[..., None]
+    return self.acc
+
+
 def merge_tiles(tiles: np.ndarray, coords: Sequence[Coord], hw: Tuple[int, int], *,
                 blend: str = 'average', margin: int = 0) -> np.ndarray:
-  """Pastes restored tiles back into an image, blending where they overlap.
+  """Pastes (T, th, tw, C) tiles back into a float32 (H, W, C) image, blending overlaps.
 
   Args:
-    tiles: (T, th, tw, C) tile outputs, in the order of `coords`.
+    tiles: tile outputs, in the order of `coords`.
     coords: (top, left) of each tile.
     hw: (H, W) of the image the tiles were cut from.
-    blend: 'average' (every covering tile counts equally, HINet's `grids_inverse`) or 'smooth'.
-    margin: pixels at tile edges that face another tile (not the image border) get weight 0. Needs
-      `margin <= overlap // 2` so that every pixel stays covered.
+    blend: 'average' (HINet's `grids_inverse`) or 'smooth'.
+    margin: pixels dropped at tile edges facing another tile (at most `overlap // 2`).
 
   Returns:
-    float32 (H, W, C).
+    The merged image.
 
   Raises:
-    ValueError: if some pixel gets no weight (tiles don't cover the image, margin too large).
+    ValueError: some pixel gets no weight.
   """
   tiles = np.asarray(tiles, np.float32)
   if len(tiles) != len(coords):
     raise ValueError(f'{len(tiles)} tiles but {len(coords)} coordinates.')
-  h, w = hw
-  _, th, tw, c = tiles.shape
-  base = blend_window(th, tw, blend)
-  acc = np.zeros((h, w, c), np.float32)
-  weight = np.zeros((h, w), np.float32)
-  # The official grid ('average', no margin) adds tiles as they are and counts them: no weighted
-  # copies (on a GPU the merge is host time that the tiled path waits for).
-  plain = blend == 'average' and not margin
+  merger = TileMerger(tuple(hw), tiles.shape[1:3], blend=blend, margin=margin)
   for t, (i, j) in zip(tiles, coords):
-    if plain:
-      acc[i:i + th, j:j + tw] += t
-      weight[i:i + th, j:j + tw] += 1.0
-      continue
-    wgt = base.copy()
-    if margin:
-      if i > 0:
-        wgt[:margin] = 0
-      if i + th < h:
-        wgt[th - margin:] = 0
-      if j > 0:
-        wgt[:, :margin] = 0
-      if j + tw < w:
-        wgt[:, tw - margin:] = 0
-    acc[i:i + th, j:j + tw] += t * wgt[..., None]
-    weight[i:i + th, j:j + tw] += wgt
-  if np.any(weight <= 0):
-    raise ValueError(f'The tiles leave pixels of the {h}x{w} image without weight; use a margin '
-                     f'of at most half the tile overlap (margin={margin}).')
-  acc /= weight[..., None]
-  return acc
+    merger.add(t, i, j)
+  return merger.result()
 
 
 def extract_tiles(image: np.ndarray, coords: Sequence[Coord], tile: int) -> np.ndarray:
@@ -312,201 +286,129 @@ def extract_tiles(image: np.ndarray, coords: Sequence[Coord], tile: int) -> np.n
 
 
 def pad_to_at_least(image: np.ndarray, size: int) -> np.ndarray:
-  """Reflect-pads the bottom/right of an HWC image so both sides are at least `size`.
-
-  Args:
-    image: HWC array.
-    size: minimum height and width.
-
-  Returns:
-    The padded image (the input itself if it is large enough). Crop `[:h, :w]` to undo.
-  """
+  """Reflect-pads the bottom/right of an HWC image to sides >= `size` (crop `[:h, :w]` back)."""
   h, w = image.shape[:2]
   ph, pw = max(0, size - h), max(0, size - w)
   if ph == 0 and pw == 0:
     return image
-  # numpy's reflect repeats the reflection for pads larger than the image; one pixel has nothing
-  # to reflect, so it is repeated.
-  mode = 'reflect' if min(h, w) > 1 else 'edge'
+  mode = 'reflect' if min(h, w) > 1 else 'edge'  # One pixel has nothing to reflect.
   return np.pad(image, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def _fetched_in_order(predict_fn: PredictFn, params, batches: Iterable[np.ndarray],
+                      in_flight: int) -> Iterator[np.ndarray]:
+  """`predict_fn(params, b)` of each batch as float32 numpy, in order, with at most `in_flight`
+  calls dispatched and not yet fetched when the next is dispatched."""
+  pending = collections.deque()
+  for batch in batches:
+    while len(pending) >= in_flight:
+      yield np.asarray(pending.popleft(), np.float32)
+    pending.append(predict_fn(params, batch))
+  while pending:
+    yield np.asarray(pending.popleft(), np.float32)
+
+
+def _full_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+  """`images` as float32, the last one repeated up to `batch_size` (one compile for all)."""
+  pad = batch_size - len(images)
+  if pad > 0:
+    images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
+  return image_ops.to_float32(images)
 
 
 def predict_batched(predict_fn: PredictFn, params, images: np.ndarray, batch_size: int,
                     in_flight: Optional[int] = None) -> np.ndarray:
-  """Runs `predict_fn` over equally-shaped images in fixed-size batches (one compile).
+  """(T, H, W, C) images through `predict_fn(params, x)` in fixed-size batches.
 
   Args:
-    predict_fn: `predict(params, x)` on NHWC float32.
-    params: model parameters.
-    images: (T, H, W, C) float32.
-    batch_size: images per call; the last batch is padded by repeating the last image.
-    in_flight: calls dispatched before the oldest one is fetched; None: the backend's
-      (`calls_in_flight(predict_fn)`).
+    predict_fn: `predict(params, x)` on NHWC float32 (a `Forward`, or any function).
+    params: its parameters.
+    images: float32 in [0, 1], or uint8/uint16 (converted batch by batch).
+    batch_size: images per call; the last batch repeats the last image (one compile).
+    in_flight: calls dispatched before the oldest is fetched; None: `calls_in_flight(predict_fn)`.
 
   Returns:
     (T, H', W', C') float32 outputs.
   """
-  n = len(images)
   batch_size = max(1, batch_size)
   in_flight = max(1, in_flight or calls_in_flight(predict_fn))
-  pad = (-n) % batch_size
-  if pad:
-    images = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)])
-  pending, outs = collections.deque(), []
-  for s in range(0, len(images), batch_size):
-    batch = np.ascontiguousarray(images[s:s + batch_size])
-    while len(pending) >= in_flight:
-      outs.append(np.asarray(pending.popleft(), np.float32))
-    pending.append(predict_fn(params, batch))
-  outs.extend(np.asarray(o, np.float32) for o in pending)
-  return np.concatenate(outs)[:n]
+  batches = (np.ascontiguousarray(_full_batch(images[s:s + batch_size], batch_size))
+             for s in range(0, len(images), batch_size))
+  return np.concatenate(list(_fetched_in_order(predict_fn, params, batches, in_flight)))[
+      :len(images)]
 
 
-def _predict_ensemble(predict_fn, params, images, batch_size, self_ensemble):
-  """`predict_batched`, averaged over the 8 dihedral transforms when `self_ensemble`."""
-  if not self_ensemble:
-    return predict_batched(predict_fn, params, images, batch_size)
-  total = None
-  for k in range(NUM_DIHEDRAL):
-    out = predict_batched(predict_fn, params, np.ascontiguousarray(image_ops.dihedral(images, k)),
-                          batch_size)
-    out = image_ops.inverse_dihedral(out, k)
-    total = out if total is None else total + out
-  return total / NUM_DIHEDRAL
+def _chunk_outputs(predict_fn, params, get_chunk: Callable[[int], np.ndarray], num_chunks: int,
+                   batch_size: int, self_ensemble: bool, in_flight: int) -> Iterator[np.ndarray]:
+  """The outputs of `get_chunk(c)` (at most `batch_size` images; padded, so longer) for each
+  chunk in order, averaged over the 8 dihedral transforms when `self_ensemble`. Chunks stream:
+  only those in flight are held."""
+  transforms = range(NUM_DIHEDRAL if self_ensemble else 1)
+
+  def batches():
+    for c in range(num_chunks):
+      chunk = _full_batch(get_chunk(c), batch_size)
+      for k in transforms:
+        yield np.ascontiguousarray(image_ops.dihedral(chunk, k))
+
+  fetched = _fetched_in_order(predict_fn, params, batches(), in_flight)
+  for _ in range(num_chunks):
+    total = None
+    for k in transforms:
+      out = image_ops.inverse_dihedral(next(fetched), k)
+      total = out if total is None else total + out
+    yield total / NUM_DIHEDRAL if self_ensemble else total
 
 
 def restore_image(predict_fn: PredictFn, params, image: np.ndarray, *, tile: Optional[int] = None,
                   overlap: int = 0, margin: Optional[int] = None, batch_size: int = 4,
-                  blend: str = 'average', self_ensemble: bool = False) -> np.ndarray:
-  """Restores one HWC float image of any size, whole or tile by tile.
+                  blend: str = 'average', self_ensemble: bool = False,
+                  in_flight: Optional[int] = None,
+                  progress: Optional[ProgressFn] = None) -> np.ndarray:
+  """Restores one HWC image of any size, whole or tile by tile.
 
   Args:
-    predict_fn: jitted `predict(params, x)` (see `make_predict_fn`).
-    params: model parameters.
-    image: float32 HWC in [0, 1], any height and width.
-    tile: None runs the whole image at once (one compile per image size); an int cuts square
-      tiles of that side (one compile for all tiles and images). Images smaller than a tile are
-      reflect-padded up to it and cropped back.
-    overlap: minimum tile overlap; 0 is HINet's official grid (adaptive step).
-    margin: tile pixels dropped at edges facing another tile; None means `overlap // 2`.
-    batch_size: tiles per call (the last batch is padded, so the shape never changes).
+    predict_fn, params, batch_size (tiles per call), in_flight: as `predict_batched`.
+    image: float32 in [0, 1], or uint8/uint16 (converted tile by tile, which saves a float32
+      copy of a large photo; the values are the same).
+    tile: None: the whole image (one compile per size); a side: square tiles, one compile for all
+      (smaller images are reflect-padded up to it). Tiles stream through a `TileMerger`, so the
+      memory beyond the image and its output is one batch of tiles per call in flight.
+    overlap: minimum tile overlap; 0 is HINet's official grid.
+    margin: tile pixels dropped at edges facing another tile; None: `overlap // 2`.
     blend: 'average' (official) or 'smooth'.
     self_ensemble: average over the 8 flips/rotations (x8 the compute).
+    progress: called as `progress(done, total)` in tiles (1 for a whole image) after each batch.
 
   Returns:
-    float32 HWC restored image, raw model output (not clipped; clip when saving).
+    float32 HWC, the raw model output (not clipped).
   """
-  image = np.asarray(image, np.float32)
+  image = np.asarray(image)
+  if not np.issubdtype(image.dtype, np.integer):
+    image = image.astype(np.float32, copy=False)
   if image.ndim != 3:
     raise ValueError(f'restore_image takes one HWC image, got shape {image.shape}.')
   h, w = image.shape[:2]
+  in_flight = max(1, in_flight or calls_in_flight(predict_fn))
+  report = progress or (lambda done, total: None)
   if tile is None:
-    return _predict_ensemble(predict_fn, params, image[None], 1, self_ensemble)[0]
+    out = next(_chunk_outputs(predict_fn, params, lambda _: image[None], 1, 1, self_ensemble,
+                              in_flight))[0]
+    report(1, 1)
+    return out
   margin = overlap // 2 if margin is None else margin
   padded = pad_to_at_least(image, tile)
   coords = tile_coords(padded.shape[0], padded.shape[1], tile, overlap)
   logging.log_first_n(logging.INFO, 'Restoring a %dx%d image as %d tiles of %d (overlap %d).', 5,
                       h, w, len(coords), tile, overlap)
-  outs = _predict_ensemble(predict_fn, params, extract_tiles(padded, coords, tile), batch_size,
-                           self_ensemble)
-  merged = merge_tiles(outs, coords, padded.shape[:2], blend=blend, margin=margin)
-  return merged[:h, :w]
-
-
-# ----------------------------------------------------------------------------
-# Restoring image files (no targets).
-
-PANEL_GAP = 8  # Pixels of white between the input and the restored image in a panel.
-
-
-def list_input_images(path: str) -> Tuple[List[str], List[str]]:
-  """The image files to restore: `path` itself, or the files directly inside the folder `path`.
-
-  Args:
-    path: an image file or a folder.
-
-  Returns:
-    (images, skipped): sorted image paths, and the other files (not images by extension).
-
-  Raises:
-    FileNotFoundError: `path` does not exist.
-    ValueError: two images in the folder share a stem (their outputs would collide).
-  """
-  if os.path.isfile(path):
-    files = [path]
-  elif os.path.isdir(path):
-    files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                   if os.path.isfile(os.path.join(path, f)))
-  else:
-    raise errors.MissingPathError(f'--input {path} does not exist.')
-  images = [f for f in files if image_ops.is_image_file(f)]
-  skipped = [f for f in files if not image_ops.is_image_file(f)]
-  stems = {}
-  for f in images:
-    stem = os.path.splitext(os.path.basename(f))[0]
-    if stem in stems:
-      raise errors.InvalidInputError(
-          f'{stems[stem]} and {f} would both be written as {stem}.png; rename one.')
-    stems[stem] = f
-  return images, skipped
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = PANEL_GAP) -> np.ndarray:
-  """A before/after panel: `left | gap | right`, same dtype (white gap).
-
-  Args:
-    left: HWC image.
-    right: HWC image of the same shape and dtype.
-    gap: gap width in pixels.
-
-  Returns:
-    (H, 2W + gap, C) image.
-  """
-  white = np.iinfo(left.dtype).max if np.issubdtype(left.dtype, np.integer) else 1.0
-  spacer = np.full((left.shape[0], gap, left.shape[2]), white, left.dtype)
-  return np.concatenate([left, spacer, right], axis=1)
-
-
-def restore_files(predict_fn: PredictFn, params, inputs: Sequence[str], output_dir: str, *,
-                  overwrite: bool = False, panels: bool = False, progress: bool = True,
-                  **restore_kwargs) -> dict:
-  """Restores image files into `output_dir` as PNGs of the input's bit depth.
-
-  Args:
-    predict_fn: jitted `predict(params, x)`.
-    params: model parameters.
-    inputs: image paths (see `list_input_images`).
-    output_dir: destination; `<stem>.png` per input (and `<stem>_panel.png` with `panels`).
-    overwrite: replace existing outputs (otherwise they are skipped, with a log line).
-    panels: also write a before/after side-by-side panel.
-    progress: show a tqdm progress bar.
-    **restore_kwargs: `restore_image` options (tile, overlap, margin, batch_size, blend,
-      self_ensemble).
-
-  Returns:
-    {'written': [...], 'existing': [...]} output paths.
-
-  Raises:
-    image_ops.ImageReadError: an input cannot be decoded (the message names the file).
-  """
-  import tqdm  # pylint: disable=g-import-not-at-top
-
-  os.makedirs(output_dir, exist_ok=True)
-  result = {'written': [], 'existing': []}
-  for path in tqdm.tqdm(inputs, unit='image', disable=not progress):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    out_path = os.path.join(output_dir, stem + '.png')
-    if os.path.exists(out_path) and not overwrite:
-      logging.info('%s exists; skipping %s (pass --overwrite to replace it).', out_path, path)
-      result['existing'].append(out_path)
-      continue
-    raw = image_ops.read_image(path)
-    bit_depth = 16 if raw.dtype == np.uint16 else 8
-    restored = restore_image(predict_fn, params, image_ops.to_float32(raw), **restore_kwargs)
-    image_ops.write_image(out_path, restored, bit_depth=bit_depth)
-    if panels:
-      out_q = np.round(np.clip(restored, 0, 1) * np.iinfo(raw.dtype).max).astype(raw.dtype)
-      image_ops.write_image(os.path.join(output_dir, stem + '_panel.png'),
-                            side_by_side(raw, out_q))
-    result['written'].append(out_path)
-  return result
+  batch_size = max(1, batch_size)
+  starts = range(0, len(coords), batch_size)
+  outs = _chunk_outputs(
+      predict_fn, params, lambda c: extract_tiles(padded, coords[starts[c]:][:batch_size], tile),
+      len(starts), batch_size, self_ensemble, in_flight)
+  merger = TileMerger(padded.shape[:2], (tile, tile), blend=blend, margin=margin)
+  for start, out in zip(starts, outs):
+    for t, (i, j) in zip(out, coords[start:start + batch_size]):
+      merger.add(t, i, j)
+    report(min(start + batch_size, len(coords)), len(coords))
+  return merger.result()[:h, :w]

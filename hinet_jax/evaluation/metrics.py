@@ -1,22 +1,10 @@
-"""PSNR and SSIM with the image-restoration field's conventions, every choice an argument.
+"""PSNR and SSIM with the field's conventions, every choice an argument, in jnp (jit-able).
 
-All functions take float images HWC (one image -> scalar) or NHWC (a batch -> one value per image,
-shape (N,)), are written in `jnp` (they run under `jax.jit`) and are vectorised over the batch.
-
-Conventions, and where they come from:
-  * `data_range` is required: 1.0 for float images in [0, 1], 255 for 8-bit values. It is never
-    guessed from the data (BasicSR's `max_value = 1. if img1.max() <= 1 else 255.` switches scale on
-    one overshooting pixel).
-  * `y_channel=True` measures the luma of ITU-R BT.601 as MATLAB's `rgb2ycbcr` (studio swing,
-    16..235 on the 8-bit scale): Y = 16 + 65.481 R + 128.553 G + 24.966 B with RGB in [0, 1]
-    (BasicSR `bgr2ycbcr(y_only=True)`), expressed back on the `data_range` scale.
-  * `quantize=True` rounds the restored image `x` to 8 bits first (clip to [0, 1], x255, round), as
-    the published numbers computed from saved PNGs (BasicSR `tensor2img`). The target `y` is used
-    as given: targets are 8-bit data already.
-  * SSIM: Wang et al. 2004 / MATLAB `ssim_index`: 11x11 Gaussian window, sigma 1.5, K1 = 0.01,
-    K2 = 0.03, 'valid' filtering (the map is 10 pixels smaller on each axis), per channel then
-    averaged over channels (BasicSR `_ssim`).
-  * PSNR is per image; average PSNR over images, not MSE (BasicSR `nondist_validation`).
+Images are float HWC (-> scalar) or NHWC (-> (N,)). `data_range` is required, never guessed
+(BasicSR's `1. if img1.max() <= 1 else 255.` flips on one overshooting pixel); `y_channel` is
+MATLAB `rgb2ycbcr` luma; `quantize` rounds the restored image to 8 bits (`tensor2img`); SSIM is
+MATLAB `ssim_index` (11x11 Gaussian, sigma 1.5, 'valid', per channel; BasicSR `_ssim`). The
+`*_as_official` forms reproduce HINet's own code, quirks included, to put a figure by the paper's.
 """
 
 from typing import Callable, Tuple
@@ -51,15 +39,7 @@ def _as_batch(x: Array, y: Array) -> Tuple[Array, Array, bool]:
 
 
 def rgb_to_y(x: Array, *, data_range: float) -> Array:
-  """BT.601 luma of RGB images, as MATLAB `rgb2ycbcr(...)(:, :, 1)`.
-
-  Args:
-    x: float RGB images (..., H, W, 3) on the `data_range` scale.
-    data_range: 1.0 or 255 (the scale of `x`).
-
-  Returns:
-    Y as (..., H, W, 1) on the same scale (16/255..235/255 of `data_range` for in-range input).
-  """
+  """BT.601 luma (..., H, W, 1) of RGB images, as MATLAB `rgb2ycbcr`, on their `data_range`."""
   if x.shape[-1] != 3:
     raise ValueError(f'y_channel=True needs RGB images (3 channels), got shape {x.shape}.')
   weights = jnp.asarray(Y_WEIGHTS, jnp.float32)
@@ -69,15 +49,7 @@ def rgb_to_y(x: Array, *, data_range: float) -> Array:
 
 
 def quantize_8bit(x: Array, *, data_range: float) -> Array:
-  """Rounds images to the 256 levels of an 8-bit PNG (after clipping), on the same scale.
-
-  Args:
-    x: float images on the `data_range` scale.
-    data_range: 1.0 or 255.
-
-  Returns:
-    `x` clipped to [0, data_range] and rounded to multiples of data_range / 255.
-  """
+  """Images clipped and rounded to the 256 levels of an 8-bit PNG, on their `data_range`."""
   levels = jnp.round(jnp.clip(x / data_range, 0.0, 1.0) * 255.0)
   return levels * (data_range / 255.0)
 
@@ -101,18 +73,15 @@ def _prepare(x, y, data_range, crop_border, y_channel, quantize):
 
 def psnr(x: Array, y: Array, *, data_range: float, crop_border: int = 0,
          y_channel: bool = False, quantize: bool = False) -> Array:
-  """Peak signal-to-noise ratio in dB, per image.
+  """PSNR in dB of restored `x` against `y`, per image (+inf where identical).
 
   Args:
-    x: restored image(s), float HWC or NHWC on the `data_range` scale.
-    y: target image(s), same shape.
-    data_range: peak value: 1.0 for [0, 1] floats, 255 for 8-bit values. Required.
-    crop_border: pixels dropped on each edge before measuring.
-    y_channel: measure the BT.601 luma (MATLAB rgb2ycbcr) instead of RGB.
-    quantize: round `x` to 8 bits first (the protocol of metrics computed on saved PNGs).
-
-  Returns:
-    float32 scalar for HWC input, (N,) for NHWC; +inf where the images are identical.
+    x: restored image(s) on the `data_range` scale.
+    y: targets, same shape.
+    data_range: the peak: 1.0 for [0, 1] floats, 255 for 8-bit values.
+    crop_border: pixels dropped on each edge.
+    y_channel: measure the BT.601 luma instead of RGB.
+    quantize: round `x` to 8 bits first.
   """
   x, y, single = _prepare(x, y, data_range, crop_border, y_channel, quantize)
   mse = jnp.mean(jnp.square(x - y), axis=(1, 2, 3))
@@ -141,22 +110,12 @@ def _filter_valid(x: Array, taps: Array) -> Array:
 
 
 def ssim_map(x: Array, y: Array, *, data_range: float) -> Array:
-  """The SSIM map of NHWC images, per channel, 'valid' region only.
-
-  Args:
-    x: float NHWC images on the `data_range` scale.
-    y: same shape.
-    data_range: peak value (1.0 or 255).
-
-  Returns:
-    (N, H - 10, W - 10, C) SSIM values.
-  """
+  """The (N, H - 10, W - 10, C) 'valid' SSIM map of NHWC images, per channel."""
   n, h, w, c = x.shape
   if h < SSIM_WINDOW or w < SSIM_WINDOW:
     raise ValueError(f'SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels (after '
                      f'crop_border), got {h}x{w}.')
-  # Normalise to [0, 1] so that E[x^2] - E[x]^2 keeps float32 precision; SSIM is scale-free when
-  # C1, C2 scale with the range, so this equals the computation on the data_range scale.
+  # On [0, 1], E[x^2] - E[x]^2 keeps float32 precision (SSIM is scale-free).
   to_maps = lambda a: jnp.moveaxis(a / data_range, 3, 1).reshape(n * c, h, w)
   a, b = to_maps(x), to_maps(y)
   taps = jnp.asarray(gaussian_kernel_1d())
@@ -173,39 +132,16 @@ def ssim_map(x: Array, y: Array, *, data_range: float) -> Array:
 
 def ssim(x: Array, y: Array, *, data_range: float, crop_border: int = 0,
          y_channel: bool = False, quantize: bool = False) -> Array:
-  """Structural similarity (Gaussian 11x11, sigma 1.5, 'valid'), per image.
-
-  Args:
-    x: restored image(s), float HWC or NHWC on the `data_range` scale.
-    y: target image(s), same shape.
-    data_range: peak value: 1.0 for [0, 1] floats, 255 for 8-bit values. Required.
-    crop_border: pixels dropped on each edge before measuring.
-    y_channel: measure the BT.601 luma (MATLAB rgb2ycbcr) instead of RGB.
-    quantize: round `x` to 8 bits first.
-
-  Returns:
-    float32 scalar for HWC input, (N,) for NHWC: the mean of the SSIM map over pixels, then over
-    channels.
-  """
+  """SSIM of restored `x` against `y`, per image: the map's mean over pixels and channels
+  (arguments as `psnr`)."""
   x, y, single = _prepare(x, y, data_range, crop_border, y_channel, quantize)
   value = jnp.mean(ssim_map(x, y, data_range=data_range), axis=(1, 2, 3))
   return value[0] if single else value
 
 
-# ----------------------------------------------------------------------------
-# The official code's conventions, to put a figure next to the paper's.
-#
-# megvii-model/HINet basicsr/metrics/psnr_ssim.py (`calculate_psnr`, `calculate_ssim`) as the
-# published numbers were measured; the quirks are kept on purpose and named here:
-#   * The peak is guessed from the restored image: 1 if its maximum is <= 1, else 255. A float
-#     output that overshoots 1.0 anywhere is scored on the 255 scale (about +48 dB).
-#   * RGB SSIM is one 3-D SSIM: an 11x11x11 Gaussian (sigma 1.5) over H, W and the channels,
-#     replicate padding, the same-size map averaged; its constants use the guessed peak.
-#   * Y channel: BasicSR `to_y_channel` (BGR `bgr2ycbcr(y_only=True)`, float32, input taken as
-#     0..255 whatever its scale); Y SSIM is a 2-D 11x11 Gaussian SSIM with replicate borders and
-#     the 255 constants.
-
-# `bgr2ycbcr(y_only=True)` luma row, in the official BGR order.
+# The official code (megvii-model/HINet basicsr/metrics/psnr_ssim.py), quirks kept: the peak is
+# guessed from the output (1 if max <= 1, else 255); RGB SSIM is one 3-D Gaussian SSIM over H, W
+# and channels; Y is `to_y_channel` (input taken as 0..255), its SSIM 2-D with 255 constants.
 OFFICIAL_BGR_Y_WEIGHTS = (24.966, 128.553, 65.481)
 OFFICIAL_SSIM_RADIUS = SSIM_WINDOW // 2
 
@@ -234,12 +170,7 @@ def _official_front(restored, target, crop_border: int):
 
 
 def official_y_channel(rgb: np.ndarray) -> np.ndarray:
-  """BasicSR `to_y_channel` of an RGB HWC image taken as 0..255: Y as float32 (H, W, 1).
-
-  The official code receives BGR images and converts in float32 (`bgr2ycbcr` on x / 255), so the
-  channels are reversed and the same dtypes are kept. Images with other than 3 channels pass
-  through (as float32), as upstream.
-  """
+  """BasicSR `to_y_channel` (BGR, float32) of an RGB HWC image taken as 0..255: (H, W, 1)."""
   img = np.asarray(rgb)[..., ::-1].astype(np.float32) / 255.0
   if img.ndim == 3 and img.shape[2] == 3:
     y = np.dot(img, OFFICIAL_BGR_Y_WEIGHTS) + 16.0
@@ -253,19 +184,8 @@ def official_peak(restored: np.ndarray) -> float:
 
 
 def psnr_as_official(restored, target, *, crop_border: int = 0, y_channel: bool = False) -> float:
-  """PSNR exactly as HINet's `calculate_psnr` computes it (the paper's numbers).
-
-  Args:
-    restored: one HWC RGB image, float (e.g. raw model output in [0, 1], possibly overshooting)
-      or uint8 (0..255), as the official validation passes it.
-    target: same shape, same convention.
-    crop_border: pixels dropped on each edge.
-    y_channel: measure the official Y channel (`to_y_channel`, inputs taken as 0..255).
-
-  Returns:
-    PSNR in dB with the peak guessed from `restored` (1 if its max <= 1, else 255); inf for
-    identical images. Unlike `psnr`, one overshooting pixel moves a float image to the 255 scale.
-  """
+  """PSNR as HINet's `calculate_psnr` computes it, of one HWC RGB image (float, possibly
+  overshooting, or uint8) against `target`: the peak guessed from `restored`."""
   x, y = _official_front(restored, target, crop_border)
   if y_channel:
     x, y = official_y_channel(x), official_y_channel(y)
@@ -276,11 +196,7 @@ def psnr_as_official(restored, target, *, crop_border: int = 0, y_channel: bool 
 
 
 def _gaussian_same(x: np.ndarray, axes) -> np.ndarray:
-  """The official same-size Gaussian filter: separable over `axes`, replicate borders.
-
-  A Gaussian product kernel with replicate padding on each axis equals the 1-D filters applied
-  one axis after another, so the 11x11(x11) window needs no dense kernel.
-  """
+  """The official same-size Gaussian filter over `axes`, replicate borders (separable)."""
   from scipy import ndimage  # pylint: disable=g-import-not-at-top
 
   taps = _official_taps()
@@ -306,20 +222,8 @@ def _ssim_same(x: np.ndarray, y: np.ndarray, peak: float, axes) -> float:
 
 
 def ssim_as_official(restored, target, *, crop_border: int = 0, y_channel: bool = False) -> float:
-  """SSIM exactly as HINet's `calculate_ssim` computes it (the paper's numbers).
-
-  Args:
-    restored: one HWC RGB image, float or uint8, as for `psnr_as_official`.
-    target: same shape, same convention.
-    crop_border: pixels dropped on each edge.
-    y_channel: the official Y channel and its 2-D SSIM.
-
-  Returns:
-    RGB: the 3-D SSIM (`_ssim_3d`: Gaussian over H, W and channels, replicate padding, constants
-    from the peak guessed from `restored`). Y: the 2-D SSIM with replicate borders and the 255
-    constants (`_ssim_cly`). Computed in float64 (upstream runs the 3-D filter in float32 on the
-    GPU; the two agree to float32 rounding).
-  """
+  """SSIM as HINet's `calculate_ssim` computes it (`_ssim_3d`, or `_ssim_cly` on Y), in
+  float64; arguments as `psnr_as_official`."""
   x, y = _official_front(restored, target, crop_border)
   if y_channel:
     x, y = official_y_channel(x), official_y_channel(y)
@@ -336,8 +240,7 @@ def _gaussian_same_jnp(x: Array, axes) -> Array:
     pad[axis] = (r, r)
     padded = jnp.pad(x, pad, mode='edge')
     n = x.shape[axis]
-    # Shifted multiply-adds are exact float32 elementwise work on every platform (no conv
-    # precision modes).
+    # Shifted multiply-adds: float32 on every platform (no conv precision modes).
     x = sum(float(t) * jax.lax.slice_in_dim(padded, k, k + n, axis=axis)
             for k, t in enumerate(taps))
   return x
@@ -351,22 +254,18 @@ def _ssim_same_jnp(x: Array, y: Array, axes) -> Array:
 
 def official_metrics(x: Array, y: Array, *, crop_border: int = 0, y_channel: bool = False,
                      on_8bit: bool = False) -> dict:
-  """`psnr_as_official` / `ssim_as_official` of a batch, in jnp (jit-able, float32).
-
-  The protocols measure with this inside their jitted step; it agrees with the float64 functions
-  to float32 rounding (tests/test_metrics_official.py).
+  """`psnr_as_official` / `ssim_as_official` of a batch in [0, 1], in float32 jnp.
 
   Args:
-    x: restored images, float NHWC (or HWC) in [0, 1], raw (may overshoot).
-    y: targets, same shape, in [0, 1].
+    x: restored images, NHWC (or HWC), raw (may overshoot).
+    y: targets, same shape.
     crop_border: pixels dropped on each edge.
     y_channel: the official Y channel.
-    on_8bit: measure what the official image path measures: both images rounded to 8 bits
-      (`tensor2img`, clipped) on the 0..255 scale; else the raw floats (`use_image: false`).
+    on_8bit: both images rounded to 8 bits first (`tensor2img`), else raw (`use_image: false`).
 
   Returns:
-    {'psnr_official', 'ssim_official': (N,) (or scalars), 'official_peak_flips': 1.0 where the
-    guessed peak is not the images' own (255 for float images, 1 for 8-bit values), else 0.0}.
+    {'psnr_official', 'ssim_official', 'official_peak_flips': 1.0 where the guessed peak is not
+    the images' own}, each (N,) (or scalar).
   """
   x, y, single = _as_batch(x, y)
   if on_8bit:

@@ -5,10 +5,8 @@ PyTorch -> JAX (writes a params-only orbax checkpoint plus model_config.json):
   python -m hinet_jax.convert --torch_checkpoint=HINet-SIDD-1x.pth --output=ckpt/sidd-1x \
       [--preset=sidd-1x]
 
-  The variant (width, HIN levels) is read off the tensors; --preset, if given, must match it.
-  Every tensor must be used exactly once with the expected shape, else the error lists the
-  missing, unexpected and mis-shaped names. The .pth is read with torch.load(weights_only=True),
-  so a malicious file cannot run code.
+  The variant is read off the tensors (--preset, if given, must match); every tensor must be
+  used once. The .pth is read with torch.load(weights_only=True): a file cannot run code.
 
 JAX -> PyTorch (a state dict with the official names, loadable by the official code):
 
@@ -16,17 +14,15 @@ JAX -> PyTorch (a state dict with the official names, loadable by the official c
 
   --checkpoint may also be a training workdir (--which=latest|best).
 
-Needs torch (the `convert` extra: `pip install .[convert]`).
-
-A mistake in the flags or a path prints one message naming the option or file and exits with
-status 2; --traceback shows the Python traceback as well.
+Needs torch (`pip install .[convert]`). A mistake in a flag or path prints one message and exits
+with status 2 (--traceback for the traceback).
 """
 
 from absl import app
 from absl import flags
 from absl import logging
 
-from hinet_jax import api
+from hinet_jax import checkpoints
 from hinet_jax import errors
 from hinet_jax import files
 from hinet_jax import models
@@ -50,7 +46,6 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing output.'
 
 
 def _check_paths(source: str, source_flag: str, output: str, overwrite: bool) -> None:
-  """Checks that the input exists and the output may be written, before anything is converted."""
   if not files.exists(source):
     raise errors.MissingPathError(f'--{source_flag}={source} does not exist.')
   if files.exists(output) and not overwrite:
@@ -72,7 +67,7 @@ def torch_to_jax(pth: str, output: str, preset, param_key, overwrite: bool) -> N
 def jax_to_torch(checkpoint: str, output: str, which: str, overwrite: bool) -> None:
   """Writes the params of a checkpoint (or training workdir) as an official-names .pth file."""
   _check_paths(checkpoint, 'checkpoint', output, overwrite)
-  _, params = api.load_pretrained(checkpoint, which=which, backend='xla')
+  _, params = checkpoints.load(checkpoint, which)
   state_dict = torch_port.flax_to_torch(params)
   torch_port.save_torch_state_dict(state_dict, output)  # whole or not at all (files.write_bytes)
   print(f'Wrote {output} ({len(state_dict)} tensors, official names, wrapped as {{"params": ...}}).')

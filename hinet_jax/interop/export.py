@@ -1,34 +1,22 @@
-"""Export a checkpoint as a TF SavedModel (orbax-export / jax2tf) that restores any image size.
+"""A HINet as a TF SavedModel (orbax-export / jax2tf) that restores any image size.
 
-  python -m hinet_jax.export --checkpoint=DIR --output=DIR [--which=best] [--overwrite]
+Written by `hinet-export --format=savedmodel` (`hinet_jax/cli/exporter.py`), the default format.
 
 The SavedModel's `serving_default` signature takes `image`: float32 NHWC in [0, 1] of any batch,
 height and width, and returns `{'restored': ...}` of the same shape (the raw network output; clip
 to [0, 1] when saving).
 
-Why the padding lives in TF: jax2tf cannot prove the U-Net's skip shapes equal for a free
-"b, h, w, 3" input (stride-2 down then x2 up gives 2*floor(h/2)), so the JAX function is exported
-for "b, M*h, M*w, 3" with M = 2^(depth-1), and the serving function pads to a multiple of M and
-crops back in TF. It pads exactly as `models.pad_to_multiple` (bottom/right; reflect, or symmetric
-when a pad is not smaller than its side), so the model's own padding is a no-op and the SavedModel
-output equals `model.apply` on the unpadded image.
-
-The output may be local or on object storage (`gs://...`): the SavedModel is built in a local
-staging folder and published whole, `saved_model.pb` last (TF refuses a folder without it), so a
-failed export never leaves a partial SavedModel nor replaces a good one.
-
-TensorFlow and orbax-export are imported inside the functions that need them only.
+The output may be local or `gs://...`, published whole. The padding to a multiple of
+2^(depth-1) happens in TF, as `models.pad_to_multiple` does it: jax2tf cannot prove the U-Net's
+skip shapes equal for a free height and width.
 """
 
 import os
 from typing import Any
 
-from absl import app
-from absl import flags
 from absl import logging
 
 from hinet_jax import backends
-from hinet_jax import errors
 from hinet_jax import files
 
 SIGNATURE_KEY = 'serving_default'
@@ -49,11 +37,7 @@ def make_apply_fn(model):
 
 
 def _tf_pad_indices(tf, n, pad, symmetric):
-  """Source indices numpy's bottom/right 'reflect' or 'symmetric' padding reads, any pad size.
-
-  Repeated reflection is periodic: period 2(n-1) for reflect (edge not repeated), 2n for
-  symmetric (edge repeated), which is what numpy and jnp do for pads larger than the side.
-  """
+  """Source indices of numpy's bottom/right 'reflect' (period 2(n-1)) or 'symmetric' (2n) pad."""
   idx = tf.range(n + pad)
   period_r = tf.maximum(2 * (n - 1), 1)
   m_r = idx % period_r
@@ -64,19 +48,9 @@ def _tf_pad_indices(tf, n, pad, symmetric):
 
 
 def tf_pad_to_multiple(tf, image, multiple: int):
-  """TF twin of `models.pad_to_multiple` for NHWC tensors of dynamic shape.
-
-  Args:
-    tf: the tensorflow module.
-    image: (B, H, W, C) tensor.
-    multiple: the multiple (2^(depth-1)).
-
-  Returns:
-    (B, H', W', C) with H', W' the next multiples, padded at the bottom/right.
-  """
+  """TF twin of `models.pad_to_multiple` for NHWC tensors of dynamic shape."""
   h, w = tf.shape(image)[1], tf.shape(image)[2]
   ph, pw = (-h) % multiple, (-w) % multiple
-  # Same rule as the model: reflect needs pad < side on both axes, else symmetric on both.
   symmetric = tf.logical_not(tf.logical_and(ph < h, pw < w))
   rows = _tf_pad_indices(tf, h, ph, symmetric)
   cols = _tf_pad_indices(tf, w, pw, symmetric)
@@ -85,22 +59,10 @@ def tf_pad_to_multiple(tf, image, multiple: int):
 
 def export_saved_model(model, params: Any, output_dir: files.PathLike, *,
                        overwrite: bool = False) -> str:
-  """Writes a TF SavedModel of `model` with a `serving_default` signature for any image size.
-
-  The SavedModel is built in a staging folder and published only when complete
-  (`files.staged_dir`).
-
-  Args:
-    model: a `models.HINet`.
-    params: its parameters.
-    output_dir: destination directory, local or `gs://...`; must not exist unless `overwrite`.
-    overwrite: replace an existing `output_dir`.
+  """Writes a TF SavedModel of `model` for any image size, published only when complete.
 
   Returns:
-    The path of the SavedModel (absolute, for a local one).
-
-  Raises:
-    FileExistsError: `output_dir` exists and `overwrite` is False.
+    The SavedModel's path (absolute, for a local one).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
@@ -108,10 +70,7 @@ def export_saved_model(model, params: Any, output_dir: files.PathLike, *,
   from orbax.export import constants
   # pylint: enable=g-import-not-at-top
 
-  output_dir = os.path.abspath(output_dir) if files.is_local(output_dir) else os.fspath(output_dir)
-  if files.exists(output_dir) and not overwrite:
-    raise errors.OutputExistsError(f'{output_dir} already exists; choose another --output or pass '
-                                   '--overwrite to replace it.')
+  output_dir = files.new_output(output_dir, overwrite)
   multiple = 2**(model.depth - 1)
   channels = model.in_chn
   # TensorFlow runs the SavedModel with its own kernels: XLA's layers are the portable form.
@@ -137,36 +96,7 @@ def export_saved_model(model, params: Any, output_dir: files.PathLike, *,
 
 
 def load_serving_fn(saved_model_dir: str):
-  """Loads an exported SavedModel's serving function: `fn(image=tf.Tensor) -> {'restored': ...}`.
-
-  TensorFlow reads the folder through tf.io.gfile: local, or `gs://...` with real credentials.
-  """
+  """An exported SavedModel's serving function: `fn(image=tf.Tensor) -> {'restored': ...}`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   loaded = tf.saved_model.load(os.fspath(saved_model_dir))
   return loaded.signatures[SIGNATURE_KEY]
-
-
-def define_flags():
-  """Defines the CLI flags (only when run as a script, so importing this module adds none)."""
-  flags.DEFINE_string('checkpoint', None,
-                      'Converted checkpoint dir (model_config.json + params/) or training workdir.')
-  flags.DEFINE_enum('which', 'latest', ['latest', 'best'],
-                    'For a training workdir: its latest or best checkpoint.')
-  flags.DEFINE_string('output', None, 'Directory to write the SavedModel to.')
-  flags.DEFINE_bool('overwrite', False, 'Replace an existing --output directory.')
-  flags.mark_flags_as_required(['checkpoint', 'output'])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from hinet_jax import api  # pylint: disable=g-import-not-at-top
-  cfg = flags.FLAGS
-  if not files.is_dir(cfg.checkpoint):
-    raise app.UsageError(f'--checkpoint={cfg.checkpoint} does not exist or is not a folder.')
-  if files.exists(cfg.output) and not cfg.overwrite:
-    raise app.UsageError(f'--output={cfg.output} already exists; pass --overwrite to replace it.')
-  model, params = api.load_pretrained(cfg.checkpoint, which=cfg.which, backend='xla')
-  path = export_saved_model(model, params, cfg.output, overwrite=cfg.overwrite)
-  print(f'Exported {cfg.checkpoint} to {path}: '
-        f'tf.saved_model.load(path).signatures[{SIGNATURE_KEY!r}]({INPUT_NAME}=x)[{OUTPUT_NAME!r}]')

@@ -1,14 +1,9 @@
-"""Official PyTorch HINet state dicts <-> Flax parameters.
+"""Official PyTorch HINet state dicts (`hinet_arch.py` names) <-> Flax parameters.
 
-The only module of the library that imports torch, and only inside the functions that read or
-write `.pth` files; the name mapping and tensor transforms are numpy and need no torch.
-
-Name mapping (official name -> Flax path):
-  `down_path_1.0.conv_1.weight` -> `down_path_1_0/conv_1/kernel`  (list index joined with '_')
-  `*.weight` of a conv          -> `kernel`, `(out, in, kh, kw)` -> `(kh, kw, in, out)`
-  `up_path_*.up.weight`         -> `kernel`, `(in, out, 2, 2)` -> `(2, 2, in, out)` (no flip: see
-                                   `models.UpConv2x2`)
-  `*.norm.weight` / `.bias`      -> `norm/scale` / `norm/bias`
+torch is imported only where `.pth` files are read or written. Mapping:
+`down_path_1.0.conv_1.weight` -> `down_path_1_0/conv_1/kernel`; conv `(out, in, kh, kw)` ->
+`(kh, kw, in, out)`; `up.weight` `(in, out, 2, 2)` -> `(2, 2, in, out)` (no flip); `norm.weight`
+-> `norm/scale`.
 """
 
 import io
@@ -66,19 +61,8 @@ def flax_to_torch_tensor(path: Tuple[str, ...], value: np.ndarray) -> np.ndarray
 
 def unwrap_state_dict(checkpoint: Mapping[str, Any],
                       param_key: Optional[str] = None) -> Dict[str, np.ndarray]:
-  """Extracts the network's state dict from a loaded checkpoint, as float32 numpy arrays.
-
-  Accepts a raw state dict, BasicSR's wrappers (`{'params': sd}`, `{'params_ema': sd}`; `params`
-  is preferred when both are present, as BasicSR's `load_network` does) and DataParallel's
-  `module.` prefixes.
-
-  Args:
-    checkpoint: what `torch.load` returned (tensors or numpy arrays as values).
-    param_key: the wrapper key to use; None picks one as above.
-
-  Returns:
-    {official tensor name: numpy array}.
-  """
+  """{official name: float32 array} from a loaded checkpoint: raw, or under `param_key`, else
+  under BasicSR's `params` before `params_ema` (as its `load_network`); `module.` dropped."""
   sd = checkpoint
   if param_key is not None:
     if param_key not in checkpoint:
@@ -101,11 +85,7 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any],
 
 
 def infer_model_config(state_dict: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-  """Reads the variant (width, depth, HIN levels) off an official state dict's tensors.
-
-  Raises:
-    ConversionError: if the tensors don't look like a HINet.
-  """
+  """The variant (width, depth, HIN levels) read off an official state dict's tensors."""
   if 'conv_01.weight' not in state_dict:
     raise ConversionError('Not a HINet state dict: there is no conv_01.weight (top-level keys: '
                           f'{sorted(state_dict)[:8]}...). Use --param_key if the weights are '
@@ -149,20 +129,8 @@ def check_preset(config: Mapping[str, Any], preset: str) -> None:
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: models.HINet) -> Any:
-  """Converts an official state dict to the Flax params of `model`, strictly.
-
-  Every tensor must be used exactly once and have the expected shape.
-
-  Args:
-    state_dict: {official name: numpy array} (see `unwrap_state_dict`).
-    model: the HINet to load into.
-
-  Returns:
-    A nested dict of numpy float32 arrays matching `model.init(...)['params']`.
-
-  Raises:
-    ConversionError: listing every missing, unexpected and mis-shaped tensor.
-  """
+  """`model`'s params from an official state dict, strictly: every tensor used once, shapes as
+  expected, else a ConversionError listing what is missing, unexpected or mis-shaped."""
   target = flax.traverse_util.flatten_dict(flax.core.unfreeze(models.abstract_params(model)))
   flat, missing, misshaped, used = {}, [], [], set()
   for path, spec in target.items():
@@ -220,10 +188,7 @@ def load_torch_checkpoint(path: str) -> Mapping[str, Any]:
 
 def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str,
                           wrap_params: bool = True) -> None:
-  """Writes a `.pth` that the official code loads (`{'params': state_dict}` as BasicSR saves).
-
-  The file (local or `gs://...`) is written whole or not at all (`files.write_bytes`).
-  """
+  """Writes a `.pth` the official code loads (`{'params': ...}`), whole or not at all."""
   import torch  # pylint: disable=g-import-not-at-top
 
   tensors = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state_dict.items()}
@@ -234,10 +199,7 @@ def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str,
 
 def convert_torch_checkpoint(path: str, preset: Optional[str] = None,
                              param_key: Optional[str] = None) -> Tuple[models.HINet, Any]:
-  """Reads an official `.pth` and returns `(model, params)`.
-
-  The variant is inferred from the tensors; if `preset` is given it must match.
-  """
+  """`(model, params)` of an official `.pth`; the variant read off the tensors must fit `preset`."""
   state_dict = unwrap_state_dict(load_torch_checkpoint(path), param_key)
   config = infer_model_config(state_dict)
   if preset is not None:

@@ -6,3 +6,5 @@ from hinet_jax.models.layers import Conv, HalfInstanceNorm, UpConv2x2, instance_
 from hinet_jax.models.presets import (LEGACY_KEYS, PRESET_CHECKPOINTS, PRESETS, abstract_params,
                                       count_params, create_model, forward_macs, init_params,
                                       model_config)
+from hinet_jax.models.local_stats import (DEFAULT_WINDOW, LocalHalfInstanceNorm, LocalStats,
+                                          default_window, with_local_stats)

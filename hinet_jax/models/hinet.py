@@ -1,15 +1,9 @@
-"""HINet (Chen et al., CVPR-W 2021): two U-Nets joined by a supervised attention module.
+"""HINet (Chen et al., CVPR-W 2021): two U-Nets joined by a supervised attention module, NHWC.
 
-The wiring is the published checkpoints', tensor for tensor; module names mirror the official
-PyTorch names (`down_path_1.0.conv_1` -> `down_path_1_0/conv_1`), so that converting weights is a
-renaming plus a transpose (`hinet_jax.interop.torch_port`). Layout is NHWC.
-
-How the convolutions run is not this file's concern: `HINet.layers` supplies the layer and block
-classes (`XLA_LAYERS` here; `hinet_jax.backends` may swap in others with the same parameters).
-
-Two additions to the official network: any input size works (the image is reflect-padded to a
-multiple of 2^(depth-1) and the outputs cropped back), and `dtype` sets the compute dtype
-(instance-norm statistics and the returned images stay float32).
+Wiring and module names follow megvii-model/HINet `basicsr/models/archs/hinet_arch.py`
+(`down_path_1.0.conv_1` -> `down_path_1_0/conv_1`), so converting weights is a renaming plus a
+transpose. `HINet.layers` supplies the layer classes (`hinet_jax.backends` may swap them). Added:
+any input size (reflect-padded to a multiple of 2^(depth-1)) and a compute `dtype`.
 """
 
 import dataclasses
@@ -30,20 +24,12 @@ ModuleDef = Any
 class ConvBlock(nn.Module):
   """HINet's `UNetConvBlock`: the encoder block (HIN, CSFF, downsampling) and the decoder's body.
 
-  out = lrelu(conv_2(lrelu(HIN(conv_1(x))))) + identity(x) [+ csff_enc(enc) + csff_dec(dec)],
-  then, if `downsample`, `(downsample(out), out)`.
+  out = lrelu(conv_2(lrelu(norm(conv_1(x))))) + identity(x) [+ csff_enc(enc) + csff_dec(dec)],
+  then, if `downsample`, `(downsample(out), out)` by a 4x4/stride-2 conv.
 
   Attributes:
-    features: output channels.
-    downsample: also return the 4x4/stride-2 downsampled output.
-    relu_slope: LeakyReLU negative slope.
-    use_hin: half instance norm after conv_1.
+    use_hin: apply `norm` (built as `norm(param_dtype=..., name='norm')`) after conv_1.
     use_csff: take the cross-stage feature fusion inputs (stage 2's encoder, levels < depth-1).
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    conv: the convolution layer.
-    norm: the normalisation after conv_1 where `use_hin` (HINet's half instance norm); built as
-      `norm(param_dtype=..., name='norm')`.
   """
 
   features: int
@@ -76,17 +62,7 @@ class ConvBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-  """HINet's `UNetUpBlock`: 2x2 transposed conv up, concatenated with the skip, a plain ConvBlock.
-
-  Attributes:
-    features: output channels.
-    relu_slope: LeakyReLU negative slope.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    conv: the convolution layer.
-    up_conv: the transposed convolution layer.
-    block: the block class of the body.
-  """
+  """HINet's `UNetUpBlock`: 2x2 transposed conv up, joined with the skip, a plain ConvBlock."""
 
   features: int
   relu_slope: float = 0.2
@@ -130,16 +106,7 @@ class SAM(nn.Module):
 class Layers:
   """The layer and block classes a HINet is built from: the one seam for how its convolutions run.
 
-  A backend may swap these for its own with the same parameter tree and function (to float
-  rounding); a model built from other parts than these runs as written, on XLA's layers
-  (`hinet_jax.backends`).
-
-  Attributes:
-    conv: `Conv`-like (features, kernel_size, strides, padding, use_bias, dtype, param_dtype).
-    up_conv: `UpConv2x2`-like.
-    block: `ConvBlock`-like (encoder blocks and the decoder's body).
-    up_block: `UpBlock`-like.
-    norm: the encoder blocks' normalisation (`ConvBlock.norm`).
+  A backend may swap them for its own with the same parameters and function (`hinet_jax.backends`).
   """
 
   conv: ModuleDef = Conv
@@ -149,7 +116,6 @@ class Layers:
   norm: ModuleDef = HalfInstanceNorm
 
 
-# The model as written here, run by XLA's own convolutions on every platform.
 XLA_LAYERS = Layers()
 
 
@@ -158,18 +124,12 @@ class HINet(nn.Module):
 
   Attributes:
     wf: base width; level i has 2^i * wf channels (64 for the 1x models, 32 for 0.5x).
-    depth: number of encoder levels (5 in every published model).
-    relu_slope: LeakyReLU negative slope.
-    hin_position_left: first encoder level with half instance norm (inclusive).
-    hin_position_right: last encoder level with half instance norm (inclusive).
-    in_chn: image channels.
-    dtype: compute dtype (float32, or bfloat16 on TPU/GPU).
-    param_dtype: parameter dtype.
-    layers: the layer classes (`hinet_jax.backends` chooses them; not part of the architecture).
+    depth: number of encoder levels.
+    hin_position_left, hin_position_right: encoder levels with half instance norm (inclusive).
+    layers: the layer classes (chosen by `hinet_jax.backends`; not part of the architecture).
 
-  Call with `x`, float NHWC images in [0, 1] of any height and width. Returns `(stage1, stage2)`,
-  both float32 NHWC of the input's shape: each stage's predicted residual plus the input image.
-  `stage2` is the restored image; the loss supervises both.
+  Call with NHWC images in [0, 1] of any size. Returns float32 `(stage1, stage2)` of the input's
+  shape; `stage2` is the restored image, and the loss supervises both.
   """
 
   wf: int = 64
@@ -189,7 +149,6 @@ class HINet(nn.Module):
     last_level = self.depth - 1
     self.conv_01 = conv(self.wf, 3, padding=1, **kw)
     self.conv_02 = conv(self.wf, 3, padding=1, **kw)
-    # Lists of submodules are named `<attr>_<index>`, mirroring PyTorch's `<attr>.<index>`.
     self.down_path_1, self.down_path_2 = [
         [block(width(i), downsample=i < last_level, relu_slope=self.relu_slope,
                use_hin=self.hin_position_left <= i <= self.hin_position_right,
@@ -209,7 +168,7 @@ class HINet(nn.Module):
     self.last = conv(self.in_chn, 3, padding=1, **kw)
 
   def _unet(self, x, down_path, up_path, skip_conv, csff=None):
-    """One stage's U-Net. Returns (last decoder output, encoder skips, decoder outputs)."""
+    """One stage's U-Net: (last decoder output, encoder skips, decoder outputs)."""
     encs = []
     for i, block in enumerate(down_path[:-1]):
       x, skip = block(x, *csff[i]) if csff else block(x)
@@ -240,11 +199,8 @@ class HINet(nn.Module):
 
 
 def pad_to_multiple(x: Array, multiple: int) -> Array:
-  """Reflect-pads the bottom/right of NHWC `x` so that H and W are multiples of `multiple`.
-
-  Reflection keeps the padded border image-like, so the crop back is clean. Images smaller than
-  the padding fall back to symmetric padding (reflection needs pad < size).
-  """
+  """Reflect-pads the bottom/right of NHWC `x` to multiples of `multiple` (symmetric where the
+  image is smaller than the padding)."""
   h, w = x.shape[1:3]
   ph, pw = (-h) % multiple, (-w) % multiple
   if ph == 0 and pw == 0:

@@ -1,9 +1,7 @@
-"""A JAX PRNG whose draws numpy makes on the host, for initialising parameters quickly on CPU.
+"""A JAX PRNG whose draws numpy makes on the host: `init_params` compiles quickly on CPU.
 
-XLA:CPU compiles each random draw of a jitted `model.init` as its own fused kernel: about 0.15 s
-per parameter tensor with 'rbg' keys, 1 s with threefry, so ~200 tensors took tens of seconds.
-As host callbacks the draws compile at once. `init_params` uses it; the model's initialisers
-(Flax's, with PyTorch's distributions) are unchanged and work with any key.
+XLA:CPU compiles each draw of a jitted `model.init` as its own kernel (bench/README.md); host
+callbacks compile at once. The model's initialisers are unchanged and take any key.
 """
 
 import jax

@@ -1,7 +1,6 @@
-"""HINet's plain layers: convolutions as PyTorch defines them, and (half) instance norm.
+"""HINet's plain layers, NHWC x HWIO: convolutions as PyTorch defines them, (half) instance norm.
 
-Layout is NHWC with HWIO kernels. Parameters are initialised from PyTorch's default distributions,
-which the official weights were trained from (`HINet._initialize` is never called upstream).
+PyTorch's default initialisers: upstream never calls `HINet._initialize` (`hinet_arch.py`).
 """
 
 from typing import Any
@@ -16,11 +15,9 @@ Dtype = Any
 # PyTorch's InstanceNorm2d default; Flax's InstanceNorm defaults to 1e-6.
 INSTANCE_NORM_EPS = 1e-5
 
-# PyTorch's default conv weight init, kaiming_uniform_(a=sqrt(5)), is U(-1/sqrt(fan_in),
-# 1/sqrt(fan_in)): a uniform variance scaling of 1/3.
+# PyTorch's kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)): uniform variance scaling 1/3.
 torch_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
-# A transposed conv's weight is (in, out, kh, kw) in PyTorch, whose fan-in it takes from dim 1: the
-# outputs, which are the last axis of our (kh, kw, in, out) kernel.
+# PyTorch takes a transposed conv's fan-in from its outputs: our kernel's last axis.
 torch_transposed_kernel_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform',
                                                                 in_axis=-1, out_axis=-2)
 
@@ -36,17 +33,7 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 
 class Conv(nn.Module):
-  """2-D convolution as PyTorch's `Conv2d(in, features, kernel_size, strides, padding)`.
-
-  Attributes:
-    features: output channels.
-    kernel_size: square kernel side.
-    strides: stride in both spatial dims.
-    padding: zero padding on each side.
-    use_bias: whether to add a bias.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-  """
+  """PyTorch's `Conv2d(in, features, kernel_size, strides, padding)`: square, symmetric."""
 
   features: int
   kernel_size: int
@@ -70,16 +57,8 @@ class Conv(nn.Module):
 
 
 class UpConv2x2(nn.Module):
-  """PyTorch's `ConvTranspose2d(in, features, 2, stride=2)`: each input pixel becomes a 2x2 patch.
-
-  The kernel is stored `(2, 2, in, out)`, the PyTorch weight `(in, out, 2, 2)` transposed with no
-  spatial flip: output pixel (2i + a, 2j + b) is input pixel (i, j) times tap (a, b).
-
-  Attributes:
-    features: output channels.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-  """
+  """PyTorch's `ConvTranspose2d(in, features, 2, stride=2)`; kernel `(2, 2, in, out)`, the
+  PyTorch weight `(in, out, 2, 2)` transposed with no spatial flip."""
 
   features: int
   dtype: Dtype = jnp.float32
@@ -91,8 +70,7 @@ class UpConv2x2(nn.Module):
                         self.param_dtype)
     bias = self.param('bias', torch_bias_init(self.features * 4), (self.features,),
                       self.param_dtype)
-    # lax.conv_transpose correlates the stride-dilated input with the kernel as given, which
-    # pairs output pixel 2i + a with tap 1 - a: flipping the taps gives PyTorch's pairing.
+    # lax.conv_transpose pairs output pixel 2i + a with tap 1 - a: flipped, PyTorch's pairing.
     y = jax.lax.conv_transpose(x.astype(self.dtype), jnp.flip(kernel, (0, 1)).astype(self.dtype),
                                (2, 2), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return y + bias.astype(self.dtype)
@@ -109,13 +87,8 @@ def instance_norm(x: Array, scale: Array, bias: Array, epsilon: float = INSTANCE
 
 
 class HalfInstanceNorm(nn.Module):
-  """HINet's half instance norm: instance norm (learned affine) on the first half of the channels,
-  the second half untouched, concatenated back.
-
-  Attributes:
-    epsilon: added to the variance.
-    param_dtype: parameter dtype.
-  """
+  """HINet's half instance norm: affine instance norm of the first half of the channels, the
+  second half untouched (`hinet_arch.py`, `UNetConvBlock`)."""
 
   epsilon: float = INSTANCE_NORM_EPS
   param_dtype: Dtype = jnp.float32

@@ -28,22 +28,12 @@ PRESET_CHECKPOINTS = {
     'rain13k': 'HINet-Rain13k.pth',
 }
 
-# Keys that configs written by earlier versions carry and that are no longer architecture
-# (`conv_impl` said how convolutions ran; that is now a run-time choice, `hinet_jax.backends`).
+# Keys of older configs that are no longer architecture (now a run-time choice: `backends`).
 LEGACY_KEYS = ('conv_impl',)
 
 
 def create_model(preset: Optional[str] = None, **overrides) -> HINet:
-  """Builds a HINet from a preset name and/or constructor keyword arguments.
-
-  Args:
-    preset: one of `PRESETS` ('sidd-1x', 'sidd-0.5x', 'gopro', 'reds', 'rain13k') or None.
-    **overrides: `HINet` fields that replace the preset's (e.g. `dtype='bfloat16'`). Keys that
-      earlier versions stored (`LEGACY_KEYS`) are ignored.
-
-  Returns:
-    The `HINet` module, with XLA's layers (`hinet_jax.backends.build` swaps them).
-  """
+  """A HINet (XLA's layers) from one of `PRESETS` and/or `HINet` fields (`LEGACY_KEYS` ignored)."""
   kwargs = {}
   if preset is not None:
     if preset not in PRESETS:
@@ -60,8 +50,7 @@ def create_model(preset: Optional[str] = None, **overrides) -> HINet:
 
 
 def model_config(model: HINet) -> dict:
-  """The JSON-able architecture of `model` (stored beside every checkpoint): `create_model`'s
-  keyword arguments. How it runs (`layers`) is not part of it."""
+  """`create_model`'s JSON-able keyword arguments for `model`: architecture only, no `layers`."""
   return dict(wf=model.wf, depth=model.depth, relu_slope=model.relu_slope,
               hin_position_left=model.hin_position_left,
               hin_position_right=model.hin_position_right, in_chn=model.in_chn,
@@ -74,11 +63,8 @@ def _init_input(model: HINet, image_size: int = 0) -> jax.ShapeDtypeStruct:
 
 
 def init_params(model: HINet, rng: Any) -> Any:
-  """Initialises the parameters of `model` on the host CPU, from a key or an integer seed.
-
-  An integer seed draws on the host (`host_random`: compiles at once where XLA:CPU takes tens of
-  seconds for ~200 random tensors), the same parameters on every host and platform.
-  """
+  """`model`'s parameters, initialised on the host CPU from a key or an integer seed (drawn by
+  `host_random`: the same on every host and platform)."""
   if isinstance(rng, (int, np.integer)):
     rng = host_random.key(int(rng))
   x = _init_input(model)
@@ -94,18 +80,12 @@ def abstract_params(model: HINet) -> Any:
 
 
 def count_params(params: Any) -> int:
-  """Total number of parameter elements."""
   return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
 
 def forward_macs(model: HINet, height: int = 256, width: int = 256, batch: int = 1) -> float:
-  """Forward multiply-accumulates of `model` on a `batch x height x width` input, from XLA's cost
-  analysis of the compiled forward pass with XLA's layers (flops / 2), the padding to a multiple of
-  16 included. XLA skips the taps that fall on zero padding.
-
-  Returns:
-    MACs as a float (divide by 1e9 for GMACs).
-  """
+  """Forward multiply-accumulates on a `batch x height x width` input: XLA's cost analysis with
+  XLA's layers (flops / 2), padding included, taps on zero padding skipped."""
   model = model.clone(layers=XLA_LAYERS)
   params = abstract_params(model)
   x = jax.ShapeDtypeStruct((batch, height, width, model.in_chn), jnp.float32)

@@ -48,11 +48,7 @@ def save_params(directory: files.PathLike, params: Any, model_config: Mapping[st
   Returns:
     The path written (absolute, for a local one).
   """
-  if files.is_local(directory):
-    directory = os.path.abspath(directory)
-  if files.exists(directory) and not overwrite:
-    raise errors.OutputExistsError(f'{directory} already exists; choose another --output or '
-                                   'pass --overwrite to replace it.')
+  directory = files.new_output(directory, overwrite)
   with files.staged_dir(directory, marker=MODEL_CONFIG_FILE) as staging:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(staging, PARAMS_DIR), jax.tree.map(np.asarray, params))

@@ -1,9 +1,8 @@
 """Pixel losses of the official HINet recipe, stateless and computed in float32.
 
-The official training sums one pixel loss per network output against the clean image at equal
-weight (`basicsr/models/image_restoration_model.py`, `optimize_parameters`: `for pred in preds:
-l_pix += self.cri_pix(pred, self.gt)`). GoPro, REDS and Rain13k use `PSNRLoss` with weight 0.5;
-SIDD uses `L1Loss` with weight 1 (`options/train/*/HINet*.yml`, `pixel_opt`).
+One loss per network output, summed (`basicsr/models/image_restoration_model.py`
+`optimize_parameters`); `PSNRLoss` 0.5 for GoPro/REDS/Rain13k, `L1Loss` 1 for SIDD
+(`options/train/*/HINet*.yml`).
 """
 
 import math
@@ -21,34 +20,13 @@ PSNR_EPS = 1e-8
 
 
 def l1_loss(pred: Array, target: Array, weight: float = 1.0) -> Array:
-  """Mean absolute error over every element (BasicSR `L1Loss`, reduction 'mean').
-
-  Args:
-    pred: predicted images, NHWC.
-    target: clean images, same shape.
-    weight: loss weight (`loss_weight`).
-
-  Returns:
-    float32 scalar.
-  """
+  """Mean absolute error over every element (BasicSR `L1Loss`, reduction 'mean'), float32."""
   pred, target = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
   return weight * jnp.mean(jnp.abs(pred - target))
 
 
 def psnr_loss(pred: Array, target: Array, weight: float = 0.5) -> Array:
-  """Minus the PSNR (dB, peak 1) per image, averaged over the batch, times `weight`.
-
-  `weight * 10/ln(10) * mean_n(ln(mean_hwc((pred - target)^2) + 1e-8))`, i.e. BasicSR/HINet
-  `PSNRLoss` with `toY=False`.
-
-  Args:
-    pred: predicted images, NHWC in [0, 1].
-    target: clean images, same shape.
-    weight: loss weight (0.5 in the official deblurring/deraining recipes).
-
-  Returns:
-    float32 scalar.
-  """
+  """`weight` times minus the per-image PSNR (peak 1), batch mean: HINet `PSNRLoss`, toY=False."""
   pred, target = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
   mse = jnp.mean(jnp.square(pred - target), axis=(1, 2, 3))
   return weight * PSNR_SCALE * jnp.mean(jnp.log(mse + PSNR_EPS))
@@ -67,23 +45,14 @@ def get_loss_fn(name: str) -> Callable[..., Array]:
     `fn(pred, target, weight) -> scalar`.
   """
   if name not in LOSSES:
-    raise ValueError(f'Unknown loss {name!r} (config.loss.name); choose one of {sorted(LOSSES)}.')
+    raise ValueError(f'Unknown loss {name!r} (config.loss.name): pass --config.loss.name= one '
+                     f'of {sorted(LOSSES)}.')
   return LOSSES[name]
 
 
 def multi_stage_loss(outputs: Sequence[Array], target: Array, *, name: str = 'psnr',
                      weight: float = 0.5) -> Tuple[Array, Tuple[Array, ...]]:
-  """The pixel loss of every stage's output against `target`, summed at equal weight.
-
-  Args:
-    outputs: the network's outputs, e.g. HINet's `(stage1, stage2)`.
-    target: clean images, NHWC.
-    name: 'l1' or 'psnr'.
-    weight: the per-stage loss weight.
-
-  Returns:
-    `(total, per_stage)`: the float32 sum and the tuple of per-stage losses.
-  """
+  """`(total, per_stage)`: loss `name` at `weight` of every output (HINet's stages) vs `target`."""
   fn = get_loss_fn(name)
   per_stage = tuple(fn(out, target, weight) for out in outputs)
   return sum(per_stage[1:], per_stage[0]), per_stage

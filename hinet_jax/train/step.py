@@ -1,12 +1,7 @@
 """The train step, a pure function, and the state it steps: creation, shardings, the jitted form.
 
-`train_step(state, batch)` computes both stages' losses and their gradients, takes one optimizer
-step, and returns the new state with the step's `TrainMetrics` (a `clu.metrics.Collection` the loop
-merges between log steps). A step whose loss or gradient norm is not finite leaves the parameters
-and optimizer state unchanged and is counted instead (`TrainState.nonfinite_streak`,
-`skipped_steps`); the loop decides when too many in a row stop the run. With
-`config.grad_accum_steps` k > 1 the step averages the gradients of k micro-batches of its batch
-before that one update (the official global batch on fewer devices).
+A step whose loss or gradient norm is not finite leaves params and optimizer state unchanged and
+is counted; with `config.grad_accum_steps` k > 1 it averages k micro-batches' gradients first.
 """
 
 import functools
@@ -30,31 +25,21 @@ from hinet_jax.train import sharding
 
 
 class TrainState(train_state.TrainState):
-  """Flax TrainState plus the non-finite step counters (both int32 scalars).
-
-  Attributes:
-    nonfinite_streak: how many steps in a row were skipped for a non-finite loss or gradient.
-    skipped_steps: how many steps were skipped in total.
-  """
+  """Flax TrainState plus int32 counts of skipped steps: in a row, and in total."""
 
   nonfinite_streak: jax.Array = None
   skipped_steps: jax.Array = None
 
 
 def _applied_average(name: str):
-  """`clu.metrics.Average` of output `name` over the steps that were applied (a skipped step's
-  values, often NaN, are left out: its `finite` output is the mask)."""
+  """`clu.metrics.Average` of output `name` over applied steps (`finite` masks skipped ones)."""
   return clu_metrics.Average.from_fun(
       lambda finite, **outputs: {'values': outputs[name][None], 'mask': finite[None]})
 
 
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
-  """What one step measured; `merge` several and `compute()` their means (on host or device).
-
-  Losses, PSNR (stage 2 against the target, clipped to [0, 1]) and the norms average over applied
-  steps; the learning rate and the counters are the last step's.
-  """
+  """One step's measures; merged ones average over applied steps (lr and counters: the last)."""
 
   loss: _applied_average('loss')
   loss_stage1: _applied_average('loss_stage1')
@@ -68,20 +53,9 @@ class TrainMetrics(clu_metrics.Collection):
 
 
 def compute_metrics(metrics: TrainMetrics) -> Dict[str, float]:
-  """`metrics.compute()` as Python floats, fetched from the device first.
-
-  Args:
-    metrics: one step's `TrainMetrics` or a merge of several.
-
-  Returns:
-    {name: float}; an average over no applied steps is NaN.
-  """
+  """`metrics.compute()` as Python floats (an average over no applied steps is NaN)."""
   with np.errstate(invalid='ignore', divide='ignore'):
     return {k: float(v) for k, v in jax.device_get(metrics).compute().items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Optimizer and state.
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> Callable:
@@ -100,17 +74,7 @@ def create_optimizer(config: ml_collections.ConfigDict, lr_fn: Callable):
 
 
 def create_train_state(apply_fn: Callable, tx, params: Any) -> TrainState:
-  """A fresh TrainState (step 0) around `params`. Pure: jit it with out_shardings to create it in
-  place.
-
-  Args:
-    apply_fn: the model's `apply`.
-    tx: the optax transformation.
-    params: the initial parameters.
-
-  Returns:
-    The state.
-  """
+  """A fresh TrainState (step 0) around `params`; jit it with out_shardings to create it in place."""
   zero = jnp.zeros((), jnp.int32)
   return TrainState.create(apply_fn=apply_fn, params=params, tx=tx, nonfinite_streak=zero,
                            skipped_steps=zero)
@@ -123,17 +87,7 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 def abstract_state(model: models.HINet, tx, mesh: jax.sharding.Mesh) -> Tuple[Any, Any]:
-  """Shapes, dtypes and shardings of the TrainState, without computing it.
-
-  Args:
-    model: the HINet.
-    tx: the optax transformation.
-    mesh: the data mesh.
-
-  Returns:
-    `(abstract, shardings)`: ShapeDtypeStructs carrying their shardings (the orbax restore target)
-    and the sharding tree (the jit in/out shardings).
-  """
+  """`(abstract, shardings)` of the TrainState: the orbax restore target and the jit shardings."""
   create = functools.partial(create_train_state, model.apply, tx)
   abstract = jax.eval_shape(create, models.abstract_params(model))
   shardings = state_shardings(abstract, mesh)
@@ -144,10 +98,7 @@ def abstract_state(model: models.HINet, tx, mesh: jax.sharding.Mesh) -> Tuple[An
 
 def init_state(model: models.HINet, tx, mesh: jax.sharding.Mesh, seed: int,
                params: Any = None) -> Tuple[TrainState, Any, Any]:
-  """Creates the state directly with its shardings.
-
-  The parameters are initialised on the host (`models.init_params`: the same values on every
-  host and platform for a seed) and copied to the mesh once; the optimizer state is created there.
+  """Creates the state with its shardings from host-initialised params (the same on every host).
 
   Args:
     model: the HINet.
@@ -162,7 +113,6 @@ def init_state(model: models.HINet, tx, mesh: jax.sharding.Mesh, seed: int,
   abstract, shardings = abstract_state(model, tx, mesh)
   if params is None:
     params = models.init_params(model, seed)
-  # From host memory as global arrays: the same on every process, so multi-process runs work too.
   params = jax.tree.map(
       lambda x, s: jax.make_array_from_process_local_data(s.sharding, np.asarray(x)),
       jax.device_get(params), abstract.params)
@@ -171,21 +121,16 @@ def init_state(model: models.HINet, tx, mesh: jax.sharding.Mesh, seed: int,
   return state, abstract, shardings
 
 
-# --------------------------------------------------------------------------------------------
-# The step.
-
-
 def _select(pred: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
 def _update_if_finite(state: TrainState, grads: Any, grad_norm: jax.Array, finite: jax.Array,
                       by_cond: bool) -> Tuple[Any, Any]:
-  """(params, opt_state) after the optimizer's step, or the state's own where `finite` is False.
+  """(params, opt_state) after the update, or the old ones where not `finite`.
 
-  `by_cond` branches with `lax.cond`, otherwise both are computed and selected: the backend
-  decides (`Backend.skip_step_by_cond`). With selects XLA:CPU copies every optimizer moment at
-  the start of each step to update it in place (bench/README.md).
+  `by_cond` (the backend's choice) branches with `lax.cond` instead of selecting; see
+  bench/README.md for why CPU prefers it.
   """
 
   def update(params, opt_state):
@@ -200,12 +145,7 @@ def _update_if_finite(state: TrainState, grads: Any, grad_norm: jax.Array, finit
 
 def _measured_grads(apply_fn: Callable, params: Any, batch: Dict[str, jax.Array], *,
                     loss_name: str, loss_weight: float) -> Tuple[Any, Dict[str, jax.Array]]:
-  """The loss gradients on `batch` and what the step reports of it (means over its rows).
-
-  Returns:
-    `(grads, measures)`: measures holds 'loss', 'loss_stage<i>' and 'psnr' (stage 2 against the
-    target, clipped to [0, 1]).
-  """
+  """`(grads, measures)` on `batch`: 'loss', 'loss_stage<i>' and 'psnr' (stage 2, clipped)."""
 
   def loss_fn(params):
     outputs = apply_fn({'params': params}, batch['lq'])
@@ -222,19 +162,9 @@ def _measured_grads(apply_fn: Callable, params: Any, batch: Dict[str, jax.Array]
 
 
 def split_micro_batches(batch: Dict[str, jax.Array], num_micro: int, num_shards: int) -> Any:
-  """Stacks `num_micro` equal micro-batches of `batch`, each taking the same share of every shard.
+  """`batch` (B leading) as `num_micro` stacked micro-batches (k, B / k, ...).
 
-  Row r of shard d (rows d*b .. (d+1)*b - 1 of the global batch, b = B / num_shards) goes to
-  micro-batch r // (b / num_micro): the split runs along each device's own rows, so every
-  micro-batch stays spread over all devices and no row changes device.
-
-  Args:
-    batch: arrays with the global batch B leading.
-    num_micro: micro-batches k; divides b.
-    num_shards: devices along the batch axis.
-
-  Returns:
-    The same tree with leaves (k, B / k, ...).
+  Each device's own rows are split, so every micro-batch spans all devices and no row moves.
   """
 
   def split(x):
@@ -247,13 +177,8 @@ def split_micro_batches(batch: Dict[str, jax.Array], num_micro: int, num_shards:
 
 def _accumulated_grads(grads_fn: Callable, params: Any, batch: Dict[str, jax.Array],
                        num_micro: int, micro_sharding: Any) -> Tuple[Any, Dict[str, jax.Array]]:
-  """`grads_fn` over `num_micro` micro-batches in a `lax.scan`, averaged: the whole batch's.
-
-  Every loss is a mean of per-row terms (HIN normalises each image alone), so with equal
-  micro-batches the mean of their gradients and measures is the whole batch's. Sums keep a
-  non-finite value of any micro-batch, so the step's finiteness check sees all of them. Sums run
-  in float32 whatever the parameter dtype.
-  """
+  """`grads_fn` averaged over micro-batches in a `lax.scan`: the whole batch's, as every loss is a
+  per-row mean. float32 sums keep any micro-batch's non-finite value for the step's check."""
   num_shards = 1 if micro_sharding is None else micro_sharding.mesh.shape[sharding.DATA_AXIS]
   micro_batches = split_micro_batches(batch, num_micro, num_shards)
   if micro_sharding is not None:
@@ -275,22 +200,15 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, loss_name: str
                micro_sharding: Any = None) -> Tuple[TrainState, TrainMetrics]:
   """One optimizer step on a global batch; skips it (state unchanged) if anything is non-finite.
 
-  With `grad_accum_steps` k > 1 the batch is cut into k micro-batches (`split_micro_batches`)
-  whose gradients are averaged in a scan before the one update: the same update as the whole
-  batch at once (to float rounding), in the memory of one micro-batch. Clipping, the finiteness
-  check, the schedule, the step counter and the metrics all see the update, not micro-batches.
-
   Args:
     state: the TrainState.
     batch: {'lq', 'gt'} float32 NHWC in [0, 1].
     loss_name: 'psnr' or 'l1'.
     loss_weight: per-stage loss weight.
-    lr_fn: the schedule (for logging only; the optimizer holds its own copy).
-    skip_by_cond: skip a non-finite step by `lax.cond` rather than by selects (the backend's
-      `skip_step_by_cond`; the same result).
-    grad_accum_steps: micro-batches per update k; divides each device's share of the batch.
-    micro_sharding: the sharding of the stacked micro-batches, (k, B / k, ...) split over the
-      data axis on the second dimension (`make_train_step`); None when the batch is not sharded.
+    lr_fn: the schedule (logged only).
+    skip_by_cond: the backend's `skip_step_by_cond` (see `_update_if_finite`).
+    grad_accum_steps: micro-batches per update; divides each device's share of the batch.
+    micro_sharding: sharding of the stacked micro-batches, or None when the batch is not sharded.
 
   Returns:
     `(new_state, metrics)`: the step's `TrainMetrics`.
@@ -322,19 +240,8 @@ def _micro_batch_sharding(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding
 
 
 def check_grad_accum_steps(batch_size: int, num_devices: int, grad_accum_steps: int) -> None:
-  """Checks that `grad_accum_steps` splits each device's share of the batch evenly.
-
-  A batch that does not split over the devices at all is `sharding.per_process_batch_size`'s
-  error, not this one's.
-
-  Args:
-    batch_size: `config.batch_size`, the global batch.
-    num_devices: devices along the data axis.
-    grad_accum_steps: `config.grad_accum_steps`.
-
-  Raises:
-    InvalidInputError: it does not (naming both options and a fix).
-  """
+  """Fails, naming the fix, unless `grad_accum_steps` splits each device's batch evenly (a batch
+  that does not split over the devices is `sharding.per_process_batch_size`'s error)."""
   per_device, uneven = divmod(batch_size, num_devices)
   if uneven or (grad_accum_steps >= 1 and per_device % grad_accum_steps == 0):
     return
@@ -342,8 +249,8 @@ def check_grad_accum_steps(batch_size: int, num_devices: int, grad_accum_steps: 
   raise errors.InvalidInputError(
       f'config.grad_accum_steps={grad_accum_steps} must divide the batch of each device: '
       f'config.batch_size={batch_size} over {num_devices} device(s) is {per_device} per device. '
-      f'Use --config.grad_accum_steps= one of {divisors}, or a config.batch_size that is a '
-      f'multiple of {num_devices * max(grad_accum_steps, 1)}.')
+      f'Use --config.grad_accum_steps= one of {divisors}, or --config.batch_size= a multiple of '
+      f'{num_devices * max(grad_accum_steps, 1)}.')
 
 
 def make_train_step(config: ml_collections.ConfigDict, lr_fn: Callable, shardings: Any,
@@ -359,9 +266,6 @@ def make_train_step(config: ml_collections.ConfigDict, lr_fn: Callable, sharding
 
   Returns:
     `step_fn(state, batch) -> (state, metrics)`, compiled once for the run.
-
-  Raises:
-    InvalidInputError: `config.grad_accum_steps` does not divide the per-device batch.
   """
   check_grad_accum_steps(config.batch_size, mesh.devices.size, config.grad_accum_steps)
   fn = functools.partial(train_step, loss_name=config.loss.name, loss_weight=config.loss.weight,

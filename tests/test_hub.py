@@ -1,0 +1,103 @@
+"""hinet_jax.interop.hub: the Hub layout round-trips, loads into the official PyTorch HINet, and
+is read by repo id from a local Hub cache with no network."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+import hinet_jax
+from hinet_jax import errors
+from hinet_jax import models
+from hinet_jax.interop import hub
+from hinet_jax.interop import torch_port
+
+TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
+METRICS = {'psnr': 30.5, 'psnr_official': 30.6, 'ssim': 0.9, 'ssim_official': 0.91,
+           'official_peak_flips': 1, 'step': 10}
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+  """A tiny HINet's config and random params, saved in the Hub layout."""
+  model = models.create_model(**TINY)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
+                        models.abstract_params(model))
+  config = models.model_config(model)
+  card = hub.model_card(config, params, license_id='apache-2.0', origin='Trained in a test.',
+                        training_config={'optim': {'learning_rate': 2e-4}}, metrics=METRICS)
+  out = hub.save_pretrained(tmp_path_factory.mktemp('hub') / 'tiny', config, params, card=card)
+  return config, params, out
+
+
+def _assert_same(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_round_trip_and_card(saved):
+  config, params, out = saved
+  assert sorted(os.listdir(out)) == sorted([hub.CONFIG_FILE, hub.WEIGHTS_FILE, hub.CARD_FILE])
+  assert hub.is_hub_dir(out) and hub.is_hub_source(out)
+  read_config, read_params = hub.read_hub(out)
+  assert models.create_model(**read_config) == models.create_model(**config)
+  _assert_same(read_params, params)
+  card = open(os.path.join(out, hub.CARD_FILE)).read()
+  for text in ('license: apache-2.0', f'{models.count_params(params):,}', 'official_peak_flips',
+               'psnr_official', '"learning_rate": 0.0002', 'Trained in a test.'):
+    assert text in card
+
+
+def test_weights_load_into_the_official_pytorch_hinet(saved):
+  pytest.importorskip('torch')
+  import safetensors.torch  # pylint: disable=g-import-not-at-top
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  config, params, out = saved
+  net = torch_reference.HINetTorch(**TINY)
+  net.load_state_dict(safetensors.torch.load_file(os.path.join(out, hub.WEIGHTS_FILE)), strict=True)
+  expected = torch_port.flax_to_torch(params)
+  for name, tensor in net.state_dict().items():
+    np.testing.assert_array_equal(tensor.numpy(), expected[name])
+  del config
+
+
+def test_repo_id_from_the_local_cache_offline(saved, tmp_path, monkeypatch):
+  constants = pytest.importorskip('huggingface_hub.constants')
+  _, params, out = saved
+  # The cache as snapshot_download leaves it: refs/main names the snapshot folder of a commit.
+  repo = tmp_path / 'models--acme--hinet-tiny'
+  commit = '0123456789abcdef0123456789abcdef01234567'
+  shutil.copytree(out, repo / 'snapshots' / commit)
+  (repo / 'refs').mkdir()
+  (repo / 'refs' / 'main').write_text(commit)
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+  monkeypatch.setattr(constants, 'HF_HUB_CACHE', os.fspath(tmp_path))
+  for source in ('acme/hinet-tiny', 'hf://acme/hinet-tiny', f'hf://acme/hinet-tiny@{commit}',
+                 out):  # the public loader reads repo ids and the folder alike
+    model, read = hinet_jax.load_pretrained(source, backend='xla')
+    assert models.model_config(model) == saved[0]
+    _assert_same(read, params)
+  with pytest.raises(errors.MissingPathError, match='acme/absent.*HF_HUB_OFFLINE'):
+    hub.read_hub('acme/absent')
+
+
+def test_mismatched_weights_are_one_error_listing_them(saved, tmp_path):
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  config, _, out = saved
+  bad = tmp_path / 'bad'
+  shutil.copytree(out, bad)
+  tensors = st_numpy.load_file(bad / hub.WEIGHTS_FILE)
+  tensors['conv_01.weigth'] = tensors.pop('conv_01.weight')
+  tensors['last.bias'] = tensors['last.bias'][:2]
+  st_numpy.save_file(tensors, bad / hub.WEIGHTS_FILE)
+  with pytest.raises(torch_port.ConversionError,
+                     match=r'(?s)model.safetensors.*missing: conv_01.weight.*unexpected: '
+                     r'conv_01.weigth.*mis-shaped: last.bias'):
+    hub.read_hub(bad)
+  (bad / hub.CONFIG_FILE).write_text(json.dumps(dict(config, model_type='unet')))
+  with pytest.raises(errors.InvalidInputError, match="config.json: model_type is 'unet'"):
+    hub.read_hub(bad)
