@@ -1,6 +1,7 @@
 """The public entry points: a model with this machine's backend, and one with its weights."""
 
 import importlib.util
+import os
 from typing import Any, Optional, Tuple
 
 from hinet_jax import backends
@@ -39,7 +40,7 @@ def load_pretrained(directory: files.PathLike, which: str = 'latest', dtype: Opt
   Returns:
     `(model, params)`; `model.apply({'params': params}, x)` returns `(stage1, stage2)`.
   """
-  if hub.is_hub_source(directory) and not _mistyped_local_path(directory):
+  if _hub_repo(directory) or (files.is_dir(directory) and hub.is_hub_dir(directory)):
     model_cfg, params = hub.read_hub(directory)
   else:
     model_cfg, params = checkpoints.load(directory, which)
@@ -47,7 +48,10 @@ def load_pretrained(directory: files.PathLike, which: str = 'latest', dtype: Opt
   return backends.build(models.create_model(**{**model_cfg, **overrides}), backend), params
 
 
-def _mistyped_local_path(source: files.PathLike) -> bool:
-  """An `org/name` that is no local path, without the Hub client: a missing folder, not a repo."""
-  return not str(source).startswith(hub.HF_PREFIX) and not hub.is_hub_dir(source) and \
-      importlib.util.find_spec('huggingface_hub') is None
+def _hub_repo(source: files.PathLike) -> bool:
+  """Whether `source` names a Hub repo: `hf://...`, or `org/name` that is no local path while the
+  Hub client is installed (without it, a missing local folder's error is the clearer one)."""
+  if str(source).startswith(hub.HF_PREFIX):
+    return True
+  return hub.repo_id_of(os.fspath(source)) is not None and \
+      importlib.util.find_spec('huggingface_hub') is not None

@@ -17,6 +17,7 @@ import tempfile
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ['HF_HUB_OFFLINE'] = '1'  # No test reaches the Hugging Face Hub; its cache only.
 # The tests' programs compile with most of XLA's optimisations off (as flax's example tests
 # do): they compile several times faster, and the tests compare values, which stay within the
 # tolerances. Speed is measured in bench/, with the optimisations on.

@@ -320,6 +320,34 @@ def test_object_store_export_saved_model(gcs, tmp_path):
   np.testing.assert_allclose(got, np.asarray(model.apply({'params': params}, x)[1]), atol=1e-5)
 
 
+def test_object_store_stablehlo_and_hub_exports(gcs, tmp_path):
+  """The other formats publish to the bucket through the same file layer: a Hub folder loads
+  back from gs://, and a StableHLO export, copied down, runs with jax alone."""
+  del gcs
+  pytest.importorskip('safetensors')
+  from hinet_jax.interop import hub, stablehlo  # pylint: disable=g-import-not-at-top
+
+  model = models.HINet(wf=8, depth=3)
+  params = _tiny_params(model)
+  folder = _url('export', 'hub')
+  hub.save_pretrained(folder, models.model_config(model), params, card='# A test card\n')
+  loaded_model, loaded = api.load_pretrained(folder, backend='xla')
+  assert models.model_config(loaded_model) == models.model_config(model)
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+  out = _url('export', 'stablehlo')
+  stablehlo.export_stablehlo(model, params, out)
+  with pytest.raises(FileExistsError, match='overwrite'):
+    stablehlo.export_stablehlo(model, params, out)
+  _download(out, tmp_path / 'shlo')
+  exported = jax.export.deserialize((tmp_path / 'shlo' / 'restore.jax_exported').read_bytes())
+  with np.load(tmp_path / 'shlo' / 'weights.npz') as z:
+    weights = [z[f'w{i:03d}'] for i in range(len(z.files))]
+  x = np.random.default_rng(0).uniform(0, 1, (1, 9, 10, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(exported.call(weights, x)),
+                             np.asarray(model.apply({'params': params}, x)[1]), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # train.py / eval.py with the workdir in the bucket, in subprocesses as a user runs them.
 

@@ -37,12 +37,13 @@ from hinet_jax import api
 from hinet_jax import backends
 from hinet_jax import errors
 from hinet_jax import files
+from hinet_jax import models
 from hinet_jax.cli import runner
 from hinet_jax.data import image_ops
 from hinet_jax.data import test_sets
+from hinet_jax.evaluation import engine
 from hinet_jax.evaluation import inference
 from hinet_jax.evaluation import predictor as predictor_lib
-from hinet_jax.evaluation import engine
 from hinet_jax.evaluation import protocols as evaluate
 from hinet_jax.evaluation import restore as restore_lib
 
@@ -83,6 +84,11 @@ _BLEND = flags.DEFINE_enum('blend', 'average', list(inference.BLENDS),
 _SELF_ENSEMBLE = flags.DEFINE_bool('self_ensemble', False, 'Average over the 8 flips/rotations.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', restore_lib.DEFAULT_BATCH_SIZE,
                                    'Images (sidd_val) or tiles per call.', lower_bound=1)
+_LOCAL_STATS = flags.DEFINE_integer(
+    'local_stats', None, 'Normalise with statistics over a window of this many pixels around '
+    'each position (TLC), scaled per level; 0: 384, 1.5x the published 256 crops (give 1.5x your '
+    "config's crop_size). Restore whole images (--tile=0) or overlap tiles by at least 2x the "
+    'window.', lower_bound=0)
 _PRECISION = flags.DEFINE_enum('precision', 'highest', list(inference.PRECISIONS),
                                "Convolution precision: 'highest' computes float32 models in "
                                "float32; 'default' takes the accelerator's faster passes (bf16 on "
@@ -334,6 +340,8 @@ def main(argv):
     images, skipped = check_restore_flags()
   backends.prepare_process()  # before JAX runs anything
   model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value, backend=_BACKEND.value)
+  if _LOCAL_STATS.value is not None:
+    model = models.with_local_stats(model, _LOCAL_STATS.value or models.DEFAULT_WINDOW)
   if _PROTOCOL.value:
     forward = inference.Forward(model, _BACKEND.value, precision=_PRECISION.value)
     _log_model(model, forward.backend)

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from hinet_jax import backends
+from hinet_jax import models
 from hinet_jax.evaluation import inference
 
 
@@ -20,10 +21,14 @@ class Predictor:
   def __init__(self, model: Any, params: Any, *,
                backend: Union[str, backends.Backend] = 'auto', precision: str = 'highest',
                tile: Optional[int] = None, overlap: int = 0, blend: str = 'average',
-               self_ensemble: bool = False, batch_size: int = 4):
+               self_ensemble: bool = False, batch_size: int = 4,
+               local_stats: Optional[int] = None):
     """`model` (a HINet, or any module whose last output is the restored image) with `params`
     on `backend` at `precision`; the rest are `inference.restore_image` options (tile None:
-    whole images; overlap 0: HINet's grid; self_ensemble: the x8 flips/rotations)."""
+    whole images; overlap 0: HINet's grid; self_ensemble: the x8 flips/rotations).
+    `local_stats`: a window in pixels for TLC's local statistics (`models.with_local_stats`)."""
+    if local_stats:
+      model = models.with_local_stats(model, local_stats)
     self.forward = inference.Forward(model, backend, precision=precision)
     self.variables = jax.device_put(self.forward.backend.inference_variables(
         self.forward.model, params, keep_params=False))

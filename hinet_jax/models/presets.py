@@ -1,6 +1,6 @@
 """The published HINet variants, building a model from a preset or a stored config, and sizes."""
 
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from absl import logging
 import jax
