@@ -65,7 +65,7 @@ class ExportProgramTest(absltest.TestCase):
   def _flags(self, **overrides):
     values = dict(checkpoint=self.enterContext(tempfile.TemporaryDirectory()), which='latest',
                   output='/nonexistent/out', format='savedmodel', dtype='float32', license=None,
-                  overwrite=False)
+                  overwrite=False, local_stats=None)
     return type('Flags', (), {**values, **overrides})
 
   def test_refusals_name_the_flag_and_the_fix(self):
@@ -76,6 +76,8 @@ class ExportProgramTest(absltest.TestCase):
         (dict(format='onnx'), 'name it'),
         (dict(checkpoint='/nonexistent/ckpt'), '--checkpoint=/nonexistent/ckpt'),
         (dict(output=REPO), '--overwrite'),
+        (dict(format='hub', license='mit', local_stats=0), 'pass --local_stats when you load'),
+        (dict(format='onnx', output='m.onnx', local_stats=96), 'no windowed norm'),
     ):
       with self.subTest(**overrides), self.assertRaisesRegex(app.UsageError, message):
         exporter.check_flags(self._flags(**overrides))

@@ -15,7 +15,7 @@ import re
 from hinet_jax import configs
 
 PROGRAMS = {'hinet-train', 'hinet-eval', 'hinet-convert', 'hinet-export', 'hinet-prepare-sidd',
-            'hinet-prepare-gopro'}
+            'hinet-prepare-gopro', 'hinet-serve'}
 
 
 def test_packaged_configs_resolve_from_any_directory(tmp_path, monkeypatch):

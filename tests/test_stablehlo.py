@@ -96,3 +96,13 @@ def test_info_and_refusals(exported):
     stablehlo.export_stablehlo(model, params, out)
   with pytest.raises(errors.InvalidInputError, match='--dtype=float16'):
     stablehlo.export_restore(model, params, dtype='float16')
+
+
+def test_local_stats_are_exported(exported):
+  """`--local_stats` exports the windowed norm (`models.with_local_stats`) with symbolic sizes."""
+  model, params, _ = exported
+  exp, weights = stablehlo.export_restore(model, params, platforms=('cpu',), local_stats=16)
+  local = models.with_local_stats(model, 16)
+  x = np.random.default_rng(2).uniform(0, 1, (1, 21, 26, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(exp.call(weights, x)),
+                             np.asarray(local.apply({'params': params}, x)[1]), atol=1e-5)

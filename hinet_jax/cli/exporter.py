@@ -50,6 +50,9 @@ def define_flags() -> None:
   flags.DEFINE_string('license', None, 'Licence of the weights for the model card (--format=hub), '
                       'a Hub licence id such as apache-2.0, mit, cc-by-nc-4.0 or other.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --output.')
+  flags.DEFINE_integer('local_stats', None, 'stablehlo, savedmodel: normalise with statistics '
+                       'over a window of this many pixels (TLC, as eval.py --local_stats; 0: 384).',
+                       lower_bound=0)
   flags.mark_flags_as_required(['checkpoint', 'output'])
 
 
@@ -61,6 +64,10 @@ def check_flags(cfg: Any) -> None:
   if cfg.format == 'hub' and not cfg.license:
     raise app.UsageError('--format=hub writes a model card that states the licence: pass '
                          '--license=ID (apache-2.0, mit, cc-by-nc-4.0, other, ...).')
+  if cfg.local_stats is not None and cfg.format in ('onnx', 'hub'):
+    raise app.UsageError(f'--local_stats: --format={cfg.format} cannot hold it (ONNX has no '
+                         'windowed norm; the Hub layout stores weights, and local statistics are '
+                         'an inference option: pass --local_stats when you load it).')
   if cfg.format == 'onnx' and not cfg.output.endswith('.onnx'):
     raise app.UsageError(f'--output={cfg.output}: --format=onnx writes one file; name it *.onnx.')
   if not files.is_dir(cfg.checkpoint):
@@ -89,7 +96,7 @@ def describe_source(checkpoint: str, which: str) -> Tuple[str, Optional[Dict], O
 
 def export(checkpoint: str, output: str, *, fmt: str, which: str = 'latest',
            dtype: str = 'float32', license_id: Optional[str] = None,
-           overwrite: bool = False) -> str:
+           overwrite: bool = False, local_stats: Optional[int] = None) -> str:
   """Writes the `which` checkpoint of `checkpoint` as `fmt` to `output`.
 
   Returns:
@@ -97,9 +104,11 @@ def export(checkpoint: str, output: str, *, fmt: str, which: str = 'latest',
   """
   # pylint: disable=g-import-not-at-top  # each format imports only its own dependencies
   model, params = api.load_pretrained(checkpoint, which=which, backend='xla')
+  window = None if local_stats is None else local_stats or models.DEFAULT_WINDOW
   if fmt == 'stablehlo':
     from hinet_jax.interop import stablehlo
-    return stablehlo.export_stablehlo(model, params, output, dtype=dtype, overwrite=overwrite)
+    return stablehlo.export_stablehlo(model, params, output, dtype=dtype, overwrite=overwrite,
+                                      local_stats=window)
   if fmt == 'onnx':
     from hinet_jax.interop import onnx_export
     return onnx_export.export_onnx(model, params, output, overwrite=overwrite)
@@ -115,6 +124,8 @@ def export(checkpoint: str, output: str, *, fmt: str, which: str = 'latest',
   if dtype == 'bfloat16':
     model = models.create_model(**dict(models.model_config(model), dtype=dtype, param_dtype=dtype))
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), params)
+  if window:
+    model = models.with_local_stats(model, window)
   return saved_model.export_saved_model(model, params, output, overwrite=overwrite)
 
 
@@ -124,5 +135,5 @@ def main(argv):
   cfg = flags.FLAGS
   check_flags(cfg)
   path = export(cfg.checkpoint, cfg.output, fmt=cfg.format, which=cfg.which, dtype=cfg.dtype,
-                license_id=cfg.license, overwrite=cfg.overwrite)
+                license_id=cfg.license, overwrite=cfg.overwrite, local_stats=cfg.local_stats)
   print(f'Exported {cfg.checkpoint} as {cfg.format} ({cfg.dtype}) to {path}.')

@@ -12,6 +12,7 @@ unless --host says otherwise; uploads and results live in a temporary folder rem
 
 import importlib.util
 import signal
+from typing import Optional
 
 from absl import flags
 from absl import logging
@@ -30,14 +31,18 @@ _LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 
 
 def load_predictor(checkpoint: str, *, which: str = 'latest', backend: str = 'auto',
-                   batch_size: int = restore_lib.DEFAULT_BATCH_SIZE):
+                   batch_size: int = restore_lib.DEFAULT_BATCH_SIZE,
+                   local_stats: Optional[int] = None):
   """(predictor, text naming the model) for `checkpoint`, with eval.py's restore defaults."""
   backends.prepare_process()  # Before JAX runs anything.
   model, params = api.load_pretrained(checkpoint, which=which, backend=backend)
   text = f'{type(model).__name__}, {models.count_params(params) / 1e6:.2f} M parameters'
+  if local_stats is not None:
+    local_stats = local_stats or models.DEFAULT_WINDOW
+    text += f', local statistics over {local_stats} px'
   predictor = predictor_lib.Predictor(
       model, params, backend=backend, tile=restore_lib.DEFAULT_TILE,
-      overlap=restore_lib.DEFAULT_OVERLAP, batch_size=batch_size)
+      overlap=restore_lib.DEFAULT_OVERLAP, batch_size=batch_size, local_stats=local_stats)
   return predictor, text
 
 
@@ -85,6 +90,8 @@ def define_flags():
                     'How convolutions run (README, Backends).')
   flags.DEFINE_integer('batch_size', restore_lib.DEFAULT_BATCH_SIZE,
                        'Tiles per call (as eval.py).', lower_bound=1)
+  flags.DEFINE_integer('local_stats', None, 'Normalise with statistics over a window of this many '
+                       'pixels (TLC, as eval.py --local_stats; 0: 384).', lower_bound=0)
 
 
 def main(argv):
@@ -97,7 +104,7 @@ def main(argv):
   if importlib.util.find_spec('gradio') is None:
     raise errors.InvalidInputError("The page needs Gradio: pip install 'hinet-jax[serve]'.")
   predictor, text = load_predictor(f.checkpoint, which=f.which, backend=f.backend,
-                                   batch_size=f.batch_size)
+                                   batch_size=f.batch_size, local_stats=f.local_stats)
   serve(predictor, text, host=f.host, port=f.port, max_pixels=int(f.max_megapixels * 1e6))
 
 

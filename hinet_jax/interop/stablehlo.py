@@ -18,7 +18,7 @@ is inside the graph, so the loader passes images as they are:
 import io
 import json
 import os
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -92,7 +92,8 @@ def make_restore_fn(model: models.HINet, treedef: Any):
 
 
 def export_restore(model: models.HINet, params: Any, *, dtype: str = 'float32',
-                   platforms: Sequence[str] = PLATFORMS) -> Tuple[export.Exported, list]:
+                   platforms: Sequence[str] = PLATFORMS,
+                   local_stats: Optional[int] = None) -> Tuple[export.Exported, list]:
   """Exports `model`'s restore function for any batch, height and width.
 
   Args:
@@ -102,6 +103,7 @@ def export_restore(model: models.HINet, params: Any, *, dtype: str = 'float32',
       float32).
     platforms: the platforms lowered for, all here on the host: the C++ kernels' custom calls
       could not lower for an accelerator, so a success shows none is inside.
+    local_stats: a window for TLC's local statistics (`models.with_local_stats`), or None.
 
   Returns:
     `(exported, weights)`: `exported.call(weights, image)` restores float32 NHWC `image`.
@@ -110,6 +112,8 @@ def export_restore(model: models.HINet, params: Any, *, dtype: str = 'float32',
     raise errors.InvalidInputError(f'--dtype={dtype}: StableHLO exports one of {DTYPES}.')
   config = dict(models.model_config(model), dtype=dtype, param_dtype=dtype)
   model = backends.resolve('xla').build(models.create_model(**config))
+  if local_stats:
+    model = models.with_local_stats(model, local_stats)
   weights, treedef = stored_weights(params, dtype)
   image = jax.ShapeDtypeStruct(export.symbolic_shape(f'b, h, w, {model.in_chn}'), jnp.float32)
   specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in weights]
@@ -118,10 +122,11 @@ def export_restore(model: models.HINet, params: Any, *, dtype: str = 'float32',
   return exported, weights
 
 
-def export_info(model: models.HINet, exported: export.Exported, dtype: str) -> dict:
+def export_info(model: models.HINet, exported: export.Exported, dtype: str,
+                local_stats: Optional[int] = None) -> dict:
   """What `export_info.json` records: enough to use the artifact without this package."""
   return dict(format='jax.export', function='restore(weights, image) -> restored',
-              model_config=models.model_config(model), dtype=dtype,
+              model_config=models.model_config(model), dtype=dtype, local_stats=local_stats,
               input='float32 NHWC in [0, 1], any batch, height and width',
               output='float32 NHWC, the input shape (clip to [0, 1] to save)',
               platforms=list(exported.platforms),
@@ -130,20 +135,21 @@ def export_info(model: models.HINet, exported: export.Exported, dtype: str) -> d
 
 
 def export_stablehlo(model: models.HINet, params: Any, output_dir: files.PathLike, *,
-                     dtype: str = 'float32', overwrite: bool = False) -> str:
+                     dtype: str = 'float32', overwrite: bool = False,
+                     local_stats: Optional[int] = None) -> str:
   """Writes the StableHLO export of `model` to `output_dir` (local or gs://), published whole.
 
   Returns:
     The folder's path (absolute, for a local one).
   """
   output_dir = files.new_output(output_dir, overwrite)
-  exported, weights = export_restore(model, params, dtype=dtype)
+  exported, weights = export_restore(model, params, dtype=dtype, local_stats=local_stats)
   buffer = io.BytesIO()
   np.savez(buffer, **{f'w{i:03d}': w for i, w in enumerate(weights)})
   with files.staged_dir(output_dir, marker=EXPORTED_FILE) as staging:
     files.write_bytes(os.path.join(staging, WEIGHTS_FILE), buffer.getvalue())
     files.write_text(os.path.join(staging, INFO_FILE),
-                     json.dumps(export_info(model, exported, dtype), indent=2))
+                     json.dumps(export_info(model, exported, dtype, local_stats), indent=2))
     files.write_bytes(os.path.join(staging, EXPORTED_FILE), exported.serialize())
   logging.info('Wrote StableHLO %s (%s, platforms %s).', output_dir, dtype, exported.platforms)
   return output_dir
