@@ -21,7 +21,7 @@
 #   4. model_speed, both: forward, batch 1 of 256x256, and one 1280x720 frame through tiles.
 #   5. train_step: the library's own train step (L1, clipping, non-finite guard) on the SIDD
 #      recipe's batch, 1x, bfloat16 and float32.
-# Only when named in STEPS (session 9's lease ran "6 7 8 9" in one call):
+# Only when named in STEPS (the 2026-11-30 H200 run, 474c991, ran "6 7 8 9" in one call):
 #   6. CUDA graphs: the 0.5x bf16 train step (launch-bound on an H200: bench/README.md) with XLA's
 #      command buffers off, as XLA sets them by default, and with every command kind on.
 #   7. PyTorch's faster forms on the 1x train step: channels_last (no NCHW<->NHWC transposes around

@@ -97,16 +97,25 @@ def _run(args, cwd=REPO, **env):
   return proc.stdout, proc.stderr
 
 
-# Run where the edited copy is imported: the model of the workdir on both backends.
-_LOAD_ON_BOTH = """
+# Run where the edited copy is imported, in one process (one start-up): train.py's program on
+# the tiny config, then the model of the workdir loaded on both backends.
+_TRAIN_THEN_LOAD = """
 import json, sys
 import numpy as np
+workdir, overrides = sys.argv[1], sys.argv[2:]
+sys.argv = ['train.py', '--config=configs/tiny.py', f'--workdir={workdir}', *overrides]
+from hinet_jax.cli import train
+try:
+  train.run()
+except SystemExit as e:
+  if e.code:
+    raise
 import jax
 import hinet_jax
 x = np.random.default_rng(0).uniform(size=(1, 48, 40, 3)).astype(np.float32)
 out = {}
 for backend in ('auto', 'xla'):
-  model, params = hinet_jax.load_pretrained(sys.argv[1], backend=backend)
+  model, params = hinet_jax.load_pretrained(workdir, backend=backend)
   out[backend] = np.asarray(jax.jit(model.apply)({'params': params}, x)[1])
   out[backend + '_block'] = model.layers.block.__name__
 norm = params['down_path_1_0']['norm']
@@ -122,22 +131,19 @@ def test_an_edited_block_runs_on_the_default_backend(tmp_path):
   """A researcher swaps the half instance norm for a group norm in `models/hinet.py`: on one CPU
   device the default backend trains and loads the edited block (on XLA's layers, said once in
   the log), and computes what the XLA backend computes."""
-  copy = tmp_path / 'src'  # train.py beside the package: Python imports the copy first.
+  copy = tmp_path / 'src'  # The working directory: Python imports the copy first.
   shutil.copytree(REPO / 'hinet_jax', copy / 'hinet_jax',
                   ignore=shutil.ignore_patterns('__pycache__'))
-  shutil.copy(REPO / 'train.py', copy)
   source = copy / 'hinet_jax' / 'models' / 'hinet.py'
   text = source.read_text()
   assert text.count(HIN_LINE) == 1
   source.write_text(text.replace(HIN_LINE, GROUP_NORM_LINE))
   workdir = tmp_path / 'run'
-  _, log = _run(['train.py', '--config=configs/tiny.py', f'--workdir={workdir}', *SHORT_RUN],
-                cwd=copy)
+  stdout, log = _run(['-c', _TRAIN_THEN_LOAD, str(workdir), *SHORT_RUN], cwd=copy)
   # Trained on XLA's layers, said once; the step and validation compiled for them only.
   assert 'backend xla' in log, log[-3000:]
   declined = [line for line in log.splitlines() if 'CPU backend does not compute' in line]
   assert len(declined) == 1 and 'encoder block' in declined[0], log[-3000:]
-  stdout, _ = _run(['-c', _LOAD_ON_BOTH, str(workdir)], cwd=copy)
   result = json.loads(stdout.splitlines()[-1])
   assert result['module'].startswith(str(copy))
   assert result['auto_block'] == result['xla_block'] == 'ConvBlock'

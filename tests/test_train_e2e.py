@@ -39,9 +39,17 @@ def _env(num_devices=2, **extra):
   return env
 
 
+# The tiny config, 40 steps, checkpoints every 10, validated only at the end.
+_RESUME_RUN = ('--config.num_train_steps=40', '--config.eval_every_steps=1000')
+
+
 def _train_cmd(workdir, config='configs/tiny.py', *overrides):
   return [sys.executable, os.path.join(REPO, 'train.py'), f'--config={REPO}/{config}',
           f'--workdir={workdir}', *overrides]
+
+
+def _resume_cmd(workdir):
+  return _train_cmd(workdir, 'configs/tiny.py', *_RESUME_RUN)
 
 
 def _run(cmd, env=None):
@@ -83,18 +91,18 @@ class ResumeTest(absltest.TestCase):
     self.addCleanup(tmp.cleanup)
     ref, work = os.path.join(tmp.name, 'ref'), os.path.join(tmp.name, 'work')
     # The uninterrupted reference runs beside the first interrupted run (one start-up, not two).
-    reference = subprocess.Popen(_train_cmd(ref), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
+    reference = subprocess.Popen(_resume_cmd(ref), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
                                  text=True)
 
     # 1. SIGTERM: clean exit with a checkpoint at the step reached.
-    proc = subprocess.Popen(_train_cmd(work), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_resume_cmd(work), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_checkpoint(proc, work, 10)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=TIMEOUT)
     self.assertEqual(proc.returncode, 0, err[-3000:])
     stopped = int(re.search(r'Stopped by SIGTERM at step (\d+)', err).group(1))
-    self.assertLess(stopped, 60)
+    self.assertLess(stopped, 40)
     self.assertEqual(_steps(work)[-1], stopped)
 
     _, err = reference.communicate(timeout=TIMEOUT)
@@ -106,13 +114,13 @@ class ResumeTest(absltest.TestCase):
     self.assertGreater(final['psnr'], final['input_psnr'])
 
     # 2. SIGKILL mid-run, after at least one more checkpoint.
-    proc = subprocess.Popen(_train_cmd(work), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_resume_cmd(work), env=_env(), cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_checkpoint(proc, work, stopped + 1)
     proc.kill()
     proc.communicate(timeout=TIMEOUT)
     killed_at = _steps(work)[-1]
-    self.assertLess(killed_at, 60)
+    self.assertLess(killed_at, 40)
     self.assertFalse(os.path.exists(os.path.join(work, 'final_metrics.json')))
 
     # 3. What a kill during a save leaves: an uncommitted step directory.
@@ -121,7 +129,7 @@ class ResumeTest(absltest.TestCase):
     os.makedirs(os.path.join(partial, 'state'))
 
     # 4. Resume to the end: exactly the uninterrupted parameters.
-    err = _run(_train_cmd(work))
+    err = _run(_resume_cmd(work))
     self.assertIn(f'Resumed from step {killed_at}', err)
     self.assertFalse(os.path.exists(partial))
     jax.tree.map(np.testing.assert_array_equal, _params(ref), _params(work))
