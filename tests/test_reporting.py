@@ -3,6 +3,7 @@
 import pathlib
 import tempfile
 
+from absl import logging
 from absl.testing import absltest
 import numpy as np
 
@@ -34,6 +35,9 @@ class WriterTest(absltest.TestCase):
   def test_log_writer_logs_scalars_and_writes_no_files(self):
     with tempfile.TemporaryDirectory() as workdir:
       writer = reporting.create_writer(workdir, tensorboard=False)
+      verbosity = logging.get_verbosity()  # Another test may have raised absl's threshold.
+      logging.set_verbosity(logging.INFO)
+      self.addCleanup(logging.set_verbosity, verbosity)
       with self.assertLogs(level='INFO') as logs:
         writer.write_scalars(3, {'train/loss': 0.5, 'train/lr': 1e-3})
       writer.write_images(3, {'panel': np.zeros((1, 8, 8, 3))})
