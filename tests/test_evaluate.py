@@ -394,9 +394,7 @@ class EvalScriptTest(absltest.TestCase):
     super().setUpClass()
     flags.FLAGS.mark_as_parsed()
     model = models.HINet(wf=8, depth=3)
-    rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice.
-    params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
-                          models.abstract_params(model))
+    params = data_fixtures.random_params(model)
     cls.ckpt = os.path.join(absltest.get_default_test_tmpdir(), 'tiny_ckpt')
     pretrained.save_params(cls.ckpt, params, models.model_config(model), overwrite=True)
     cls.model, cls.params = model, params

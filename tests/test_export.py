@@ -12,6 +12,7 @@ from hinet_jax.cli import exporter
 from hinet_jax.interop import export
 from hinet_jax import models
 from hinet_jax.models import pretrained
+import data_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,9 +28,8 @@ class ExportTest(absltest.TestCase):
     in this process; its flag checks are ExportProgramTest's)."""
     tmp = self._tempdir()
     model = models.HINet(wf=8, depth=3)
-    rng = np.random.default_rng(0)  # Random weights of the right shapes suffice: no init compile.
-    params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
-                          models.abstract_params(model))
+    params = data_fixtures.random_params(model)
+    rng = np.random.default_rng(1)
     ckpt = pretrained.save_params(os.path.join(tmp, 'ckpt'), params, models.model_config(model))
     out = os.path.join(tmp, 'saved_model')
     exporter.export(ckpt, out, fmt='savedmodel')
@@ -80,9 +80,7 @@ class ExportProgramTest(absltest.TestCase):
     from hinet_jax.interop import hub  # pylint: disable=g-import-not-at-top
     tmp = self.enterContext(tempfile.TemporaryDirectory())
     model = models.HINet(wf=8, depth=3)
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
-                          models.abstract_params(model))
+    params = data_fixtures.random_params(model)
     ckpt = pretrained.save_params(os.path.join(tmp, 'ckpt'), params, models.model_config(model))
     out = exporter.export(ckpt, os.path.join(tmp, 'hub'), fmt='hub', license_id='mit')
     config, loaded = hub.read_hub(out)

@@ -14,6 +14,7 @@ from hinet_jax import errors
 from hinet_jax import models
 from hinet_jax.interop import hub
 from hinet_jax.interop import torch_port
+import data_fixtures
 
 TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
 METRICS = {'psnr': 30.5, 'psnr_official': 30.6, 'ssim': 0.9, 'ssim_official': 0.91,
@@ -24,9 +25,7 @@ METRICS = {'psnr': 30.5, 'psnr_official': 30.6, 'ssim': 0.9, 'ssim_official': 0.
 def saved(tmp_path_factory):
   """A tiny HINet's config and random params, saved in the Hub layout."""
   model = models.create_model(**TINY)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
-                        models.abstract_params(model))
+  params = data_fixtures.random_params(model)
   config = models.model_config(model)
   card = hub.model_card(config, params, license_id='apache-2.0', origin='Trained in a test.',
                         training_config={'optim': {'learning_rate': 2e-4}}, metrics=METRICS)

@@ -258,7 +258,7 @@ class Doubled(nn.Module):
 
 
 def _tiny_hinet():
-  model = models.HINet(wf=8, depth=3)
+  model = models.HINet(wf=8, depth=2)
   rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice here.
   return model, jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
                              models.abstract_params(model))

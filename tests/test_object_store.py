@@ -36,6 +36,7 @@ from hinet_jax.data import image_ops
 from hinet_jax.models import pretrained
 from hinet_jax.train import checkpointing
 from hinet_jax.train import resume
+import data_fixtures
 
 import object_store
 
@@ -88,12 +89,6 @@ def _pointed_at(url):
   finally:
     os.environ.update(saved)
     object_store.forget_clients()
-
-
-def _tiny_params(model, seed=0):
-  rng = np.random.default_rng(seed)  # Shapes suffice: init_params would compile the model.
-  return jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
-                      models.abstract_params(model))
 
 
 def _download(url, local_dir):
@@ -159,7 +154,7 @@ def test_object_store_stalled_store_ends_each_call_with_a_clear_error(gcs, monke
         ('gs://stalled/run', lambda: api.load_pretrained('gs://stalled/run')),
         ('gs://stalled/run/a.json', lambda: files.write_text('gs://stalled/run/a.json', '{}')),
         ('gs://stalled/ckpt', lambda: pretrained.save_params(
-            'gs://stalled/ckpt', _tiny_params(model), models.model_config(model)))):
+            'gs://stalled/ckpt', data_fixtures.random_params(model), models.model_config(model)))):
       start = time.monotonic()
       with pytest.raises(errors.StorageTimeoutError) as raised:
         action()
@@ -260,7 +255,7 @@ def test_object_store_images_round_trip(gcs):
 def test_object_store_params_checkpoint_and_its_marker(gcs):
   del gcs
   model = models.HINet(wf=8, depth=3)
-  params = _tiny_params(model)
+  params = data_fixtures.random_params(model)
   ckpt = _url('params', 'ckpt')
   assert pretrained.save_params(ckpt, params, models.model_config(model)) == ckpt
   loaded_model, loaded = api.load_pretrained(ckpt, backend='xla')
@@ -283,7 +278,7 @@ def test_object_store_params_checkpoint_and_its_marker(gcs):
 def test_object_store_failed_publish_keeps_the_good_output(gcs, tmp_path, where):
   del gcs
   model = models.HINet(wf=8, depth=3)
-  good, bad = _tiny_params(model, seed=1), _tiny_params(model, seed=2)
+  good, bad = data_fixtures.random_params(model, seed=1), data_fixtures.random_params(model, seed=2)
   ckpt = os.fspath(tmp_path / 'ckpt') if where == 'local' else _url('publish', 'ckpt')
   pretrained.save_params(ckpt, good, models.model_config(model))
 
@@ -307,7 +302,7 @@ def test_object_store_export_saved_model(gcs, tmp_path):
   from hinet_jax.interop import export  # pylint: disable=g-import-not-at-top
 
   model = models.HINet(wf=8, depth=3)
-  params = _tiny_params(model)
+  params = data_fixtures.random_params(model)
   out = _url('export', 'saved_model')
   export.export_saved_model(model, params, out)
   with pytest.raises(FileExistsError, match='overwrite'):
@@ -328,7 +323,7 @@ def test_object_store_stablehlo_and_hub_exports(gcs, tmp_path):
   from hinet_jax.interop import hub, stablehlo  # pylint: disable=g-import-not-at-top
 
   model = models.HINet(wf=8, depth=3)
-  params = _tiny_params(model)
+  params = data_fixtures.random_params(model)
   folder = _url('export', 'hub')
   hub.save_pretrained(folder, models.model_config(model), params, card='# A test card\n')
   loaded_model, loaded = api.load_pretrained(folder, backend='xla')

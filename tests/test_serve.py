@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 
-import jax
 import numpy as np
 import pytest
 
@@ -29,6 +28,7 @@ from hinet_jax.evaluation import restore  # pylint: disable=g-import-not-at-top,
 from hinet_jax.models import pretrained  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hinet_jax.web import page  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hinet_jax.web import restoring  # pylint: disable=g-import-not-at-top,wrong-import-position
+import data_fixtures
 
 MAX_PIXELS = 120_000  # Small, so that an over-limit upload is cheap to make.
 TIMEOUT_MS = 60_000
@@ -63,9 +63,7 @@ def noisy_image(h: int, w: int, seed: int, dtype=np.uint8) -> np.ndarray:
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
   model = models.HINet(wf=8, depth=3)
-  rng = np.random.default_rng(0)  # Random weights of the right shapes: no init pass.
-  params = jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
-                        models.abstract_params(model))
+  params = data_fixtures.random_params(model)
   path = str(tmp_path_factory.mktemp('serve') / 'tiny')
   pretrained.save_params(path, params, models.model_config(model))
   return path
@@ -82,6 +80,12 @@ def server(tiny_checkpoint):
   yield f'http://127.0.0.1:{port}/', predictor, workspace
   blocks.close()
   workspace.close()
+
+
+def uploaded(tab, name: str):
+  """Waits until the page lists `name` as uploaded, with its download link (the name in the list
+  is split into stem and extension; while uploading it shows whole, so text is not the signal)."""
+  tab.locator(f'#uploads a[download="{name}"]').wait_for()
 
 
 def eval_py_output(checkpoint: str, path: str, out_dir: str) -> np.ndarray:
@@ -146,7 +150,7 @@ def test_browser_restores_and_downloads_what_eval_py_writes(server, tiny_checkpo
     tab.set_default_timeout(TIMEOUT_MS)
     tab.goto(url)
     tab.locator('#uploads input[type=file]').set_input_files(noisy)
-    tab.get_by_text('noisy.png').first.wait_for()
+    uploaded(tab, 'noisy.png')
     tab.click('#go')
     link = tab.locator('#downloads a[download="restored-1.png"]')
     link.wait_for()
@@ -174,7 +178,7 @@ def test_browser_shows_the_error_of_a_broken_file(server, tmp_path):
     tab.set_default_timeout(TIMEOUT_MS)
     tab.goto(url)
     tab.locator('#uploads input[type=file]').set_input_files(str(broken))
-    tab.get_by_text('broken.png').first.wait_for()
+    uploaded(tab, 'broken.png')
     tab.click('#go')
     tab.get_by_text('broken.png could not be read').first.wait_for()
     browser.close()

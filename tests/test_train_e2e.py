@@ -170,7 +170,7 @@ class MultiProcessTest(absltest.TestCase):
                  '--config.data.augment=none', '--config.num_train_steps=6',
                  '--config.log_every_steps=3', '--config.eval_every_steps=100',
                  '--config.checkpoint_every_steps=3', '--config.model.wf=8',
-                 '--config.model.depth=3', '--config.model.hin_position_right=2',
+                 '--config.model.depth=2', '--config.model.hin_position_right=1',
                  '--config.optim.grad_clip_norm=1.0', '--config.optim.learning_rate=1e-3',
                  # A large Adam eps keeps updates proportional to the gradients: with the default
                  # 1e-8 a near-zero gradient's sign (float reduction order) moves a weight by lr.

@@ -10,7 +10,6 @@ others wait in a queue that shows their place. The page listens on 127.0.0.1 (th
 unless --host says otherwise; uploads and results live in a temporary folder removed at exit.
 """
 
-import importlib.util
 import signal
 from typing import Optional
 
@@ -24,6 +23,7 @@ from hinet_jax import models
 from hinet_jax.cli import runner
 from hinet_jax.evaluation import predictor as predictor_lib
 from hinet_jax.evaluation import restore as restore_lib
+from hinet_jax.interop import extras
 from hinet_jax.web import page
 from hinet_jax.web import restoring
 
@@ -101,8 +101,7 @@ def main(argv):
   if not f.checkpoint:
     raise errors.InvalidInputError('--checkpoint is required (a converted checkpoint or a '
                                    'training workdir).')
-  if importlib.util.find_spec('gradio') is None:
-    raise errors.InvalidInputError("The page needs Gradio: pip install 'hinet-jax[serve]'.")
+  extras.require('gradio', 'serve', 'The restore page')  # One message naming the extra.
   predictor, text = load_predictor(f.checkpoint, which=f.which, backend=f.backend,
                                    batch_size=f.batch_size, local_stats=f.local_stats)
   serve(predictor, text, host=f.host, port=f.port, max_pixels=int(f.max_megapixels * 1e6))

@@ -99,4 +99,8 @@ class HalfInstanceNorm(nn.Module):
     c = first.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
-    return jnp.concatenate([instance_norm(first, scale, bias, self.epsilon), second], axis=-1)
+    return jnp.concatenate([self.normalize(first, scale, bias), second], axis=-1)
+
+  def normalize(self, first: Array, scale: Array, bias: Array) -> Array:
+    """The affine instance norm of the normalised half."""
+    return instance_norm(first, scale, bias, self.epsilon)

@@ -10,7 +10,6 @@ unchanged: this only swaps the norm part of a trained model (`with_local_stats`)
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -83,15 +82,9 @@ class LocalHalfInstanceNorm(HalfInstanceNorm):
   def level_window(self, channels: int) -> int:
     return max(1, int(self.window * self.wf // channels))
 
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    first, second = jnp.split(x, 2, axis=-1)
-    c = first.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (c,), self.param_dtype)
-    bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
-    normalized = local_instance_norm(first, scale, bias, self.level_window(x.shape[-1]),
-                                     self.epsilon)
-    return jnp.concatenate([normalized, second], axis=-1)
+  def normalize(self, first: Array, scale: Array, bias: Array) -> Array:
+    return local_instance_norm(first, scale, bias, self.level_window(2 * first.shape[-1]),
+                               self.epsilon)
 
 
 @dataclasses.dataclass(frozen=True)
