@@ -1,7 +1,7 @@
 """The restore page as a Hugging Face Space (Gradio SDK): `python app.py`.
 
-The Space's settings name the checkpoint: HINET_CHECKPOINT (a folder in the Space, or a Hub repo
-id once the Hub format exists; default `checkpoint`). Spaces set GRADIO_SERVER_NAME=0.0.0.0;
+The Space's settings name the checkpoint: HINET_CHECKPOINT (a folder in the Space, a Hub-layout
+folder, or a Hub repo id `org/name`; default `checkpoint`). Spaces set GRADIO_SERVER_NAME=0.0.0.0;
 elsewhere the page listens on 127.0.0.1. Requirements: `hinet-jax[serve]` (README, Restore page).
 """
 

@@ -6,7 +6,7 @@ r"""In-process A/B of the CPU backend's convolution forms: whole-model forward a
 An impl is 'xla' (the plain model, XLA's backend) or a form of the CPU backend's layers
 (`hinet_jax.cpu.convolution.CONV_IMPLS`, all its convolutions in that form), optionally with '+eigen' (every executable compiled with
 `convolution.inference_compiler_options()`: XLA's own convolutions) or '+ynn' (none: YNNPACK's);
-without a suffix it runs as the library does (the forward through `inference.make_predict_fn`,
+without a suffix it runs as the library does (the forward through `inference.Forward`,
 kernels packed once; with a suffix, the forward packs them in every call). Each (variant, case) runs
 in a fresh subprocess pinned to --threads CPUs, with model_speed.py's runners (same cases, inputs,
 loss and Adam step) and its interleaved timer: every impl is compiled once, then the impls run in

@@ -22,9 +22,10 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from hinet_jax.data import datasets
+from hinet_jax.data import demo_set
 from hinet_jax.data import image_ops
 from hinet_jax.data import input_pipeline
+from hinet_jax.data import paired_files
 
 _NUM_PAIRS = flags.DEFINE_integer('num_pairs', 32, 'PNG pairs to write.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 512, 'Side of each PNG (SIDD crops: 512).')
@@ -51,14 +52,14 @@ def write_pairs(folder, num_pairs, size, seed=0, ext='.png'):
     the folder.
   """
   rng = np.random.default_rng(seed)
-  photos = [datasets.load_demo_image(n) for n in datasets.DEMO_TRAIN_IMAGES]
+  photos = [demo_set.load_demo_image(n) for n in demo_set.DEMO_TRAIN_IMAGES]
   photos = [p for p in photos if min(p.shape[:2]) >= size]
   for i in range(num_pairs):
     photo = photos[i % len(photos)]
     top = int(rng.integers(0, photo.shape[0] - size + 1))
     left = int(rng.integers(0, photo.shape[1] - size + 1))
     gt = photo[top:top + size, left:left + size]
-    lq = datasets.degrade(gt, rng, 'noise', sigma=25)
+    lq = demo_set.degrade(gt, rng, 'noise', sigma=25)
     image_ops.write_image(os.path.join(folder, 'input', f'{i:04d}{ext}'), lq)
     image_ops.write_image(os.path.join(folder, 'target', f'{i:04d}{ext}'), gt)
   return folder
@@ -92,7 +93,7 @@ def main(argv):
   for fmt in _FORMATS.value:
     with tempfile.TemporaryDirectory() as tmp:
       write_pairs(tmp, _NUM_PAIRS.value, _IMAGE_SIZE.value, ext='.' + fmt)
-      source = datasets.PairedFolderSource(tmp)
+      source = paired_files.PairedFolderSource(tmp)
       rows += [time_pipeline(source, int(w), fmt) for w in _WORKERS.value]
   print(f'\n{_NUM_PAIRS.value} pairs of {_IMAGE_SIZE.value}x{_IMAGE_SIZE.value}, '
         f'{_CROP_SIZE.value}x{_CROP_SIZE.value} crops, batch {_BATCH_SIZE.value}, '

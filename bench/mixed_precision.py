@@ -80,7 +80,7 @@ def train_run(config, dtype):
     if hasattr(train_iter, 'close'):
       train_iter.close()
   history = [step_lib.compute_metrics(m) for m in jax.device_get(history)]
-  val = validation.evaluate(inference.make_predict_fn(model, backend), state.params, config,
+  val = validation.evaluate(inference.Forward(model, backend), state.params, config,
                             val_source)
   return dict(
       dtype=dtype, steps=config.num_train_steps, compile_s=compile_s, steps_per_s=steps_per_s,

@@ -16,3 +16,6 @@ from hinet_jax.models.pretrained import save_params
 sys.modules.setdefault(f'{__name__}.metrics', metrics)
 
 __version__ = '0.2.0'
+
+__all__ = ['create_model', 'load_pretrained', 'metrics', 'Predictor', 'HINet', 'PRESETS',
+           'count_params', 'forward_macs', 'model_config', 'save_params', '__version__']

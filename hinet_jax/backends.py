@@ -153,22 +153,18 @@ def cpu_backend_applies() -> tuple[bool, str]:
 
 
 def _plain_layers(layers: models.Layers) -> models.Layers:
-  """`layers` with the CPU backend's parts swapped back (a model's own norm kept)."""
-  if not any(type(part).__module__.startswith('hinet_jax.cpu') or
-             getattr(part, '__module__', '').startswith('hinet_jax.cpu')
-             for part in dataclasses.astuple(layers)):
-    return layers
-  from hinet_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
-
-  return cpu_layers.plain_layers(layers)
+  """`layers` with each of the CPU backend's parts swapped back for its `plain_twin` (any other
+  part kept)."""
+  return models.Layers(**{f.name: getattr(getattr(layers, f.name), 'plain_twin',
+                                          getattr(layers, f.name))
+                          for f in dataclasses.fields(layers)})
 
 
 def _cpu_declines(model: models.HINet) -> Optional[str]:
   """Why the CPU backend does not compute `model` (built by any backend), or None."""
-  from hinet_jax.cpu import layers as cpu_layers  # pylint: disable=g-import-not-at-top
   from hinet_jax.cpu import model_check  # pylint: disable=g-import-not-at-top
 
-  plain = model.clone(layers=cpu_layers.plain_layers(model.layers))
+  plain = model.clone(layers=_plain_layers(model.layers))
   return model_check.why_not_supported(plain)
 
 

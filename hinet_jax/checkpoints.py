@@ -260,7 +260,12 @@ def read_model_config(workdir: files.PathLike) -> Dict[str, Any]:
   if not files.exists(path):
     raise errors.MissingPathError(f'{path} not found: {workdir} is not a hinet-jax training '
                                   'workdir (train.py writes model_config.json there).')
-  return json.loads(files.read_text(path))
+  return pretrained.read_model_config(workdir_path(workdir))
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
+  """The JSON meta of checkpoint `step` ({'step', 'config', ...}), without reading the state."""
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
 
 def read_final_metrics(workdir: files.PathLike) -> Optional[Dict[str, Any]]:
@@ -288,6 +293,8 @@ def select_step(workdir: files.PathLike, which: str = 'latest') -> int:
   Returns:
     The step.
   """
+  if which not in ('latest', 'best') and not str(which).isdigit():
+    raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}.")
   mngr = create_manager(workdir, read_only=True)
   try:
     steps = mngr.all_steps()
@@ -305,10 +312,6 @@ def select_step(workdir: files.PathLike, which: str = 'latest') -> int:
     if step not in steps:
       raise ValueError(f'Step {step} not in {checkpoint_dir(workdir)} (have {sorted(steps)}).')
     return step
-  except ValueError as e:
-    if 'invalid literal' in str(e):
-      raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}.") from e
-    raise
   finally:
     mngr.close()
 
@@ -353,15 +356,15 @@ def load(directory: files.PathLike, which: str = 'latest') -> Tuple[Dict[str, An
   Returns:
     The `HINet` kwargs and the parameters.
   """
-  if not files.is_dir(directory):
-    raise errors.MissingPathError(
-        f'No checkpoint directory at {directory}: check the path (for gs://, the bucket and '
-        'prefix), or convert official weights there with `python -m hinet_jax.convert`.')
   if pretrained.is_params_checkpoint(directory):
     model_cfg = pretrained.read_model_config(directory)
     return model_cfg, pretrained.load_params(directory, models.create_model(**model_cfg))
   if files.is_file(files.as_path(directory) / MODEL_CONFIG_FILE):
     return load_params_from_workdir(directory, which=which)
+  if not files.is_dir(directory):  # Asked only once the two layouts are not found.
+    raise errors.MissingPathError(
+        f'No checkpoint directory at {directory}: check the path (for gs://, the bucket and '
+        'prefix), or convert official weights there with `python -m hinet_jax.convert`.')
   raise errors.MissingPathError(
       f'{directory} is neither a complete converted checkpoint (it needs '
       f'{MODEL_CONFIG_FILE} and {pretrained.PARAMS_DIR}/) nor a training workdir with '

@@ -138,10 +138,10 @@ def png16_with_filters(x, filters):
           + chunk(b'IDAT', zlib.compress(bytes(out))) + chunk(b'IEND', b''))
 
 
-def random_params(model, seed=0):
-  """Random weights (N(0, 0.05)) of `model`'s shapes: no init pass to compile."""
+def random_params(model, seed=0, std=0.05):
+  """Random weights (N(0, std)) of `model`'s shapes: no init pass to compile."""
   import jax  # pylint: disable=g-import-not-at-top
   from hinet_jax import models  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda a: rng.normal(0, 0.05, a.shape).astype(np.float32),
+  return jax.tree.map(lambda a: rng.normal(0, std, a.shape).astype(np.float32),
                       models.abstract_params(model))

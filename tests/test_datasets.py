@@ -33,7 +33,7 @@ import data_fixtures
 
 def test_paired_folder_source_reads_matched_pairs(tmp_path):
   written = data_fixtures.write_pair_folder(tmp_path, ['b', 'a', 'c'])
-  src = datasets.PairedFolderSource(tmp_path)
+  src = paired_files.PairedFolderSource(tmp_path)
   assert len(src) == 3 and [src[i]['name'] for i in range(3)] == ['a', 'b', 'c']
   item = src[1]
   np.testing.assert_array_equal(item['lq'], written['b'][0])
@@ -48,12 +48,12 @@ def test_paired_folder_source_reads_matched_pairs(tmp_path):
 
 def test_missing_and_empty_folders(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'nowhere.*input.*does not exist'):
-    datasets.PairedFolderSource(tmp_path / 'nowhere')
+    paired_files.PairedFolderSource(tmp_path / 'nowhere')
   (tmp_path / 'input').mkdir()
   (tmp_path / 'target').mkdir()
   (tmp_path / 'input' / 'notes.txt').write_text('hi')
   with pytest.raises(ValueError, match=r'input contains no images'):
-    datasets.PairedFolderSource(tmp_path)
+    paired_files.PairedFolderSource(tmp_path)
 
 
 def test_unmatched_names_are_listed(tmp_path):
@@ -63,7 +63,7 @@ def test_unmatched_names_are_listed(tmp_path):
   # File names with extensions, each under the folder that lacks its partner.
   with pytest.raises(ValueError, match=r'In .*input but missing from .*target: extra1\.png\.\n.*'
                      r'In .*target but missing from .*input: lonely\.png\.'):
-    datasets.PairedFolderSource(tmp_path)
+    paired_files.PairedFolderSource(tmp_path)
 
 
 def test_size_mismatch_and_truncated_file_are_named_or_skipped(tmp_path):
@@ -71,14 +71,14 @@ def test_size_mismatch_and_truncated_file_are_named_or_skipped(tmp_path):
   data_fixtures.write_rgb(str(tmp_path / 'target' / 'b.png'), np.zeros((12, 15, 3), np.uint8))
   data = (tmp_path / 'input' / 'c.png').read_bytes()
   (tmp_path / 'input' / 'c.png').write_bytes(data[:len(data) // 2])
-  src = datasets.PairedFolderSource(tmp_path)
+  src = paired_files.PairedFolderSource(tmp_path)
   assert src[0]['name'] == 'a'
   mismatch = r'input/b\.png is \(12, 16, 3\).*target/b\.png is \(12, 15'
   with pytest.raises(ValueError, match=mismatch):
     src[1]
   with pytest.raises(image_ops.ImageReadError, match=r'input/c\.png.*truncated'):
     src[2]
-  skip = datasets.PairedFolderSource(tmp_path, on_error='skip')
+  skip = paired_files.PairedFolderSource(tmp_path, on_error='skip')
   assert skip[0] is not None and skip[1] is None and skip[2] is None
   assert skip.num_skipped == 2
 
@@ -130,7 +130,7 @@ def test_prepare_sidd_writes_aligned_crops_and_resumes(tmp_path, num_workers):
   assert names == sorted(os.listdir(out / 'gt_crops'))
   assert names[:2] == ['0001_SRGB_010_s001.PNG', '0001_SRGB_010_s002.PNG']
   noisy, gt = pairs['0002_SRGB_010']
-  crop = datasets.PairedFolderSource(out, 'input_crops', 'gt_crops')
+  crop = paired_files.PairedFolderSource(out, 'input_crops', 'gt_crops')
   item = crop[names.index('0002_SRGB_010_s004.PNG')]  # 4th = row 1 (top 6), col 1 (left 6).
   np.testing.assert_array_equal(item['lq'], noisy[6:14, 6:14])
   np.testing.assert_array_equal(item['gt'], gt[6:14, 6:14])
@@ -143,8 +143,8 @@ def test_prepare_sidd_npy_crops_train_like_png_crops(tmp_path):
   for fmt in ('png', 'npy'):
     prepare_sidd.prepare(str(tmp_path / 'in'), str(tmp_path / fmt), num_workers=0, crop_size=8,
                          step=6, fmt=fmt)
-  png = datasets.PairedFolderSource(tmp_path / 'png', 'input_crops', 'gt_crops')
-  npy = datasets.PairedFolderSource(tmp_path / 'npy', 'input_crops', 'gt_crops')
+  png = paired_files.PairedFolderSource(tmp_path / 'png', 'input_crops', 'gt_crops')
+  npy = paired_files.PairedFolderSource(tmp_path / 'npy', 'input_crops', 'gt_crops')
   assert sorted(os.listdir(tmp_path / 'npy' / 'gt_crops'))[0] == '0001_SRGB_010_s001.npy'
   assert [png[i]['name'] for i in range(len(png))] == [npy[i]['name'] for i in range(len(npy))]
   # The same training batches from either format.
@@ -235,19 +235,19 @@ def test_sidd_validation_bad_files(tmp_path):
   noisy_path, gt_path, _, _ = data_fixtures.write_sidd_mats(tmp_path, (2, 3, 8, 8, 3))
   with pytest.raises(ValueError, match=r'ValidationNoisyBlocksSrgb\.mat.*\(2, 3, 8, 8, 3\) uint8, '
                      r'expected \(40, 32, 256, 256, 3\)'):
-    datasets.SiddValidationSource(noisy_path, gt_path)  # The default expects the real shape.
+    sidd_mat.SiddValidationSource(noisy_path, gt_path)  # The default expects the real shape.
   bad = tmp_path / 'bad'
   bad.mkdir()
   data_fixtures.write_sidd_mats(bad, (2, 3, 8, 8, 3), gt_shape=(2, 3, 8, 4, 3))
   with pytest.raises(ValueError, match=r'ValidationNoisyBlocksSrgb\.mat is .* but .*GtBlocks'):
-    datasets.SiddValidationSource(bad / 'ValidationNoisyBlocksSrgb.mat',
+    sidd_mat.SiddValidationSource(bad / 'ValidationNoisyBlocksSrgb.mat',
                                   bad / 'ValidationGtBlocksSrgb.mat', expected_shape=None)
   import scipy.io  # pylint: disable=g-import-not-at-top
   scipy.io.savemat(tmp_path / 'wrong.mat', {'Something': np.zeros((2, 2), np.uint8)})
   with pytest.raises(ValueError, match=r"wrong\.mat has no variable 'ValidationNoisyBlocksSrgb'"):
-    datasets.SiddValidationSource(tmp_path / 'wrong.mat', gt_path, expected_shape=None)
+    sidd_mat.SiddValidationSource(tmp_path / 'wrong.mat', gt_path, expected_shape=None)
   with pytest.raises(FileNotFoundError, match='nope.mat'):
-    datasets.SiddValidationSource(tmp_path / 'nope.mat', gt_path)
+    sidd_mat.SiddValidationSource(tmp_path / 'nope.mat', gt_path)
 
 
 def test_sidd_validation_mat_v73(tmp_path):
@@ -256,7 +256,7 @@ def test_sidd_validation_mat_v73(tmp_path):
   noisy = rng.integers(0, 256, (2, 2, 4, 5, 3), dtype=np.uint8)
   data_fixtures.write_mat73(tmp_path / 'n.mat', 'ValidationNoisyBlocksSrgb', noisy)
   data_fixtures.write_mat73(tmp_path / 'g.mat', 'ValidationGtBlocksSrgb', noisy // 2)
-  src = datasets.SiddValidationSource(tmp_path / 'n.mat', tmp_path / 'g.mat', expected_shape=None)
+  src = sidd_mat.SiddValidationSource(tmp_path / 'n.mat', tmp_path / 'g.mat', expected_shape=None)
   assert len(src) == 4 and src.shape == (2, 2, 4, 5, 3)
   np.testing.assert_array_equal(src[3]['lq'], noisy[1, 1])
   np.testing.assert_array_equal(src[3]['gt'], noisy[1, 1] // 2)
@@ -281,43 +281,43 @@ def _write_reds_split(root, split, seqs, frames):
 def test_reds_train_val_and_val300(tmp_path):
   _write_reds_split(tmp_path, 'train', ['000', '001'], 3)
   _write_reds_split(tmp_path, 'val', ['000', '029'], 20)
-  train = datasets.reds_source(tmp_path, 'train')
+  train = layouts.reds_source(tmp_path, 'train')
   assert len(train) == 6 and train[4]['name'] == '001_00000001'
-  assert len(datasets.reds_source(tmp_path, 'val')) == 40
+  assert len(layouts.reds_source(tmp_path, 'val')) == 40
   val300 = datasets.make_source('reds', root=str(tmp_path), split='val_300')
   # Official rule (make_val_300 copies '*9.*'): frames 9, 19, ... of each sequence.
   assert [val300[i]['name'] for i in range(len(val300))] == [
       '000_00000009', '000_00000019', '029_00000009', '029_00000019']
   assert val300[0]['lq'].shape == val300[0]['gt'].shape == (4, 4, 3)
   with pytest.raises(ValueError, match='val_300'):
-    datasets.reds_source(tmp_path, 'test')
+    layouts.reds_source(tmp_path, 'test')
 
 
 def test_reds_flattened_val300_folder(tmp_path):
   data_fixtures.write_pair_folder(tmp_path / 'val', ['000_00000009'], 'blur_300', 'sharp_300',
                                   lq_ext='.jpg')
-  assert datasets.reds_source(tmp_path, 'val_300')[0]['name'] == '000_00000009'
+  assert layouts.reds_source(tmp_path, 'val_300')[0]['name'] == '000_00000009'
 
 
 def test_rain13k_splits_by_name(tmp_path):
   data_fixtures.write_pair_folder(tmp_path / 'train', ['1', '2'], lq_ext='.jpg', gt_ext='.jpg')
   data_fixtures.write_pair_folder(tmp_path / 'test' / 'Rain100H', ['norain-1'])
   data_fixtures.write_pair_folder(tmp_path / 'test' / 'Test100', ['1', '2', '3'])
-  assert len(datasets.rain13k_source(tmp_path, 'train')) == 2
-  assert datasets.rain13k_source(tmp_path, 'rain100h')[0]['name'] == 'norain-1'
+  assert len(layouts.rain13k_source(tmp_path, 'train')) == 2
+  assert layouts.rain13k_source(tmp_path, 'rain100h')[0]['name'] == 'norain-1'
   assert len(datasets.make_source('rain13k', root=str(tmp_path), split='Test100')) == 3
   with pytest.raises(FileNotFoundError, match='Test1200'):
-    datasets.rain13k_source(tmp_path, 'Test1200')
+    layouts.rain13k_source(tmp_path, 'Test1200')
   with pytest.raises(ValueError, match='Unknown Rain13k split .*Rain100L'):
-    datasets.rain13k_source(tmp_path, 'Rain200')
+    layouts.rain13k_source(tmp_path, 'Rain200')
 
 
 def test_rain13k_config_validates_on_the_five_test_sets(tmp_path):
-  for i, name in enumerate(datasets.RAIN13K_TEST_SETS):
+  for i, name in enumerate(layouts.RAIN13K_TEST_SETS):
     data_fixtures.write_pair_folder(tmp_path / 'test' / name, [f'{j}' for j in range(i + 1)],
                                     lq_ext='.jpg', gt_ext='.jpg', size=(8, 8))
   config = rain13k_config.get_config().data.val
-  assert tuple(config.sets) == datasets.RAIN13K_TEST_SETS
+  assert tuple(config.sets) == layouts.RAIN13K_TEST_SETS
   config.root = str(tmp_path)
   sources = datasets.create_val_sources(config)
   assert list(sources) == ['Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200']
@@ -342,7 +342,7 @@ def test_single_validation_source_is_named_val(tmp_path):
 
 def test_gopro_prepared_and_raw_layouts(tmp_path):
   data_fixtures.write_pair_folder(tmp_path / 'prep' / 'test', ['GOPR0384_11_00-000001'])
-  assert len(datasets.gopro_source(tmp_path / 'prep', 'test')) == 1
+  assert len(layouts.gopro_source(tmp_path / 'prep', 'test')) == 1
   for seq in ('GOPR0372_07_00', 'GOPR0374_11_00'):
     data_fixtures.write_pair_folder(tmp_path / 'raw' / 'train' / seq, ['000047', '000048'],
                                     'blur', 'sharp')
@@ -355,8 +355,8 @@ def test_gopro_prepared_and_raw_layouts(tmp_path):
 
 
 def test_demo_split_by_image_and_deterministic():
-  assert not set(datasets.DEMO_TRAIN_IMAGES) & set(datasets.DEMO_VAL_IMAGES)
-  train = datasets.DemoSource('train', repeats=2, images=('astronaut', 'coins'))
+  assert not set(demo_set.DEMO_TRAIN_IMAGES) & set(demo_set.DEMO_VAL_IMAGES)
+  train = demo_set.DemoSource('train', repeats=2, images=('astronaut', 'coins'))
   assert len(train) == 4
   a, b = train[0], train[0]
   np.testing.assert_array_equal(a['lq'], b['lq'])  # Same index -> same noise.
@@ -365,7 +365,7 @@ def test_demo_split_by_image_and_deterministic():
   residual = a['lq'].astype(float) - a['gt']
   mid = (a['gt'] > 60) & (a['gt'] < 195)  # Away from clipping.
   assert 23 < residual[mid].std() < 27  # sigma=25 on the 0-255 scale.
-  other = datasets.DemoSource('train', seed=1, repeats=1, images=('astronaut',))
+  other = demo_set.DemoSource('train', seed=1, repeats=1, images=('astronaut',))
   assert not np.array_equal(other[0]['lq'], a['lq'])
   val = datasets.make_source('demo', split='val')
   shapes = {val[i]['lq'].shape for i in range(len(val))}
@@ -377,7 +377,7 @@ def test_demo_split_by_image_and_deterministic():
 
 @pytest.mark.parametrize('degradation', ['blur', 'jpeg'])
 def test_demo_other_degradations(degradation):
-  src = datasets.DemoSource('val', degradation=degradation, images=('coffee',), val_crop=64)
+  src = demo_set.DemoSource('val', degradation=degradation, images=('coffee',), val_crop=64)
   a, b = src[3], src[3]
   np.testing.assert_array_equal(a['lq'], b['lq'])
   assert a['lq'].shape == a['gt'].shape and not np.array_equal(a['lq'], a['gt'])
@@ -391,23 +391,9 @@ def test_make_source_errors():
   with pytest.raises(ValueError, match=r"kind 'folder' needs root \(got None\)"):
     datasets.create_source({'kind': 'folder', 'root': None, 'input_dir': 'input'})
   with pytest.raises(ValueError, match='degradation'):
-    datasets.DemoSource(degradation='rain')
+    demo_set.DemoSource(degradation='rain')
   src = datasets.create_source({'kind': 'demo', 'split': 'val', 'images': ('coins',)})
   assert len(src) == 1
-
-
-def test_datasets_keeps_the_names_of_the_modules_it_was_split_into():
-  moved = {paired_files: ['list_images', 'match_pairs', 'read_pair', 'PairedFileSource',
-                          'PairedFolderSource'],
-           layouts: ['RAIN13K_TEST_SETS', 'list_sidd_medium_pairs', 'SiddMediumSource',
-                     'gopro_source', 'reds_pairs', 'reds_source', 'rain13k_source'],
-           sidd_mat: ['SIDD_VAL_SHAPE', 'SIDD_VAL_KEYS', 'load_mat_blocks', 'SiddValidationSource'],
-           demo_set: ['DEMO_TRAIN_IMAGES', 'DEMO_VAL_IMAGES', 'load_demo_image',
-                      'motion_blur_kernel', 'degrade', 'DemoSource'],
-           tfds_source: ['TfdsSource']}
-  for module, names in moved.items():
-    for name in names:
-      assert getattr(datasets, name) is getattr(module, name), name
 
 
 # ----------------------------------------------------------------------------
@@ -430,7 +416,7 @@ def test_tfds_sidd_builder_roundtrip(tmp_path):
   for name, (lq, g) in written.items():
     np.testing.assert_array_equal(items[name]['lq'], lq)
     np.testing.assert_array_equal(items[name]['gt'], g)
-  val = datasets.TfdsSource('hinet_sidd', 'validation', data_dir=str(tmp_path / 'tfds'))
+  val = tfds_source.TfdsSource('hinet_sidd', 'validation', data_dir=str(tmp_path / 'tfds'))
   blocks = {val[i]['name']: val[i] for i in range(len(val))}
   assert len(blocks) == 4
   np.testing.assert_array_equal(blocks['0001_00']['lq'], noisy[1, 0])

@@ -21,7 +21,8 @@ import scipy.io
 
 from hinet_jax.cli import eval as eval_script
 from hinet_jax import backends
-from hinet_jax.data import datasets
+from hinet_jax.data import layouts
+from hinet_jax.data import sidd_mat
 from hinet_jax.data import test_sets
 from hinet_jax.evaluation import engine
 from hinet_jax.evaluation import protocols as evaluate
@@ -146,12 +147,12 @@ class EvaluateBatchesTest(absltest.TestCase):
       self.assertEqual(unfinished, [0] * len(images), in_flight)
 
   def test_predict_fn_runs_as_made_prepared_once(self):
-    """A `make_predict_fn` predict runs in the eval step with its backend's prepared variables,
+    """A `inference.Forward` predict runs in the eval step with its backend's prepared variables,
     prepared once for all batches and evaluations."""
     backend = dataclasses.replace(
         backends.resolve('xla'),
         prepare_inference=lambda model, p: {'prepared': {'double': 2 * p['bias']}})
-    predict = inference.make_predict_fn(_Biased(), backend)
+    predict = inference.Forward(_Biased(), backend)
     params = {'bias': jnp.asarray([0.01, -0.02, 0.03], jnp.float32)}
     rng = np.random.default_rng(3)
     batches = [{'lq': rng.uniform(0, 1, (2, 12, 12, 3)).astype(np.float32),
@@ -190,9 +191,9 @@ class ProtocolTest(absltest.TestCase):
     noisy = lq.reshape(2, 2, 24, 24, 3)
     clean = gt.reshape(2, 2, 24, 24, 3)
     scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[0]),
-                     {datasets.SIDD_VAL_KEYS['noisy']: noisy})
+                     {sidd_mat.SIDD_VAL_KEYS['noisy']: noisy})
     scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[1]),
-                     {datasets.SIDD_VAL_KEYS['gt']: clean})
+                     {sidd_mat.SIDD_VAL_KEYS['gt']: clean})
     rows = []
     summary = evaluate.evaluate_protocol(_HALF_WAY, None, 'sidd_val', d, batch_size=3, rows=rows)
     self.assertEqual(summary['num_images'], 4)
@@ -233,13 +234,13 @@ class ProtocolTest(absltest.TestCase):
   def test_rain13k_five_sets_y_channel_and_average(self):
     root = self.create_tempdir().full_path
     per_set = []
-    for k, name in enumerate(datasets.RAIN13K_TEST_SETS):
+    for k, name in enumerate(layouts.RAIN13K_TEST_SETS):
       pairs = _write_folder(os.path.join(root, 'test', name), [(24, 20 + k)], seed=10 * k)
       per_set.append(np.mean([_np_psnr(_y(lq / 255), _y(gt / 255)) for lq, gt in pairs.values()]))
     summary = evaluate.evaluate_protocol(_IDENTITY, None, 'rain13k', root)
-    self.assertEqual(sorted(summary['subsets']), sorted(datasets.RAIN13K_TEST_SETS))
+    self.assertEqual(sorted(summary['subsets']), sorted(layouts.RAIN13K_TEST_SETS))
     self.assertEqual(summary['num_images'], 5)
-    for name, value in zip(datasets.RAIN13K_TEST_SETS, per_set):
+    for name, value in zip(layouts.RAIN13K_TEST_SETS, per_set):
       self.assertAlmostEqual(summary['subsets'][name]['input_psnr'], value, places=3)
     self.assertAlmostEqual(summary['psnr'], np.mean(per_set), places=3)
     self.assertIn('average', eval_script.format_table(summary))
@@ -256,9 +257,9 @@ def _sidd_overshoot_dir(d):
   clean = np.clip(noisy.astype(np.int32) * 3 // 2 + rng.integers(-9, 9, noisy.shape), 0,
                   255).astype(np.uint8)
   scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[0]),
-                   {datasets.SIDD_VAL_KEYS['noisy']: noisy})
+                   {sidd_mat.SIDD_VAL_KEYS['noisy']: noisy})
   scipy.io.savemat(os.path.join(d, test_sets.SIDD_VAL_FILES[1]),
-                   {datasets.SIDD_VAL_KEYS['gt']: clean})
+                   {sidd_mat.SIDD_VAL_KEYS['gt']: clean})
   return noisy.reshape(6, 24, 24, 3), clean.reshape(6, 24, 24, 3)
 
 
@@ -295,7 +296,7 @@ class OfficialMetricsTest(absltest.TestCase):
   def test_8bit_and_y_protocols_report_official_metrics(self):
     root = self.create_tempdir().full_path
     pairs = {}
-    for k, name in enumerate(datasets.RAIN13K_TEST_SETS[:2]):
+    for k, name in enumerate(layouts.RAIN13K_TEST_SETS[:2]):
       pairs[name] = _write_folder(os.path.join(root, 'test', name), [(24, 20 + k)], seed=10 * k)
     summary = evaluate.evaluate_protocol(_HALF_WAY, None, 'rain13k', root,
                                          subsets=list(pairs), tile=16)
@@ -424,7 +425,7 @@ class EvalScriptTest(absltest.TestCase):
     self.assertEqual(saved.shape, (17, 33, 3))
     # The saved image is the tiled prediction, rounded.
     x = image_ops.to_float32(image_ops.read_image(os.path.join(data, 'input', 'img01.png')))
-    ref = inference.restore_image(inference.make_predict_fn(self.model), self.params, x, tile=16,
+    ref = inference.restore_image(inference.Forward(self.model), self.params, x, tile=16,
                                   overlap=4)
     np.testing.assert_array_equal(saved, np.round(np.clip(ref, 0, 1) * 255).astype(np.uint8))
 

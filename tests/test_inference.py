@@ -23,6 +23,7 @@ from hinet_jax import backends
 from hinet_jax import models
 from hinet_jax.evaluation import inference
 from hinet_jax.models import pretrained
+import data_fixtures
 
 
 class TwoConvs(nn.Module):
@@ -133,7 +134,7 @@ class RestoreTest(parameterized.TestCase):
       dict(h=45, w=20, tile=20, overlap=4, blend='smooth'))
   def test_tiled_equals_whole_for_a_local_model(self, h, w, tile, overlap, blend):
     model, params = _two_convs()
-    predict = inference.make_predict_fn(model)
+    predict = inference.Forward(model)
     x = _image(h, w)
     whole = inference.restore_image(predict, params, x)
     tiled = inference.restore_image(predict, params, x, tile=tile, overlap=overlap, margin=2,
@@ -144,7 +145,7 @@ class RestoreTest(parameterized.TestCase):
   def test_local_model_without_margin_differs(self):
     # The check above is not vacuous: averaging tile edges (the official rule) changes pixels.
     model, params = _two_convs()
-    predict = inference.make_predict_fn(model)
+    predict = inference.Forward(model)
     x = _image(37, 53)
     whole = inference.restore_image(predict, params, x)
     tiled = inference.restore_image(predict, params, x, tile=16, overlap=4, margin=0)
@@ -203,7 +204,7 @@ class RestoreTest(parameterized.TestCase):
   def test_predict_fn_prepares_the_variables_once_per_parameter_set(self):
     model = Biased()
     params = {'bias': jnp.asarray([0.1, 0.2, 0.3], jnp.float32)}
-    predict = inference.make_predict_fn(model, _fake_backend(prepare_inference=_prepare_biased))
+    predict = inference.Forward(model, _fake_backend(prepare_inference=_prepare_biased))
     cache = predict.prepared_variables
     x = _image(4, 5)[None]
     first = np.asarray(predict(params, x))
@@ -227,7 +228,7 @@ class RestoreTest(parameterized.TestCase):
     self.assertFalse(cache.holds_variables)
 
   def test_predict_fn_follows_its_backend(self):
-    predict = inference.make_predict_fn(_two_convs()[0], _fake_backend(calls_in_flight=3))
+    predict = inference.Forward(_two_convs()[0], _fake_backend(calls_in_flight=3))
     self.assertEqual(inference.calls_in_flight(predict), 3)
     self.assertIsNone(predict.prepared_variables)  # XLA's backend prepares nothing.
     self.assertEqual(inference.calls_in_flight(jax.jit(lambda p, x: x)),
@@ -235,11 +236,9 @@ class RestoreTest(parameterized.TestCase):
 
   def test_hinet_predict_fn_returns_stage2(self):
     model = models.HINet(wf=8, depth=3)
-    rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice here.
-    params = jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
-                          models.abstract_params(model))
+    params = data_fixtures.random_params(model, std=0.1)
     x = _image(20, 12)
-    predict = inference.make_predict_fn(model)
+    predict = inference.Forward(model)
     self.assertEqual(predict.backend, backends.resolve('auto'))
     out = np.asarray(predict(params, x[None]))
     ref = np.asarray(jax.jit(model.apply)({'params': params}, x[None])[1])
@@ -259,9 +258,7 @@ class Doubled(nn.Module):
 
 def _tiny_hinet():
   model = models.HINet(wf=8, depth=2)
-  rng = np.random.default_rng(0)  # models.init_params takes ~20 s on CPU; shapes suffice here.
-  return model, jax.tree.map(lambda a: rng.normal(0, 0.1, a.shape).astype(np.float32),
-                             models.abstract_params(model))
+  return model, data_fixtures.random_params(model, std=0.1)
 
 
 class PredictorTest(absltest.TestCase):
@@ -271,7 +268,7 @@ class PredictorTest(absltest.TestCase):
     x = _image(20, 36)
     want = np.asarray(jax.jit(model.apply)({'params': params}, x[None])[1][0])
     np.testing.assert_allclose(hinet_jax.Predictor(model, params)(x), want, atol=1e-5)
-    forward = inference.make_predict_fn(model)
+    forward = inference.Forward(model)
     for options in (dict(tile=16, overlap=4), dict(self_ensemble=True)):
       got = hinet_jax.Predictor(model, params, **options)(np.round(x * 255).astype(np.uint8))
       ref = inference.restore_image(forward, params, np.round(x * 255) / 255, **options)
@@ -319,11 +316,11 @@ class PrecisionTest(absltest.TestCase):
     x = np.zeros((1, 8, 8, 3), np.float32)
     counts = {}
     for precision in ('highest', 'default'):
-      predict = inference.make_predict_fn(model, 'xla', precision=precision)
+      predict = inference.Forward(model, 'xla', precision=precision)
       self.assertEqual(predict.precision, precision)
       jaxpr = str(jax.make_jaxpr(predict.apply)({'params': params}, x))
       counts[precision] = (jaxpr.count('conv_general_dilated'), jaxpr.count('HIGHEST'))
-    self.assertEqual(inference.make_predict_fn(model, 'xla').precision, 'highest')
+    self.assertEqual(inference.Forward(model, 'xla').precision, 'highest')
     self.assertGreater(counts['highest'][0], 0)
     # A conv's precision prints once per operand: precision=(HIGHEST, HIGHEST).
     self.assertEqual(counts['highest'][1], 2 * counts['highest'][0])
@@ -331,7 +328,7 @@ class PrecisionTest(absltest.TestCase):
 
   def test_unknown_precision_is_refused(self):
     with self.assertRaisesRegex(ValueError, "precision 'fast'.*highest"):
-      inference.make_predict_fn(TwoConvs(), 'xla', precision='fast')
+      inference.Forward(TwoConvs(), 'xla', precision='fast')
 
 
 if __name__ == '__main__':

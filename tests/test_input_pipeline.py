@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from hinet_jax.data import datasets
+from hinet_jax.data import demo_set
 from hinet_jax.data import image_ops
 from hinet_jax.data import input_pipeline
+from hinet_jax.data import paired_files
 
 import data_fixtures
 
@@ -94,7 +95,7 @@ def test_resume_from_state_replays_the_same_batches():
 def test_resume_with_worker_process(tmp_path):
   flags.FLAGS.mark_as_parsed()  # grain workers read absl flags.
   data_fixtures.write_pair_folder(tmp_path, [f'{i:02d}' for i in range(5)], size=(12, 16))
-  src = datasets.PairedFolderSource(tmp_path)
+  src = paired_files.PairedFolderSource(tmp_path)
   kwargs = dict(batch_size=2, crop_size=8, seed=0, num_workers=1, num_threads=1)
   it = input_pipeline.create_train_iter(src, **kwargs)
   try:
@@ -277,7 +278,7 @@ def test_misaligned_pair_and_skipped_files_in_the_pipeline(tmp_path):
     next(it)  # Checked before any padding: a size mismatch is never padded away.
   data_fixtures.write_pair_folder(tmp_path, ['a', 'b', 'c'], size=(12, 16))
   (tmp_path / 'input' / 'b.png').write_bytes(b'\x89PNG broken')
-  src = datasets.PairedFolderSource(tmp_path, on_error='skip')
+  src = paired_files.PairedFolderSource(tmp_path, on_error='skip')
   it = input_pipeline.create_train_iter(src, batch_size=3, crop_size=8, seed=0)
   assert next(it)['lq'].shape == (3, 8, 8, 3)  # Built from the readable pairs only.
   assert src.num_skipped >= 1
@@ -331,13 +332,13 @@ def test_eval_batches_size_errors_and_padding():
 def test_iterate_pairs_yields_float_full_frames_and_skips(tmp_path):
   data_fixtures.write_pair_folder(tmp_path, ['a', 'b'], size=(12, 16))
   (tmp_path / 'target' / 'b.png').write_bytes(b'garbage')
-  out = list(input_pipeline.iterate_pairs(datasets.PairedFolderSource(tmp_path, on_error='skip')))
+  out = list(input_pipeline.iterate_pairs(paired_files.PairedFolderSource(tmp_path, on_error='skip')))
   assert [o['name'] for o in out] == ['a']
   assert out[0]['lq'].dtype == np.float32 and out[0]['lq'].shape == (12, 16, 3)
 
 
 def test_demo_val_through_eval_batches():
-  val = datasets.DemoSource('val', images=('coffee', 'coins'), val_crop=128)
+  val = demo_set.DemoSource('val', images=('coffee', 'coins'), val_crop=128)
   batches = list(input_pipeline.create_eval_batches(val, batch_size=4))
   assert sum(b['mask'].sum() for b in batches) == len(val)
   assert batches[0]['lq'].shape == (4, 128, 128, 3)

@@ -61,7 +61,7 @@ def count_compiles():
 def test_tiled_inference_compiles_once_for_all_image_sizes():
   counting = _counting_tiny_model()
   params = models.init_params(counting.model, 0)
-  predict = inference.make_predict_fn(counting)
+  predict = inference.Forward(counting)
   rng = np.random.default_rng(0)
   tile = 32
   # Sizes: exact tiles, non-multiples (adaptive step, padded last batch), smaller than a tile

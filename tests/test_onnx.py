@@ -41,13 +41,13 @@ def test_checker_opset_and_dynamic_axes(exported):
 
 def test_onnxruntime_matches_jax_on_unseen_sizes(exported):
   model, params, out = exported
-  session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
+  runtime = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x)[1])
   rng = np.random.default_rng(1)
   # 13x10 takes numpy's reflect pad to 16x12, 2x9 its symmetric pad (the padding exceeds 2 rows).
   for shape in ((2, 13, 10, 3), (1, 2, 9, 3)):
     x = rng.uniform(0, 1, shape).astype(np.float32)
-    (got,) = session.run(None, {onnx_export.INPUT_NAME: x})
+    (got,) = runtime.run(None, {onnx_export.INPUT_NAME: x})
     assert got.shape == shape
     np.testing.assert_allclose(got, np.asarray(apply(params, x)), atol=1e-4)
 

@@ -97,9 +97,8 @@ def test_info_and_refusals(exported):
     stablehlo.export_restore(model, params, dtype='float16')
 
 
-def test_local_stats_are_exported(exported):
+def test_local_stats_are_exported():
   """`--local_stats` exports the windowed norm (`models.with_local_stats`) with symbolic sizes."""
-  del exported
   model = models.HINet(wf=8, depth=2)
   params = data_fixtures.random_params(model)
   exp, weights = stablehlo.export_restore(model, params, platforms=('cpu',), local_stats=16)

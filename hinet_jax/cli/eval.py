@@ -341,7 +341,7 @@ def main(argv):
   backends.prepare_process()  # before JAX runs anything
   model, params = api.load_pretrained(_CHECKPOINT.value, which=_WHICH.value, backend=_BACKEND.value)
   if _LOCAL_STATS.value is not None:
-    model = models.with_local_stats(model, _LOCAL_STATS.value or models.DEFAULT_WINDOW)
+    model = models.with_local_stats(model, models.window_of_flag(_LOCAL_STATS.value))
   if _PROTOCOL.value:
     forward = inference.Forward(model, _BACKEND.value, precision=_PRECISION.value)
     _log_model(model, forward.backend)

@@ -16,7 +16,6 @@ stablehlo; onnx and hub store float32. A mistake in a flag or path prints one me
 with status 2 (--traceback for the traceback).
 """
 
-import json
 from typing import Any, Dict, Optional, Tuple
 
 from absl import app
@@ -34,7 +33,6 @@ FORMATS = ('savedmodel', 'stablehlo', 'onnx', 'hub')
 # What each format can store; the first is the default.
 FORMAT_DTYPES = {'savedmodel': ('float32', 'bfloat16'), 'stablehlo': ('float32', 'bfloat16'),
                  'onnx': ('float32',), 'hub': ('float32',)}
-META_FILE = ('meta', 'metadata')  # orbax's JsonSave of the `meta` item in a training checkpoint
 
 
 def define_flags() -> None:
@@ -76,22 +74,25 @@ def check_flags(cfg: Any) -> None:
     raise app.UsageError(f'--output={cfg.output} already exists; pass --overwrite to replace it.')
 
 
-def describe_source(checkpoint: str, which: str) -> Tuple[str, Optional[Dict], Optional[Dict]]:
-  """`(origin, training config, final metrics)` of a checkpoint, for the model card; the metrics
-  only where final_metrics.json is of the exported step."""
+def describe_source(checkpoint: str,
+                    which: str) -> Tuple[str, str, Optional[Dict], Optional[Dict]]:
+  """`(which step, origin, training config, final metrics)` of a checkpoint, for the model card:
+  a workdir's `which` resolved to one step (to load that one, while training may go on), the
+  metrics only where final_metrics.json is of that step."""
   if pretrained.is_params_checkpoint(checkpoint):
-    return (f'Params-only checkpoint `{checkpoint}` (converted from official weights with '
-            '`hinet-convert`, or saved with `save_params`).', None, None)
+    return which, (f'Params-only checkpoint `{checkpoint}` (converted from official weights '
+                   'with `hinet-convert`, or saved with `save_params`).'), None, None
   step = checkpoints.select_step(checkpoint, which)
-  meta_path = checkpoints.checkpoint_dir(checkpoint) / str(step)
-  for part in META_FILE:
-    meta_path = meta_path / part
-  meta = json.loads(files.read_text(meta_path)) if files.exists(meta_path) else {}
+  mngr = checkpoints.create_manager(checkpoint, read_only=True)
+  try:
+    meta = checkpoints.read_meta(mngr, step)
+  finally:
+    mngr.close()
   final = checkpoints.read_final_metrics(checkpoint)
   metrics = final if final and final.get('step') == step else None
   origin = (f'Trained with hinet-jax: training workdir `{checkpoint}`, step {step} '
             f'(`--which={which}`).')
-  return origin, meta.get('config'), metrics
+  return str(step), origin, meta.get('config'), metrics
 
 
 def export(checkpoint: str, output: str, *, fmt: str, which: str = 'latest',
@@ -103,8 +104,10 @@ def export(checkpoint: str, output: str, *, fmt: str, which: str = 'latest',
     The path written (absolute, for a local one).
   """
   # pylint: disable=g-import-not-at-top  # each format imports only its own dependencies
+  if fmt == 'hub':  # The card describes the step exported.
+    which, origin, training_config, metrics = describe_source(checkpoint, which)
   model, params = api.load_pretrained(checkpoint, which=which, backend='xla')
-  window = None if local_stats is None else local_stats or models.DEFAULT_WINDOW
+  window = models.window_of_flag(local_stats)
   if fmt == 'stablehlo':
     from hinet_jax.interop import stablehlo
     return stablehlo.export_stablehlo(model, params, output, dtype=dtype, overwrite=overwrite,
@@ -114,7 +117,6 @@ def export(checkpoint: str, output: str, *, fmt: str, which: str = 'latest',
     return onnx_export.export_onnx(model, params, output, overwrite=overwrite)
   if fmt == 'hub':
     from hinet_jax.interop import hub
-    origin, training_config, metrics = describe_source(checkpoint, which)
     config = models.model_config(model)
     card = hub.model_card(config, params, license_id=license_id, origin=origin,
                           training_config=training_config, metrics=metrics)

@@ -37,8 +37,8 @@ def load_predictor(checkpoint: str, *, which: str = 'latest', backend: str = 'au
   backends.prepare_process()  # Before JAX runs anything.
   model, params = api.load_pretrained(checkpoint, which=which, backend=backend)
   text = f'{type(model).__name__}, {models.count_params(params) / 1e6:.2f} M parameters'
+  local_stats = models.window_of_flag(local_stats)
   if local_stats is not None:
-    local_stats = local_stats or models.DEFAULT_WINDOW
     text += f', local statistics over {local_stats} px'
   predictor = predictor_lib.Predictor(
       model, params, backend=backend, tile=restore_lib.DEFAULT_TILE,

@@ -22,7 +22,7 @@ import ml_collections
 
 from hinet_jax.configs import default as default_lib
 
-# datasets.RAIN13K_TEST_SETS, in basicsr/train_rain.py's order (configs import no library code).
+# layouts.RAIN13K_TEST_SETS, in basicsr/train_rain.py's order (configs import no library code).
 TEST_SETS = ('Test100', 'Rain100H', 'Rain100L', 'Test2800', 'Test1200')
 
 

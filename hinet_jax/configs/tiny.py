@@ -35,5 +35,5 @@ def get_config():
   config.optim.grad_clip_norm = 1.0
   config.eval.num_panels = 2
   config.train.keep_checkpoints = 2
-  config.tensorboard = False  # Metrics to the log: a run skips TensorFlow's import (5 s).
+  config.tensorboard = False  # Metrics to the log: a run skips TensorFlow's import.
   return config

@@ -298,11 +298,6 @@ def winograd_conv(x: Array, kernel: Array, native_backward: bool,
   return _custom_conv(x, kernel, bias, 1, 1, 'jnp', native_backward)
 
 
-def kernels_may_run() -> bool:
-  """Whether any convolution can run on `cpu_kernels` here (else there is nothing to pack)."""
-  return _on_cpu() and cpu_kernels.available()
-
-
 def native_applies(x: Array, kernel: Array) -> bool:
   """Whether `cpu_kernels` can run this conv (the first call builds them)."""
   return (_on_cpu() and x.dtype == jnp.float32 and kernel.dtype == jnp.float32

@@ -36,6 +36,7 @@ class Conv(models.Conv):
   """`models.Conv` with fusions, on the C++ kernels where they apply; `impl`: see
   `convolution.CONV_IMPLS`."""
 
+  plain_twin = models.Conv
   impl: str = 'auto'
 
   @nn.compact
@@ -60,6 +61,7 @@ class Conv(models.Conv):
 class UpConv2x2(models.UpConv2x2):
   """`models.UpConv2x2` on the C++ kernels where they apply (`convolution.upconv2x2`)."""
 
+  plain_twin = models.UpConv2x2
   impl: str = 'auto'
 
   @nn.compact
@@ -76,6 +78,8 @@ class UpConv2x2(models.UpConv2x2):
 class HalfInstanceNorm(models.HalfInstanceNorm):
   """`models.HalfInstanceNorm` as one per-channel affine map over all channels: XLA:CPU ran the
   split and concatenation as separate passes (bench/README.md)."""
+
+  plain_twin = models.HalfInstanceNorm
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -96,6 +100,8 @@ class HalfInstanceNorm(models.HalfInstanceNorm):
 
 class FusedConvBlock(models.ConvBlock):
   """`models.ConvBlock` with its LeakyReLUs, adds and the decoder's join in the convolutions."""
+
+  plain_twin = models.ConvBlock
 
   @nn.compact
   def __call__(self, x: Array, enc: Optional[Array] = None, dec: Optional[Array] = None,
@@ -123,6 +129,8 @@ class FusedConvBlock(models.ConvBlock):
 class FusedUpBlock(models.UpBlock):
   """`models.UpBlock` whose body reads the upsampled features and the skip in place."""
 
+  plain_twin = models.UpBlock
+
   @nn.compact
   def __call__(self, x: Array, skip: Array) -> Array:
     up = self.up_conv(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='up')(x)
@@ -139,10 +147,10 @@ def layers(impl: str = 'auto') -> models.Layers:
 
 LAYERS = models.Layers(conv=Conv, up_conv=UpConv2x2, block=FusedConvBlock, up_block=FusedUpBlock,
                        norm=HalfInstanceNorm)
-# Each plain part and the CPU backend's own; a norm other than these is kept as it is.
-_SWAPS = {plain: fused for plain, fused in zip(
-    (models.Conv, models.UpConv2x2, models.ConvBlock, models.UpBlock, models.HalfInstanceNorm),
-    (Conv, UpConv2x2, FusedConvBlock, FusedUpBlock, HalfInstanceNorm))}
+# Each plain part and the CPU backend's own (`plain_twin`, which `backends` swaps back); a norm
+# other than these is kept as it is.
+_SWAPS = {fused.plain_twin: fused
+          for fused in (Conv, UpConv2x2, FusedConvBlock, FusedUpBlock, HalfInstanceNorm)}
 
 
 def layers_for(plain: models.Layers) -> Optional[models.Layers]:
@@ -160,19 +168,12 @@ def layers_for(plain: models.Layers) -> Optional[models.Layers]:
   return models.Layers(**swapped)
 
 
-def plain_layers(layers: models.Layers) -> models.Layers:
-  """`layers` with each of the CPU backend's parts swapped back for its plain twin."""
-  back = {fused: plain for plain, fused in _SWAPS.items()}
-  return models.Layers(**{f.name: back.get(getattr(layers, f.name), getattr(layers, f.name))
-                          for f in dataclasses.fields(layers)})
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def prepare_inference(model: nn.Module, params: Any) -> dict:
   """`{PACKED: kernels}` for `model.apply({'params': params, **this}, x)` at inference, packed
   once per set of weights (empty where nothing runs on the C++ kernels). Not differentiable;
   jitted, so the traced forward's convolutions are dead code."""
-  side = 2**(getattr(model, 'depth', 1) - 1)
+  side = getattr(model, 'size_multiple', 1)
   x = jnp.zeros((1, side, side, getattr(model, 'in_chn', 3)), jnp.float32)
   _, variables = model.apply({'params': params}, x, mutable=PACKED)
   packed = variables.get(PACKED, {})

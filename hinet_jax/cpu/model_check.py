@@ -26,6 +26,7 @@ from hinet_jax import models
 from hinet_jax.cpu import convolution
 from hinet_jax.cpu import kernels
 from hinet_jax.cpu import layers as cpu_layers
+from hinet_jax.cpu import selftest
 
 Array = jax.Array
 
@@ -35,9 +36,8 @@ _HANDLED_FIELDS = {
                        'param_dtype', 'conv', 'norm'},
     models.UpBlock: {'features', 'relu_slope', 'dtype', 'param_dtype', 'conv', 'up_conv', 'block'},
 }
-# Relative L2 difference allowed between a plain block and its twin: float32 rounding of two
-# summation orders is ~1e-6 here; a missing or different operation is of order 1.
-TOLERANCE = 1e-4
+# Relative L2 difference allowed between a plain block and its twin: the kernels' own bound.
+TOLERANCE = selftest.TOLERANCE
 
 
 def why_not_supported(model: models.HINet) -> Optional[str]:

@@ -19,31 +19,6 @@ from hinet_jax.data import sidd_mat
 from hinet_jax.data import synthetic
 from hinet_jax.data import tfds_source
 
-# Every name this module held before the sources moved out stays importable from here.
-list_images = paired_files.list_images
-match_pairs = paired_files.match_pairs
-read_pair = paired_files.read_pair
-PairedFileSource = paired_files.PairedFileSource
-PairedFolderSource = paired_files.PairedFolderSource
-RAIN13K_TEST_SETS = layouts.RAIN13K_TEST_SETS
-list_sidd_medium_pairs = layouts.list_sidd_medium_pairs
-SiddMediumSource = layouts.SiddMediumSource
-gopro_source = layouts.gopro_source
-reds_pairs = layouts.reds_pairs
-reds_source = layouts.reds_source
-rain13k_source = layouts.rain13k_source
-SIDD_VAL_SHAPE = sidd_mat.SIDD_VAL_SHAPE
-SIDD_VAL_KEYS = sidd_mat.SIDD_VAL_KEYS
-load_mat_blocks = sidd_mat.load_mat_blocks
-SiddValidationSource = sidd_mat.SiddValidationSource
-DEMO_TRAIN_IMAGES = demo_set.DEMO_TRAIN_IMAGES
-DEMO_VAL_IMAGES = demo_set.DEMO_VAL_IMAGES
-load_demo_image = demo_set.load_demo_image
-motion_blur_kernel = demo_set.motion_blur_kernel
-degrade = demo_set.degrade
-DemoSource = demo_set.DemoSource
-TfdsSource = tfds_source.TfdsSource
-
 Source = Any  # Random-access: __len__, and __getitem__ -> {'lq', 'gt', 'name'} (or None: skipped).
 
 _KINDS: Dict[str, Callable[..., Source]] = {

@@ -33,18 +33,6 @@ def load_demo_image(name: str) -> np.ndarray:
   return x
 
 
-def motion_blur_kernel(length: float, angle_deg: float) -> np.ndarray:
-  """A (k, k) float32 line kernel of `length` pixels at `angle_deg`, k odd, summing to 1."""
-  size = int(length) | 1
-  kernel = np.zeros((size, size), np.float32)
-  c = size // 2
-  t = np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * size)
-  rows = np.round(c - t * np.sin(np.deg2rad(angle_deg))).astype(int)
-  cols = np.round(c + t * np.cos(np.deg2rad(angle_deg))).astype(int)
-  kernel[rows, cols] = 1.0
-  return kernel / kernel.sum()
-
-
 def degrade(clean: np.ndarray, rng: np.random.Generator, degradation: str = 'noise',
             sigma: float = 25.0, blur_length: int = 15, jpeg_quality: int = 30) -> np.ndarray:
   """A synthetic degradation of a clean (H, W, 3) uint8 image, as uint8.
@@ -64,12 +52,9 @@ def degrade(clean: np.ndarray, rng: np.random.Generator, degradation: str = 'noi
     noisy = clean.astype(np.float32) + rng.normal(0.0, sigma, clean.shape).astype(np.float32)
     return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
   if degradation == 'blur':
-    from scipy import signal  # pylint: disable=g-import-not-at-top
-    kernel = motion_blur_kernel(blur_length, rng.uniform(0.0, 180.0))
-    pad = kernel.shape[0] // 2
-    padded = np.pad(clean.astype(np.float32), ((pad, pad), (pad, pad), (0, 0)), mode='reflect')
-    out = signal.fftconvolve(padded, kernel[..., None], mode='valid', axes=(0, 1))
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    kernel = image_ops.motion_blur_kernel(blur_length, rng.uniform(0.0, 180.0))
+    return np.clip(np.round(image_ops.convolve(clean.astype(np.float32), kernel)), 0, 255
+                   ).astype(np.uint8)
   if degradation == 'jpeg':
     from PIL import Image  # pylint: disable=g-import-not-at-top
     buf = io.BytesIO()

@@ -143,14 +143,18 @@ def to_rgb(x: np.ndarray) -> np.ndarray:
 
 def encode_png(x: np.ndarray, bit_depth: int = 8) -> bytes:
   """The PNG file of an (H, W[, 3]) image; dtypes and `bit_depth` as in `write_image`."""
-  x = _quantize(x, bit_depth)
+  x = quantize(x, bit_depth)
   if x.ndim == 3 and x.shape[-1] == 1:
     x = x[..., 0]
   return imagecodecs.png_encode(np.ascontiguousarray(x), **_PNG_ENCODE_ARGS)
 
 
-def _quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
-  """uint8/uint16 pass through; float [0, 1] is rounded to `bit_depth` bits."""
+_QUANTIZE_ROWS = 256  # Rows rounded at a time: the float temporaries stay small on a large photo.
+
+
+def quantize(x: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+  """uint8/uint16 pass through; float [0, 1] is clipped and rounded to `bit_depth` (8 or 16)
+  bits, a band of rows at a time."""
   x = np.asarray(x)
   if x.dtype in (np.uint8, np.uint16):
     return x
@@ -159,8 +163,10 @@ def _quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
   if bit_depth not in (8, 16):
     raise ValueError(f'bit_depth must be 8 or 16, got {bit_depth}')
   peak = 255 if bit_depth == 8 else 65535
-  dtype = np.uint8 if bit_depth == 8 else np.uint16
-  return np.round(np.clip(x, 0.0, 1.0) * peak).astype(dtype)
+  out = np.empty(x.shape, np.uint8 if bit_depth == 8 else np.uint16)
+  for r in range(0, max(x.shape[0], 1), _QUANTIZE_ROWS):
+    out[r:r + _QUANTIZE_ROWS] = np.round(np.clip(x[r:r + _QUANTIZE_ROWS], 0.0, 1.0) * peak)
+  return out
 
 
 def write_image(path: files.PathLike, x: np.ndarray, bit_depth: int = 8) -> None:
@@ -172,7 +178,7 @@ def write_image(path: files.PathLike, x: np.ndarray, bit_depth: int = 8) -> None
   """
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
-  x = _quantize(x, bit_depth)
+  x = quantize(x, bit_depth)
   if x.dtype == np.uint16 and ext not in ('.png', ARRAY_EXTENSION):
     raise errors.InvalidInputError(
         f'16-bit images can only be written as .png or .npy, not {path}')
@@ -234,26 +240,27 @@ def paired_random_crop(lq: np.ndarray, gt: np.ndarray, size: Size,
   return lq[top:top + ch, left:left + cw], gt[top:top + ch, left:left + cw]
 
 
-def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+def dihedral(x: np.ndarray, k: int, xp=np) -> np.ndarray:
   """Symmetry k of the square on axes (-3, -2) = (H, W), a view where possible.
 
-  k = 0..3 rotates by k*90 degrees counter-clockwise; k = 4..7 flips upside down first.
+  k = 0..3 rotates by k*90 degrees counter-clockwise; k = 4..7 flips upside down first. `xp`:
+  the array module (`jax.numpy` inside a traced function).
   """
   k = int(k)
   if not 0 <= k < 8:
     raise ValueError(f'dihedral k must be in 0..7, got {k}')
   if k >= 4:
-    x = np.flip(x, axis=-3)
-  return np.rot90(x, k % 4, axes=(-3, -2))
+    x = xp.flip(x, axis=-3)
+  return xp.rot90(x, k % 4, axes=(-3, -2))
 
 
-def inverse_dihedral(x: np.ndarray, k: int) -> np.ndarray:
-  """Undoes `dihedral(x, k)`."""
+def inverse_dihedral(x: np.ndarray, k: int, xp=np) -> np.ndarray:
+  """Undoes `dihedral(x, k, xp)`."""
   k = int(k)
   if not 0 <= k < 8:
     raise ValueError(f'dihedral k must be in 0..7, got {k}')
-  x = np.rot90(x, -(k % 4), axes=(-3, -2))
-  return np.flip(x, axis=-3) if k >= 4 else x
+  x = xp.rot90(x, -(k % 4), axes=(-3, -2))
+  return xp.flip(x, axis=-3) if k >= 4 else x
 
 
 def sample_dihedral(rng: np.random.Generator, mode: str) -> int:
@@ -286,3 +293,23 @@ def pad_to_multiple(x: np.ndarray, m: int,
   widths = [(0, 0)] * x.ndim
   widths[-3], widths[-2] = (0, ph), (0, pw)
   return np.pad(x, widths, mode=mode), (h, w)
+
+
+def motion_blur_kernel(length: float, angle_deg: float) -> np.ndarray:
+  """A (k, k) float32 line kernel of `length` pixels at `angle_deg`, k odd, summing to 1."""
+  size = int(length) | 1
+  kernel = np.zeros((size, size), np.float32)
+  c = size // 2
+  t = np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * size)
+  rows = np.round(c - t * np.sin(np.deg2rad(angle_deg))).astype(int)
+  cols = np.round(c + t * np.cos(np.deg2rad(angle_deg))).astype(int)
+  kernel[rows, cols] = 1.0
+  return kernel / kernel.sum()
+
+
+def convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+  """2-D `kernel` over each channel of float HWC `x`, reflect-padded to the same size."""
+  from scipy import signal  # pylint: disable=g-import-not-at-top
+  ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+  padded = np.pad(x, ((ph, ph), (pw, pw), (0, 0)), mode='reflect')
+  return signal.fftconvolve(padded, kernel[..., None], mode='valid', axes=(0, 1)).astype(np.float32)

@@ -14,7 +14,7 @@ with status 2; --traceback shows the Python traceback as well.
 """
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -25,19 +25,12 @@ from hinet_jax.data import prepare as prepare_lib
 CROP_SIZE = 512  # HINet scripts/data_preparation/sidd.py: opt['crop_size'] = 512
 STEP = 384  # opt['step'] = 384
 THRESH_SIZE = 0  # opt['thresh_size'] = 0
-FORMATS = prepare_lib.FORMATS
 
 
 def crop_starts(length: int, crop_size: int = CROP_SIZE, step: int = STEP,
                 thresh_size: int = THRESH_SIZE) -> List[int]:
   """Window start offsets along one axis (`prepare.crop_starts` with the SIDD values)."""
   return prepare_lib.crop_starts(length, crop_size, step, thresh_size)
-
-
-def crop_boxes(height: int, width: int, crop_size: int = CROP_SIZE, step: int = STEP,
-               thresh_size: int = THRESH_SIZE) -> List[Tuple[int, int]]:
-  """All (top, left) windows in the official order (`prepare.crop_boxes`, SIDD values)."""
-  return prepare_lib.crop_boxes(height, width, crop_size, step, thresh_size)
 
 
 def prepare(input_dir: str, output_dir: str, num_workers: Optional[int] = None,

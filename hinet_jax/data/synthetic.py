@@ -22,7 +22,6 @@ import numpy as np
 
 from hinet_jax import errors
 from hinet_jax import files
-from hinet_jax.data import demo_set
 from hinet_jax.data import image_ops
 from hinet_jax.data import paired_files
 
@@ -49,14 +48,6 @@ def poisson_noise(x: np.ndarray, rng: np.random.Generator, peak: Range,
   return shot + rng.normal(0.0, _uniform(rng, read_sigma) / 255.0, x.shape).astype(np.float32)
 
 
-def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-  """2-D `kernel` over each channel of `x`, reflect-padded to the same size."""
-  from scipy import signal  # pylint: disable=g-import-not-at-top
-  ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
-  padded = np.pad(x, ((ph, ph), (pw, pw), (0, 0)), mode='reflect')
-  return signal.fftconvolve(padded, kernel[..., None], mode='valid', axes=(0, 1)).astype(np.float32)
-
-
 def gaussian_kernel(sigma: float) -> np.ndarray:
   """An isotropic (k, k) Gaussian kernel out to 3 sigma, summing to 1."""
   radius = max(1, math.ceil(3 * sigma))
@@ -67,12 +58,12 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
 
 def gaussian_blur(x: np.ndarray, rng: np.random.Generator, sigma: Range) -> np.ndarray:
-  return _convolve(x, gaussian_kernel(_uniform(rng, sigma)))
+  return image_ops.convolve(x, gaussian_kernel(_uniform(rng, sigma)))
 
 
 def motion_blur(x: np.ndarray, rng: np.random.Generator, length: Range) -> np.ndarray:
-  kernel = demo_set.motion_blur_kernel(max(1.0, _uniform(rng, length)), rng.uniform(0.0, 180.0))
-  return _convolve(x, kernel)
+  kernel = image_ops.motion_blur_kernel(max(1.0, _uniform(rng, length)), rng.uniform(0.0, 180.0))
+  return image_ops.convolve(x, kernel)
 
 
 def jpeg(x: np.ndarray, rng: np.random.Generator, quality: Range) -> np.ndarray:
@@ -80,12 +71,8 @@ def jpeg(x: np.ndarray, rng: np.random.Generator, quality: Range) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   q = int(round(_uniform(rng, quality)))
   buf = io.BytesIO()
-  Image.fromarray(_to_uint8(x)).save(buf, format='JPEG', quality=q)
+  Image.fromarray(image_ops.quantize(x)).save(buf, format='JPEG', quality=q)
   return image_ops.to_float32(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB')))
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-  return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def _as_range(value: RangeLike, name: str, low: float) -> Range:
@@ -144,7 +131,7 @@ class Degradations:
     x = clean
     for name in names:
       x = self._op(name)(x, rng)
-    return image_ops.to_float32(_to_uint8(x))
+    return image_ops.to_float32(image_ops.quantize(x))
 
 
 DEGRADATIONS = ('noise', 'poisson', 'gaussian_blur', 'motion_blur', 'jpeg')
@@ -264,4 +251,5 @@ class PhotoFolderSource:
       name = f'{name}_{box[0]}_{box[1]}'
     rng = np.random.default_rng([self.seed, 1, index])
     lq = self.degradations(image_ops.to_float32(clean), rng)
-    return {'lq': _to_uint8(lq), 'gt': _to_uint8(image_ops.to_float32(clean)), 'name': name}
+    return {'lq': image_ops.quantize(lq), 'gt': image_ops.quantize(image_ops.to_float32(clean)),
+            'name': name}

@@ -5,19 +5,20 @@ from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
 
-from hinet_jax.data import datasets
+from hinet_jax.data import layouts
+from hinet_jax.data import paired_files
+from hinet_jax.data import sidd_mat
 
-RAIN13K_TEST_SETS = datasets.RAIN13K_TEST_SETS
 SIDD_VAL_FILES = ('ValidationNoisyBlocksSrgb.mat', 'ValidationGtBlocksSrgb.mat')
 
 
 def _sidd_val(data_dir: str):
   noisy, gt = (os.path.join(data_dir, f) for f in SIDD_VAL_FILES)
-  source = datasets.SiddValidationSource(noisy, gt, expected_shape=None)
-  if tuple(source.shape) != datasets.SIDD_VAL_SHAPE:
+  source = sidd_mat.SiddValidationSource(noisy, gt, expected_shape=None)
+  if tuple(source.shape) != sidd_mat.SIDD_VAL_SHAPE:
     logging.warning('%s holds blocks of shape %s, not the official %s: the numbers are not '
                     'comparable with published ones.', data_dir, source.shape,
-                    datasets.SIDD_VAL_SHAPE)
+                    sidd_mat.SIDD_VAL_SHAPE)
   return source
 
 
@@ -38,11 +39,11 @@ def test_set_sources(name: str, data_dir: str,
   if name == 'sidd_val':
     return [('', _sidd_val(data_dir))]
   if name == 'gopro':
-    return [('', datasets.gopro_source(data_dir, 'test'))]
+    return [('', layouts.gopro_source(data_dir, 'test'))]
   if name == 'reds':
-    return [('', datasets.reds_source(data_dir, 'val_300'))]
+    return [('', layouts.reds_source(data_dir, 'val_300'))]
   if name == 'rain13k':
-    return [(s, datasets.rain13k_source(data_dir, s)) for s in subsets or RAIN13K_TEST_SETS]
+    return [(s, layouts.rain13k_source(data_dir, s)) for s in subsets or layouts.RAIN13K_TEST_SETS]
   if name == 'folder':
-    return [('', datasets.PairedFolderSource(data_dir))]
+    return [('', paired_files.PairedFolderSource(data_dir))]
   raise ValueError(f'No data layout known for protocol {name!r}.')

@@ -3,6 +3,7 @@
 tensorflow_datasets is imported when a source is opened, so `import hinet_jax` stays free of it.
 """
 
+import importlib
 import os
 from typing import Optional
 
@@ -24,7 +25,7 @@ class TfdsSource:
       self.source = tfds.builder_from_directory(os.fspath(name)).as_data_source(split=split)
     else:
       # Registers the hinet_* builders; any builder with lq/gt/name features works.
-      from hinet_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top,unused-import
+      importlib.import_module('hinet_jax.data.tfds_builders')
       self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
   def __len__(self) -> int:

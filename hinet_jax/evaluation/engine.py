@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from hinet_jax.data import image_ops
 from hinet_jax.data import input_pipeline
 from hinet_jax.evaluation import inference
 from hinet_jax.evaluation import metrics
@@ -64,9 +65,8 @@ def _self_ensemble(apply, variables, x):
   """Mean of `apply` over the 8 flips/rotations of NHWC x (traced)."""
   total = 0.0
   for k in range(inference.NUM_DIHEDRAL):
-    z = jnp.flip(x, axis=1) if k >= 4 else x
-    out = jnp.rot90(apply(variables, jnp.rot90(z, k % 4, axes=(1, 2))), -(k % 4), axes=(1, 2))
-    total = total + (jnp.flip(out, axis=1) if k >= 4 else out)
+    out = apply(variables, image_ops.dihedral(x, k, jnp))
+    total = total + image_ops.inverse_dihedral(out, k, jnp)
   return total / inference.NUM_DIHEDRAL
 
 

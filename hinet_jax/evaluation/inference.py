@@ -73,18 +73,13 @@ class _PreparedVariables:
     return variables
 
 
-def _restored(out):
-  """The restored image of a model's output: the last stage's, or the output itself."""
-  return out[-1] if isinstance(out, (tuple, list)) else out
-
-
 def _apply(model, precision: str, variables, x):
   """The restored image of `model` on NHWC `x` (traced under `precision`)."""
   variables = backends.fill_shapes(variables)
   if precision == 'default':
-    return _restored(model.apply(variables, x))
+    return models.restored_image(model.apply(variables, x))
   with jax.default_matmul_precision(precision):
-    return _restored(model.apply(variables, x))
+    return models.restored_image(model.apply(variables, x))
 
 
 class Forward:
@@ -144,12 +139,6 @@ class _PlainForward:
 def as_forward(predict_fn: Union[Forward, PredictFn]):
   """`predict_fn` as a `Forward` (itself, or a plain function behind the same face)."""
   return predict_fn if isinstance(predict_fn, Forward) else _PlainForward(predict_fn)
-
-
-def make_predict_fn(model, backend: Union[str, backends.Backend] = 'auto', *,
-                    precision: str = 'highest') -> Forward:
-  """`Forward(model, backend, precision=precision)` (the name training calls)."""
-  return Forward(model, backend, precision=precision)
 
 
 def calls_in_flight(predict_fn: Callable) -> int:

@@ -8,7 +8,7 @@ As the official test configs define them (megvii-model/HINet options/test/*/*.ym
     mean of the five set means (the paper's "Average").
   * folder: any `<root>/input` + `<root>/target` pair folder; whole images, 8-bit output, RGB.
 
-`engine` runs them; its public names stay importable from here.
+`engine` runs them.
 """
 
 import dataclasses
@@ -18,9 +18,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from absl import logging
 import numpy as np
 
+from hinet_jax.data import layouts
 from hinet_jax.data import test_sets
-from hinet_jax.evaluation import inference
 from hinet_jax.evaluation import engine
+from hinet_jax.evaluation import inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ PROTOCOLS = {
     'gopro': Protocol('gopro', engine.MetricConfig(quantize=True), tile=256),
     'reds': Protocol('reds', engine.MetricConfig(quantize=True), tile=256),
     'rain13k': Protocol('rain13k', engine.MetricConfig(y_channel=True, quantize=True), tile=256,
-                        subsets=test_sets.RAIN13K_TEST_SETS),
+                        subsets=layouts.RAIN13K_TEST_SETS),
     'folder': Protocol('folder', engine.MetricConfig(quantize=True)),
 }
 
@@ -51,12 +52,6 @@ def get_protocol(name: str) -> Protocol:
   if name not in PROTOCOLS:
     raise ValueError(f'Unknown protocol {name!r}; choose one of {", ".join(PROTOCOLS)}.')
   return PROTOCOLS[name]
-
-
-def protocol_sources(protocol: Protocol, data_dir: str,
-                     subsets: Optional[Sequence[str]] = None) -> List[Tuple[str, object]]:
-  """`test_sets.test_set_sources` of `protocol` (its layout in `data_dir`)."""
-  return test_sets.test_set_sources(protocol.name, data_dir, subsets)
 
 
 _DEFAULT = object()
@@ -87,7 +82,7 @@ def evaluate_protocol(predict_fn, params, protocol_name: str, data_dir: str, *,
   tile = protocol.tile if tile is _DEFAULT else (tile or None)
   overlap = protocol.overlap if overlap is None else overlap
   per_subset = {}
-  for subset, source in protocol_sources(protocol, data_dir, subsets):
+  for subset, source in test_sets.test_set_sources(protocol.name, data_dir, subsets):
     logging.info('Evaluating %s%s: %d images.', protocol_name, f'/{subset}' if subset else '',
                  len(source))
     subset_rows = [] if rows is not None else None

@@ -18,7 +18,6 @@ DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_BATCH_SIZE = 8  # Tiles per call.
-_QUANTIZE_ROWS = 256  # Rows rounded at a time: the float temporaries stay small on a large photo.
 
 RestoreFn = Callable[..., np.ndarray]  # (HWC image, progress=...) -> float32 HWC, a `Predictor`.
 
@@ -70,18 +69,6 @@ def check_size(path: files.PathLike, max_pixels: Optional[int], name: Optional[s
         f'{max_pixels / 1e6:g}: reduce it, or raise the limit (--max_megapixels).')
 
 
-def quantize(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-  """Float [0, 1] HWC rounded to uint8/uint16 as `image_ops.write_image` does, a band of rows at
-  a time."""
-  dtype = np.dtype(dtype)
-  peak = np.iinfo(dtype).max
-  out = np.empty(x.shape, dtype)
-  for r in range(0, x.shape[0], _QUANTIZE_ROWS):
-    out[r:r + _QUANTIZE_ROWS] = np.round(np.clip(x[r:r + _QUANTIZE_ROWS], 0.0, 1.0) * peak
-                                         ).astype(dtype)
-  return out
-
-
 def restore_file(restore_fn: RestoreFn, path: files.PathLike, out_path: files.PathLike, *,
                  max_pixels: Optional[int] = None, name: Optional[str] = None,
                  progress: Optional[inference.ProgressFn] = None) -> Restored:
@@ -110,6 +97,7 @@ def restore_file(restore_fn: RestoreFn, path: files.PathLike, out_path: files.Pa
     if not name:
       raise
     raise image_ops.ImageReadError(str(e).replace(os.fspath(path), name)) from None
-  restored = quantize(restore_fn(lq, progress=progress), lq.dtype)
+  restored = image_ops.quantize(restore_fn(lq, progress=progress),
+                              16 if lq.dtype == np.uint16 else 8)
   image_ops.write_image(out_path, restored)
   return Restored(os.fspath(out_path), lq, restored, time.perf_counter() - start)

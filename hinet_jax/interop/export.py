@@ -18,22 +18,13 @@ from absl import logging
 
 from hinet_jax import backends
 from hinet_jax import files
+from hinet_jax import models
 
 SIGNATURE_KEY = 'serving_default'
 INPUT_NAME = 'image'
 OUTPUT_NAME = 'restored'
 # The file TF's loader needs: published last, so its presence says the SavedModel is complete.
 SAVED_MODEL_FILE = 'saved_model.pb'
-
-
-def make_apply_fn(model):
-  """`apply_fn(params, x) -> restored x` (HINet's stage 2), the function jax2tf converts."""
-
-  def apply_fn(params, x):
-    out = model.apply({'params': params}, x)
-    return out[-1] if isinstance(out, (tuple, list)) else out
-
-  return apply_fn
 
 
 def _tf_pad_indices(tf, n, pad, symmetric):
@@ -71,12 +62,13 @@ def export_saved_model(model, params: Any, output_dir: files.PathLike, *,
   # pylint: enable=g-import-not-at-top
 
   output_dir = files.new_output(output_dir, overwrite)
-  multiple = 2**(model.depth - 1)
+  multiple = model.size_multiple
   channels = model.in_chn
   # TensorFlow runs the SavedModel with its own kernels: XLA's layers are the portable form.
   model = backends.resolve('xla').build(model)
-  jax_module = oex.JaxModule(params, make_apply_fn(model),
-                         input_polymorphic_shape=f'b, {multiple}*h, {multiple}*w, {channels}')
+  restore = lambda p, x: models.restored_image(model.apply({'params': p}, x))
+  jax_module = oex.JaxModule(params, restore,
+                             input_polymorphic_shape=f'b, {multiple}*h, {multiple}*w, {channels}')
   core = jax_module.methods[constants.DEFAULT_METHOD_KEY]
   spec = tf.TensorSpec([None, None, None, channels], tf.float32, name=INPUT_NAME)
 

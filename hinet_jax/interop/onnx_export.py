@@ -141,7 +141,7 @@ def build_onnx(model: models.HINet, params: Any) -> Any:
   torch_port.torch_to_flax(weights, models.create_model(**models.model_config(model)))
   g = _Graph(onnx, weights, model.relu_slope)
   nchw = g.op('Transpose', INPUT_NAME, perm=[0, 3, 1, 2])
-  padded, h, w = _padded(g, nchw, 2**(model.depth - 1))
+  padded, h, w = _padded(g, nchw, model.size_multiple)
   restored = _hinet(g, padded, model.depth)
   ends = g.op('Concat', *(g.op('Unsqueeze', n, g.const(np.array([0], np.int64))) for n in (h, w)),
               axis=0)

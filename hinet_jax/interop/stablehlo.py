@@ -78,7 +78,7 @@ def stored_weights(params: Any, dtype: str) -> Tuple[list, Any]:
 
 def make_restore_fn(model: models.HINet, treedef: Any):
   """`restore(weights, image) -> restored image` (stage 2), the function that is exported."""
-  multiple = 2**(model.depth - 1)
+  multiple = model.size_multiple
 
   def restore(weights, image):
     weights = [jax.lax.bitcast_convert_type(w, jnp.bfloat16) if w.dtype == jnp.uint16 else w

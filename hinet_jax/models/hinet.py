@@ -167,6 +167,10 @@ class HINet(nn.Module):
     self.cat12 = conv(self.wf, 1, **kw)
     self.last = conv(self.in_chn, 3, padding=1, **kw)
 
+  @property
+  def size_multiple(self) -> int:
+    return size_multiple(self.depth)
+
   def _unet(self, x, down_path, up_path, skip_conv, csff=None):
     """One stage's U-Net: (last decoder output, encoder skips, decoder outputs)."""
     encs = []
@@ -185,7 +189,7 @@ class HINet(nn.Module):
       raise ValueError(f'HINet expects NHWC images with {self.in_chn} channels, got shape '
                        f'{x.shape}.')
     h, w = x.shape[1:3]
-    x = pad_to_multiple(x.astype(jnp.float32), 2**(self.depth - 1))
+    x = pad_to_multiple(x.astype(jnp.float32), self.size_multiple)
     image = x.astype(self.dtype)
     d1, encs, decs = self._unet(self.conv_01(image), self.down_path_1, self.up_path_1,
                                 self.skip_conv_1)
@@ -196,6 +200,16 @@ class HINet(nn.Module):
     d2, _, _ = self._unet(g, self.down_path_2, self.up_path_2, self.skip_conv_2, csff)
     stage2 = self.last(d2).astype(jnp.float32) + x
     return stage1.astype(jnp.float32)[:, :h, :w], stage2[:, :h, :w]
+
+
+def restored_image(outputs):
+  """The restored image among a model's outputs: a HINet's last stage, or the output itself."""
+  return outputs[-1] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def size_multiple(depth: int) -> int:
+  """Image sides a HINet of `depth` levels takes unpadded: each level below the first halves."""
+  return 2**(depth - 1)
 
 
 def pad_to_multiple(x: Array, multiple: int) -> Array:

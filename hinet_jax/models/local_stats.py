@@ -9,6 +9,7 @@ unchanged: this only swaps the norm part of a trained model (`with_local_stats`)
 """
 
 import dataclasses
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,11 @@ Array = jax.Array
 WINDOW_PER_CROP = 1.5
 # Every published preset trained on 256 crops; a checkpoint does not store its crop.
 DEFAULT_WINDOW = 384
+
+
+def window_of_flag(value: Optional[int]) -> Optional[int]:
+  """The programs' `--local_stats` value as a window: None is off, 0 is DEFAULT_WINDOW."""
+  return None if value is None else value or DEFAULT_WINDOW
 
 
 def default_window(train_crop: int) -> int:
@@ -76,15 +82,16 @@ class LocalHalfInstanceNorm(HalfInstanceNorm):
       its window is `window * wf / c` feature pixels (at least 1).
   """
 
-  window: int = 384
+  window: int = DEFAULT_WINDOW
   wf: int = 64
 
   def level_window(self, channels: int) -> int:
+    """The window at a level of `channels` channels (the block's, twice the normalised half)."""
     return max(1, int(self.window * self.wf // channels))
 
   def normalize(self, first: Array, scale: Array, bias: Array) -> Array:
-    return local_instance_norm(first, scale, bias, self.level_window(2 * first.shape[-1]),
-                               self.epsilon)
+    window = self.level_window(2 * first.shape[-1])
+    return local_instance_norm(first, scale, bias, window, self.epsilon)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,7 @@ def model_config(model: HINet) -> dict:
 
 
 def _init_input(model: HINet, image_size: int = 0) -> jax.ShapeDtypeStruct:
-  side = max(image_size, 2**(model.depth - 1))
+  side = max(image_size, model.size_multiple)
   return jax.ShapeDtypeStruct((1, side, side, model.in_chn), jnp.float32)
 
 

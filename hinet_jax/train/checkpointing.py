@@ -46,11 +46,6 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, *, data_iter: Any 
   return restored['state'], restored['meta']
 
 
-def read_meta(mngr: ocp.CheckpointManager, step: int) -> Dict[str, Any]:
-  """The JSON meta of checkpoint `step` ({'step', 'config', ...}), without reading the state."""
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-
-
 def write_model_config(workdir: files.PathLike, model_cfg: Dict[str, Any]) -> None:
   """Writes WORKDIR/model_config.json atomically (process 0 only)."""
   if jax.process_index() != 0:

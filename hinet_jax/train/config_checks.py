@@ -4,6 +4,7 @@ import jax
 import ml_collections
 
 from hinet_jax import backends
+from hinet_jax import models
 from hinet_jax.train import losses
 from hinet_jax.train import step as step_lib
 
@@ -21,7 +22,7 @@ def check_positive_steps(config: ml_collections.ConfigDict) -> None:
 
 def check_crop_size(config: ml_collections.ConfigDict) -> None:
   """The training crop halves `depth - 1` times without a remainder."""
-  multiple = 2**(config.model.depth - 1)
+  multiple = models.size_multiple(config.model.depth)
   if config.data.crop_size % multiple:
     fix = -(-config.data.crop_size // multiple) * multiple
     raise ValueError(f'config.data.crop_size={config.data.crop_size} must be a multiple of '

@@ -24,6 +24,7 @@ from hinet_jax import files
 from hinet_jax import models
 from hinet_jax.data import datasets
 from hinet_jax.data import input_pipeline
+from hinet_jax.evaluation import inference
 from hinet_jax.train import checkpointing
 from hinet_jax.train import config_checks
 from hinet_jax.train import preemption
@@ -247,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             hooks=create_hooks(config, workdir),
             validator=validation.Validation(
                 config=config, workdir=workdir, writer=writer, val_sets=val_sets,
-                predict_fn=validation.create_predict_fn(config, model, backend)),
+                predict_fn=inference.Forward(model, backend, precision=config.eval.precision)),
             data_meta={'data_layout': resume.data_layout(config),
                        'data_stream': start.data_stream})
   try:

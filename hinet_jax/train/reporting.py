@@ -1,6 +1,6 @@
 """Where a run's metrics go: TensorBoard through clu, or the log alone.
 
-clu's writers import TensorFlow (about 5 s of CPU); with `config.tensorboard=False`, and on every
+clu's writers import TensorFlow (seconds of CPU); with `config.tensorboard=False`, and on every
 process but the first, `LogWriter` keeps the same interface on absl's log without it.
 """
 

@@ -101,7 +101,7 @@ def restore_or_init(config, model, tx, mesh, mngr,
     state, _, shardings = step_lib.init_state(model, tx, mesh, config.seed,
                                               initial_params(config, model))
     return Start(state, shardings, 0, make_train_iter(0), 0)
-  meta = checkpointing.read_meta(mngr, latest)
+  meta = checkpoints.read_meta(mngr, latest)
   saved = meta.get('config', {}).get('model')
   mismatch = architecture_mismatch(saved, model) if saved else {}
   if mismatch:

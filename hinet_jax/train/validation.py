@@ -1,7 +1,6 @@
 """Validation during training: metrics of every validation set, panels, the NLM baseline, PNGs."""
 
 import dataclasses
-import io
 import json
 from typing import Any, Callable, Dict, List
 
@@ -9,12 +8,9 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from hinet_jax import backends
 from hinet_jax import checkpoints
 from hinet_jax import files
-from hinet_jax import models
 from hinet_jax.data import image_ops
 from hinet_jax.evaluation import engine
 from hinet_jax.evaluation import inference
@@ -22,12 +18,6 @@ from hinet_jax.evaluation import metrics as metrics_lib
 from hinet_jax.evaluation import protocols
 
 PANEL_FILE = 'panel_{name}.png'
-
-
-def create_predict_fn(config: ml_collections.ConfigDict, model: models.HINet,
-                      backend: backends.Backend) -> Callable:
-  """The validation predict function at `config.eval.precision`."""
-  return inference.make_predict_fn(model, backend, precision=config.eval.precision)
 
 
 def eval_protocol(config: ml_collections.ConfigDict) -> protocols.Protocol:
@@ -134,13 +124,6 @@ def nlm_baseline(source: Any, h_factor: float = 0.8) -> Dict[str, float]:
   return {'nlm_psnr': float(np.mean(psnrs)), 'nlm_ssim': float(np.mean(ssims))}
 
 
-def save_panel_png(path: files.PathLike, image: np.ndarray) -> None:
-  """Writes a float [0, 1] HWC image as an 8-bit PNG (whole or not at all; local or gs://)."""
-  buffer = io.BytesIO()
-  Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(buffer, format='PNG')
-  files.write_bytes(path, buffer.getvalue())
-
-
 @dataclasses.dataclass
 class Validation:
   """Validation of one run. Every process runs the same computations; process 0 writes files.
@@ -190,7 +173,7 @@ class Validation:
       restored, = restore_items(self.predict_fn, params, self.config, [item])
       result['panel'] = PANEL_FILE.format(name=item['name'])
       if jax.process_index() == 0:
-        save_panel_png(workdir / result['panel'], panel(item, restored))
+        image_ops.write_image(workdir / result['panel'], panel(item, restored))
     if jax.process_index() == 0:
       files.write_text(workdir / checkpoints.FINAL_METRICS_FILE,
                        json.dumps(result, indent=2, sort_keys=True))
