@@ -24,7 +24,7 @@ from hinet_jax.train import sharding
 from hinet_jax.train import validation
 from hinet_jax.train import step as step_lib
 
-TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
+TINY = dict(wf=8, depth=2, hin_position_left=0, hin_position_right=1)
 
 
 def _tiny_state(seed=0):

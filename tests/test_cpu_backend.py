@@ -4,6 +4,8 @@ Its fused blocks run on the C++ kernels where they build ('auto'), and on XLA's 
 ('matmul') everywhere: so the blocks' wiring is checked on a machine without a compiler too.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,12 +30,32 @@ def _rel(a, b):
   return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
-def _setup(layers):
+@functools.lru_cache(maxsize=None)
+def _plain():
+  """The plain model, its parameters and an input, made once for every setup."""
   plain = models.create_model(**TINY)
-  fused = plain.clone(layers=layers)
-  params = models.init_params(plain, 0)
-  x = jax.random.uniform(jax.random.key(1), (2, 32, 40, 3))
-  return plain, fused, params, x
+  return plain, models.init_params(plain, 0), jax.random.uniform(jax.random.key(1), (2, 32, 40, 3))
+
+
+def _setup(layers):
+  plain, params, x = _plain()
+  return plain, plain.clone(layers=layers), params, x
+
+
+def _loss(model, p, x):
+  s1, s2 = model.apply({'params': p}, x)
+  return jnp.sum(s1 * s1) + jnp.sum(jnp.abs(s2 - 0.5))
+
+
+def _outputs_and_grads(model, params, x):
+  return (jax.jit(lambda p: model.apply({'params': p}, x))(params),
+          jax.jit(jax.grad(lambda p: _loss(model, p, x)))(params))
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_outputs_and_grads():
+  plain, params, x = _plain()
+  return _outputs_and_grads(plain, params, x)
 
 
 @pytest.fixture(scope='module')
@@ -61,16 +83,11 @@ def test_same_parameter_tree(any_setup):
 
 
 def test_outputs_and_gradients_match_the_plain_model(any_setup):
-  plain, fused, params, x = any_setup
-
-  def loss(model, p):
-    s1, s2 = model.apply({'params': p}, x)
-    return jnp.sum(s1 * s1) + jnp.sum(jnp.abs(s2 - 0.5))
-
-  outs = [jax.jit(lambda p, m=m: m.apply({'params': p}, x))(params) for m in (plain, fused)]
-  for a, b in zip(*outs):
+  _, fused, params, x = any_setup
+  (outs_plain, g_plain), (outs_fused, g_fused) = (_plain_outputs_and_grads(),
+                                                  _outputs_and_grads(fused, params, x))
+  for a, b in zip(outs_plain, outs_fused):
     assert _rel(b, a) < 1e-5
-  g_plain, g_fused = [jax.jit(jax.grad(lambda p, m=m: loss(m, p)))(params) for m in (plain, fused)]
   for path, a in jax.tree_util.tree_leaves_with_path(g_plain):
     b = g_fused
     for k in path:

@@ -1,5 +1,6 @@
 """Every convolution form equals lax.conv (values and both gradients); 'auto' picks as measured."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -574,18 +575,28 @@ def test_unknown_impl_is_a_clear_error():
     convolution.conv(x, k, 1, 1, impl='fft')
 
 
+_SMALL_HINET = models.HINet(wf=4, depth=2)
+
+
+def _outputs_and_grads(model, params, x):
+  loss = lambda p: sum(jnp.sum(o**2) for o in model.apply({'params': p}, x))
+  return jax.jit(lambda p: (model.apply({'params': p}, x), jax.grad(loss)(p)))(params)
+
+
+@functools.lru_cache(maxsize=None)
+def _small_hinet_reference():
+  """(params, x, XLA's outputs and parameter gradients), computed once for every form."""
+  x = jnp.asarray(np.random.default_rng(2).random((2, 10, 9, 3)), jnp.float32)
+  params = models.init_params(_SMALL_HINET, 0)
+  return params, x, _outputs_and_grads(_SMALL_HINET, params, x)
+
+
 @pytest.mark.parametrize('impl', ['matmul', 'winograd', 'native', 'auto'])
 def test_hinet_forms_match_xla(impl):
   """Both stages and the parameter gradient of a whole (small) HINet."""
-  x = jnp.asarray(np.random.default_rng(2).random((2, 10, 9, 3)), jnp.float32)
-  ref = models.HINet(wf=4, depth=2)
-  params = models.init_params(ref, 0)
-
-  def run(model):
-    loss = lambda p: sum(jnp.sum(o**2) for o in model.apply({'params': p}, x))
-    return jax.jit(lambda p: (model.apply({'params': p}, x), jax.grad(loss)(p)))(params)
-
-  (outs, grads), (outs_ref, grads_ref) = run(ref.clone(layers=cpu_layers.layers(impl))), run(ref)
+  params, x, (outs_ref, grads_ref) = _small_hinet_reference()
+  model = _SMALL_HINET.clone(layers=cpu_layers.layers(impl))
+  outs, grads = _outputs_and_grads(model, params, x)
   for a, b in zip(outs, outs_ref):
     assert _rel(a, b) < 1e-5
   # All parameter gradients as one vector: single near-zero entries (instance-norm biases whose

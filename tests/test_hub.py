@@ -16,7 +16,7 @@ from hinet_jax.interop import hub
 from hinet_jax.interop import torch_port
 import data_fixtures
 
-TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
+TINY = dict(wf=8, depth=2, hin_position_left=0, hin_position_right=1)
 METRICS = {'psnr': 30.5, 'psnr_official': 30.6, 'ssim': 0.9, 'ssim_official': 0.91,
            'official_peak_flips': 1, 'step': 10}
 

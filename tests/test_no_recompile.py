@@ -17,7 +17,7 @@ from hinet_jax.evaluation import inference
 from hinet_jax.train import sharding
 from hinet_jax.train import step as step_lib
 
-TINY = dict(wf=8, depth=3, hin_position_left=0, hin_position_right=2)
+TINY = dict(wf=8, depth=2, hin_position_left=0, hin_position_right=1)
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 
