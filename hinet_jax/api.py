@@ -40,7 +40,7 @@ def load_pretrained(directory: files.PathLike, which: str = 'latest', dtype: Opt
   Returns:
     `(model, params)`; `model.apply({'params': params}, x)` returns `(stage1, stage2)`.
   """
-  if _hub_repo(directory) or (files.is_dir(directory) and hub.is_hub_dir(directory)):
+  if is_hub_repo(directory) or (files.is_dir(directory) and hub.is_hub_dir(directory)):
     model_cfg, params = hub.read_hub(directory)
   else:
     model_cfg, params = checkpoints.load(directory, which)
@@ -48,7 +48,7 @@ def load_pretrained(directory: files.PathLike, which: str = 'latest', dtype: Opt
   return backends.build(models.create_model(**{**model_cfg, **overrides}), backend), params
 
 
-def _hub_repo(source: files.PathLike) -> bool:
+def is_hub_repo(source: files.PathLike) -> bool:
   """Whether `source` names a Hub repo: `hf://...`, or `org/name` that is no local path while the
   Hub client is installed (without it, a missing local folder's error is the clearer one)."""
   if str(source).startswith(hub.HF_PREFIX):

@@ -53,7 +53,8 @@ PANEL_GAP = 8  # White pixels between the input and the restored image in a pane
 
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None,
-    'Converted checkpoint dir (model_config.json + params/) or training workdir.')
+    'Converted checkpoint dir (model_config.json + params/), training workdir, Hub-layout folder, '
+    'or Hub repo (org/name, hf://org/name[@revision]; the hub extra).')
 _WHICH = flags.DEFINE_enum('which', 'latest', ['latest', 'best'],
                            'For a training workdir: its latest or best (by PSNR) checkpoint.')
 _PROTOCOL = flags.DEFINE_enum('protocol', None, list(evaluate.PROTOCOLS), 'Evaluation protocol.')
@@ -328,7 +329,7 @@ def main(argv):
     raise app.UsageError('--checkpoint is required.')
   if bool(_PROTOCOL.value) == bool(_INPUT.value):
     raise app.UsageError('Pass either --protocol (evaluate) or --input/--output (restore).')
-  if not files.is_dir(_CHECKPOINT.value):
+  if not (api.is_hub_repo(_CHECKPOINT.value) or files.is_dir(_CHECKPOINT.value)):
     raise errors.MissingPathError(
         f'--checkpoint={_CHECKPOINT.value} does not exist or is not a folder: pass a converted '
         'checkpoint (python -m hinet_jax.convert) or a training workdir.')

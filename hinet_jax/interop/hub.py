@@ -160,11 +160,6 @@ def repo_id_of(source: str) -> Optional[Tuple[str, Optional[str]]]:
   return repo_id, revision or None
 
 
-def is_hub_source(source: files.PathLike) -> bool:
-  """Whether `read_hub` reads `source`: a Hub-layout folder or a Hub repo."""
-  return repo_id_of(os.fspath(source)) is not None or is_hub_dir(source)
-
-
 def download(repo_id: str, revision: Optional[str] = None) -> str:
   """The local snapshot folder of a Hub repo (the cache, or a download unless HF_HUB_OFFLINE)."""
   hub = extras.require('huggingface_hub', 'hub', f'Loading {HF_PREFIX}{repo_id}')
