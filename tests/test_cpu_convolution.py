@@ -544,7 +544,7 @@ def test_kernels_are_built_and_tested_once_and_refused_if_wrong(tmp_path):
   (a test-only define adds 1 to one output) is refused on the machine that built it: one warning
   naming the product, and 'auto' runs XLA's layers; the next process reads the verdict back."""
   env = dict(HINET_JAX_CACHE_DIR=str(tmp_path), XLA_FLAGS='',  # one device
-             HINET_JAX_CPU_KERNEL_FLAGS='-DHINET_JAX_WRONG_FOR_TESTS -O1')  # -O1: a faster build
+             HINET_JAX_CPU_KERNEL_FLAGS='-DHINET_JAX_WRONG_FOR_TESTS -O0')  # -O0: the fastest build
   check = """
       from hinet_jax import backends
       from hinet_jax.cpu import kernels
