@@ -43,19 +43,19 @@ def _two_convs():
 
 
 class Biased(nn.Module):
-  """x + 2 * bias, where `2 * bias` comes from the 'prepared' collection when it is given."""
+  """x + 2 * bias, read from the 'prepared' twin of `bias` when it is given."""
 
   @nn.compact
   def __call__(self, x):
     bias = self.param('bias', nn.initializers.normal(1.0), (x.shape[-1],))
-    if self.has_variable('prepared', 'double'):
-      return x + self.get_variable('prepared', 'double')
+    if self.has_variable('prepared', 'bias'):
+      return x + self.get_variable('prepared', 'bias')
     return x + 2 * bias
 
 
 def _prepare_biased(model, params):
   del model
-  return {'prepared': {'double': 2 * params['bias']}}
+  return {'prepared': {'bias': 2 * params['bias']}}
 
 
 def _fake_backend(**changes):
@@ -245,17 +245,6 @@ class RestoreTest(parameterized.TestCase):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-class Doubled(nn.Module):
-  """x + 2 * bias, read from the 'prepared' twin of `bias` when it is given."""
-
-  @nn.compact
-  def __call__(self, x):
-    bias = self.param('bias', nn.initializers.normal(1.0), (x.shape[-1],))
-    if self.has_variable('prepared', 'bias'):
-      return x + self.get_variable('prepared', 'bias')
-    return x + 2 * bias
-
-
 def _tiny_hinet():
   model = models.HINet(wf=8, depth=2)
   return model, data_fixtures.random_params(model, std=0.1)
@@ -276,11 +265,11 @@ class PredictorTest(absltest.TestCase):
 
   def test_holds_the_prepared_weights_alone(self):
     """A parameter with a prepared twin is held as its shape; the caller's arrays are freed."""
-    backend = _fake_backend(prepare_inference=lambda m, p: {'prepared': {'bias': 2 * p['bias']}})
+    backend = _fake_backend(prepare_inference=_prepare_biased)
     params = {'bias': jnp.asarray([0.1, 0.2, 0.3], jnp.float32)}
     expected = _image(4, 5) + 2 * np.asarray(params['bias'])
     alive = weakref.ref(params['bias'])
-    predictor = hinet_jax.Predictor(Doubled(), params, backend=backend)
+    predictor = hinet_jax.Predictor(Biased(), params, backend=backend)
     del params
     gc.collect()
     self.assertIsNone(alive())

@@ -135,45 +135,6 @@ def _to_global_arrays(data_sharding: jax.sharding.Sharding, batch: Batch) -> Bat
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(data_sharding, x), batch)
 
 
-def create_train_dataset(source: Source, *, batch_size: int, crop_size: image_ops.Size,
-                         augment: str = 'dihedral', seed: int = 0, num_workers: int = 0,
-                         num_threads: int = 2, prefetch: int = 8,
-                         data_sharding: Optional[jax.sharding.Sharding] = None,
-                         shard_by_process: bool = True, process_index: Optional[int] = None,
-                         process_count: Optional[int] = None, worker_buffer_size: int = 2,
-                         device_prefetch: int = 2, stream: int = 0) -> grain.IterDataset:
-  """Builds the infinite training IterDataset (see `create_train_iter` for the arguments)."""
-  if augment not in AUGMENT_MODES:
-    raise ValueError(f'augment must be one of {AUGMENT_MODES}, got {augment!r}')
-  pi, pc = _process_info(process_index, process_count)
-  local_bs = local_batch_size(batch_size, pc)
-  ch, cw = image_ops.pair_size(crop_size)
-  if data_sharding is not None:
-    _check_sharding(data_sharding, (batch_size, ch, cw, 3))
-  ds = grain.MapDataset.source(source)
-  if shard_by_process:
-    ds = shard_dataset(ds, pi, pc)
-  # A source of clean photos makes its pairs here (`synthetic`): degraded crop by crop, seeded.
-  make_crop = getattr(source, 'train_transform', None)
-  crop = make_crop((ch, cw), augment) if make_crop else CropAugmentToFloat((ch, cw), augment)
-  # Shuffle before repeat reshuffles each epoch; random_map after it draws new crops each epoch.
-  ds = ds.seed(stream_seed(seed, pi, stream)).shuffle().repeat().random_map(crop)
-  # Batch on the IterDataset so items a source skipped (None) are dropped first.
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                               prefetch_buffer_size=prefetch))
-  it_ds = it_ds.batch(local_bs, drop_remainder=True)
-  if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
-  if data_sharding is not None:
-    # Placed on the devices in the prefetch thread, so the loop's next() takes a ready batch
-    # (bench/README.md, input pipeline).
-    it_ds = it_ds.map(functools.partial(_to_global_arrays, data_sharding))
-    it_ds = grain.experimental.ThreadPrefetchIterDataset(
-        it_ds, prefetch_buffer_size=device_prefetch)
-  return it_ds
-
-
 def create_train_iter(source: Source, *, batch_size: int, crop_size: image_ops.Size,
                       augment: str = 'dihedral', seed: int = 0, num_workers: int = 0,
                       num_threads: int = 2, prefetch: int = 8,
@@ -205,12 +166,35 @@ def create_train_iter(source: Source, *, batch_size: int, crop_size: image_ops.S
       (the process count changed), a new value all processes agree on (e.g. the restored step)
       continues on fresh deterministic streams instead of replaying the first batches.
   """
-  return iter(create_train_dataset(
-      source, batch_size=batch_size, crop_size=crop_size, augment=augment, seed=seed,
-      num_workers=num_workers, num_threads=num_threads, prefetch=prefetch,
-      data_sharding=data_sharding, shard_by_process=shard_by_process,
-      process_index=process_index, process_count=process_count,
-      worker_buffer_size=worker_buffer_size, device_prefetch=device_prefetch, stream=stream))
+  if augment not in AUGMENT_MODES:
+    raise ValueError(f'augment must be one of {AUGMENT_MODES}, got {augment!r}')
+  pi, pc = _process_info(process_index, process_count)
+  local_bs = local_batch_size(batch_size, pc)
+  ch, cw = image_ops.pair_size(crop_size)
+  if data_sharding is not None:
+    _check_sharding(data_sharding, (batch_size, ch, cw, 3))
+  ds = grain.MapDataset.source(source)
+  if shard_by_process:
+    ds = shard_dataset(ds, pi, pc)
+  # A source of clean photos makes its pairs here (`synthetic`): degraded crop by crop, seeded.
+  make_crop = getattr(source, 'train_transform', None)
+  crop = make_crop((ch, cw), augment) if make_crop else CropAugmentToFloat((ch, cw), augment)
+  # Shuffle before repeat reshuffles each epoch; random_map after it draws new crops each epoch.
+  ds = ds.seed(stream_seed(seed, pi, stream)).shuffle().repeat().random_map(crop)
+  # Batch on the IterDataset so items a source skipped (None) are dropped first.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                               prefetch_buffer_size=prefetch))
+  it_ds = it_ds.batch(local_bs, drop_remainder=True)
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
+  if data_sharding is not None:
+    # Placed on the devices in the prefetch thread, so the loop's next() takes a ready batch
+    # (bench/README.md, input pipeline).
+    it_ds = it_ds.map(functools.partial(_to_global_arrays, data_sharding))
+    it_ds = grain.experimental.ThreadPrefetchIterDataset(
+        it_ds, prefetch_buffer_size=device_prefetch)
+  return iter(it_ds)
 
 
 def _read_ahead(source: Source, indices: Iterable[int], num_threads: int) -> Iterator[Any]:

@@ -232,7 +232,7 @@ class PhotoFolderSource:
             for left in range(0, max(w - s, 0) + 1, s)]
 
   def train_transform(self, crop_size: image_ops.Size, augment: str) -> SynthesizeCrop:
-    """The pipeline's crop for this source (`input_pipeline.create_train_dataset`)."""
+    """The pipeline's crop for this source (`input_pipeline.create_train_iter`)."""
     return SynthesizeCrop(crop_size, augment, self.degradations)
 
   def __len__(self) -> int:
