@@ -1,5 +1,5 @@
-"""Test setup: 8 host CPU devices, fewer compiler optimisations, one compilation cache for the
-subprocesses, and the long scenarios scheduled first.
+"""Test setup: 8 host CPU devices, fewer compiler optimisations and a faster CPU emitter
+(`launch.py`), one compilation cache for the subprocesses, and the long scenarios scheduled first.
 
 XLA_FLAGS must be set before JAX initialises its backends, hence here, before any test imports jax.
 The tests run against the installed package (`pip install -e '.[test]'`). Helpers beside the tests
@@ -14,8 +14,9 @@ import os
 import shutil
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+import launch
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + launch.xla_flags(8)).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ['HF_HUB_OFFLINE'] = '1'  # No test reaches the Hugging Face Hub; its cache only.
 # The tests' programs compile with most of XLA's optimisations off (as flax's example tests

@@ -18,6 +18,8 @@ from hinet_jax import models
 from hinet_jax.train import sharding
 from hinet_jax.cpu import winograd
 
+import launch
+
 
 def _rel(a, b):
   return float(jnp.linalg.norm((a - b).ravel()) / jnp.linalg.norm(b.ravel()))
@@ -476,7 +478,7 @@ _AUTO_BACKEND = """
 
 
 def test_auto_is_the_cpu_backend_on_one_device_only():
-  one = _run_python(_AUTO_BACKEND, XLA_FLAGS='')
+  one = _run_python(_AUTO_BACKEND, XLA_FLAGS=launch.xla_flags(1))
   assert one.stdout.strip() == '1 devices: cpu', one.stderr
   eight = _run_python(_AUTO_BACKEND)  # conftest's XLA_FLAGS: 8 devices
   assert eight.stdout.strip() == '8 devices: xla', eight.stderr
@@ -543,7 +545,7 @@ def test_kernels_are_built_and_tested_once_and_refused_if_wrong(tmp_path):
   against XLA (`cpu.selftest`, the verdict kept beside them). A build whose convolution is wrong
   (a test-only define adds 1 to one output) is refused on the machine that built it: one warning
   naming the product, and 'auto' runs XLA's layers; the next process reads the verdict back."""
-  env = dict(HINET_JAX_CACHE_DIR=str(tmp_path), XLA_FLAGS='',  # one device
+  env = dict(HINET_JAX_CACHE_DIR=str(tmp_path), XLA_FLAGS=launch.xla_flags(1),
              HINET_JAX_CPU_KERNEL_FLAGS='-DHINET_JAX_WRONG_FOR_TESTS -O0')  # -O0: the fastest build
   check = """
       from hinet_jax import backends

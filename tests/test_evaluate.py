@@ -32,6 +32,7 @@ from hinet_jax import models
 from hinet_jax.evaluation import metrics
 from hinet_jax.models import pretrained
 import data_fixtures
+import launch
 
 
 def _pair(h, w, seed, noise=20, dtype=np.uint8):
@@ -369,8 +370,7 @@ class SplitEvaluationTest(absltest.TestCase):
     for name, batched in (('batched', True), ('pairs', False)):
       protocol = evaluate.Protocol(name, engine.MetricConfig(), batched=batched)
       want[name] = engine.evaluate_source(_TIMES_1_5, None, source, protocol, batch_size=4)
-    env = dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=4')
+    env = launch.program_env(4)
     address = f'localhost:{_free_port()}'
     here = os.path.dirname(os.path.abspath(__file__))
     procs = [subprocess.Popen([sys.executable, '-c', _WORKER, address, str(i), here], env=env,

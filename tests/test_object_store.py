@@ -37,6 +37,7 @@ from hinet_jax.models import pretrained
 from hinet_jax.train import checkpointing
 from hinet_jax.train import resume
 import data_fixtures
+import launch
 
 import object_store
 
@@ -348,9 +349,7 @@ def test_object_store_stablehlo_and_hub_exports(gcs, tmp_path):
 
 
 def _env(gcs, num_devices=2):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
-  return object_store.subprocess_env(env, gcs.url)
+  return object_store.subprocess_env(launch.program_env(num_devices), gcs.url)
 
 
 # TensorBoard goes through tf.io.gfile, which cannot reach the emulator: metrics are logged only.

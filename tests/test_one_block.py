@@ -6,7 +6,6 @@ the package whose block a researcher has edited, the second on the package as it
 """
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -25,6 +24,8 @@ from hinet_jax import models
 from hinet_jax.cpu import kernels
 from hinet_jax.cpu import layers as cpu_layers
 from hinet_jax.cpu import model_check
+
+import launch
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = dict(wf=16, depth=3, hin_position_left=0, hin_position_right=1)
@@ -82,11 +83,8 @@ def test_models_the_cpu_backend_does_not_compute_are_declined_with_the_reason():
 
 
 def _env(**extra):
-  """One CPU device (the default backend is then the CPU one), nothing inherited from conftest."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2',
-             PYTHONUNBUFFERED='1')
-  env.update(extra)
-  return env
+  """One CPU device: the default backend is then the CPU one."""
+  return launch.program_env(1, **extra)
 
 
 def _run(args, cwd=REPO, **env):

@@ -21,21 +21,17 @@ from PIL import Image
 
 from hinet_jax import checkpoints
 
+import launch
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 240
 
 
-def _env(num_devices=2, **extra):
-  """A clean environment for a training subprocess with `num_devices` CPU devices.
-
-  The runs share the suite's compilation cache and compile with fewer optimisations
-  (tests/conftest.py).
-  """
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
-  env.update(extra)
-  return env
+def _env(num_devices=2):
+  """A training subprocess's environment, `num_devices` CPU devices (shares the suite's
+  compilation cache and compile flags: conftest.py, launch.py)."""
+  return launch.program_env(num_devices)
 
 
 # The tiny config, 40 steps, checkpoints every 10, validated only at the end.
