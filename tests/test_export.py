@@ -5,6 +5,7 @@ import tempfile
 
 from absl.testing import absltest
 import jax
+import ml_dtypes
 import numpy as np
 
 from absl import app
@@ -24,26 +25,29 @@ class ExportTest(absltest.TestCase):
     return self.enterContext(tempfile.TemporaryDirectory())
 
   def test_export_program_matches_jax_on_unseen_sizes(self):
-    """`hinet-export`'s default format from a converted checkpoint (the program's own function,
-    in this process; its flag checks are ExportProgramTest's)."""
+    """`hinet-export`'s default format from a converted checkpoint, with `--local_stats` (the
+    program's own function, in this process; a plain SavedModel: tests/test_object_store.py)."""
     tmp = self._tempdir()
     model = models.HINet(wf=8, depth=3)
-    params = data_fixtures.random_params(model)
+    params = data_fixtures.random_params(model, std=0.1)  # Large enough for the norm to matter.
     rng = np.random.default_rng(1)
     ckpt = pretrained.save_params(os.path.join(tmp, 'ckpt'), params, models.model_config(model))
     out = os.path.join(tmp, 'saved_model')
-    exporter.export(ckpt, out, fmt='savedmodel')
+    exporter.export(ckpt, out, fmt='savedmodel', local_stats=8)
     self.assertTrue(os.path.isfile(os.path.join(out, 'saved_model.pb')))
 
     serve = export.load_serving_fn(out)
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    jax_fn = jax.jit(lambda p, x: model.apply({'params': p}, x)[1])
+    local = models.with_local_stats(model, 8)
+    jax_fn = jax.jit(lambda p, x: local.apply({'params': p}, x)[1])
+    plain_fn = jax.jit(lambda p, x: model.apply({'params': p}, x)[1])
     # Neither size is a multiple of 4 (= 2^(depth-1)); 2 rows also takes the symmetric-pad path.
     for shape in ((2, 13, 10, 3), (1, 2, 9, 3)):
       x = rng.uniform(0, 1, shape).astype(np.float32)
       got = serve(image=tf.constant(x))[export.OUTPUT_NAME].numpy()
       self.assertEqual(got.shape, shape)
       np.testing.assert_allclose(got, np.asarray(jax_fn(params, x)), atol=1e-5)
+    self.assertGreater(np.abs(got - np.asarray(plain_fn(params, x))).max(), 1e-3)  # windowed
 
   def test_refuses_existing_dir_without_tensorflow_work(self):
     out = self._tempdir()
@@ -64,7 +68,6 @@ class ExportProgramTest(absltest.TestCase):
   def test_refusals_name_the_flag_and_the_fix(self):
     for overrides, message in (
         (dict(format='onnx', dtype='bfloat16', output='m.onnx'), '--dtype=float32'),
-        (dict(format='hub', dtype='bfloat16'), '--dtype=float32'),
         (dict(format='hub'), '--license=ID'),
         (dict(format='onnx'), 'name it'),
         (dict(checkpoint='/nonexistent/ckpt'), '--checkpoint=/nonexistent/ckpt'),
@@ -74,20 +77,25 @@ class ExportProgramTest(absltest.TestCase):
     ):
       with self.subTest(**overrides), self.assertRaisesRegex(app.UsageError, message):
         exporter.check_flags(self._flags(**overrides))
-    exporter.check_flags(self._flags(format='stablehlo', dtype='bfloat16'))
+    for fmt in ('stablehlo', 'hub'):
+      exporter.check_flags(self._flags(format=fmt, dtype='bfloat16', license='mit'))
 
-  def test_hub_from_a_converted_checkpoint(self):
+  def test_hub_bfloat16_from_a_converted_checkpoint(self):
     from hinet_jax.interop import hub  # pylint: disable=g-import-not-at-top
     tmp = self.enterContext(tempfile.TemporaryDirectory())
     model = models.HINet(wf=8, depth=3)
     params = data_fixtures.random_params(model)
     ckpt = pretrained.save_params(os.path.join(tmp, 'ckpt'), params, models.model_config(model))
-    out = exporter.export(ckpt, os.path.join(tmp, 'hub'), fmt='hub', license_id='mit')
+    out = exporter.export(ckpt, os.path.join(tmp, 'hub'), fmt='hub', license_id='mit',
+                          dtype='bfloat16')
     config, loaded = hub.read_hub(out)
     self.assertEqual(models.create_model(**config), model)
-    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    rounded = jax.tree.map(lambda a: np.asarray(a, ml_dtypes.bfloat16).astype(np.float32), params)
+    jax.tree.map(np.testing.assert_array_equal, loaded, rounded)
     with open(os.path.join(out, hub.CARD_FILE)) as f:
-      self.assertIn('Params-only checkpoint', f.read())
+      card = f.read()
+    self.assertIn('Params-only checkpoint', card)
+    self.assertIn('`model.safetensors`: bfloat16', card)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -65,6 +66,32 @@ def test_weights_load_into_the_official_pytorch_hinet(saved):
   for name, tensor in net.state_dict().items():
     np.testing.assert_array_equal(tensor.numpy(), expected[name])
   del config
+
+
+def test_bfloat16_weights_are_half_the_bytes_and_load_in_both_frameworks(saved, tmp_path):
+  """BF16 tensors (safetensors' numpy binding writes none; `hub` renames their uint16 bits): the
+  official PyTorch HINet loads them as bfloat16, hinet-jax as float32, both the rounded weights."""
+  config, params, out = saved
+  card = hub.model_card(config, params, license_id='mit', origin='A test.', dtype='bfloat16')
+  half = hub.save_pretrained(tmp_path / 'bf16', config, params, card=card, dtype='bfloat16')
+  size = lambda folder: os.path.getsize(os.path.join(folder, hub.WEIGHTS_FILE))
+  assert size(half) < 0.55 * size(out)
+  with open(os.path.join(half, hub.CONFIG_FILE)) as f:
+    assert json.load(f)['torch_dtype'] == 'bfloat16'
+  rounded = jax.tree.map(lambda a: np.asarray(a, ml_dtypes.bfloat16).astype(np.float32), params)
+  read_config, read_params = hub.read_hub(half)
+  assert models.create_model(**read_config) == models.create_model(**config)
+  _assert_same(read_params, rounded)
+  pytest.importorskip('torch')
+  import safetensors.torch  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  state = safetensors.torch.load_file(os.path.join(half, hub.WEIGHTS_FILE))
+  assert {t.dtype for t in state.values()} == {torch.bfloat16}
+  net = torch_reference.HINetTorch(**TINY)
+  net.load_state_dict(state, strict=True)
+  for name, tensor in net.state_dict().items():
+    np.testing.assert_array_equal(tensor.numpy(), torch_port.flax_to_torch(rounded)[name])
 
 
 COMMIT = '0123456789abcdef0123456789abcdef01234567'

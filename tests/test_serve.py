@@ -7,6 +7,7 @@ never used.
 """
 
 import concurrent.futures
+import functools
 import os
 import shutil
 import socket
@@ -100,13 +101,14 @@ def test_restore_file_reports_tiles_and_rounds_as_write_image(server, tmp_path):
   lq = noisy_image(150, 200, 1, np.uint16)
   image_ops.write_image(tmp_path / 'in.png', lq)
   calls = []
-  done = restore.restore_file(lambda x, progress: predictor(x, progress=progress, tile=128),
-                              tmp_path / 'in.png', tmp_path / 'out.png',
-                              progress=lambda d, t: calls.append((d, t)))
+  done = restore.restore_file(functools.partial(predictor, tile=128), tmp_path / 'in.png',
+                              tmp_path / 'out.png', progress=lambda d, t: calls.append((d, t)))
   assert calls[-1] == (4, 4) and len(calls) == 1  # 4 tiles of 128 in one batch of 8.
   written = image_ops.read_image(tmp_path / 'out.png')
   assert written.dtype == np.uint16 and written.shape == lq.shape
   np.testing.assert_array_equal(written, done.restored)
+  # Rounded row of tiles by row of tiles, as the whole float output would be.
+  np.testing.assert_array_equal(written, image_ops.quantize(predictor(lq, tile=128), 16))
   with pytest.raises(restore.ImageTooLargeError, match='in.png has 0.0 megapixels'):
     restore.check_size(tmp_path / 'in.png', 1000, 'in.png')
 
@@ -129,6 +131,20 @@ def test_restore_uploads_progress_and_references(server, tmp_path):
   sample = [image_ops.read_image(f) for f in restoring.make_sample(str(tmp_path))]
   assert sample[0].shape == sample[1].shape and np.abs(
       sample[0].astype(int) - sample[1]).mean() > 10  # The built-in photo, noisy and clean.
+
+
+def test_local_stats_flag_gives_the_page_the_windowed_norm(tmp_path):
+  """`hinet-serve --local_stats=16`: the page's predictor restores with TLC's windowed norm."""
+  model = models.HINet(wf=8, depth=3)
+  params = data_fixtures.random_params(model, std=0.1)  # Large enough for the norm to matter.
+  checkpoint = pretrained.save_params(str(tmp_path / 'ckpt'), params, models.model_config(model))
+  predictor, text = serve.load_predictor(checkpoint, backend='xla', local_stats=16)
+  assert 'local statistics over 16 px' in text
+  x = image_ops.to_float32(noisy_image(40, 36, 3))
+  apply = lambda m: np.asarray(m.apply({'params': params}, x[None])[1][0])
+  local = apply(models.with_local_stats(model, 16))
+  np.testing.assert_allclose(predictor(x, tile=None), local, atol=1e-5)
+  assert np.abs(local - apply(model)).max() > 1e-3  # The window changes the output.
 
 
 def test_workspace_is_removed_on_close():
@@ -191,8 +207,8 @@ def test_gradio_client_restores_queues_and_refuses_bad_files(server, tmp_path):
   photo = tmp_path / 'photo.jpg'
   image_ops.write_image(photo, noisy_image(100, 140, 4))
   _, files, summary, _ = client.predict(*args(photo), api_name='/restore')
-  want = restore.restore_file(lambda x, progress: predictor(x, progress=progress, tile=128),
-                              photo, tmp_path / 'want.png').restored
+  want = restore.restore_file(functools.partial(predictor, tile=128), photo,
+                              tmp_path / 'want.png').restored
   np.testing.assert_array_equal(image_ops.read_image(files[0]), want)
   assert '140x100' in summary
   # Five visitors at once: one restore at a time, every one answered.

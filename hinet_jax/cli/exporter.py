@@ -12,7 +12,8 @@ r"""Export a HINet checkpoint in one of four formats, each restoring images of a
 DIR is a converted checkpoint (model_config.json + params/) or a training workdir (--which picks
 its checkpoint). PATH may be local or gs://...; it is written whole or not at all, and an existing
 one is replaced only with --overwrite. bfloat16 (weights and compute) is offered by savedmodel and
-stablehlo; onnx and hub store float32. A mistake in a flag or path prints one message and exits
+stablehlo, bfloat16 weights by hub (half the download; read back as float32); onnx stores float32.
+A mistake in a flag or path prints one message and exits
 with status 2 (--traceback for the traceback).
 """
 
@@ -32,7 +33,7 @@ from hinet_jax.models import pretrained
 FORMATS = ('savedmodel', 'stablehlo', 'onnx', 'hub')
 # What each format can store; the first is the default.
 FORMAT_DTYPES = {'savedmodel': ('float32', 'bfloat16'), 'stablehlo': ('float32', 'bfloat16'),
-                 'onnx': ('float32',), 'hub': ('float32',)}
+                 'onnx': ('float32',), 'hub': ('float32', 'bfloat16')}
 
 
 def define_flags() -> None:
@@ -44,7 +45,8 @@ def define_flags() -> None:
   flags.DEFINE_string('output', None, 'Folder (an .onnx file for --format=onnx) to write.')
   flags.DEFINE_enum('format', 'savedmodel', list(FORMATS), 'What to write (see above).')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                    'Weights and compute dtype; bfloat16 for savedmodel and stablehlo only.')
+                    'Weights dtype, and compute dtype where the format holds a program: '
+                    'bfloat16 for savedmodel, stablehlo and hub (its weights only).')
   flags.DEFINE_string('license', None, 'Licence of the weights for the model card (--format=hub), '
                       'a Hub licence id such as apache-2.0, mit, cc-by-nc-4.0 or other.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --output.')
@@ -119,8 +121,9 @@ def export(checkpoint: str, output: str, *, fmt: str, which: str = 'latest',
     from hinet_jax.interop import hub
     config = models.model_config(model)
     card = hub.model_card(config, params, license_id=license_id, origin=origin,
-                          training_config=training_config, metrics=metrics)
-    return hub.save_pretrained(output, config, params, card=card, overwrite=overwrite)
+                          training_config=training_config, metrics=metrics, dtype=dtype)
+    return hub.save_pretrained(output, config, params, card=card, dtype=dtype,
+                               overwrite=overwrite)
   from hinet_jax.interop import export as saved_model
   # pylint: enable=g-import-not-at-top
   if dtype == 'bfloat16':

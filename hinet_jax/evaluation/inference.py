@@ -11,7 +11,7 @@ import functools
 import math
 import threading
 import weakref
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import jax
@@ -209,38 +209,64 @@ def _tile_weight(base: np.ndarray, i: int, j: int, hw: Tuple[int, int], margin: 
 
 
 class TileMerger:
-  """Accumulates tile outputs into one float32 (H, W, C) image as they arrive, so that only the
-  image and one batch of tiles are held, never all the tiles (`merge_tiles` on a stream)."""
+  """Accumulates tile outputs, arriving row of tiles by row of tiles (`tile_coords` order), into
+  one (H, W, C) image. Rows that no later tile reaches are divided by their weights and written
+  out (through `finish`, e.g. quantization) when the next row of tiles starts, so the float sums
+  span one row of tiles, never the image (`merge_tiles` on a stream)."""
 
   def __init__(self, hw: Tuple[int, int], tile_hw: Tuple[int, int], *, blend: str = 'average',
-               margin: int = 0):
+               margin: int = 0, out_dtype: Any = np.float32,
+               finish: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+    """`finish` maps a float32 band of finished rows to `out_dtype` (default: as is)."""
     self.hw, self.margin = hw, margin
     self.plain = blend == 'average' and not margin  # The official grid: no weighted copies.
     self.base = blend_window(tile_hw[0], tile_hw[1], blend)
-    self.acc, self.weight = None, np.zeros(hw, np.float32)
+    self.out_dtype, self.finish = out_dtype, finish or (lambda band: band)
+    self.top = 0  # The first row not yet written; the band's sums start there.
+    self.acc = self.out = None  # Allocated with the first tile (its channels).
+    self.weight = np.zeros((tile_hw[0], hw[1]), np.float32)
 
   def add(self, tile: np.ndarray, i: int, j: int) -> None:
     """Adds one (th, tw, C) tile output whose top-left corner is (i, j)."""
-    if self.acc is None:
-      self.acc = np.zeros(self.hw + tile.shape[-1:], np.float32)
     th, tw = self.base.shape
+    if self.acc is None:
+      self.acc = np.zeros((th, self.hw[1], tile.shape[-1]), np.float32)
+      self.out = np.empty(self.hw + tile.shape[-1:], self.out_dtype)
+    if i < self.top:
+      raise ValueError(f'A tile at row {i} came after the rows above {self.top} were written: '
+                       'tiles must arrive row by row, as `tile_coords` orders them.')
+    self._write_until(i)
     wgt = 1.0 if self.plain else (
         _tile_weight(self.base, i, j, self.hw, self.margin) if self.margin else self.base)
-    self.acc[i:i + th, j:j + tw] += tile if self.plain else tile * wgt[..., None]
-    self.weight[i:i + th, j:j + tw] += wgt
+    self.acc[i - self.top:i - self.top + th, j:j + tw] += tile if self.plain else (
+        tile * wgt[..., None])
+    self.weight[i - self.top:i - self.top + th, j:j + tw] += wgt
+
+  def _write_until(self, row: int) -> None:
+    """Writes the finished rows [top, row) out and slides the band down to start at `row`."""
+    n = row - self.top
+    if n <= 0:
+      return
+    if n > len(self.weight) or np.any(self.weight[:n] <= 0):
+      h, w = self.hw
+      raise ValueError(f'The tiles leave pixels of the {h}x{w} image without weight; use a margin '
+                       f'of at most half the tile overlap (margin={self.margin}).')
+    self.out[self.top:row] = self.finish(self.acc[:n] / self.weight[:n, :, None])
+    for band in (self.acc, self.weight):
+      band[:len(band) - n] = band[n:]
+      band[len(band) - n:] = 0
+    self.top = row
 
   def result(self) -> np.ndarray:
-    """The merged image (the accumulator, divided in place).
+    """The merged image, every row written.
 
     Raises:
       ValueError: some pixel got no weight.
     """
-    h, w = self.hw
-    if self.acc is None or np.any(self.weight <= 0):
-      raise ValueError(f'The tiles leave pixels of the {h}x{w} image without weight; use a margin '
-                       f'of at most half the tile overlap (margin={self.margin}).')
-    self.acc /= self.weight[..., None]
-    return self.acc
+    if self.acc is None:
+      raise ValueError('No tile was added.')
+    self._write_until(self.hw[0])
+    return self.out
 
 
 def merge_tiles(tiles: np.ndarray, coords: Sequence[Coord], hw: Tuple[int, int], *,
@@ -352,8 +378,8 @@ def _chunk_outputs(predict_fn, params, get_chunk: Callable[[int], np.ndarray], n
 def restore_image(predict_fn: PredictFn, params, image: np.ndarray, *, tile: Optional[int] = None,
                   overlap: int = 0, margin: Optional[int] = None, batch_size: int = 4,
                   blend: str = 'average', self_ensemble: bool = False,
-                  in_flight: Optional[int] = None,
-                  progress: Optional[ProgressFn] = None) -> np.ndarray:
+                  in_flight: Optional[int] = None, progress: Optional[ProgressFn] = None,
+                  bits: Optional[int] = None) -> np.ndarray:
   """Restores one HWC image of any size, whole or tile by tile.
 
   Args:
@@ -362,21 +388,26 @@ def restore_image(predict_fn: PredictFn, params, image: np.ndarray, *, tile: Opt
       copy of a large photo; the values are the same).
     tile: None: the whole image (one compile per size); a side: square tiles, one compile for all
       (smaller images are reflect-padded up to it). Tiles stream through a `TileMerger`, so the
-      memory beyond the image and its output is one batch of tiles per call in flight.
+      memory beyond the image and its output is one row of tiles and one batch of tiles per
+      call in flight.
     overlap: minimum tile overlap; 0 is HINet's official grid.
     margin: tile pixels dropped at edges facing another tile; None: `overlap // 2`.
     blend: 'average' (official) or 'smooth'.
     self_ensemble: average over the 8 flips/rotations (x8 the compute).
     progress: called as `progress(done, total)` in tiles (1 for a whole image) after each batch.
+    bits: None for the raw output; 8 or 16 for it rounded as `image_ops.quantize` does, row of
+      tiles by row of tiles (no float32 copy of the whole output is made).
 
   Returns:
-    float32 HWC, the raw model output (not clipped).
+    float32 HWC, the raw model output (not clipped); or uint8/uint16 with `bits`.
   """
   image = np.asarray(image)
   if not np.issubdtype(image.dtype, np.integer):
     image = image.astype(np.float32, copy=False)
   if image.ndim != 3:
     raise ValueError(f'restore_image takes one HWC image, got shape {image.shape}.')
+  if bits not in (None, 8, 16):
+    raise ValueError(f'bits must be None, 8 or 16, got {bits}.')
   h, w = image.shape[:2]
   in_flight = max(1, in_flight or calls_in_flight(predict_fn))
   report = progress or (lambda done, total: None)
@@ -384,7 +415,7 @@ def restore_image(predict_fn: PredictFn, params, image: np.ndarray, *, tile: Opt
     out = next(_chunk_outputs(predict_fn, params, lambda _: image[None], 1, 1, self_ensemble,
                               in_flight))[0]
     report(1, 1)
-    return out
+    return out if bits is None else image_ops.quantize(out, bits)
   margin = overlap // 2 if margin is None else margin
   padded = pad_to_at_least(image, tile)
   coords = tile_coords(padded.shape[0], padded.shape[1], tile, overlap)
@@ -395,7 +426,9 @@ def restore_image(predict_fn: PredictFn, params, image: np.ndarray, *, tile: Opt
   outs = _chunk_outputs(
       predict_fn, params, lambda c: extract_tiles(padded, coords[starts[c]:][:batch_size], tile),
       len(starts), batch_size, self_ensemble, in_flight)
-  merger = TileMerger(padded.shape[:2], (tile, tile), blend=blend, margin=margin)
+  rounding = dict(out_dtype=np.uint8 if bits == 8 else np.uint16,
+                  finish=functools.partial(image_ops.quantize, bit_depth=bits)) if bits else {}
+  merger = TileMerger(padded.shape[:2], (tile, tile), blend=blend, margin=margin, **rounding)
   for start, out in zip(starts, outs):
     for t, (i, j) in zip(out, coords[start:start + batch_size]):
       merger.add(t, i, j)

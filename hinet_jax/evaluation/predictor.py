@@ -37,8 +37,9 @@ class Predictor:
 
   def __call__(self, image: np.ndarray, *, progress: Optional[inference.ProgressFn] = None,
                **options) -> np.ndarray:
-    """HWC float in [0, 1] (or uint8/uint16), any size -> float32 HWC, raw (not clipped);
-    `progress(done, total)` follows the tiles, `options` replace the constructor's for this call.
+    """HWC float in [0, 1] (or uint8/uint16), any size -> float32 HWC, raw (not clipped), or
+    rounded to `bits=8|16`; `progress(done, total)` follows the tiles, `options` replace the
+    constructor's for this call (`inference.restore_image`).
     """
     return inference.restore_image(self.forward.on_variables, self.variables, image,
                                    in_flight=self.forward.backend.calls_in_flight,

@@ -19,7 +19,8 @@ DEFAULT_OVERLAP = 32
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_BATCH_SIZE = 8  # Tiles per call.
 
-RestoreFn = Callable[..., np.ndarray]  # (HWC image, progress=...) -> float32 HWC, a `Predictor`.
+# (HWC image, progress=..., bits=8|16) -> that many bits' HWC image: a `Predictor`.
+RestoreFn = Callable[..., np.ndarray]
 
 
 class ImageTooLargeError(errors.InvalidInputError):
@@ -76,7 +77,8 @@ def restore_file(restore_fn: RestoreFn, path: files.PathLike, out_path: files.Pa
   (grayscale replicated to RGB, alpha dropped: `image_ops.read_image`).
 
   Args:
-    restore_fn: `restore_fn(image, progress=...)`: a `Predictor`, or one with its options bound.
+    restore_fn: `restore_fn(image, progress=..., bits=...)`: a `Predictor`, or one with its
+      options bound (`bits`: the output's, rounded as it is merged).
     path: PNG, JPEG, TIFF, ... (local or gs://).
     out_path: the PNG to write (replaced whole, or not at all).
     max_pixels: refuse larger images before decoding them (None: any size).
@@ -97,7 +99,6 @@ def restore_file(restore_fn: RestoreFn, path: files.PathLike, out_path: files.Pa
     if not name:
       raise
     raise image_ops.ImageReadError(str(e).replace(os.fspath(path), name)) from None
-  restored = image_ops.quantize(restore_fn(lq, progress=progress),
-                              16 if lq.dtype == np.uint16 else 8)
+  restored = restore_fn(lq, progress=progress, bits=16 if lq.dtype == np.uint16 else 8)
   image_ops.write_image(out_path, restored)
   return Restored(os.fspath(out_path), lq, restored, time.perf_counter() - start)

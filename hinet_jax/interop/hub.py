@@ -13,8 +13,12 @@ HF_HUB_OFFLINE and the local cache). safetensors and huggingface_hub are the `hu
 import json
 import os
 import re
+import struct
 from importlib import metadata
 from typing import Any, Dict, Mapping, Optional, Tuple
+
+import ml_dtypes
+import numpy as np
 
 from hinet_jax import errors
 from hinet_jax import files
@@ -41,9 +45,14 @@ METRIC_NOTES = {
 }
 
 
-def hub_config(model_config: Mapping[str, Any]) -> Dict[str, Any]:
-  """`config.json`: the `HINet` arguments plus what a Hub reader looks for first."""
+DTYPES = ('float32', 'bfloat16')  # How `model.safetensors` may store the weights.
+
+
+def hub_config(model_config: Mapping[str, Any], dtype: str = 'float32') -> Dict[str, Any]:
+  """`config.json`: the `HINet` arguments plus what a Hub reader looks for first (`torch_dtype`:
+  the stored weights' dtype, as transformers names it)."""
   return dict(model_type=MODEL_TYPE, architectures=['HINet'], weights_layout=WEIGHTS_LAYOUT,
+              torch_dtype=dtype,
               **{k: v for k, v in model_config.items() if k not in ('dtype', 'param_dtype')})
 
 
@@ -57,19 +66,46 @@ def model_config_from(config: Mapping[str, Any], where: str) -> Dict[str, Any]:
   return {k: v for k, v in config.items() if k in fields}
 
 
-def weights_bytes(params: Any) -> bytes:
-  """`model.safetensors`: float32 tensors under the official names and PyTorch layout."""
+def _retag(data: bytes, old: str, new: str) -> Tuple[bytes, set]:
+  """`data` (a safetensors file) with the header's dtype `old` renamed `new`, and the names of
+  the tensors renamed. The bytes are untouched: BF16 and U16 are both 2-byte words."""
+  (size,) = struct.unpack('<Q', data[:8])
+  header = json.loads(data[8:8 + size])
+  names = {k for k, v in header.items() if k != '__metadata__' and v['dtype'] == old}
+  for name in names:
+    header[name]['dtype'] = new
+  text = json.dumps(header, separators=(',', ':')).encode()
+  text += b' ' * (-len(text) % 8)  # safetensors pads its header to 8 bytes
+  return struct.pack('<Q', len(text)) + text + data[8 + size:], names
+
+
+def weights_bytes(params: Any, dtype: str = 'float32') -> bytes:
+  """`model.safetensors`: `dtype` tensors under the official names and PyTorch layout.
+
+  safetensors' numpy binding has no bfloat16: those tensors are written as their uint16 bits and
+  the header then names them BF16, which the torch and Rust readers load as bfloat16.
+  """
   numpy_st = extras.require('safetensors.numpy', 'hub', 'Writing model.safetensors')
-  return numpy_st.save(torch_port.flax_to_torch(params), metadata={'format': 'pt'})
+  tensors = torch_port.flax_to_torch(params)
+  if dtype == 'float32':
+    return numpy_st.save(tensors, metadata={'format': 'pt'})
+  if dtype != 'bfloat16':
+    raise errors.InvalidInputError(f'--dtype={dtype}: the Hub layout stores one of {DTYPES}.')
+  bits = {k: np.asarray(v, ml_dtypes.bfloat16).view(np.uint16) for k, v in tensors.items()}
+  return _retag(numpy_st.save(bits, metadata={'format': 'pt'}), 'U16', 'BF16')[0]
 
 
 def params_from_bytes(data: bytes, model_config: Mapping[str, Any], where: str) -> Any:
-  """Flax params of a `model.safetensors`; differing names or shapes are one error listing them."""
+  """float32 Flax params of a `model.safetensors` (float32 or bfloat16); differing names or
+  shapes are one error listing them."""
   numpy_st = extras.require('safetensors.numpy', 'hub', 'Reading model.safetensors')
   try:
+    data, bf16 = _retag(data, 'BF16', 'U16')
     state_dict = numpy_st.load(data)
   except Exception as e:  # safetensors raises its own error type for a damaged header
     raise errors.InvalidInputError(f'{where} is not a readable safetensors file ({e}).') from e
+  for name in bf16:  # exact: every bfloat16 is a float32
+    state_dict[name] = state_dict[name].view(ml_dtypes.bfloat16).astype(np.float32)
   try:
     return torch_port.torch_to_flax(state_dict, models.create_model(**model_config))
   except torch_port.ConversionError as e:
@@ -78,7 +114,7 @@ def params_from_bytes(data: bytes, model_config: Mapping[str, Any], where: str) 
 
 def model_card(model_config: Mapping[str, Any], params: Any, *, license_id: str,
                origin: str, training_config: Optional[Mapping[str, Any]] = None,
-               metrics: Optional[Mapping[str, Any]] = None) -> str:
+               metrics: Optional[Mapping[str, Any]] = None, dtype: str = 'float32') -> str:
   """The model card: architecture, size, origin, training config, final metrics and licence."""
   presets = torch_port.matching_presets(model_config)
   lines = ['---', f'license: {license_id}', 'library_name: hinet-jax',
@@ -91,7 +127,7 @@ def model_card(model_config: Mapping[str, Any], params: Any, *, license_id: str,
   lines += [f'| {k} | {v} |' for k, v in sorted(model_config.items())]
   lines += ['', f'Parameters: {models.count_params(params):,}. Presets it matches: '
             f'{", ".join(presets) or "none"}.', '', '## Weights', '',
-            f'`{WEIGHTS_FILE}`: float32, under the official PyTorch names and layout (megvii-model/'
+            f'`{WEIGHTS_FILE}`: {dtype}, under the official PyTorch names and layout (megvii-model/'
             'HINet `hinet_arch.py`): `HINet(...).load_state_dict(safetensors.torch.load_file(...))`'
             ' loads it in PyTorch, `hinet_jax.load_pretrained(...)` in JAX.', '', '## Origin', '',
             origin, '', '## Training config', '']
@@ -119,7 +155,7 @@ def _version() -> str:
 
 
 def save_pretrained(output_dir: files.PathLike, model_config: Mapping[str, Any], params: Any, *,
-                    card: str, overwrite: bool = False) -> str:
+                    card: str, dtype: str = 'float32', overwrite: bool = False) -> str:
   """Writes the Hub layout to `output_dir` (local or gs://), published whole.
 
   Args:
@@ -127,17 +163,19 @@ def save_pretrained(output_dir: files.PathLike, model_config: Mapping[str, Any],
     model_config: the `HINet` arguments (`models.model_config`).
     params: the Flax params.
     card: the model card (`model_card`).
+    dtype: how the weights are stored, 'float32' or 'bfloat16' (half the bytes; read back as
+      float32).
     overwrite: replace an existing folder.
 
   Returns:
     The folder's path (absolute, for a local one).
   """
   output_dir = files.new_output(output_dir, overwrite)
-  data = weights_bytes(params)
+  data = weights_bytes(params, dtype)
   with files.staged_dir(output_dir, marker=CARD_FILE) as staging:
     files.write_bytes(os.path.join(staging, WEIGHTS_FILE), data)
     files.write_text(os.path.join(staging, CONFIG_FILE),
-                     json.dumps(hub_config(model_config), indent=2, sort_keys=True))
+                     json.dumps(hub_config(model_config, dtype), indent=2, sort_keys=True))
     files.write_text(os.path.join(staging, CARD_FILE), card)
   return output_dir
 
