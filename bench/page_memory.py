@@ -119,7 +119,9 @@ def main(argv):
              photo=f'{w}x{h}', megapixels=round(h * w / 1e6, 2), tile=FLAGS.tile,
              overlap=FLAGS.overlap, seconds=round(seconds, 1),
              rss_after_loading_mb=round(loaded['VmRSS']), peak_rss_mb=round(peak['VmHWM']),
-             progress_updates_seen=len(updates), date=time.strftime('%Y-%m-%d'))
+             progress_updates_seen=len(updates), date=time.strftime('%Y-%m-%d'),
+             malloc=('glibc default' if os.environ.get('HINET_JAX_KEEP_FREED_MEMORY') == '0'
+                     else 'keep freed'))
   print(json.dumps(row))
   if FLAGS.out:
     with open(FLAGS.out, 'a') as f:

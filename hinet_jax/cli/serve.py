@@ -34,7 +34,9 @@ def load_predictor(checkpoint: str, *, which: str = 'latest', backend: str = 'au
                    batch_size: int = restore_lib.DEFAULT_BATCH_SIZE,
                    local_stats: Optional[int] = None):
   """(predictor, text naming the model) for `checkpoint`, with eval.py's restore defaults."""
-  backends.prepare_process()  # Before JAX runs anything.
+  # No `backends.prepare_process()`: kept freed memory serves XLA's training and evaluation
+  # steps, but here a large photo's buffers fragment that one heap. glibc's own malloc gives the
+  # page a peak about 1 GB lower for a 24 MP photo at 1x, at the same speed (bench/README.md).
   model, params = api.load_pretrained(checkpoint, which=which, backend=backend)
   text = f'{type(model).__name__}, {models.count_params(params) / 1e6:.2f} M parameters'
   local_stats = models.window_of_flag(local_stats)

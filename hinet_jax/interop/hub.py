@@ -68,7 +68,7 @@ def model_config_from(config: Mapping[str, Any], where: str) -> Dict[str, Any]:
 
 def _retag(data: bytes, old: str, new: str) -> Tuple[bytes, set]:
   """`data` (a safetensors file) with the header's dtype `old` renamed `new`, and the names of
-  the tensors renamed. The bytes are untouched: BF16 and U16 are both 2-byte words."""
+  the tensors it renamed. Their bytes are untouched: BF16 and U16 are both 2-byte words."""
   (size,) = struct.unpack('<Q', data[:8])
   header = json.loads(data[8:8 + size])
   names = {k for k, v in header.items() if k != '__metadata__' and v['dtype'] == old}
