@@ -13,8 +13,8 @@ DIR is a converted checkpoint (model_config.json + params/) or a training workdi
 its checkpoint). PATH may be local or gs://...; it is written whole or not at all, and an existing
 one is replaced only with --overwrite. bfloat16 (weights and compute) is offered by savedmodel and
 stablehlo, bfloat16 weights by hub (half the download; read back as float32); onnx stores float32.
-A mistake in a flag or path prints one message and exits
-with status 2 (--traceback for the traceback).
+A mistake in a flag or path prints one message and exits with status 2 (--traceback for the
+traceback).
 """
 
 from typing import Any, Dict, Optional, Tuple

@@ -11,7 +11,7 @@ import functools
 import math
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import jax
@@ -211,17 +211,14 @@ def _tile_weight(base: np.ndarray, i: int, j: int, hw: Tuple[int, int], margin: 
 class TileMerger:
   """Accumulates tile outputs, arriving row of tiles by row of tiles (`tile_coords` order), into
   one (H, W, C) image. Rows that no later tile reaches are divided by their weights and written
-  out (through `finish`, e.g. quantization) when the next row of tiles starts, so the float sums
-  span one row of tiles, never the image (`merge_tiles` on a stream)."""
+  out (rounded to `bits` as `image_ops.quantize` does, or float32) when the next row of tiles
+  starts, so the float sums span one row of tiles, never the image (`merge_tiles` on a stream)."""
 
   def __init__(self, hw: Tuple[int, int], tile_hw: Tuple[int, int], *, blend: str = 'average',
-               margin: int = 0, out_dtype: Any = np.float32,
-               finish: Optional[Callable[[np.ndarray], np.ndarray]] = None):
-    """`finish` maps a float32 band of finished rows to `out_dtype` (default: as is)."""
-    self.hw, self.margin = hw, margin
+               margin: int = 0, bits: Optional[int] = None):
+    self.hw, self.margin, self.bits = hw, margin, bits
     self.plain = blend == 'average' and not margin  # The official grid: no weighted copies.
     self.base = blend_window(tile_hw[0], tile_hw[1], blend)
-    self.out_dtype, self.finish = out_dtype, finish or (lambda band: band)
     self.top = 0  # The first row not yet written; the band's sums start there.
     self.acc = self.out = None  # Allocated with the first tile (its channels).
     self.weight = np.zeros((tile_hw[0], hw[1]), np.float32)
@@ -231,7 +228,8 @@ class TileMerger:
     th, tw = self.base.shape
     if self.acc is None:
       self.acc = np.zeros((th, self.hw[1], tile.shape[-1]), np.float32)
-      self.out = np.empty(self.hw + tile.shape[-1:], self.out_dtype)
+      dtype = {None: np.float32, 8: np.uint8, 16: np.uint16}[self.bits]
+      self.out = np.empty(self.hw + tile.shape[-1:], dtype)
     if i < self.top:
       raise ValueError(f'A tile at row {i} came after the rows above {self.top} were written: '
                        'tiles must arrive row by row, as `tile_coords` orders them.')
@@ -251,7 +249,8 @@ class TileMerger:
       h, w = self.hw
       raise ValueError(f'The tiles leave pixels of the {h}x{w} image without weight; use a margin '
                        f'of at most half the tile overlap (margin={self.margin}).')
-    self.out[self.top:row] = self.finish(self.acc[:n] / self.weight[:n, :, None])
+    band = self.acc[:n] / self.weight[:n, :, None]
+    self.out[self.top:row] = band if self.bits is None else image_ops.quantize(band, self.bits)
     for band in (self.acc, self.weight):
       band[:len(band) - n] = band[n:]
       band[len(band) - n:] = 0
@@ -426,9 +425,7 @@ def restore_image(predict_fn: PredictFn, params, image: np.ndarray, *, tile: Opt
   outs = _chunk_outputs(
       predict_fn, params, lambda c: extract_tiles(padded, coords[starts[c]:][:batch_size], tile),
       len(starts), batch_size, self_ensemble, in_flight)
-  rounding = dict(out_dtype=np.uint8 if bits == 8 else np.uint16,
-                  finish=functools.partial(image_ops.quantize, bit_depth=bits)) if bits else {}
-  merger = TileMerger(padded.shape[:2], (tile, tile), blend=blend, margin=margin, **rounding)
+  merger = TileMerger(padded.shape[:2], (tile, tile), blend=blend, margin=margin, bits=bits)
   for start, out in zip(starts, outs):
     for t, (i, j) in zip(out, coords[start:start + batch_size]):
       merger.add(t, i, j)
