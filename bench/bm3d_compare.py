@@ -1,8 +1,10 @@
 r"""A denoiser against the classical ones on photos it never saw: noisy / NLM / BM3D / model.
 
-  pip install bm3d
+  pip install bm3d==4.0.3
   python bench/bm3d_compare.py --workdir=/tmp/hinet_photos --photos=/photos/test \
       --sigmas=15,25,50 --json=/tmp/bm3d.json --panel=/tmp/bm3d_panel.png
+  python bench/bm3d_compare.py --workdir=/tmp/hinet_photos --which=2000 ... \
+      --baselines=/tmp/bm3d.json   # another checkpoint: NLM and BM3D rows reused
 
 Each photo gets seeded Gaussian noise per sigma (0-255 scale, the generator seeded by (--seed,
 photo index, sigma), rounded and clipped to 8 bits as a saved photo). Non-local means
@@ -29,9 +31,15 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The model: a training workdir o
 _PHOTOS = flags.DEFINE_string('photos', None, 'A folder of clean test photos.')
 _SIGMAS = flags.DEFINE_list('sigmas', ['15', '25', '50'], 'Noise sigmas, 0-255 scale.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed.')
+_WHICH = flags.DEFINE_string('which', 'latest', "A workdir's checkpoint: latest, best or a step.")
+_BASELINES = flags.DEFINE_string('baselines', None, 'A JSON of an earlier run with the same '
+                                 'photos, sigmas and seed: its noisy, NLM and BM3D scores are '
+                                 'reused and only the model runs.')
 _JSON = flags.DEFINE_string('json', None, 'Write the rows here.')
 _PANEL = flags.DEFINE_string('panel', None, 'Write noisy | BM3D | model | clean of the first '
                              'photo at the middle sigma here (PNG).')
+_PANEL_CROP = flags.DEFINE_integer('panel_crop', None, 'The panel shows this square from the '
+                                   "photo's centre (None: the whole photo).")
 
 
 def add_noise(clean: np.ndarray, sigma: float, seed) -> np.ndarray:
@@ -57,9 +65,23 @@ def scores(out: np.ndarray, clean: np.ndarray):
   return float(metrics.psnr(out, clean, **kw)), float(metrics.ssim(out, clean, **kw))
 
 
+def centre(x: np.ndarray, side) -> np.ndarray:
+  if side is None:
+    return x
+  top, left = max(0, (x.shape[0] - side) // 2), max(0, (x.shape[1] - side) // 2)
+  return x[top:top + side, left:left + side]
+
+
 def main(_):
-  model_config, params = checkpoints.load(_WORKDIR.value)
+  which = int(_WHICH.value) if _WHICH.value.isdigit() else _WHICH.value
+  model_config, params = checkpoints.load(_WORKDIR.value, which)
   forward = inference.Forward(models.create_model(**model_config))
+  baselines = {}
+  if _BASELINES.value:
+    with open(_BASELINES.value) as f:
+      baselines = {(r['photo'], r['sigma']): r for r in json.load(f)}
+  methods = [('nlm', nlm), ('bm3d', bm3d_rgb),
+             ('model', lambda x, s: np.asarray(forward(params, x[None]))[0])]
   rows = []
   panel = None
   for i, (name, path) in enumerate(paired_files.list_images(_PHOTOS.value).items()):
@@ -67,19 +89,27 @@ def main(_):
     clean = image_ops.to_float32(clean8)
     for sigma in map(float, _SIGMAS.value):
       noisy = image_ops.to_float32(add_noise(clean8, sigma, [_SEED.value, i, int(sigma)]))
+      earlier = baselines.get((name, sigma))
       outs, secs = {'noisy': noisy}, {}
-      for method, fn in [('nlm', nlm), ('bm3d', bm3d_rgb),
-                         ('model', lambda x, s: np.asarray(forward(params, x[None]))[0])]:
+      for method, fn in methods:
+        if earlier is not None and method != 'model':
+          continue
         start = time.perf_counter()
         outs[method] = fn(noisy, sigma)
         secs[method] = time.perf_counter() - start
-      row = dict(photo=name, sigma=sigma, hw=list(clean.shape[:2]), sec=secs)
+      row = dict(photo=name, sigma=sigma, hw=list(clean.shape[:2]), sec=secs, which=_WHICH.value)
+      if earlier is not None:
+        row.update({k: v for k, v in earlier.items()
+                    if k.split('_')[0] in ('noisy', 'nlm', 'bm3d')})
+        row['sec'] = {**earlier['sec'], **secs}
       for method, out in outs.items():
         row[f'{method}_psnr'], row[f'{method}_ssim'] = scores(out, clean)
       rows.append(row)
       print(json.dumps(row), flush=True)
-      if panel is None and sigma == float(_SIGMAS.value[len(_SIGMAS.value) // 2]):
-        panel = np.concatenate([noisy, outs['bm3d'], outs['model'], clean], axis=1)
+      if panel is None and 'bm3d' in outs and \
+          sigma == float(_SIGMAS.value[len(_SIGMAS.value) // 2]):
+        panel = np.concatenate([centre(x, _PANEL_CROP.value) for x in
+                                (noisy, outs['bm3d'], outs['model'], clean)], axis=1)
   print('| photo | sigma | noisy | NLM | BM3D | this model |\n|---|---|---|---|---|---|')
   for r in rows:
     cells = [f'{r[m + "_psnr"]:.2f} / {r[m + "_ssim"]:.3f}' for m in

@@ -68,7 +68,8 @@ _CASES = flags.DEFINE_list('cases', ['fwd256', 'tiled720', 'train_b2_128'],
                            'Cases (see the module doc) or "all".')
 _FRAMEWORKS = flags.DEFINE_list(
     'frameworks', ['jax', 'torch'],
-    'jax (on GPU also jax_bf16), jax_bf16 alone, torch (eager; on GPU also torch_bf16), and '
+    'jax (on GPU also jax_bf16), jax_bf16 alone, jax_low_memory (`Predictor(low_memory=True)`), '
+    'torch (eager; on GPU also torch_bf16), and '
     'torch[_cl][_compile][_bf16]: channels_last, torch.compile, bf16 autocast.')
 _TORCH_COMPILE = flags.DEFINE_bool('torch_compile', False, 'Also time torch.compile (slow compile).')
 _THREADS = flags.DEFINE_integer('threads', 2, 'CPU threads for both frameworks.')
@@ -95,6 +96,7 @@ _BASELINE = flags.DEFINE_string(
     'own bench/model_speed.py also times JAX there, as framework `jax@base`, in the same run.')
 _WORKER = flags.DEFINE_string('worker', None, 'Internal: run one job (JSON spec) and print it.')
 
+JAX_FRAMEWORKS = ('jax', 'jax_bf16', 'jax_low_memory')
 ALL_CASES = ('fwd256', 'tiled720', 'train_b2_128', 'train_b8_256')
 VARIANT_PRESETS = {'1x': 'sidd-1x', '0.5x': 'sidd-0.5x'}
 TILE, TILE_BATCH, FRAME_HW = 256, 4, (720, 1280)
@@ -197,7 +199,7 @@ class JaxRunner:
   """
 
   def __init__(self, preset, case, params_np, dtype, inputs, backend='auto', layers=None,
-               eigen_convs=None):
+               eigen_convs=None, low_memory=False):
     import jax  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
     import hinet_jax  # pylint: disable=g-import-not-at-top
@@ -217,7 +219,7 @@ class JaxRunner:
     self.lower = None  # () -> jax.stages.Lowered of the timed executable (device memory).
     if case == 'tiled720':  # As the library runs.
       predictor = hinet_jax.Predictor(self.model, params_np, backend=backend, tile=TILE,
-                                      batch_size=TILE_BATCH)
+                                      batch_size=TILE_BATCH, low_memory=low_memory)
       self.frame = inputs['frame']
       self.run = lambda: self._set(predictor(self.frame))
       return
@@ -227,7 +229,8 @@ class JaxRunner:
       fwd = jax.jit(lambda p, x: self.model.apply({'params': p}, x)[1],
                     compiler_options=fwd_options)
       if eigen_convs is None:  # The library's inference path, kernels packed once.
-        predictor = hinet_jax.Predictor(self.model, params_np, backend=backend)
+        predictor = hinet_jax.Predictor(self.model, params_np, backend=backend,
+                                        low_memory=low_memory)
         self.run = lambda: self._set(predictor.predict(self.x).block_until_ready())
         # The same program where nothing is packed (GPU: device memory).
         self.lower = lambda: fwd.lower(predictor.variables['params'], self.x)
@@ -477,6 +480,10 @@ def worker_timing(spec):
     for dtype in dtypes:
       runners['jax' if dtype == 'float32' else 'jax_bf16'] = JaxRunner(
           preset, case, params, dtype, inputs)
+  if 'jax_low_memory' in frameworks:
+    runners['jax_low_memory'] = JaxRunner(
+        preset, case, torch_port.torch_to_flax(state_dict, models.create_model(preset)),
+        'float32', inputs, low_memory=True)
   timed = {name: r for name, r in runners.items()
            if name in spec.get('timed', runners) or name in ('jax_bf16', 'torch_bf16')}
   load_before = os.getloadavg()
@@ -562,7 +569,7 @@ def worker_memory(spec):
     from hinet_jax import models  # pylint: disable=g-import-not-at-top
     dtype = 'bfloat16' if fw == 'jax_bf16' else 'float32'
     params = jax.tree.map(np.asarray, models.init_params(models.create_model(preset), 0))
-    runner = JaxRunner(preset, case, params, dtype, inputs)
+    runner = JaxRunner(preset, case, params, dtype, inputs, low_memory=fw == 'jax_low_memory')
     del params  # As a user who hands the weights to a Predictor.
   base = rss_mb()
   runner.run()
@@ -700,9 +707,10 @@ def main(argv):
   if _TORCH_COMPILE.value and 'torch_compile' not in frameworks:
     frameworks.append('torch_compile')
   for fw in frameworks:
-    if fw not in ('jax', 'jax_bf16') and not TORCH_FRAMEWORK.match(fw):
-      raise app.UsageError(f'--frameworks: unknown framework {fw!r}; choose from jax, jax_bf16, '
-                           'torch, torch_cl, torch_compile, torch_cl_compile (each + _bf16).')
+    if fw not in JAX_FRAMEWORKS and not TORCH_FRAMEWORK.match(fw):
+      raise app.UsageError(f'--frameworks: unknown framework {fw!r}; choose from '
+                           f'{", ".join(JAX_FRAMEWORKS)}, torch, torch_cl, torch_compile, '
+                           'torch_cl_compile (each + _bf16).')
   threads = _THREADS.value
   with open('/proc/loadavg') as f:
     print('loadavg at start:', f.read().strip())
@@ -720,7 +728,8 @@ def main(argv):
         jobs = [dict(job, frameworks=frameworks)]
       else:
         # The JAX process also builds (never times) PyTorch for the output parity check.
-        parity = lambda fw: fw == 'jax' and 'torch' in frameworks and not case.startswith('train')
+        parity = lambda fw: fw in ('jax', 'jax_low_memory') and 'torch' in frameworks and \
+            not case.startswith('train')
         jobs = [dict(job, frameworks=[fw, 'torch'] if parity(fw) else [fw], timed=[fw])
                 for fw in frameworks]
       roots = [(_ROOT, '')]

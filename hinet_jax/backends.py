@@ -30,8 +30,8 @@ class Backend:
       run them side by side, each with its temporaries; accelerators 2, to overlap the host).
     skip_step_by_cond: skip a non-finite train step by `lax.cond` (CPU) rather than by selects.
     inference_compiler_options: compiler options of forward-only executables (`jit_inference`).
-    prepare_inference: `(model, params) -> extra variables` read at inference, once per set of
-      weights (the CPU backend packs its kernels there).
+    prepare_inference: `(model, params, low_memory) -> extra variables` read at inference, once
+      per set of weights (the CPU backend packs its kernels there).
   """
 
   name: str
@@ -39,7 +39,7 @@ class Backend:
   calls_in_flight: int
   skip_step_by_cond: bool
   inference_compiler_options: Optional[dict] = None
-  prepare_inference: Optional[Callable[[Any, Any], Any]] = None
+  prepare_inference: Optional[Callable[[Any, Any, bool], Any]] = None
 
   def build(self, model: models.HINet) -> models.HINet:
     """`model` with this backend's layers; raises ValueError where the CPU backend declines it."""
@@ -59,7 +59,8 @@ class Backend:
     return _jit(fn, tuple(sorted(options.items())) if options else (),
                 tuple(sorted(jit_kwargs.items())))
 
-  def inference_variables(self, model: Any, params: Any, *, keep_params: bool = True) -> dict:
+  def inference_variables(self, model: Any, params: Any, *, keep_params: bool = True,
+                          low_memory: bool = False) -> dict:
     """The variables `model.apply` reads at inference: the params and what this backend prepares.
 
     Args:
@@ -67,13 +68,14 @@ class Backend:
       params: its parameters.
       keep_params: False replaces each parameter that has a prepared twin (the same path in a
         prepared collection) by its `Shape`, so only the prepared form is held.
+      low_memory: prepare the smaller, slower form where there is a choice.
 
     Returns:
       `{'params': ..., **prepared}`; apply it through `fill_shapes` inside a jitted function.
     """
     if self.prepare_inference is None:
       return {'params': params}
-    prepared = self.prepare_inference(model, params)
+    prepared = self.prepare_inference(model, params, low_memory)
     if not keep_params:
       twins = {path for extra in prepared.values()
                for path, _ in jax.tree_util.tree_flatten_with_path(extra)[0]}

@@ -125,6 +125,33 @@ def test_direct_packed_kernels_match_the_unpacked_and_are_not_differentiable(set
     jax.grad(lambda p: jnp.sum(fused.apply({'params': p, **prepared}, x)[1]))(params)
 
 
+def test_low_memory_packing_is_smaller_and_computes_the_same(setup, monkeypatch):
+  """`low_memory` packs the kernels over `COMPACT_WINOGRAD_MAX_KERNEL` directly, not by
+  Winograd (lowered here, so the tiny model has both forms): fewer bytes, the plain model's
+  output, in `prepare_inference` and through the `Predictor`."""
+  plain, fused, params, x = setup
+  monkeypatch.setattr(convolution, 'COMPACT_WINOGRAD_MAX_KERNEL', 32 * 32)
+  prepare = lambda low: jax.jit(  # a new trace, which sees the patched threshold
+      lambda p: cpu.prepare_inference.__wrapped__(fused, p, low))(params)
+  fast, small = prepare(False), prepare(True)
+  kernels_by_path = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+
+  def winograd_packed(prepared):
+    return {path for path, p in jax.tree_util.tree_flatten_with_path(prepared[cpu.PACKED])[0]
+            if kernels_by_path[path].shape[:2] == (3, 3)
+            and kernels.winograd_tile_of(p, *kernels_by_path[path].shape[2:])}
+
+  assert set() < winograd_packed(small) < winograd_packed(fast)
+  assert sum(a.size for a in jax.tree.leaves(small)) < sum(a.size for a in jax.tree.leaves(fast))
+  want = jax.jit(lambda p: plain.apply({'params': p}, x)[1])(params)
+  got = jax.jit(lambda v: fused.apply(v, x)[1])({'params': params, **small})
+  assert _rel(got, want) < 1e-5
+  cpu_backend = backends._cpu()  # pylint: disable=protected-access  (resolve: 8 test devices)
+  predictor = hinet_jax.Predictor(fused, params, backend=cpu_backend, low_memory=True)
+  assert winograd_packed(predictor.variables) == winograd_packed(small)
+  assert _rel(predictor.predict(x), want) < 1e-5
+
+
 def test_backend_names():
   assert backends.resolve('xla').layers == models.XLA_LAYERS
   with pytest.raises(ValueError, match='auto'):

@@ -152,7 +152,7 @@ class EvaluateBatchesTest(absltest.TestCase):
     prepared once for all batches and evaluations."""
     backend = dataclasses.replace(
         backends.resolve('xla'),
-        prepare_inference=lambda model, p: {'prepared': {'double': 2 * p['bias']}})
+        prepare_inference=lambda model, p, low_memory: {'prepared': {'double': 2 * p['bias']}})
     predict = inference.Forward(_Biased(), backend)
     params = {'bias': jnp.asarray([0.01, -0.02, 0.03], jnp.float32)}
     rng = np.random.default_rng(3)

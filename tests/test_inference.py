@@ -54,8 +54,8 @@ class Biased(nn.Module):
     return x + 2 * bias
 
 
-def _prepare_biased(model, params):
-  del model
+def _prepare_biased(model, params, low_memory=False):
+  del model, low_memory
   return {'prepared': {'bias': 2 * params['bias']}}
 
 

@@ -125,6 +125,23 @@ def test_validation_tiles_are_degraded_the_same_on_every_read(folder):
   assert not np.array_equal(source[0]['lq'], source[1]['lq'][::-1])
 
 
+def test_training_photos_are_decoded_once_per_process_within_the_cache(folder):
+  """A training item is the whole decoded photo, kept up to `cache_mb` per process: a photo gone
+  from disk after its first read is still served from the cache, not beyond it, and a pickled
+  source (a grain worker's copy) starts empty and reads the disk."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  cached = synthetic.PhotoFolderSource(folder)
+  uncached = synthetic.PhotoFolderSource(folder, cache_mb=0)
+  first = cached[0]['gt']
+  np.testing.assert_array_equal(first, uncached[0]['gt'])
+  copy = pickle.loads(pickle.dumps(cached))
+  (folder / 'p0.png').unlink()
+  np.testing.assert_array_equal(cached[0]['gt'], first)
+  for source in (uncached, copy):
+    with pytest.raises(image_ops.ImageReadError, match='p0.png'):
+      source[0]  # pylint: disable=pointless-statement
+
+
 def test_bad_input_is_named(tmp_path, folder):
   with pytest.raises(errors.InvalidInputError, match='contains no images'):
     synthetic.PhotoFolderSource(_empty(tmp_path))

@@ -90,6 +90,9 @@ _LOCAL_STATS = flags.DEFINE_integer(
     'each position (TLC), scaled per level; 0: 384, 1.5x the published 256 crops (give 1.5x your '
     "config's crop_size). Restore whole images (--tile=0) or overlap tiles by at least 2x the "
     'window.', lower_bound=0)
+_LOW_MEMORY = flags.DEFINE_bool(
+    'low_memory', False, 'Restore mode, CPU backend: hold the large kernels without their '
+    'Winograd expansion (1x: 427 instead of 809 MB of kernels; slower, bench/README.md).')
 _PRECISION = flags.DEFINE_enum('precision', 'highest', list(inference.PRECISIONS),
                                "Convolution precision: 'highest' computes float32 models in "
                                "float32; 'default' takes the accelerator's faster passes (bf16 on "
@@ -349,7 +352,8 @@ def main(argv):
     run_protocol(forward, params)
   else:  # The predictor holds the prepared weights alone.
     predictor = predictor_lib.Predictor(model, params, backend=_BACKEND.value,
-                                        precision=_PRECISION.value, **restore_options())
+                                        precision=_PRECISION.value,
+                                        low_memory=_LOW_MEMORY.value, **restore_options())
     del params
     _log_model(model, predictor.forward.backend)
     run_restore(predictor, images, skipped)

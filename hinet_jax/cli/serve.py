@@ -32,7 +32,7 @@ _LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 
 def load_predictor(checkpoint: str, *, which: str = 'latest', backend: str = 'auto',
                    batch_size: int = restore_lib.DEFAULT_BATCH_SIZE,
-                   local_stats: Optional[int] = None):
+                   local_stats: Optional[int] = None, low_memory: bool = False):
   """(predictor, text naming the model) for `checkpoint`, with eval.py's restore defaults."""
   # No `backends.prepare_process()`: kept freed memory serves XLA's training and evaluation
   # steps, but here a large photo's buffers fragment that one heap. glibc's own malloc gives the
@@ -44,7 +44,8 @@ def load_predictor(checkpoint: str, *, which: str = 'latest', backend: str = 'au
     text += f', local statistics over {local_stats} px'
   predictor = predictor_lib.Predictor(
       model, params, backend=backend, tile=restore_lib.DEFAULT_TILE,
-      overlap=restore_lib.DEFAULT_OVERLAP, batch_size=batch_size, local_stats=local_stats)
+      overlap=restore_lib.DEFAULT_OVERLAP, batch_size=batch_size, local_stats=local_stats,
+      low_memory=low_memory)
   return predictor, text
 
 
@@ -94,6 +95,7 @@ def define_flags():
                        'Tiles per call (as eval.py).', lower_bound=1)
   flags.DEFINE_integer('local_stats', None, 'Normalise with statistics over a window of this many '
                        'pixels (TLC, as eval.py --local_stats; 0: 384).', lower_bound=0)
+  flags.DEFINE_bool('low_memory', False, 'Smaller, slower kernels (as eval.py --low_memory).')
 
 
 def main(argv):
@@ -105,7 +107,8 @@ def main(argv):
                                    'training workdir).')
   extras.require('gradio', 'serve', 'The restore page')  # One message naming the extra.
   predictor, text = load_predictor(f.checkpoint, which=f.which, backend=f.backend,
-                                   batch_size=f.batch_size, local_stats=f.local_stats)
+                                   batch_size=f.batch_size, local_stats=f.local_stats,
+                                   low_memory=f.low_memory)
   serve(predictor, text, host=f.host, port=f.port, max_pixels=int(f.max_megapixels * 1e6))
 
 

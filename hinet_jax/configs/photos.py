@@ -15,7 +15,8 @@ overridden, e.g. `--config.data.train.noise_sigma='(5, 50)'` or
 
 The model, optimizer and loop are the demo's (wf 16, depth 4, 64 crops): a CPU-sized start;
 raise config.model.wf, crop_size and num_train_steps on an accelerator. No expected result: it
-depends on the photos.
+depends on the photos. On 13 colour photos, 5000 steps of :denoise (26 minutes on a 2-core CPU)
+come within 0.4 dB of BM3D on three unseen photos and beat it in 3 of 9 cases (README).
 """
 
 import ml_collections

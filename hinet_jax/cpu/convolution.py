@@ -32,6 +32,9 @@ WINOGRAD_MAX_PIXELS = 64 * 64  # where its memory-bound transforms start to lose
 PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 1024 * 1024  # C * O
 PACKED_WINOGRAD_F4_MAX_KERNEL = 512 * 512
+# `compact` packing keeps Winograd only up to this kernel: the deep levels' kernels hold most of
+# the memory and, on their small feature maps, gain least from it (bench/README.md).
+COMPACT_WINOGRAD_MAX_KERNEL = 256 * 256
 # Training, kernels transformed every step: F(4x4) from 32x32 pixels, F(2x2) on 16x16 from
 # 128 -> 256 channels, direct below.
 NATIVE_WINOGRAD_MIN_PIXELS = 32 * 32  # F(4x4) from here
@@ -336,6 +339,16 @@ def pack_for_conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0,
   return cpu_kernels.pack_kernel(kernel)
 
 
+def compact_packing(kernel: Array, packed: Array) -> Array:
+  """`packed` (`pack_for_conv`'s), or the direct packing of `kernel` where that is a Winograd
+  packing of a kernel over `COMPACT_WINOGRAD_MAX_KERNEL`: the same convolution in less memory."""
+  c, o = kernel.shape[2:]
+  if kernel.shape[:2] == (3, 3) and c * o > COMPACT_WINOGRAD_MAX_KERNEL and \
+      cpu_kernels.winograd_tile_of(packed, c, o):
+    return cpu_kernels.pack_kernel(kernel)
+  return packed
+
+
 def _packed_winograd_tile(x: Array, x2: Array | None, kernel: Array, strides: int,
                           padding: int) -> int:
   """A prepacked conv's Winograd tile (2 or 4) or 0, from channels and geometry alone."""
@@ -502,7 +515,7 @@ def conv(x: Array, kernel: Array, strides: int = 1, padding: int = 0, impl: str 
   _check_impl(impl)
   if packed is not None:
     _require_packed_native(_runs_native(_joined_shape(x, x2), kernel, strides, padding, impl))
-    if _packed_winograd_tile(x, x2, kernel, strides, padding):
+    if kernel.shape[:2] == (3, 3) and cpu_kernels.winograd_tile_of(packed, *kernel.shape[2:]):
       return _prepacked_winograd(x, kernel, packed, bias, residual, x2, relu_slope)
     return _prepacked_conv(x, kernel, packed, bias, residual, x2, strides, padding, relu_slope)
   if x2 is not None:

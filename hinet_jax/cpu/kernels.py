@@ -310,6 +310,13 @@ def pack_winograd(kernel: Array, tile: int = 2) -> Array:
                           vmap_method='sequential')(kernel, tile=np.int64(tile))
 
 
+def winograd_tile_of(packed: Array, c: int, o: int) -> int:
+  """The Winograd tile that `pack_winograd` packed `packed` with for C -> O channels, or 0 where
+  it is another packing (`pack_kernel`'s): the two differ in size."""
+  sizes = {_packed_kernel(t + 2, c, o).shape: t for t in WINOGRAD_TILES}
+  return sizes.get(tuple(packed.shape), 0)
+
+
 def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = None,
                   relu_slope: float | None = None, residual: Array | None = None,
                   x2: Array | None = None) -> Array:
@@ -324,8 +331,8 @@ def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = N
                      ('' if x2 is None else f', joined from {x.shape[-1]} + {x2.shape[-1]}') +
                      f', {features} out) must be multiples of {WINOGRAD_CHANNEL_MULTIPLE}; use '
                      '`conv_forward` for this convolution.')
-  sizes = {_packed_kernel(t + 2, c, features).shape: t for t in WINOGRAD_TILES}
-  if packed.shape not in sizes:
+  tile = winograd_tile_of(packed, c, features)
+  if not tile:
     raise ValueError(f'winograd_conv: packed kernel of shape {packed.shape} is not the '
                      f'transformed kernel packed for {c} -> {features} channels: pass '
                      '`pack_winograd(kernel, tile)`.')
@@ -335,7 +342,7 @@ def winograd_conv(x: Array, packed: Array, features: int, bias: Array | None = N
                      f'got {residual.shape}.')
   return jax.ffi.ffi_call('hinet_winograd', out, vmap_method='sequential')(
       x, _empty_or(x2), packed, _empty_or(bias), _empty_or(residual),
-      tile=np.int64(sizes[packed.shape]), **_epilogue_attrs(relu_slope))
+      tile=np.int64(tile), **_epilogue_attrs(relu_slope))
 
 
 def winograd_conv_grads(x: Array, g: Array, kernel: Array, tile: int = 4,

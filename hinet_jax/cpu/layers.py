@@ -168,13 +168,18 @@ def layers_for(plain: models.Layers) -> Optional[models.Layers]:
   return models.Layers(**swapped)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def prepare_inference(model: nn.Module, params: Any) -> dict:
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def prepare_inference(model: nn.Module, params: Any, low_memory: bool = False) -> dict:
   """`{PACKED: kernels}` for `model.apply({'params': params, **this}, x)` at inference, packed
   once per set of weights (empty where nothing runs on the C++ kernels). Not differentiable;
-  jitted, so the traced forward's convolutions are dead code."""
+  jitted, so the traced forward's convolutions are dead code. `low_memory`: the large kernels
+  packed directly instead of by Winograd (`convolution.compact_packing`): less memory, slower."""
   side = getattr(model, 'size_multiple', 1)
   x = jnp.zeros((1, side, side, getattr(model, 'in_chn', 3)), jnp.float32)
   _, variables = model.apply({'params': params}, x, mutable=PACKED)
   packed = variables.get(PACKED, {})
+  if low_memory:
+    kernels = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    packed = jax.tree_util.tree_map_with_path(
+        lambda path, p: convolution.compact_packing(kernels[path], p), packed)
   return {PACKED: packed} if packed else {}

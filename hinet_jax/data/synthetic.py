@@ -12,6 +12,7 @@ photons for white, drawn log-uniformly, plus Gaussian read noise), 'gaussian_blu
 sigma in pixels), 'motion_blur' (a line of `length` pixels at a random angle), 'jpeg' (quality).
 """
 
+import collections
 import dataclasses
 import io
 import math
@@ -196,6 +197,31 @@ class SynthesizeCrop(grain.transforms.RandomMap):
     return {'lq': np.ascontiguousarray(lq[inner]), 'gt': np.ascontiguousarray(clean[inner])}
 
 
+class _DecodedPhotos:
+  """Decoded RGB photos by path, up to `max_bytes`: a training crop needs the whole photo, and
+  decoding it for every crop cost as much as the demo model's step. Each process (or grain
+  worker) fills its own; pickling drops the contents."""
+
+  def __init__(self, max_bytes: int):
+    self.max_bytes = max_bytes
+    self._photos: collections.OrderedDict = collections.OrderedDict()
+
+  def get(self, path: str) -> np.ndarray:
+    if path in self._photos:
+      self._photos.move_to_end(path)
+      return self._photos[path]
+    photo = image_ops.to_rgb(image_ops.read_image(path))
+    photo.flags.writeable = False
+    if photo.nbytes <= self.max_bytes:
+      self._photos[path] = photo
+      while sum(p.nbytes for p in self._photos.values()) > self.max_bytes:
+        self._photos.popitem(last=False)
+    return photo
+
+  def __getstate__(self):
+    return {'max_bytes': self.max_bytes, '_photos': collections.OrderedDict()}
+
+
 class PhotoFolderSource:
   """Any folder of clean images as a source of synthesized (degraded, clean) pairs.
 
@@ -209,8 +235,10 @@ class PhotoFolderSource:
                noise_sigma: RangeLike = 25.0, poisson_peak: RangeLike = (30.0, 300.0),
                read_sigma: RangeLike = (0.0, 5.0), blur_sigma: RangeLike = (0.5, 3.0),
                motion_length: RangeLike = (3.0, 21.0), jpeg_quality: RangeLike = (30.0, 95.0),
-               seed: int = 0, val_crop: Optional[int] = 256, recursive: bool = False):
-    """Lists the photos (read on access); the degradation arguments: see `make_degradations`."""
+               seed: int = 0, val_crop: Optional[int] = 256, recursive: bool = False,
+               cache_mb: int = 1024):
+    """Lists the photos (read on access); the degradation arguments: see `make_degradations`.
+    `cache_mb`: decoded photos kept per process, least recently used first out (0: none)."""
     if split not in ('train', 'val'):
       raise errors.InvalidInputError(f"photos split must be 'train' or 'val', got {split!r}")
     self.degradations = make_degradations(degradations, order, noise_sigma, poisson_peak,
@@ -218,6 +246,7 @@ class PhotoFolderSource:
     # A missing or empty folder is an error naming it (`list_images`).
     self.paths = list(paired_files.list_images(root, recursive=recursive).items())
     self.split, self.seed, self.val_crop = split, int(seed), val_crop
+    self._cache = _DecodedPhotos(cache_mb * 2**20)
     self.items = [(i, None) for i in range(len(self.paths))]
     if split == 'val':
       self.items = [(i, box) for i, (_, path) in enumerate(self.paths)
@@ -242,7 +271,7 @@ class PhotoFolderSource:
     index = range(len(self))[index]  # IndexError out of range, like a list
     i, box = self.items[index]
     name, path = self.paths[i]
-    clean = image_ops.to_rgb(image_ops.read_image(path))
+    clean = self._cache.get(path)
     if self.split == 'train':
       return {'lq': clean, 'gt': clean, 'name': name}
     if box is not None:

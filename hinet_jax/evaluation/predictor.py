@@ -22,16 +22,16 @@ class Predictor:
                backend: Union[str, backends.Backend] = 'auto', precision: str = 'highest',
                tile: Optional[int] = None, overlap: int = 0, blend: str = 'average',
                self_ensemble: bool = False, batch_size: int = 4,
-               local_stats: Optional[int] = None):
+               local_stats: Optional[int] = None, low_memory: bool = False):
     """`model` (a HINet, or any module whose last output is the restored image) with `params`
     on `backend` at `precision`; the rest are `inference.restore_image` options (tile None:
     whole images; overlap 0: HINet's grid; self_ensemble: the x8 flips/rotations).
-    `local_stats`: a window in pixels for TLC's local statistics (`models.with_local_stats`)."""
+    `local_stats`: TLC's window in pixels; `low_memory`: smaller, slower CPU kernels (README)."""
     if local_stats:
       model = models.with_local_stats(model, local_stats)
     self.forward = inference.Forward(model, backend, precision=precision)
     self.variables = jax.device_put(self.forward.backend.inference_variables(
-        self.forward.model, params, keep_params=False))
+        self.forward.model, params, keep_params=False, low_memory=low_memory))
     self.options = dict(tile=tile, overlap=overlap, blend=blend, self_ensemble=self_ensemble,
                         batch_size=batch_size)
 
