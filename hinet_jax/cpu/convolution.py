@@ -32,8 +32,8 @@ WINOGRAD_MAX_PIXELS = 64 * 64  # where its memory-bound transforms start to lose
 PACKED_WINOGRAD_MIN_CHANNELS = 32
 PACKED_WINOGRAD_MAX_KERNEL = 1024 * 1024  # C * O
 PACKED_WINOGRAD_F4_MAX_KERNEL = 512 * 512
-# `compact` packing keeps Winograd only up to this kernel: the deep levels' kernels hold most of
-# the memory and, on their small feature maps, gain least from it (bench/README.md).
+# `low_memory` packing (`compact_packing`) keeps Winograd only up to this kernel: the deep levels'
+# kernels hold most of the memory and, on their small feature maps, gain least (bench/README.md).
 COMPACT_WINOGRAD_MAX_KERNEL = 256 * 256
 # Training, kernels transformed every step: F(4x4) from 32x32 pixels, F(2x2) on 16x16 from
 # 128 -> 256 channels, direct below.

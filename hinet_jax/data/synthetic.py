@@ -198,9 +198,9 @@ class SynthesizeCrop(grain.transforms.RandomMap):
 
 
 class _DecodedPhotos:
-  """Decoded RGB photos by path, up to `max_bytes`: a training crop needs the whole photo, and
-  decoding it for every crop cost as much as the demo model's step. Each process (or grain
-  worker) fills its own; pickling drops the contents."""
+  """Decoded RGB photos by path, up to `max_bytes`: a crop needs the whole photo, decoded once
+  rather than per crop (bench/README.md). Each process (or grain worker) fills its own; pickling
+  drops the contents."""
 
   def __init__(self, max_bytes: int):
     self.max_bytes = max_bytes
