@@ -24,31 +24,6 @@ class ExportTest(absltest.TestCase):
     # Not absltest's create_tempdir: it needs parsed absl flags, which pytest does not parse.
     return self.enterContext(tempfile.TemporaryDirectory())
 
-  def test_export_program_matches_jax_on_unseen_sizes(self):
-    """`hinet-export`'s default format from a converted checkpoint, with `--local_stats` (the
-    program's own function, in this process; a plain SavedModel: tests/test_object_store.py)."""
-    tmp = self._tempdir()
-    model = models.HINet(wf=8, depth=3)
-    params = data_fixtures.random_params(model, std=0.1)  # Large enough for the norm to matter.
-    rng = np.random.default_rng(1)
-    ckpt = pretrained.save_params(os.path.join(tmp, 'ckpt'), params, models.model_config(model))
-    out = os.path.join(tmp, 'saved_model')
-    exporter.export(ckpt, out, fmt='savedmodel', local_stats=8)
-    self.assertTrue(os.path.isfile(os.path.join(out, 'saved_model.pb')))
-
-    serve = export.load_serving_fn(out)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    local = models.with_local_stats(model, 8)
-    jax_fn = jax.jit(lambda p, x: local.apply({'params': p}, x)[1])
-    plain_fn = jax.jit(lambda p, x: model.apply({'params': p}, x)[1])
-    # Neither size is a multiple of 4 (= 2^(depth-1)); 2 rows also takes the symmetric-pad path.
-    for shape in ((2, 13, 10, 3), (1, 2, 9, 3)):
-      x = rng.uniform(0, 1, shape).astype(np.float32)
-      got = serve(image=tf.constant(x))[export.OUTPUT_NAME].numpy()
-      self.assertEqual(got.shape, shape)
-      np.testing.assert_allclose(got, np.asarray(jax_fn(params, x)), atol=1e-5)
-    self.assertGreater(np.abs(got - np.asarray(plain_fn(params, x))).max(), 1e-3)  # windowed
-
   def test_refuses_existing_dir_without_tensorflow_work(self):
     out = self._tempdir()
     with self.assertRaisesRegex(FileExistsError, 'overwrite'):

@@ -10,6 +10,7 @@ import pytest
 
 import hinet_jax
 from hinet_jax import models
+import data_fixtures
 
 # Tensor names and shapes of the published checkpoints (the file's "about" says where from).
 LAYOUT = os.path.join(os.path.dirname(__file__), 'data', 'official_checkpoint_layout.json')
@@ -64,8 +65,8 @@ def test_padding_only_extends_the_image():
   assert padded.shape == (1, 12, 12, 3)
   np.testing.assert_array_equal(padded[:, :10, :12], x)
   np.testing.assert_array_equal(padded[:, 10], x[:, 8])  # reflection, not zeros
-  out_odd = model.apply({'params': params}, x)[1]
-  out_pad = model.apply({'params': params}, padded)[1][:, :10, :12]
+  out_odd = data_fixtures.restored(model, params, x)
+  out_pad = data_fixtures.restored(model, params, padded)[:, :10, :12]
   np.testing.assert_allclose(out_odd, out_pad, atol=1e-6)
 
 
@@ -99,8 +100,8 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   params = models.init_params(model, 0)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   x = jax.random.uniform(jax.random.key(1), (1, 16, 16, 3))
-  s1, s2 = model.apply({'params': params}, x)
-  ref = models.HINet(**TINY).apply({'params': params}, x)[1]
+  s2 = data_fixtures.restored(model, params, x)
+  ref = data_fixtures.restored(models.HINet(**TINY), params, x)
   assert s2.dtype == jnp.float32
   # bf16 has ~3 significant digits: close to the float32 result, but not equal to it.
   assert 0 < float(jnp.max(jnp.abs(s2 - ref))) < 0.1
@@ -153,5 +154,5 @@ def test_model_config_is_architecture_only_and_old_configs_load(tmp_path):
   loaded, loaded_params = hinet_jax.load_pretrained(str(tmp_path / 'old'), backend='xla')
   assert models.model_config(loaded) == config
   x = jax.random.uniform(jax.random.key(1), (1, 8, 8, 3))
-  np.testing.assert_array_equal(model.apply({'params': params}, x)[1],
-                                loaded.apply({'params': loaded_params}, x)[1])
+  np.testing.assert_array_equal(data_fixtures.restored(model, params, x),
+                                data_fixtures.restored(loaded, loaded_params, x))

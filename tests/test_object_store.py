@@ -298,22 +298,31 @@ def test_object_store_failed_publish_keeps_the_good_output(gcs, tmp_path, where)
 
 
 def test_object_store_export_saved_model(gcs, tmp_path):
+  """`hinet-export`'s default format, from a converted checkpoint into the bucket, with
+  `--local_stats`: the SavedModel runs the windowed norm at sizes it never saw."""
   del gcs
   tf = pytest.importorskip('tensorflow')
+  from hinet_jax.cli import exporter  # pylint: disable=g-import-not-at-top
   from hinet_jax.interop import export  # pylint: disable=g-import-not-at-top
 
   model = models.HINet(wf=8, depth=3)
-  params = data_fixtures.random_params(model)
+  params = data_fixtures.random_params(model, std=0.1)  # Large enough for the norm to matter.
+  ckpt = pretrained.save_params(str(tmp_path / 'ckpt'), params, models.model_config(model))
   out = _url('export', 'saved_model')
-  export.export_saved_model(model, params, out)
+  exporter.export(ckpt, out, fmt='savedmodel', local_stats=8)
   with pytest.raises(FileExistsError, match='overwrite'):
-    export.export_saved_model(model, params, out)
+    exporter.export(ckpt, out, fmt='savedmodel')
   # TensorFlow reads gs:// only through tf.io.gfile, which cannot reach an emulator: load a copy.
   _download(out, tmp_path / 'copy')
   serve = export.load_serving_fn(tmp_path / 'copy')
-  x = np.random.default_rng(0).uniform(0, 1, (1, 9, 10, 3)).astype(np.float32)
-  got = serve(image=tf.constant(x))[export.OUTPUT_NAME].numpy()
-  np.testing.assert_allclose(got, np.asarray(model.apply({'params': params}, x)[1]), atol=1e-5)
+  # Neither size is a multiple of 4 (= 2^(depth-1)); 2 rows also takes the symmetric-pad path.
+  for shape in ((2, 13, 10, 3), (1, 2, 9, 3)):
+    x = np.random.default_rng(1).uniform(0, 1, shape).astype(np.float32)
+    got = serve(image=tf.constant(x))[export.OUTPUT_NAME].numpy()
+    assert got.shape == shape
+    np.testing.assert_allclose(got, data_fixtures.restored(models.with_local_stats(model, 8),
+                                                           params, x), atol=1e-5)
+  assert np.abs(got - data_fixtures.restored(model, params, x)).max() > 1e-3  # windowed
 
 
 def test_object_store_stablehlo_and_hub_exports(gcs, tmp_path):
@@ -341,7 +350,7 @@ def test_object_store_stablehlo_and_hub_exports(gcs, tmp_path):
     weights = [z[f'w{i:03d}'] for i in range(len(z.files))]
   x = np.random.default_rng(0).uniform(0, 1, (1, 9, 10, 3)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(exported.call(weights, x)),
-                             np.asarray(model.apply({'params': params}, x)[1]), atol=1e-6)
+                             data_fixtures.restored(model, params, x), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------

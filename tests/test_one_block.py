@@ -25,6 +25,7 @@ from hinet_jax.cpu import kernels
 from hinet_jax.cpu import layers as cpu_layers
 from hinet_jax.cpu import model_check
 
+import data_fixtures
 import launch
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -186,6 +187,6 @@ def test_the_cpu_backend_trains_and_evaluates(tmp_path):
   # The same function on XLA's layers (here, in-process): 8-bit outputs differ at most where
   # rounding flips.
   model, params = hinet_jax.load_pretrained(str(workdir), backend='xla')
-  reference = model.apply({'params': params}, noisy[None].astype(np.float32) / 255)[1][0]
+  reference = data_fixtures.restored(model, params, noisy[None].astype(np.float32) / 255)[0]
   reference = np.round(np.clip(np.asarray(reference), 0, 1) * 255).astype(int)
   assert np.abs(restored - reference).max() <= 1

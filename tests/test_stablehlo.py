@@ -70,7 +70,7 @@ def test_loader_needs_only_jax(exported, tmp_path):
   proc = subprocess.run([sys.executable, '-c', LOADER, out, tmp_path / 'x.npy', tmp_path / 'y.npy'],
                         env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  expected = model.apply({'params': params}, x)[1]
+  expected = data_fixtures.restored(model, params, x)
   np.testing.assert_allclose(np.load(tmp_path / 'y.npy'), np.asarray(expected), atol=1e-6)
 
 
@@ -82,7 +82,7 @@ def test_bfloat16_weights_and_compute(exported):
   got = np.asarray(exp.call(weights, x))
   assert got.dtype == np.float32
   # bfloat16 keeps 8 bits of mantissa: about 0.4% of each activation.
-  np.testing.assert_allclose(got, np.asarray(model.apply({'params': params}, x)[1]), atol=2e-2)
+  np.testing.assert_allclose(got, data_fixtures.restored(model, params, x), atol=2e-2)
 
 
 def test_info_and_refusals(exported):
@@ -105,4 +105,4 @@ def test_local_stats_are_exported():
   local = models.with_local_stats(model, 16)
   x = np.random.default_rng(2).uniform(0, 1, (1, 21, 26, 3)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(exp.call(weights, x)),
-                             np.asarray(local.apply({'params': params}, x)[1]), atol=1e-5)
+                             data_fixtures.restored(local, params, x), atol=1e-5)
